@@ -1,0 +1,92 @@
+"""Text generation: the book's greedy loop, and a key/value-cached loop with sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check_args(idx: torch.Tensor, max_new_tokens: int, context_size: int) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if context_size < 1:
+        raise ValueError(f"context_size={context_size} must be >= 1")
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx must hold token ids of shape (batch, n_tokens) with n_tokens >= 1, got {tuple(idx.shape)}"
+        )
+
+
+def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int) -> torch.Tensor:
+    """Chapter 4's greedy loop: ``idx`` (b, n) → (b, n + max_new_tokens).
+
+    Each step feeds the last ``context_size`` tokens through the whole model. The model is used
+    in the mode it is in (call ``model.eval()`` first, as the book does).
+    """
+    _check_args(idx, max_new_tokens, context_size)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -context_size:])[:, -1, :]  # (b, vocab)
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # softmax is monotonic: skip it
+            idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Chapter 5's next-token rule on ``logits`` (b, vocab) → (b, 1).
+
+    ``top_k`` keeps the k largest logits; ``temperature > 0`` samples from the softmax of
+    ``logits / temperature``, ``temperature == 0`` takes the argmax.
+    """
+    if top_k is not None:
+        top_logits, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
+        logits = torch.where(logits < top_logits[:, -1:], torch.tensor(float("-inf"), device=logits.device), logits)
+    if temperature > 0.0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(probs, num_samples=1)
+    return torch.argmax(logits, dim=-1, keepdim=True)
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Greedy (``temperature == 0``) or sampled continuation of ``idx`` (b, n) → (b, n + new).
+
+    Runs in eval mode (dropout off) and restores the model's mode afterwards. With the cache,
+    each step feeds only the new token; once prompt + output outgrow ``context_size`` the window
+    slides and positions shift, so every step then recomputes the window exactly as the book's
+    loop does. Stops early, without appending it, when every sequence's next token is ``eos_id``.
+    """
+    _check_args(idx, max_new_tokens, context_size)
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 (or None for no top-k filter)")
+    was_training = model.training
+    model.eval()
+    cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
+    try:
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                if cache is not None and idx.shape[1] <= cache.max_len:
+                    logits = model(idx[:, cache.pos :], kv_cache=cache)
+                else:
+                    logits = model(idx[:, -context_size:])
+                idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                if eos_id is not None and bool((idx_next == eos_id).all()):
+                    break
+                idx = torch.cat((idx, idx_next), dim=1)
+    finally:
+        model.train(was_training)
+    return idx

@@ -1,0 +1,1 @@
+"""The jobs scripts/run.py dispatches to."""
