@@ -5,12 +5,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from gpt_lab.tasks.generate import run
+from gpt_lab.tasks import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    run_task(cfg)
 
 
 if __name__ == "__main__":
