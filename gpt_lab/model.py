@@ -130,7 +130,7 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
-        self._register_load_state_dict_pre_hook(_drop_book_mask)
+        self.register_load_state_dict_pre_hook(_drop_book_mask)
 
     def forward(
         self,
