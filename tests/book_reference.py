@@ -1,0 +1,115 @@
+"""A second computation of chapter 4's model: the explicit formulas, in the book's layout.
+
+Written out in plain tensor math (mean/variance LayerNorm, the tanh GELU formula, softmax
+attention over a stored causal ``mask`` buffer) so tests can compare gpt_lab's fused-kernel model
+with it, weight for weight. Its state dict has the book's keys, ``att.mask`` buffers included.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased variance
+    return scale * (x - mean) / torch.sqrt(var + eps) + shift
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+class RefLayerNorm(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(d))
+        self.shift = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.scale, self.shift)
+
+
+class RefGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x)
+
+
+class RefAttention(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d, ctx = cfg["emb_dim"], cfg["context_length"]
+        self.n_heads = cfg["n_heads"]
+        self.W_query = nn.Linear(d, d, bias=cfg["qkv_bias"])
+        self.W_key = nn.Linear(d, d, bias=cfg["qkv_bias"])
+        self.W_value = nn.Linear(d, d, bias=cfg["qkv_bias"])
+        self.out_proj = nn.Linear(d, d)
+        self.dropout = nn.Dropout(cfg["drop_rate"])
+        self.register_buffer("mask", torch.triu(torch.ones(ctx, ctx), diagonal=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        hd = d // self.n_heads
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.n_heads, hd).transpose(1, 2)  # (b, h, t, hd)
+
+        q, k, v = heads(self.W_query(x)), heads(self.W_key(x)), heads(self.W_value(x))
+        scores = q @ k.transpose(2, 3)  # (b, h, t, t)
+        scores = scores.masked_fill(self.mask.bool()[:t, :t], float("-inf"))
+        weights = self.dropout(torch.softmax(scores / hd**0.5, dim=-1))
+        ctx = (weights @ v).transpose(1, 2).reshape(b, t, d)
+        return self.out_proj(ctx)
+
+
+class RefFeedForward(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d = cfg["emb_dim"]
+        self.layers = nn.Sequential(nn.Linear(d, 4 * d), RefGELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.att = RefAttention(cfg)
+        self.ff = RefFeedForward(cfg)
+        self.norm1 = RefLayerNorm(cfg["emb_dim"])
+        self.norm2 = RefLayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[RefBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = RefLayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(torch.arange(t)))
+        return self.out_head(self.final_norm(self.trf_blocks(x)))
+
+
+def ref_greedy(model: nn.Module, idx: torch.Tensor, n: int, context_size: int) -> torch.Tensor:
+    """Greedy decoding by full recomputation of the cropped window, one token at a time."""
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(idx[:, -context_size:])
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx

@@ -1,0 +1,223 @@
+"""Chapter 4's model: the book's golden output, sizes, and the math against the explicit formulas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from book_reference import RefGPT, gelu, layer_norm
+from omegaconf import OmegaConf
+
+from gpt_lab.generate import generate, generate_text_simple
+from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
+from gpt_lab.stats import count_params, count_params_tied, model_report, size_mb
+from gpt_lab.tokenizer import get_tokenizer
+
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+TINY = {
+    "vocab_size": 64,
+    "context_length": 8,
+    "emb_dim": 16,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
+
+# BOOK_FIGURES.md: printed by the book's own code.
+GOLDEN_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
+GOLDEN_TEXT = "Hello, I am Featureiman Byeswickattribute argue logger Normandy Compton analogous"
+SIZES = {  # emb_dim, n_layers, n_heads, total, tied, MB
+    "gpt2_small": (768, 12, 12, 163_009_536, 124_412_160, 621.83),
+    "gpt2_medium": (1024, 24, 16, 406_212_608, 354_749_440, 1549.58),
+    "gpt2_large": (1280, 36, 20, 838_220_800, 773_891_840, 3197.56),
+    "gpt2_xl": (1600, 48, 25, 1_637_792_000, 1_557_380_800, 6247.68),
+}
+
+
+@pytest.fixture(scope="module")
+def book_model() -> GPTModel:
+    torch.manual_seed(123)
+    return GPTModel(GPT_CONFIG_124M).eval()
+
+
+def test_golden_generation_matches_book(book_model: GPTModel) -> None:
+    tok = get_tokenizer()
+    idx = torch.tensor([tok.encode("Hello, I am")])
+    assert idx.tolist() == [GOLDEN_IDS[:4]]
+    simple = generate_text_simple(book_model, idx, max_new_tokens=10, context_size=1024)
+    cached = generate(book_model, idx, max_new_tokens=10, context_size=1024)
+    assert simple[0].tolist() == GOLDEN_IDS
+    assert cached[0].tolist() == GOLDEN_IDS
+    assert tok.decode(simple[0].tolist()) == GOLDEN_TEXT
+    six = generate(book_model, idx, max_new_tokens=6, context_size=1024)
+    assert tok.decode(six[0].tolist()) == "Hello, I am Featureiman Byeswickattribute argue"
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_sizes_match_exercise_4_2(name: str) -> None:
+    emb, layers, heads, total, tied, mb = SIZES[name]
+    cfg = {**GPT_CONFIG_124M, "emb_dim": emb, "n_layers": layers, "n_heads": heads}
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+        tied_model = GPTModel({**cfg, "tie_weights": True})
+    assert count_params(model) == total
+    assert count_params_tied(model) == tied
+    assert round(size_mb(total), 2) == mb
+    # A tied model counts the shared weight once.
+    assert count_params(tied_model) == tied
+    assert count_params_tied(tied_model) == tied
+    report = model_report(model)
+    assert report["size_mb_bf16"] == pytest.approx(mb / 2, abs=0.01)
+
+
+def test_block_counts_match_exercise_4_1() -> None:
+    with torch.device("meta"):
+        model = GPTModel(GPT_CONFIG_124M)
+    block = model.trf_blocks[0]
+    assert sum(p.numel() for p in block.ff.parameters()) == 4_722_432
+    assert sum(p.numel() for p in block.att.parameters()) == 2_360_064
+
+
+def test_parameter_names_are_the_books() -> None:
+    names = set(GPTModel(TINY).state_dict())
+    expected = {"tok_emb.weight", "pos_emb.weight", "final_norm.scale", "final_norm.shift", "out_head.weight"}
+    for i in range(TINY["n_layers"]):
+        p = f"trf_blocks.{i}."
+        for lin in ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.layers.0", "ff.layers.2"):
+            expected |= {p + lin + ".weight", p + lin + ".bias"}
+        expected |= {p + n + s for n in ("norm1", "norm2") for s in (".scale", ".shift")}
+    assert names == expected
+
+
+def test_logits_equal_explicit_formulas() -> None:
+    torch.manual_seed(0)
+    ours = GPTModel(TINY).eval()
+    ref = RefGPT(TINY).eval()
+    # Spread the LayerNorm parameters so they matter.
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ref.load_state_dict(ours.state_dict(), strict=False)  # ref keeps its own mask buffers
+    idx = torch.randint(0, TINY["vocab_size"], (3, TINY["context_length"]))
+    torch.testing.assert_close(ours(idx), ref(idx), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(idx[:, :5]), ref(idx[:, :5]), rtol=1e-5, atol=1e-5)
+
+
+def test_layernorm_and_gelu_match_formulas() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(4, 5, 16) * 3 + 1
+    ln = LayerNorm(16)
+    with torch.no_grad():
+        ln.scale.normal_()
+        ln.shift.normal_()
+    torch.testing.assert_close(ln(x), layer_norm(x, ln.scale, ln.shift))
+    out = LayerNorm(16)(x)  # fresh: zero mean, unit biased variance
+    torch.testing.assert_close(out.mean(-1), torch.zeros(4, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.var(-1, unbiased=False), torch.ones(4, 5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(GELU()(x), gelu(x))
+
+
+def test_feedforward_expands_four_times() -> None:
+    ff = FeedForward({"emb_dim": 16})
+    assert ff.layers[0].out_features == 64 and ff.layers[2].in_features == 64
+    assert ff(torch.randn(2, 3, 16)).shape == (2, 3, 16)
+
+
+def test_attention_is_causal() -> None:
+    torch.manual_seed(2)
+    att = MultiHeadAttention(16, 16, context_length=8, dropout=0.0, num_heads=4).eval()
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[:, 4:] += 1.0  # change only the future of positions 0..3
+    torch.testing.assert_close(att(x)[:, :4], att(y)[:, :4])
+
+
+def test_attention_dropout_only_in_training() -> None:
+    cfg = {**TINY, "drop_rate": 0.0, "drop_rate_attn": 0.5}
+    torch.manual_seed(3)
+    model = GPTModel(cfg)
+    assert model.drop_emb.p == 0.0 and model.trf_blocks[0].drop_shortcut.p == 0.0
+    assert model.trf_blocks[0].att.dropout.p == 0.5
+    idx = torch.randint(0, 64, (2, 8))
+    model.eval()
+    torch.testing.assert_close(model(idx), model(idx))
+    model.train()
+    assert not torch.allclose(model(idx), model(idx))
+
+
+def test_separate_dropout_rates_default_to_drop_rate() -> None:
+    model = GPTModel({**TINY, "drop_rate": 0.2, "drop_rate_shortcut": 0.3})
+    assert model.drop_emb.p == 0.2
+    assert model.trf_blocks[1].att.dropout.p == 0.2
+    assert model.trf_blocks[1].drop_shortcut.p == 0.3
+
+
+def test_tied_weights_share_storage() -> None:
+    model = GPTModel({**TINY, "tie_weights": True})
+    assert model.out_head.weight is model.tok_emb.weight
+    assert model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    untied = count_params(GPTModel(TINY))
+    assert count_params(model) == untied - TINY["vocab_size"] * TINY["emb_dim"]
+
+
+def test_tying_keeps_the_books_initialisation() -> None:
+    torch.manual_seed(5)
+    untied = GPTModel(TINY)
+    torch.manual_seed(5)
+    tied = GPTModel({**TINY, "tie_weights": True})
+    torch.testing.assert_close(tied.trf_blocks[1].ff.layers[2].weight, untied.trf_blocks[1].ff.layers[2].weight)
+    torch.testing.assert_close(tied.tok_emb.weight, untied.tok_emb.weight)
+
+
+def test_config_forms_build_the_same_model() -> None:
+    @dataclasses.dataclass
+    class Cfg:
+        vocab_size: int = 64
+        context_length: int = 8
+        emb_dim: int = 16
+        n_heads: int = 4
+        n_layers: int = 2
+        drop_rate: float = 0.0
+        qkv_bias: bool = True
+
+    states = []
+    for cfg in (TINY, OmegaConf.create(TINY), Cfg()):
+        torch.manual_seed(7)
+        states.append(GPTModel(cfg).state_dict())
+    for state in states[1:]:
+        for key, value in states[0].items():
+            torch.testing.assert_close(state[key], value)
+
+
+def test_sequence_longer_than_context_is_a_clear_error() -> None:
+    model = GPTModel(TINY)
+    with pytest.raises(ValueError, match=r"9 tokens is longer than model.context_length=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_heads_must_divide_emb_dim() -> None:
+    with pytest.raises(ValueError, match=r"model.n_heads=5 must divide model.emb_dim=16"):
+        GPTModel({**TINY, "n_heads": 5})
+
+
+def test_missing_book_key_is_named() -> None:
+    cfg = dict(TINY)
+    del cfg["qkv_bias"]
+    with pytest.raises(KeyError, match="qkv_bias"):
+        GPTModel(cfg)
+
+
+def test_dummy_model_shapes() -> None:
+    torch.manual_seed(123)
+    model = DummyGPTModel(TINY)
+    assert model(torch.randint(0, 64, (2, 4))).shape == (2, 4, 64)

