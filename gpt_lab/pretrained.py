@@ -1,0 +1,379 @@
+"""Starting weights from files (``init_from``): Hugging Face GPT-2, the book's ``model.pth``, our ``.ckpt``.
+
+Every format is read into one thing: a state dict in the book's layout (``tok_emb.weight``,
+``trf_blocks.0.att.W_query.weight``, ...) plus what the weights themselves decide about the
+architecture (query/key/value biases, weight tying, context length; the head count when the
+file states it). ``build_model`` applies those to the chosen config, refuses a config that
+cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
+``GPTModel`` holding them.
+
+Hugging Face's GPT-2 (``GPT2LMHeadModel`` / ``GPT2Model``) differs from the book's model only in
+layout: its ``Conv1D`` layers store weights as (in, out), the transpose of ``nn.Linear``'s
+(out, in); query, key and value are one fused ``c_attn`` of width 3 * emb_dim; ``lm_head`` is
+tied to ``wte``; ``attn.bias`` / ``attn.masked_bias`` are causal-mask buffers, not weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt_lab.model import GPTModel, model_config_dict
+
+log = logging.getLogger(__name__)
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+BOOK_WEIGHT_FILES = ("model.pth",)
+# (emb_dim, n_layers, n_heads) of OpenAI's four GPT-2 sizes → our model group option.
+GPT2_SIZES = {
+    (768, 12, 12): "gpt2_small",
+    (1024, 24, 16): "gpt2_medium",
+    (1280, 36, 20): "gpt2_large",
+    (1600, 48, 25): "gpt2_xl",
+}
+# Book name → Hugging Face name of the Conv1D layers that map one to one onto nn.Linear.
+HF_LINEARS = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff.layers.2", "mlp.c_proj"))
+MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
+
+
+class InitFromError(ValueError):
+    """``init_from`` names a file that is missing, unreadable, or does not fit the chosen config."""
+
+
+@dataclass
+class PretrainedWeights:
+    """Weights read from ``path``, in the book's layout, and what they fix about the model.
+
+    ``config``: model keys the weights decide (``qkv_bias``, ``tie_weights``,
+    ``context_length``); ``stated``: what the file states but the tensors cannot show
+    (``n_heads``), checked against the chosen config rather than applied.
+    """
+
+    path: Path
+    format: str  # "huggingface" | "book" | "lightning"
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    stated: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InitFromError(
+            f"init_from={path}: cannot read it as a PyTorch file with weights_only=True ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if path.name.endswith(".index.json"):  # sharded: {"weight_map": {tensor name: shard file}}
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            out.update(_safetensors_load(path.parent / shard))
+        return out
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:
+        raise InitFromError(f"init_from={path}: not a readable safetensors file ({err})") from err
+
+
+def _weights_file(path: Path) -> Path:
+    """The file holding the weights: ``path`` itself, or the known file inside a directory."""
+    if not path.exists():
+        raise InitFromError(f"init_from={path}: no such file or directory")
+    if path.is_file():
+        return path
+    for name in (*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES):
+        if (path / name).is_file():
+            return path / name
+    ckpts = sorted(path.glob("*.ckpt"))
+    if len(ckpts) == 1:
+        return ckpts[0]
+    raise InitFromError(
+        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES))}"
+        + (f" and {len(ckpts)} .ckpt files (name one)" if ckpts else "")
+    )
+
+
+def _find_model_config(obj: Any, depth: int = 0) -> Mapping[str, Any] | None:
+    """The first mapping holding the model's size keys inside Lightning's ``hyper_parameters``."""
+    if isinstance(obj, Mapping):
+        if "emb_dim" in obj and "n_heads" in obj:
+            return obj
+        if depth < 3:
+            for value in obj.values():
+                found = _find_model_config(value, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def load_pretrained(path: str | Path) -> PretrainedWeights:
+    """Read the weights at ``path`` (a file, or a directory holding one) in the book's layout.
+
+    Recognised, by content rather than by name: a Hugging Face GPT-2 directory or file
+    (``model.safetensors``, sharded ``model.safetensors.index.json`` or ``pytorch_model.bin``;
+    keys with or without ``transformer.``; its ``config.json`` is read when it sits beside the
+    weights), a book-format ``model.pth`` (a state dict, or chapter 5's
+    ``{"model_state_dict": ..., "optimizer_state_dict": ...}``), and a Lightning ``.ckpt``
+    written by ``GPTLitModule`` (``state_dict`` keys ``model.*``). Floating tensors come back
+    as float32.
+    """
+    path = Path(path).expanduser()
+    file = _weights_file(path)
+    if file.name.endswith((".safetensors", ".safetensors.index.json")):
+        raw: Any = _safetensors_load(file)
+    else:
+        raw = _torch_load(file)
+    if not isinstance(raw, Mapping):
+        raise InitFromError(f"init_from={file}: expected a state dict, found a {type(raw).__name__}")
+
+    stated: dict[str, Any] = {}
+    if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):  # Lightning checkpoint
+        fmt = "lightning"
+        prefix = "model."
+        state = {k.removeprefix(prefix): v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            raise InitFromError(f"init_from={file}: a Lightning checkpoint without GPTLitModule's model.* weights")
+        hparams = _find_model_config(raw.get("hyper_parameters") or {})
+        if hparams is not None:
+            stated = {"n_heads": hparams["n_heads"]}
+    elif "model_state_dict" in raw and isinstance(raw["model_state_dict"], Mapping):  # book, chapter 5
+        fmt, state = "book", dict(raw["model_state_dict"])
+    elif "tok_emb.weight" in raw:
+        fmt, state = "book", dict(raw)
+    elif any(k.removeprefix("transformer.") == "wte.weight" for k in raw):
+        fmt = "huggingface"
+        state = convert_hf_state_dict(raw, source=str(file))
+        stated = _read_hf_config(file.parent)
+    else:
+        sample = ", ".join(list(raw)[:5])
+        raise InitFromError(
+            f"init_from={file}: not a GPT-2 state dict this project knows (keys start {sample}); expected "
+            "a Hugging Face GPT-2 (wte.weight, h.0.attn.c_attn.weight, ...), the book's model.pth "
+            "(tok_emb.weight, trf_blocks.0...) or a gpt_lab Lightning checkpoint"
+        )
+
+    # The book's attention keeps a causal-mask buffer; GPTModel has none (it uses is_causal).
+    state = {k: v for k, v in state.items() if not k.endswith(".att.mask")}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InitFromError(f"init_from={file}: entry {key} is a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and value.dtype != torch.float32:
+            state[key] = value.float()
+    return PretrainedWeights(file, fmt, state, _architecture_from_tensors(state, str(file)), stated)
+
+
+def _read_hf_config(directory: Path) -> dict[str, Any]:
+    """Checked facts from a Hugging Face ``config.json`` next to the weights (empty if there is none)."""
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        return {}
+    hf = json.loads(config_file.read_text())
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise InitFromError(
+            f"init_from: {config_file} uses activation_function={act!r}; GPTModel's GELU is the tanh "
+            "approximation GPT-2 was trained with ('gelu_new')"
+        )
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-12:
+        raise InitFromError(f"init_from: {config_file} has layer_norm_epsilon={eps}; GPTModel's LayerNorm uses 1e-5")
+    # Sizes show in the tensors' shapes; the head count does not, so it is checked from here.
+    return {"n_heads": hf["n_head"]} if "n_head" in hf else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face layout → book layout
+
+
+def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], source: str = "weights") -> dict[str, torch.Tensor]:
+    """A Hugging Face GPT-2 state dict (``transformer.`` prefix optional) in the book's layout.
+
+    ``Conv1D`` weights (in, out) become ``nn.Linear`` weights (out, in); the fused ``c_attn``
+    (emb_dim, 3 * emb_dim) splits into ``W_query``, ``W_key``, ``W_value``. ``lm_head.weight``,
+    when present, becomes ``out_head.weight``; otherwise the head is ``wte`` (GPT-2 ties them).
+    """
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+    # Causal-mask buffers that older transformers versions saved with the weights.
+    hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    out: dict[str, torch.Tensor] = {}
+
+    def take(key: str) -> torch.Tensor:
+        try:
+            return hf.pop(key)
+        except KeyError:
+            raise InitFromError(f"init_from={source}: Hugging Face GPT-2 weights without {key}") from None
+
+    out["tok_emb.weight"] = take("wte.weight")
+    out["pos_emb.weight"] = take("wpe.weight")
+    n_layers = len({k.split(".")[1] for k in hf if k.startswith("h.")})
+    for i in range(n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}."
+        qkv_w = take(h + "attn.c_attn.weight")  # (emb, 3 * emb), Conv1D layout
+        qkv_b = take(h + "attn.c_attn.bias")  # (3 * emb,)
+        if qkv_w.shape[1] % 3 != 0:
+            raise InitFromError(f"init_from={source}: {h}attn.c_attn.weight has shape {tuple(qkv_w.shape)}")
+        for name, w, bias in zip(
+            ("W_query", "W_key", "W_value"), qkv_w.chunk(3, dim=1), qkv_b.chunk(3, dim=0), strict=True
+        ):
+            out[f"{b}att.{name}.weight"] = w.t().contiguous()
+            out[f"{b}att.{name}.bias"] = bias.contiguous()
+        for ours, theirs in HF_LINEARS:
+            out[f"{b}{ours}.weight"] = take(f"{h}{theirs}.weight").t().contiguous()
+            out[f"{b}{ours}.bias"] = take(f"{h}{theirs}.bias")
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            out[f"{b}{ours}.scale"] = take(f"{h}{theirs}.weight")
+            out[f"{b}{ours}.shift"] = take(f"{h}{theirs}.bias")
+    out["final_norm.scale"] = take("ln_f.weight")
+    out["final_norm.shift"] = take("ln_f.bias")
+    out["out_head.weight"] = hf.pop("lm_head.weight", out["tok_emb.weight"])
+    if hf:
+        raise InitFromError(f"init_from={source}: unexpected Hugging Face GPT-2 entries {', '.join(sorted(hf)[:8])}")
+    return out
+
+
+def _architecture_from_tensors(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """What the tensors decide: context length, query/key/value biases, a tied output head."""
+    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
+        raise InitFromError(f"init_from={source}: the weights have no tok_emb / pos_emb")
+    tok = state["tok_emb.weight"]
+    head = state.get("out_head.weight")
+    tied = head is None or head is tok or (head.shape == tok.shape and torch.equal(head, tok))
+    return {
+        "context_length": int(state["pos_emb.weight"].shape[0]),
+        "qkv_bias": "trf_blocks.0.att.W_query.bias" in state,
+        "tie_weights": bool(tied),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting weights to a config
+
+
+def _fmt(shape: torch.Size | tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str, Any]:
+    """``model_cfg`` (dict, OmegaConf node or dataclass) with what ``weights`` need, checked.
+
+    Sets ``qkv_bias``, ``tie_weights`` and ``context_length`` from the weights (logging each
+    change), then raises ``InitFromError`` listing every tensor the resulting config cannot hold
+    (name, expected shape, found shape), every missing or extra tensor, and any size the file
+    states (e.g. ``n_heads``) that differs from the config.
+    """
+    cfg = model_config_dict(model_cfg)
+    for key, value in weights.config.items():
+        if cfg.get(key) != value:
+            log.info("init_from: model.%s=%s (was %s) to fit %s", key, value, cfg.get(key), weights.path)
+            cfg[key] = value
+
+    problems: list[str] = []
+    for key, value in weights.stated.items():
+        if key in cfg and cfg[key] != value:
+            problems.append(f"model.{key}={cfg[key]} but the weights were made with {key}={value}")
+    with torch.device("meta"):
+        expected = GPTModel(cfg).state_dict()
+    found = weights.state_dict
+    shape_lines = [
+        f"  {k}: expected {_fmt(expected[k].shape)}, found {_fmt(found[k].shape)}"
+        for k in expected
+        if k in found and expected[k].shape != found[k].shape
+    ]
+    if shape_lines:
+        problems.append(f"{len(shape_lines)} tensor(s) have other shapes:")
+        problems += shape_lines[:MAX_LISTED]
+        if len(shape_lines) > MAX_LISTED:
+            problems.append(f"  ... and {len(shape_lines) - MAX_LISTED} more")
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    for what, keys in (("missing from the weights", missing), ("in the weights but not in the model", extra)):
+        if keys:
+            listed = ", ".join(keys[:MAX_LISTED]) + (f", ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else "")
+            problems.append(f"tensors {what}: {listed}")
+    if problems:
+        name = cfg.get("name")
+        chosen = f"model={name}" if name else "the model config"
+        hint = _size_hint(found, weights.stated)
+        raise InitFromError(
+            f"init_from={weights.path}: {chosen} (emb_dim={cfg['emb_dim']}, n_layers={cfg['n_layers']}, "
+            f"n_heads={cfg['n_heads']}, vocab_size={cfg['vocab_size']}) cannot hold these {weights.format} "
+            "weights:\n" + "\n".join(problems) + (f"\n{hint}" if hint else "")
+        )
+    return cfg
+
+
+def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> str:
+    """'these look like gpt2_medium weights: use model=gpt2_medium', when they do."""
+    emb = int(state["tok_emb.weight"].shape[1])
+    n_layers = len({k.split(".")[1] for k in state if k.startswith("trf_blocks.")})
+    for (e, n, heads), option in GPT2_SIZES.items():
+        if (e, n) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
+            return f"These look like {option} weights: use model={option}."
+    return f"The weights have emb_dim={emb}, n_layers={n_layers}: set model.emb_dim / model.n_layers to match."
+
+
+def build_model(model_cfg: Any, init_from: str | Path | None = None) -> GPTModel:
+    """The run's ``GPTModel``: freshly initialised, or holding the weights at ``init_from``.
+
+    ``model_cfg``: the composed ``cfg.model`` (OmegaConf node), the book's dict or a dataclass.
+    Without ``init_from`` this is ``GPTModel(model_cfg)`` (seed first, e.g.
+    ``torch.manual_seed(cfg.seed)``, for the book's initial weights). With it, the weights
+    are read (``load_pretrained``), the config is fitted to them (``resolve_model_config``:
+    qkv bias, weight tying and context length set from the file; a config that cannot hold
+    them raises ``InitFromError`` tensor by tensor) and loaded. The config actually used is
+    ``model.cfg`` (a plain dict) — pass that, not ``cfg.model``, to anything that builds the
+    model again (e.g. ``GPTLitModule(model.cfg, ...)`` followed by
+    ``lit.model.load_state_dict(model.state_dict())``, or use ``init_model_config``).
+    The model is returned in training mode on the CPU, in float32.
+    """
+    if init_from is None or str(init_from) == "":
+        return GPTModel(model_cfg)
+    weights = load_pretrained(init_from)
+    cfg = resolve_model_config(model_cfg, weights)
+    model = model_from_weights(cfg, weights)
+    log.info("init_from: loaded %s weights from %s", weights.format, weights.path)
+    return model
+
+
+def init_model_config(model_cfg: Any, init_from: str | Path | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """For code that builds its own model (e.g. a LightningModule): ``(fitted config, state dict)``.
+
+    ``GPTModel(config).load_state_dict(state_dict)`` then loads with ``strict=True``. Without
+    ``init_from``: ``(model_config_dict(model_cfg), {})``.
+    """
+    if init_from is None or str(init_from) == "":
+        return model_config_dict(model_cfg), {}
+    weights = load_pretrained(init_from)
+    return resolve_model_config(model_cfg, weights), weights.state_dict
+
+
+def model_from_weights(cfg: Mapping[str, Any], weights: PretrainedWeights) -> GPTModel:
+    """A ``GPTModel(cfg)`` holding ``weights`` (``cfg`` from ``resolve_model_config``).
+
+    Built on the meta device and filled by assignment, so no time goes into random weights
+    that would be overwritten.
+    """
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    model.load_state_dict(weights.state_dict, strict=True, assign=True)
+    if model.cfg["tie_weights"]:
+        model.out_head.weight = model.tok_emb.weight  # assignment gave each name its own Parameter
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # e.g. a non-persistent buffer
+        model = GPTModel(cfg)
+        model.load_state_dict(weights.state_dict, strict=True)
+    return model
