@@ -1,0 +1,186 @@
+"""The evaluate task: loss and perplexity of the model over a text file.
+
+The model is the run's (fresh, or ``init_from`` a trained or pretrained one). The text is cut
+into the book's sliding windows of ``context_length`` tokens, ``data.stride`` apart; the loss is
+the mean cross-entropy over every target token of every window, the perplexity ``exp(loss)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from gpt_lab.generate import generate
+from gpt_lab.pretrained import build_model
+from gpt_lab.stats import model_report
+from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateDataError(ValueError):
+    """``data.path`` is missing, unreadable or too short to evaluate on."""
+
+
+def token_windows(ids: torch.Tensor, max_length: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's sliding windows over ``ids`` (n,): inputs and next-token targets, (windows, max_length).
+
+    Window ``i`` starts at token ``i * stride``; every window has a full set of targets, as in
+    the book's ``GPTDatasetV1`` (a tail shorter than a window is left out).
+    """
+    if max_length < 1 or stride < 1:
+        raise EvaluateDataError(f"window length {max_length} and data.stride={stride} must both be >= 1")
+    starts = torch.arange(0, len(ids) - max_length, stride)
+    offsets = torch.arange(max_length)
+    inputs = ids[starts[:, None] + offsets]  # (windows, max_length)
+    targets = ids[starts[:, None] + offsets + 1]
+    return inputs, targets
+
+
+@torch.no_grad()
+def mean_token_loss(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[float, int]:
+    """Mean cross-entropy of ``model`` over every target token, and how many tokens that is.
+
+    ``inputs``, ``targets``: (windows, t). Batches of ``batch_size`` windows, in order, the
+    last one possibly smaller; the sum is kept in float64 so the mean does not depend on it.
+    Runs in eval mode and restores the model's mode.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    try:
+        batches = range(0, len(inputs), batch_size)
+        for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+            x = inputs[start : start + batch_size].to(device)
+            y = targets[start : start + batch_size].to(device)
+            logits = model(x)  # (b, t, vocab)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+            total += loss.double().cpu()
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise EvaluateDataError("no windows to evaluate: the text is shorter than one window")
+    return float(total / count), count
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; infinite rather than an overflow for absurd losses."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _read_text(cfg: DictConfig) -> tuple[Path, str]:
+    if not cfg.data.get("path"):
+        raise EvaluateDataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
+    path = Path(to_absolute_path(str(cfg.data.path)))
+    if not path.is_file():
+        raise EvaluateDataError(f"data.path={cfg.data.path}: no such file ({path})")
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise EvaluateDataError(f"data.path={cfg.data.path} is not UTF-8 text ({err})") from err
+
+
+def _tensorboard(cfg: DictConfig, model: nn.Module, metrics: dict[str, float], text: str) -> None:
+    """Metrics, hyper-parameters, graph and generated text to the configured loggers."""
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        logger = instantiate(logger_cfg)
+        logger.log_hyperparams(
+            {"model": dict(model.cfg), "data": OmegaConf.to_container(cfg.data), "init_from": cfg.get("init_from")}
+        )
+        logger.log_metrics(metrics, step=0)
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("generated_text", text, 0)
+        if logger_cfg.get("log_graph") and hasattr(experiment, "add_graph"):
+            example = torch.zeros(
+                1, min(8, model.context_length), dtype=torch.long, device=model.out_head.weight.device
+            )
+            try:
+                with warnings.catch_warnings():  # add_graph traces with torch.jit, deprecated in torch 2.x
+                    warnings.simplefilter("ignore")
+                    experiment.add_graph(model.eval(), example)
+            except Exception as err:  # a graph is a nicety: never lose the evaluation for it
+                log.warning("logger.%s: could not draw the model graph (%s)", name, err)
+        logger.finalize("success")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    path, text = _read_text(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.get("init_from"))
+    device = _device(cfg)
+    model.to(device).eval()
+    report = model_report(model)
+    context_length = model.context_length
+
+    tokenizer = get_tokenizer()
+    ids = torch.tensor(text_to_token_ids(text, tokenizer), dtype=torch.long)
+    if len(ids) < 2:
+        raise EvaluateDataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
+    # A text shorter than one context still gets one (shorter) window.
+    max_length = min(context_length, len(ids) - 1)
+    stride = cfg.data.get("stride") or max_length
+    inputs, targets = token_windows(ids, max_length, stride)
+    print(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
+    loss, n_tokens = mean_token_loss(model, inputs, targets, cfg.data.batch_size, device)
+    ppl = perplexity(loss)
+    print(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
+
+    prompt_ids = tokenizer.encode(cfg.prompt)
+    if not prompt_ids:
+        raise EvaluateDataError("prompt is empty: give at least one token, e.g. prompt='Hello, I am'")
+    start = time.perf_counter()
+    out = generate(
+        model,
+        torch.tensor([prompt_ids], device=device),
+        cfg.max_new_tokens,
+        context_length,
+        temperature=cfg.get("temperature") or 0.0,
+        top_k=cfg.get("top_k"),
+    )
+    seconds = time.perf_counter() - start
+    output_ids = out[0].tolist()
+    output_text = tokenizer.decode(output_ids)
+    print(output_text)
+
+    metrics = {"eval/loss": loss, "eval/perplexity": ppl}
+    _tensorboard(cfg, model, metrics, output_text)
+    return {
+        "model": cfg.model.get("name"),
+        **report,
+        "prompt": cfg.prompt,
+        "output_ids": output_ids,
+        "output_text": output_text,
+        "generation_tokens_per_second": (len(output_ids) - len(prompt_ids)) / seconds if seconds > 0 else None,
+        "data_path": str(path),
+        "eval_tokens": n_tokens,
+        "eval_windows": len(inputs),
+        "loss": loss,
+        "perplexity": ppl,
+    }
