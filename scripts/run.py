@@ -1,16 +1,25 @@
-"""gpt_lab's command line: ``python scripts/run.py [group=option ...] [key=value ...]``."""
+"""gpt_lab's command line: ``python scripts/run.py [group=option ...] [key=value ...]``.
+
+``--help`` lists the config groups and examples; ``-m`` runs a sweep. Works from any directory:
+runs land in the project's outputs/ (``GPT_LAB_ROOT``, set here, names the project).
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from gpt_lab.tasks import run_task
+from gpt_lab.tasks import run_job
+
+os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_task(cfg)
+    run_job(cfg)
 
 
 if __name__ == "__main__":

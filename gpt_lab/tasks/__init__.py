@@ -1,18 +1,118 @@
-"""The jobs scripts/run.py dispatches to: ``task=generate|train|evaluate``."""
+"""The jobs scripts/run.py dispatches to: ``task=generate|train|evaluate``.
+
+Each task module has ``run(cfg) -> dict``: it receives the validated config and returns its
+results; ``run_task`` adds what every run records (status, overrides, wall time) and writes
+``results.json`` into the run directory. ``run_job`` is the command line's wrapper around it: user
+errors become one paragraph on stderr, and in a multirun a failing job is recorded and the sweep
+goes on.
+"""
 
 from __future__ import annotations
 
+import gc
 import importlib
+import logging
+import random
+import sys
+import time
+import traceback
 from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-TASKS = ("generate", "train", "evaluate")
+from gpt_lab.config import TASK_NAMES, UserError, validate_config
+from gpt_lab.run_files import write_results
+
+log = logging.getLogger(__name__)
+
+USER_ERROR_EXIT_CODE = 2
 
 
-def run_task(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.task.name`` (each task module has ``run(cfg) -> results dict``)."""
-    name = cfg.task.name
-    if name not in TASKS:
-        raise ValueError(f"task={name} is not a task; choose one of {', '.join(TASKS)}")
-    return importlib.import_module(f"gpt_lab.tasks.{name}").run(cfg)
+def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``cfg``, run ``cfg.task.name`` and write ``results.json``; return the results.
+
+    ``run_info`` (e.g. the Hydra overrides) is recorded in results.json next to the task's own
+    results. Raises ``UserError`` for problems the user can fix; results.json then records the
+    failure too.
+    """
+    started = time.perf_counter()
+    info = dict(run_info or {})
+    output_dir = _output_dir(cfg)
+    info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
+    try:
+        cfg = validate_config(cfg)
+        assert cfg.task.name in TASK_NAMES
+        info.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)
+        seed_everything(cfg.seed)
+        results = importlib.import_module(f"gpt_lab.tasks.{cfg.task.name}").run(cfg)
+    except BaseException as err:
+        if output_dir is not None:
+            failed = {**info, "status": "failed", "error": _error_text(err)}
+            write_results(output_dir, {**failed, "wall_time_s": time.perf_counter() - started})
+        raise
+    results = {**info, **results, "status": "completed", "wall_time_s": time.perf_counter() - started}
+    write_results(cfg.paths.output_dir, results)
+    return results
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one Hydra job from the command line (scripts/run.py's whole body).
+
+    A ``UserError`` is printed as one paragraph on stderr and, in a single run, ends the process
+    with status 2 and no traceback. In a multirun every failure is logged (with its traceback
+    in the job's log file when it is not a user error), recorded in the job's results.json and
+    swallowed, so the other jobs still run and the sweep summary gets a "failed" row.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_info = {
+        "overrides": list(hydra_cfg.overrides.task),
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+    }
+    if multirun:
+        run_info["job_num"] = hydra_cfg.job.num
+    try:
+        return run_task(cfg, run_info)
+    except UserError as err:
+        print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
+        if not multirun:
+            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except Exception:
+        if not multirun:
+            raise  # a bug: Hydra prints where it happened
+        log.error("gpt_lab: job %d failed\n%s", hydra_cfg.job.num, traceback.format_exc())
+    finally:
+        release_memory()
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and PyTorch's generators (each job of a sweep re-seeds itself)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def release_memory() -> None:
+    """Free what the finished job held before the next job of a sweep starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _output_dir(cfg: DictConfig) -> str | None:
+    try:
+        return str(OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=True))
+    except Exception:
+        return None
+
+
+def _error_text(err: BaseException) -> str:
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, SystemExit | KeyboardInterrupt):
+        return f"interrupted ({type(err).__name__})"
+    return f"{type(err).__name__}: {err}"
