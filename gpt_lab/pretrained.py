@@ -299,8 +299,13 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
         problems += shape_lines[:MAX_LISTED]
         if len(shape_lines) > MAX_LISTED:
             problems.append(f"  ... and {len(shape_lines) - MAX_LISTED} more")
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
+    n_found = _n_blocks(found)
+    if n_found != cfg["n_layers"]:
+        problems.append(f"model.n_layers={cfg['n_layers']} but the weights have {n_found} transformer blocks")
+    # Whole blocks missing or extra are the line above; list only the other keys.
+    common = min(n_found, cfg["n_layers"])
+    missing = [k for k in expected if k not in found and _block_index(k) < common]
+    extra = [k for k in found if k not in expected and _block_index(k) < common]
     for what, keys in (("missing from the weights", missing), ("in the weights but not in the model", extra)):
         if keys:
             listed = ", ".join(keys[:MAX_LISTED]) + (f", ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else "")
@@ -317,10 +322,19 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     return cfg
 
 
+def _block_index(key: str) -> int:
+    """``i`` of ``trf_blocks.i.*``; -1 for keys outside the blocks."""
+    return int(key.split(".")[1]) if key.startswith("trf_blocks.") else -1
+
+
+def _n_blocks(state: Mapping[str, torch.Tensor]) -> int:
+    return 1 + max((_block_index(k) for k in state), default=-1)
+
+
 def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> str:
     """'these look like gpt2_medium weights: use model=gpt2_medium', when they do."""
     emb = int(state["tok_emb.weight"].shape[1])
-    n_layers = len({k.split(".")[1] for k in state if k.startswith("trf_blocks.")})
+    n_layers = _n_blocks(state)
     for (e, n, heads), option in GPT2_SIZES.items():
         if (e, n) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
             return f"These look like {option} weights: use model={option}."

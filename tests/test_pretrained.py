@@ -169,7 +169,7 @@ def test_build_model_refuses_a_config_too_small_for_the_weights(tmp_path: Path) 
     assert "tok_emb.weight: expected (96, 32), found (96, 48)" in message
     assert "trf_blocks.0.att.W_query.weight: expected (32, 32), found (48, 48)" in message
     assert "trf_blocks.0.ff.layers.0.weight: expected (128, 32), found (192, 48)" in message
-    assert "trf_blocks.2.att.W_query.weight" in message  # the extra block is named
+    assert "model.n_layers=2 but the weights have 3 transformer blocks" in message
     assert "emb_dim=48, n_layers=3" in message
 
 
