@@ -1,0 +1,164 @@
+"""Chapter 5's data: the book's sliding-window dataset over one UTF-8 text file.
+
+The text is split by characters (the first ``train_ratio`` of it trains, the rest validates),
+each split is tokenized once, and cut into windows of ``max_length`` tokens ``stride`` apart;
+a window's targets are its inputs shifted by one token, as in the book's ``GPTDatasetV1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import tiktoken
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gpt_lab.config import UserError
+from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+
+
+class DataError(UserError):
+    """``data.*`` does not give a usable training text (missing file, too short, batch too big)."""
+
+
+class GPTDatasetV1(Dataset):
+    """The book's dataset: windows ``ids[i : i + max_length]`` → ``ids[i + 1 : i + max_length + 1]``.
+
+    ``i`` runs over ``range(0, len(ids) - max_length, stride)``, so a text of ``n`` tokens gives
+    ``ceil((n - max_length) / stride)`` windows and needs at least ``max_length + 1`` tokens.
+    """
+
+    def __init__(self, token_ids: list[int] | torch.Tensor, max_length: int, stride: int) -> None:
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        starts = torch.arange(0, len(ids) - max_length, stride)
+        offsets = torch.arange(max_length)
+        self.input_ids = ids[starts[:, None] + offsets]  # (windows, max_length)
+        self.target_ids = ids[starts[:, None] + offsets + 1]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text at ``path``; a ``DataError`` that names the file when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data.path={path} does not exist; give a UTF-8 text file, e.g. data.path=the-verdict.txt")
+    if not path.is_file():
+        raise DataError(f"data.path={path} is not a file; give a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"data.path={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise DataError(f"data.path={path} cannot be read: {err.strerror or err}") from None
+
+
+def split_text(text: str, train_ratio: float) -> tuple[str, str]:
+    """The book's split by characters: ``text[:int(train_ratio * len(text))]`` and the rest."""
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:]
+
+
+class TextDataModule(L.LightningDataModule):
+    """Training and validation windows over the UTF-8 text at ``path``.
+
+    ``max_length`` is the model's context length; ``stride`` defaults to it (non-overlapping
+    windows, as chapter 5). Training batches are shuffled with the module's own generator (seeded
+    with ``seed``; its state travels in Lightning checkpoints so a resumed run sees the same order)
+    and drop the last incomplete batch; validation batches keep their order and every window.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_length: int,
+        batch_size: int = 2,
+        stride: int | None = None,
+        train_ratio: float = 0.9,
+        num_workers: int = 0,
+        seed: int = 123,
+    ) -> None:
+        super().__init__()
+        if max_length < 1:
+            raise DataError(f"context length {max_length} must be >= 1")
+        if batch_size < 1:
+            raise DataError(f"data.batch_size={batch_size} must be >= 1")
+        if stride is not None and stride < 1:
+            raise DataError(f"data.stride={stride} must be >= 1 (or null for the context length)")
+        if not 0.0 < train_ratio < 1.0:
+            raise DataError(f"data.train_ratio={train_ratio} must be in (0, 1)")
+        self.path = Path(path)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.stride = stride or max_length
+        self.train_ratio = train_ratio
+        self.num_workers = num_workers
+        self.seed = seed
+        self.save_hyperparameters(
+            {"path": str(path), "batch_size": batch_size, "stride": self.stride, "train_ratio": train_ratio}
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train_dataset: GPTDatasetV1 | None = None
+        self.val_dataset: GPTDatasetV1 | None = None
+        self.n_train_tokens = 0
+        self.n_val_tokens = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, split and tokenize the text once (later calls do nothing); check it is long enough."""
+        if self.train_dataset is not None:
+            return
+        tokenizer: tiktoken.Encoding = get_tokenizer()
+        train_text, val_text = split_text(read_text(self.path), self.train_ratio)
+        train_ids = text_to_token_ids(train_text, tokenizer)
+        val_ids = text_to_token_ids(val_text, tokenizer)
+        for name, ids, text in (("training", train_ids, train_text), ("validation", val_ids, val_text)):
+            if len(ids) <= self.max_length:
+                raise DataError(
+                    f"{name} split of data.path={self.path} has {len(ids)} tokens ({len(text)} characters, "
+                    f"data.train_ratio={self.train_ratio}); context_length={self.max_length} needs at least "
+                    f"{self.max_length + 1}: use a longer text or a smaller model.context_length"
+                )
+        train = GPTDatasetV1(train_ids, self.max_length, self.stride)
+        if len(train) < self.batch_size:
+            raise DataError(
+                f"data.batch_size={self.batch_size} is larger than the {len(train)} training windows "
+                f"({len(train_ids)} tokens, context_length={self.max_length}, stride={self.stride}): "
+                "every batch would be dropped; lower data.batch_size or data.stride"
+            )
+        self.train_dataset = train
+        self.val_dataset = GPTDatasetV1(val_ids, self.max_length, self.stride)
+        self.n_train_tokens, self.n_val_tokens = len(train_ids), len(val_ids)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=self.generator,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return DataLoader(
+            self.val_dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, num_workers=self.num_workers
+        )
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """All windows of ``split`` ("train" or "val") in order, for loss evaluation (no shuffling)."""
+        dataset = self.train_dataset if split == "train" else self.val_dataset
+        assert dataset is not None, "call setup() first"
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=False)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator_state": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state_dict["generator_state"])

@@ -1,0 +1,141 @@
+"""The train task (chapter 5): fit GPTLitModule on data.path with a Lightning Trainer from config.
+
+Order of random draws as in the book: seed, build the model; seed again, then the data is drawn.
+Writes into the run directory: Lightning checkpoints (``checkpoints/``), TensorBoard events, and
+the trained weights as the book's ``model.pth``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig
+
+from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.checkpoints import save_book_checkpoint
+from gpt_lab.config import UserError
+from gpt_lab.data import DataError, TextDataModule
+from gpt_lab.lit_module import GPTLitModule, mean_loss
+from gpt_lab.pretrained import init_model_config
+from gpt_lab.stats import model_report
+from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+
+log = logging.getLogger(__name__)
+
+BOOK_CHECKPOINT = "model.pth"
+
+
+def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
+    """The run's data module over ``data.path`` (relative to the directory the user ran from)."""
+    if not cfg.data.path:
+        raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
+    return TextDataModule(
+        path=to_absolute_path(str(cfg.data.path)),
+        max_length=context_length,
+        batch_size=cfg.data.batch_size,
+        stride=cfg.data.stride,
+        train_ratio=cfg.data.train_ratio,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+    )
+
+
+def _instantiate_all(group: Any) -> list[Any]:
+    """Every ``_target_`` entry of a config group (a null entry switches that one off)."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def _find(callbacks: list[Any], kind: type) -> Any:
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    model_cfg, init_state = init_model_config(cfg.model, cfg.get("init_from"))
+
+    # Read and check the data first: a bad data.path fails before the model is built.
+    datamodule = build_datamodule(cfg, model_cfg["context_length"])
+    datamodule.setup("fit")
+    log.info(
+        "Data %s: %d training tokens in %d windows, %d validation tokens in %d windows",
+        datamodule.path,
+        datamodule.n_train_tokens,
+        len(datamodule.train_dataset),
+        datamodule.n_val_tokens,
+        len(datamodule.val_dataset),
+    )
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lit = GPTLitModule(model_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if init_state:
+        lit.model.load_state_dict(init_state, strict=True)
+    report = model_report(lit.model)
+    log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
+
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ckpt_path = to_absolute_path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
+
+    torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
+    trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - started
+
+    # Final losses over the whole sets, in eval mode, like the initial ones.
+    train_loss = mean_loss(lit.model, datamodule.eval_dataloader("train"), lit.device)
+    val_loss = mean_loss(lit.model, datamodule.eval_dataloader("val"), lit.device)
+    log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
+
+    initial = _find(callbacks, InitialLossEvaluation)
+    history = _find(callbacks, LossHistory)
+    sampler = _find(callbacks, SampleText)
+    output_dir = Path(cfg.paths.output_dir)
+    results: dict[str, Any] = {**report}
+
+    prompt = cfg.prompt
+    tokenizer = get_tokenizer()
+    prompt_ids = text_to_token_ids(prompt, tokenizer)
+    gen_start = time.perf_counter()
+    out = lit.generate(torch.tensor([prompt_ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k)
+    gen_seconds = time.perf_counter() - gen_start
+    output_ids = out[0].tolist()
+    results.update(
+        prompt=prompt,
+        output_ids=output_ids,
+        output_text=tokenizer.decode(output_ids),
+        generation_tokens_per_second=(len(output_ids) - len(prompt_ids)) / gen_seconds if gen_seconds > 0 else None,
+    )
+
+    checkpoint_cb = trainer.checkpoint_callback
+    checkpoint = None
+    if checkpoint_cb is not None:
+        checkpoint = getattr(checkpoint_cb, "last_model_path", "") or getattr(checkpoint_cb, "best_model_path", "")
+    book_path = output_dir / BOOK_CHECKPOINT
+    if trainer.is_global_zero:
+        save_book_checkpoint(lit.model, book_path)
+    results.update(
+        data_path=str(datamodule.path),
+        train_tokens=datamodule.n_train_tokens,
+        val_tokens=datamodule.n_val_tokens,
+        initial_train_loss=initial.train_loss if initial is not None else None,
+        initial_val_loss=initial.val_loss if initial is not None else None,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        tokens_seen=lit.tokens_seen,
+        global_step=trainer.global_step,
+        epochs=trainer.current_epoch,
+        checkpoint=checkpoint or None,
+        book_checkpoint=str(book_path),
+        loss_curve=history.epochs if history is not None else None,
+        last_sample=sampler.last_text if sampler is not None else None,
+        train_seconds=fit_seconds,
+    )
+    return results
