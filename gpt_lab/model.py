@@ -159,7 +159,7 @@ class MultiHeadAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout.p if self.training else 0.0,
-            is_causal=start == 0 and t > 1,
+            is_causal=bool(start == 0 and t > 1),  # bool(): sizes are tensors under torch.jit.trace (graph)
         )
         ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
         return self.out_proj(ctx)
