@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gpt_lab.config import UserError
 from gpt_lab.model import GPTModel, model_config_dict
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ HF_LINEARS = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
 
 
-class InitFromError(ValueError):
-    """``init_from`` names a file that is missing, unreadable, or does not fit the chosen config."""
+class InitFromError(UserError, ValueError):
+    """``init_from`` names a file that is missing, unreadable, or does not fit the chosen config.
+
+    A ``UserError``: the command line prints the message, without a traceback, and exits 2.
+    """
 
 
 @dataclass

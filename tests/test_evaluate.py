@@ -9,8 +9,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from gpt_lab.config import UserError, validate_config
 from gpt_lab.model import GPTModel
-from gpt_lab.tasks import evaluate
+from gpt_lab.run_files import read_results
+from gpt_lab.tasks import evaluate, run_task
 from gpt_lab.tokenizer import text_to_token_ids
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -19,19 +21,20 @@ TEXT = (
     "no great surprise to me to hear that, in the height of his glory, he had dropped his painting, "
     "married a rich widow, and established himself in a villa on the Riviera."
 )
-TINY = ["model.emb_dim=16", "model.n_layers=2", "model.n_heads=2", "model.context_length=16"]
+TINY = ["model=tiny", "model.emb_dim=16", "model.n_heads=2", "model.context_length=16"]
 
 
 def compose_cfg(tmp_path: Path, *overrides: str):
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(TEXT, encoding="utf-8")
+    """The composed config of ``task=evaluate`` on TEXT (``data.path`` relative to ``paths.root_dir``)."""
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(
             config_name="config",
             overrides=[
                 "task=evaluate",
-                f"data.path={text_file}",
-                f"paths.output_dir={tmp_path}",
+                "data.path=text.txt",
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path / 'run'}",
                 "max_new_tokens=3",
                 *TINY,
                 *overrides,
@@ -55,7 +58,8 @@ def direct_mean_loss(model: torch.nn.Module, ids: list[int], length: int, stride
 def test_evaluate_perplexity_is_exp_of_mean_token_loss(tmp_path: Path) -> None:
     # Overlapping windows (stride 5) and a last batch smaller than the others (batch_size 4).
     cfg = compose_cfg(tmp_path, "data.stride=5", "data.batch_size=4")
-    results = evaluate.run(cfg)
+    results = run_task(cfg)
+    assert read_results(tmp_path / "run") == results
     torch.manual_seed(cfg.seed)
     model = GPTModel(cfg.model).eval()
     ids = text_to_token_ids(TEXT)
@@ -70,8 +74,8 @@ def test_evaluate_perplexity_is_exp_of_mean_token_loss(tmp_path: Path) -> None:
     assert 9.5 < results["loss"] < 12
     for key in ("model", "total_params", "output_text", "output_ids", "generation_tokens_per_second"):
         assert key in results
-    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert events
+    assert results["model"] == "tiny"
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_evaluate_loss_matches_transformers_on_pretrained_weights(tmp_path: Path) -> None:
@@ -82,9 +86,9 @@ def test_evaluate_loss_matches_transformers_on_pretrained_weights(tmp_path: Path
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.save_pretrained(tmp_path / "hf")
-    # Chosen config: context 16, no bias, no tying; init_from sets 32, bias and tying.
-    cfg = compose_cfg(tmp_path, f"init_from={tmp_path / 'hf'}", "data.batch_size=3", "~logger")
-    results = evaluate.run(cfg)
+    # Chosen config: context 16, no bias, no tying; init_from (relative to root_dir) sets 32, bias and tying.
+    cfg = compose_cfg(tmp_path, "init_from=hf", "data.batch_size=3", "logger=none")
+    results = evaluate.run(validate_config(cfg))
     ids = torch.tensor(text_to_token_ids(TEXT))
     windows = [ids[s : s + 33] for s in range(0, len(ids) - 32, 32)]  # stride null: the context length
     with torch.no_grad():
@@ -99,19 +103,20 @@ def test_evaluate_loss_matches_transformers_on_pretrained_weights(tmp_path: Path
 
 
 def test_evaluate_text_shorter_than_context_uses_one_window(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, "model.context_length=128", "~logger")
-    results = evaluate.run(cfg)
+    cfg = compose_cfg(tmp_path, "model.context_length=128", "logger=none")
+    results = evaluate.run(validate_config(cfg))
     assert results["eval_windows"] == 1
     assert results["eval_tokens"] == len(text_to_token_ids(TEXT)) - 1
 
 
 def test_evaluate_needs_a_text_file(tmp_path: Path) -> None:
     cfg = compose_cfg(tmp_path, "data.path=null")
-    with pytest.raises(evaluate.EvaluateDataError, match=r"data\.path=/path"):
-        evaluate.run(cfg)
-    cfg = compose_cfg(tmp_path, f"data.path={tmp_path / 'missing.txt'}")
-    with pytest.raises(evaluate.EvaluateDataError, match="no such file"):
-        evaluate.run(cfg)
+    with pytest.raises(UserError, match=r"data\.path=/path"):
+        run_task(cfg)
+    assert read_results(tmp_path / "run")["status"] == "failed"
+    cfg = compose_cfg(tmp_path, "data.path=missing.txt")
+    with pytest.raises(UserError, match="no such file"):
+        run_task(cfg)
 
 
 def test_token_windows_are_the_books_sliding_windows() -> None:

@@ -10,26 +10,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from gpt_lab.config import UserError
 from gpt_lab.generate import generate
 from gpt_lab.pretrained import build_model
+from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
 from gpt_lab.stats import model_report
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
 
 
-class EvaluateDataError(ValueError):
+class EvaluateDataError(UserError, ValueError):
     """``data.path`` is missing, unreadable or too short to evaluate on."""
 
 
@@ -95,45 +95,23 @@ def _device(cfg: DictConfig) -> torch.device:
 
 
 def _read_text(cfg: DictConfig) -> tuple[Path, str]:
-    if not cfg.data.get("path"):
+    if not cfg.data.path:
         raise EvaluateDataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
-    path = Path(to_absolute_path(str(cfg.data.path)))
+    path = Path(cfg.paths.root_dir, cfg.data.path)  # an absolute data.path stays as it is
     if not path.is_file():
         raise EvaluateDataError(f"data.path={cfg.data.path}: no such file ({path})")
     try:
         return path, path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise EvaluateDataError(f"data.path={cfg.data.path} is not UTF-8 text ({err})") from err
-
-
-def _tensorboard(cfg: DictConfig, model: nn.Module, metrics: dict[str, float], text: str) -> None:
-    """Metrics, hyper-parameters, graph and generated text to the configured loggers."""
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        logger = instantiate(logger_cfg)
-        logger.log_hyperparams(
-            {"model": dict(model.cfg), "data": OmegaConf.to_container(cfg.data), "init_from": cfg.get("init_from")}
-        )
-        logger.log_metrics(metrics, step=0)
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            experiment.add_text("generated_text", text, 0)
-        if logger_cfg.get("log_graph") and hasattr(experiment, "add_graph"):
-            example = torch.zeros(
-                1, min(8, model.context_length), dtype=torch.long, device=model.out_head.weight.device
-            )
-            try:
-                with warnings.catch_warnings():  # add_graph traces with torch.jit, deprecated in torch 2.x
-                    warnings.simplefilter("ignore")
-                    experiment.add_graph(model.eval(), example)
-            except Exception as err:  # a graph is a nicety: never lose the evaluation for it
-                log.warning("logger.%s: could not draw the model graph (%s)", name, err)
-        logger.finalize("success")
+        raise EvaluateDataError(f"data.path={cfg.data.path} is not UTF-8 text ({err})") from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate on ``cfg.data.path`` (``cfg`` validated); returns the results.json fields."""
     path, text = _read_text(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.get("init_from"))
+    init_from = Path(cfg.paths.root_dir, cfg.init_from) if cfg.init_from else None
+    model = build_model(OmegaConf.to_container(cfg.model), init_from)
     device = _device(cfg)
     model.to(device).eval()
     report = model_report(model)
@@ -145,12 +123,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise EvaluateDataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
     # A text shorter than one context still gets one (shorter) window.
     max_length = min(context_length, len(ids) - 1)
-    stride = cfg.data.get("stride") or max_length
+    stride = cfg.data.stride or max_length
     inputs, targets = token_windows(ids, max_length, stride)
-    print(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
+    log.info(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
     loss, n_tokens = mean_token_loss(model, inputs, targets, cfg.data.batch_size, device)
     ppl = perplexity(loss)
-    print(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
+    log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
 
     prompt_ids = tokenizer.encode(cfg.prompt)
     if not prompt_ids:
@@ -161,18 +139,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.tensor([prompt_ids], device=device),
         cfg.max_new_tokens,
         context_length,
-        temperature=cfg.get("temperature") or 0.0,
-        top_k=cfg.get("top_k"),
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
     )
     seconds = time.perf_counter() - start
     output_ids = out[0].tolist()
     output_text = tokenizer.decode(output_ids)
-    print(output_text)
+    log.info(output_text)
 
-    metrics = {"eval/loss": loss, "eval/perplexity": ppl}
-    _tensorboard(cfg, model, metrics, output_text)
+    tensorboard = tensorboard_logger(OmegaConf.to_container(cfg.logger) if cfg.logger else None)
+    if tensorboard is not None:
+        log_dir, log_graph = tensorboard
+        write_tensorboard(
+            log_dir,
+            model=model if log_graph else None,
+            example_input=inputs[:1, : min(8, max_length)].to(device),
+            hparams=_hparams(cfg, model),
+            metrics={"eval/loss": loss, "eval/perplexity": ppl},
+            texts={"generation/prompt": cfg.prompt, "generation/output_text": output_text},
+        )
+        log.info(f"TensorBoard: tensorboard --logdir {log_dir}")
     return {
-        "model": cfg.model.get("name"),
         **report,
         "prompt": cfg.prompt,
         "output_ids": output_ids,
@@ -184,3 +171,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "loss": loss,
         "perplexity": ppl,
     }
+
+
+def _hparams(cfg: DictConfig, model: nn.Module) -> dict[str, bool | int | float | str]:
+    """The model as built (after ``init_from``), the data settings and where the weights came from."""
+    data = {k: cfg.data[k] for k in ("path", "batch_size", "stride")}
+    return flatten_hparams({"task": "evaluate", "model": dict(model.cfg), "data": data, "init_from": cfg.init_from})
