@@ -281,10 +281,8 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
-    for key, value in weights.config.items():
-        if cfg.get(key) != value:
-            log.info("init_from: model.%s=%s (was %s) to fit %s", key, value, cfg.get(key), weights.path)
-            cfg[key] = value
+    changes = {key: (cfg.get(key), value) for key, value in weights.config.items() if cfg.get(key) != value}
+    cfg.update(weights.config)
 
     problems: list[str] = []
     for key, value in weights.stated.items():
@@ -323,6 +321,8 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
             f"n_heads={cfg['n_heads']}, vocab_size={cfg['vocab_size']}) cannot hold these {weights.format} "
             "weights:\n" + "\n".join(problems) + (f"\n{hint}" if hint else "")
         )
+    for key, (old, new) in changes.items():
+        log.info("init_from: model.%s=%s (was %s) to fit %s", key, new, old, weights.path)
     return cfg
 
 
