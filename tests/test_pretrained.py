@@ -276,3 +276,29 @@ def test_build_model_without_init_from_is_the_seeded_book_model() -> None:
     got = build_model(TINY).state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+
+
+def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None:
+    lit_module = pytest.importorskip("gpt_lab.lit_module")
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cfg = {**TINY, "drop_rate": 0.0, "qkv_bias": True, "tie_weights": True}
+    torch.manual_seed(0)
+    lit = lit_module.GPTLitModule(cfg)
+    x, y = torch.randint(0, VOCAB, (2, 4, 8))
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(lit, DataLoader(TensorDataset(x, y), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    model = build_model(TINY, tmp_path / "last.ckpt").eval()  # TINY: no bias, untied
+    assert load_pretrained(tmp_path / "last.ckpt").format == "lightning"
+    assert model.cfg["qkv_bias"] is True
+    assert model.out_head.weight is model.tok_emb.weight
+    torch.testing.assert_close(model(x), lit.model.eval()(x), rtol=0, atol=0)
