@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gpt_lab.config import UserError
+from gpt_lab.data import DataError, GPTDatasetV1, read_text
 from gpt_lab.generate import generate
 from gpt_lab.pretrained import build_model
 from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
@@ -27,25 +28,6 @@ from gpt_lab.stats import model_report
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
-
-
-class EvaluateDataError(UserError, ValueError):
-    """``data.path`` is missing, unreadable or too short to evaluate on."""
-
-
-def token_windows(ids: torch.Tensor, max_length: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The book's sliding windows over ``ids`` (n,): inputs and next-token targets, (windows, max_length).
-
-    Window ``i`` starts at token ``i * stride``; every window has a full set of targets, as in
-    the book's ``GPTDatasetV1`` (a tail shorter than a window is left out).
-    """
-    if max_length < 1 or stride < 1:
-        raise EvaluateDataError(f"window length {max_length} and data.stride={stride} must both be >= 1")
-    starts = torch.arange(0, len(ids) - max_length, stride)
-    offsets = torch.arange(max_length)
-    inputs = ids[starts[:, None] + offsets]  # (windows, max_length)
-    targets = ids[starts[:, None] + offsets + 1]
-    return inputs, targets
 
 
 @torch.no_grad()
@@ -78,7 +60,7 @@ def mean_token_loss(
     finally:
         model.train(was_training)
     if count == 0:
-        raise EvaluateDataError("no windows to evaluate: the text is shorter than one window")
+        raise DataError("no windows to evaluate: the text is shorter than one window")
     return float(total / count), count
 
 
@@ -96,14 +78,9 @@ def _device(cfg: DictConfig) -> torch.device:
 
 def _read_text(cfg: DictConfig) -> tuple[Path, str]:
     if not cfg.data.path:
-        raise EvaluateDataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
+        raise DataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
     path = Path(cfg.paths.root_dir, cfg.data.path)  # an absolute data.path stays as it is
-    if not path.is_file():
-        raise EvaluateDataError(f"data.path={cfg.data.path}: no such file ({path})")
-    try:
-        return path, path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise EvaluateDataError(f"data.path={cfg.data.path} is not UTF-8 text ({err})") from None
+    return path, read_text(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -120,11 +97,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = get_tokenizer()
     ids = torch.tensor(text_to_token_ids(text, tokenizer), dtype=torch.long)
     if len(ids) < 2:
-        raise EvaluateDataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
+        raise DataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
     # A text shorter than one context still gets one (shorter) window.
     max_length = min(context_length, len(ids) - 1)
     stride = cfg.data.stride or max_length
-    inputs, targets = token_windows(ids, max_length, stride)
+    windows = GPTDatasetV1(ids, max_length, stride)
+    inputs, targets = windows.input_ids, windows.target_ids  # (windows, max_length)
     log.info(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
     loss, n_tokens = mean_token_loss(model, inputs, targets, cfg.data.batch_size, device)
     ppl = perplexity(loss)
@@ -132,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     prompt_ids = tokenizer.encode(cfg.prompt)
     if not prompt_ids:
-        raise EvaluateDataError("prompt is empty: give at least one token, e.g. prompt='Hello, I am'")
+        raise UserError("prompt is empty: give at least one token, e.g. prompt='Hello, I am'")
     start = time.perf_counter()
     out = generate(
         model,
