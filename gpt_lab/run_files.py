@@ -7,17 +7,18 @@ and training runs sit side by side under ``tensorboard --logdir outputs``.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 TENSORBOARD_LOGGER = "TensorBoardLogger"
@@ -105,10 +106,14 @@ def write_tensorboard(
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
         if model is not None and example_input is not None:
-            with warnings.catch_warnings(), _traceable_sdpa():
+            # No grad: the trace and its consistency check then take the same (inference) path.
+            with warnings.catch_warnings(), torch.no_grad():
                 # The trace warns about Python-side shape checks in forward(); they are constant here.
                 warnings.simplefilter("ignore")
-                writer.add_graph(model, example_input)
+                try:
+                    writer.add_graph(model, example_input)
+                except Exception as err:  # the graph is a view of the run, not its result: keep going
+                    log.warning(f"TensorBoard: could not trace the model graph ({type(err).__name__}: {err})")
         for tag, value in (metrics or {}).items():
             writer.add_scalar(tag, value, step)
         if hparams:
@@ -122,22 +127,3 @@ def write_tensorboard(
     finally:
         writer.close()
     return log_dir
-
-
-@contextlib.contextmanager
-def _traceable_sdpa() -> Iterator[None]:
-    """Let ``torch.jit.trace`` through ``F.scaled_dot_product_attention(is_causal=...)``.
-
-    Under tracing, sizes read from ``x.shape`` are tensors, so an ``is_causal`` computed from them
-    is a tensor, which SDPA refuses. The flag is constant for the traced input: make it a bool.
-    """
-    sdpa = F.scaled_dot_product_attention
-
-    def traceable(*args: Any, is_causal: Any = False, **kwargs: Any) -> torch.Tensor:
-        return sdpa(*args, is_causal=bool(is_causal), **kwargs)
-
-    F.scaled_dot_product_attention = traceable
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = sdpa

@@ -1,0 +1,189 @@
+"""Config composition (every option of every group) and the schema's validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ValidationError
+
+from gpt_lab.config import ConfigError, validate_config
+from gpt_lab.model import GPTModel
+from gpt_lab.stats import count_params, count_params_tied
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+GROUP_OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+# BOOK_FIGURES.md, exercise 4.2: total parameters, and with the output head tied to the embedding.
+BOOK_SIZES = {
+    "gpt2_small": (163_009_536, 124_412_160),
+    "gpt2_medium": (406_212_608, 354_749_440),
+    "gpt2_large": (838_220_800, 773_891_840),
+    "gpt2_xl": (1_637_792_000, 1_557_380_800),
+}
+
+
+def test_config_groups_of_design_md_exist() -> None:
+    design = {"model", "dropout", "qkv_bias", "weight_tying", "task", "data", "trainer", "logger", "callbacks", "paths"}
+    assert design <= set(GROUPS)
+    options = {g: {o for gg, o in GROUP_OPTIONS if gg == g} for g in GROUPS}
+    assert {"gpt2_small", "gpt2_medium", "gpt2_large", "gpt2_xl", "tiny"} <= options["model"]
+    assert {"book", "none", "per_location"} <= options["dropout"]
+    assert {"off", "on"} == options["qkv_bias"] == options["weight_tying"]
+    assert {"generate", "train", "evaluate"} <= options["task"]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_config_every_group_option_composes_and_validates(compose_config, group: str, option: str) -> None:
+    cfg = validate_config(compose_config(f"{group}={option}"))
+    if group == "model":
+        assert cfg.model.name == option
+    if group == "task":
+        assert cfg.task.name == option
+
+
+def test_config_defaults_are_the_books(compose_config) -> None:
+    cfg = validate_config(compose_config())
+    assert (cfg.model.name, cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads) == ("gpt2_small", 768, 12, 12)
+    assert cfg.model.drop_rate == 0.1 and cfg.model.qkv_bias is False and cfg.model.tie_weights is False
+    assert (cfg.seed, cfg.prompt, cfg.max_new_tokens, cfg.temperature) == (123, "Hello, I am", 10, 0.0)
+    assert cfg.task.name == "generate"
+
+
+@pytest.mark.parametrize("size", sorted(BOOK_SIZES))
+@pytest.mark.parametrize("tying", ["off", "on"])
+def test_config_model_sizes_match_the_book(compose_config, size: str, tying: str) -> None:
+    cfg = validate_config(compose_config(f"model={size}", f"weight_tying={tying}"))
+    with torch.device("meta"):
+        model = GPTModel(cfg.model)
+    total, tied = BOOK_SIZES[size]
+    assert count_params(model) == (total if tying == "off" else tied)
+    assert count_params_tied(model) == tied
+
+
+def test_config_weight_tying_shares_the_head(compose_config) -> None:
+    on = GPTModel(validate_config(compose_config("model=tiny", "weight_tying=on")).model)
+    off = GPTModel(validate_config(compose_config("model=tiny", "weight_tying=off")).model)
+    assert on.out_head.weight is on.tok_emb.weight
+    assert off.out_head.weight is not off.tok_emb.weight
+
+
+def test_config_qkv_bias_adds_biases(compose_config) -> None:
+    on = GPTModel(validate_config(compose_config("model=tiny", "qkv_bias=on")).model)
+    off = GPTModel(validate_config(compose_config("model=tiny")).model)
+    for name in ("W_query", "W_key", "W_value"):
+        assert getattr(on.trf_blocks[0].att, name).bias is not None
+        assert getattr(off.trf_blocks[0].att, name).bias is None
+    emb, n_layers = 32, 2  # conf/model/tiny.yaml
+    assert count_params(on) - count_params(off) == 3 * emb * n_layers
+
+
+@pytest.mark.parametrize(
+    ("option", "rates"),
+    [("book", (0.1, 0.1, 0.1)), ("none", (0.0, 0.0, 0.0)), ("per_location", (0.1, 0.2, 0.3))],
+)
+def test_config_dropout_options_set_each_location(compose_config, option: str, rates: tuple) -> None:
+    model = GPTModel(validate_config(compose_config("model=tiny", f"dropout={option}")).model)
+    block = model.trf_blocks[0]
+    assert (model.drop_emb.p, block.att.dropout.p, block.drop_shortcut.p) == pytest.approx(rates)
+
+
+def test_config_plain_key_overrides_work_with_groups(compose_config) -> None:
+    cfg = validate_config(compose_config("model=gpt2_medium", "model.emb_dim=512", "model.drop_rate_attn=0.05"))
+    assert (cfg.model.name, cfg.model.emb_dim, cfg.model.n_heads) == ("gpt2_medium", 512, 16)
+    assert cfg.model.drop_rate_attn == 0.05
+
+
+def test_config_launchers_compose(compose_config) -> None:
+    targets = {}
+    for option in ("parallel", "slurm", "slurm_local"):
+        cfg = compose_config("model=tiny", f"hydra/launcher={option}", return_hydra_config=True)
+        targets[option] = cfg.hydra.launcher._target_
+    assert targets["parallel"].endswith("JoblibLauncher")
+    assert targets["slurm"].endswith("SlurmLauncher")
+    assert targets["slurm_local"].endswith("LocalLauncher")
+
+
+@pytest.fixture(scope="module")
+def default_config(tmp_path_factory: pytest.TempPathFactory) -> DictConfig:
+    """The default config, composed once for the many schema checks below."""
+    tmp = tmp_path_factory.mktemp("run")
+    paths = [f"paths.root_dir={tmp}", f"paths.project_dir={tmp}", f"paths.output_dir={tmp}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
+        return compose("config", overrides=paths)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.n_heads=5"], "model.n_heads=5 must divide model.emb_dim=768"),
+        (["model.emb_dim=100", "model.n_heads=12"], "model.n_heads=12 must divide model.emb_dim=100"),
+        (["model.drop_rate=1.0"], r"model.drop_rate=1.0 must be a rate in \[0, 1\)"),
+        (["model.drop_rate=-0.1"], r"model.drop_rate=-0.1 must be a rate in \[0, 1\)"),
+        (["model.drop_rate_attn=1.5"], r"model.drop_rate_attn=1.5 must be a rate in \[0, 1\)"),
+        (["model.n_layers=0"], "model.n_layers=0 must be a positive integer"),
+        (["model.emb_dim=-8"], "model.emb_dim=-8 must be a positive integer"),
+        (["model.vocab_size=0"], "model.vocab_size=0 must be a positive integer"),
+        (["max_new_tokens=-1"], "max_new_tokens=-1 must be >= 0"),
+        (["temperature=-0.5"], "temperature=-0.5 must be >= 0"),
+        (["top_k=0"], "top_k=0 must be >= 1"),
+        (["prompt=''"], "prompt='' is empty"),
+        (["seed=-1"], "seed=-1 must be in"),
+        (["task.name=dream"], "task.name=dream is not a task; choose one of generate, train, evaluate"),
+        (["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
+        (["data.stride=0"], "data.stride=0 must be a positive integer"),
+        (["data.train_ratio=1.0"], r"data.train_ratio=1.0 must be in \(0, 1\)"),
+        (["optim.lr=0"], "optim.lr=0.0 must be > 0"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1 must be >= 0"),
+        (["model.emb_dim=abc"], "model.emb_dim='abc' is not an integer"),
+        (["model.drop_rate=high"], "model.drop_rate='high' is not a number"),
+        (["model.qkv_bias=maybe"], r"model.qkv_bias='maybe' is not a boolean \(true or false\)"),
+        (["data.batch_size=1.5"], "data.batch_size=1.5 is not an integer"),
+        (["+model.n_head=4"], "unknown key model.n_head; model accepts name, vocab_size, .*n_heads"),
+        (["+learning_rate=0.1"], "unknown key learning_rate; the top level accepts model, .*seed"),
+    ],
+)
+def test_config_schema_rejects_bad_values(default_config: DictConfig, overrides: list[str], message: str) -> None:
+    cfg = default_config.copy()
+    OmegaConf.set_struct(cfg, False)  # `+key=value` adds a key, as on the command line
+    cfg.merge_with_dotlist([o.removeprefix("+") for o in overrides])
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_config_schema_reports_every_problem_at_once(compose_config) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config("model.n_heads=5", "max_new_tokens=-2", "optim.lr=-1"))
+    text = str(err.value)
+    assert "model.n_heads=5" in text and "max_new_tokens=-2" in text and "optim.lr=-1.0" in text
+    assert "\n" not in text  # one paragraph
+
+
+def test_config_schema_rejects_unknown_keys_from_yaml(compose_config) -> None:
+    cfg = compose_config("model=tiny")
+    with open_dict(cfg):
+        cfg.model.embed_dim = 64  # a typo in a YAML file
+    with pytest.raises(ConfigError, match=r"unknown key model\.embed_dim"):
+        validate_config(cfg)
+
+
+def test_config_schema_names_missing_values(compose_config) -> None:
+    cfg = compose_config("model=tiny")
+    with open_dict(cfg):
+        del cfg.model["context_length"]
+    with pytest.raises(ConfigError, match=r"model\.context_length must be set"):
+        validate_config(cfg)
+
+
+def test_config_validated_config_is_typed_and_resolved(compose_config, tmp_path) -> None:
+    cfg = validate_config(compose_config("model=tiny", "model.emb_dim=64"))
+    assert cfg.model.emb_dim == 64 and isinstance(cfg.model.emb_dim, int)
+    assert cfg.trainer.default_root_dir == str(tmp_path)  # interpolations resolved
+    assert OmegaConf.to_container(cfg.logger)["tensorboard"]["save_dir"] == str(tmp_path)
+    with pytest.raises(ValidationError):
+        cfg.model.emb_dim = "wide"

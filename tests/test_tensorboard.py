@@ -1,0 +1,56 @@
+"""The generate task's TensorBoard events, read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from gpt_lab.tasks import run_task
+
+
+@pytest.fixture
+def events(compose_config, tmp_path: Path) -> EventAccumulator:
+    run_task(compose_config("model=tiny", "max_new_tokens=3"))
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_graph_shows_the_module_hierarchy(events: EventAccumulator) -> None:
+    names = [node.name for node in events.Graph().node]
+    assert any("trf_blocks" in n and "att" in n and "W_query" in n for n in names)
+    assert any("trf_blocks" in n and "ff" in n and "layers" in n for n in names)
+    for module in ("tok_emb", "pos_emb", "final_norm", "out_head", "norm1", "drop_shortcut"):
+        assert any(module in n for n in names), module
+    # Two blocks in the tiny model, each its own scope.
+    assert any("TransformerBlock[0]" in n for n in names) and any("TransformerBlock[1]" in n for n in names)
+
+
+def test_tensorboard_holds_the_generated_text(events: EventAccumulator, tmp_path: Path) -> None:
+    tags = events.Tags()["tensors"]
+    assert "generation/output_text/text_summary" in tags
+    text = events.Tensors("generation/output_text/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("Hello, I am")
+    assert text == __import__("json").loads((tmp_path / "results.json").read_text())["output_text"]
+
+
+def test_tensorboard_hparams_are_primitives(events: EventAccumulator) -> None:
+    content = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hp = start.hparams
+    assert hp["model/emb_dim"].number_value == 32
+    assert hp["model/name"].string_value == "tiny"
+    assert hp["model/qkv_bias"].bool_value is False
+    assert hp["prompt"].string_value == "Hello, I am"
+    assert hp["top_k"].string_value == "None"
+    assert events.Scalars("generation/tokens_per_second")[0].value > 0
+
+
+def test_tensorboard_logger_none_writes_no_events(compose_config, tmp_path: Path) -> None:
+    run_task(compose_config("model=tiny", "max_new_tokens=1", "logger=none"))
+    assert not (tmp_path / "tensorboard").exists()
+    assert (tmp_path / "results.json").is_file()
