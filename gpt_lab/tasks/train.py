@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=to_absolute_path(str(cfg.data.path)),
+        path=Path(to_absolute_path(str(cfg.data.path))).resolve(),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -57,6 +58,8 @@ def _find(callbacks: list[Any], kind: type) -> Any:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     model_cfg, init_state = init_model_config(cfg.model, cfg.get("init_from"))
 
     # Read and check the data first: a bad data.path fails before the model is built.

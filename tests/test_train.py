@@ -1,0 +1,145 @@
+"""task=train end to end, composed in-process: losses, run files, book export, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from book_reference import RefGPT
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_lab.config import UserError
+from gpt_lab.data import split_text
+from gpt_lab.model import GPTModel
+from gpt_lab.tasks import run_task
+from gpt_lab.tokenizer import get_tokenizer
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONTEXT = 16
+SMALL = [
+    "task=train",
+    "model=tiny",
+    f"model.context_length={CONTEXT}",
+    "model.emb_dim=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "+trainer.enable_model_summary=false",
+    "+trainer.log_every_n_steps=1",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_text.max_new_tokens=5",
+    "max_new_tokens=5",
+]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "story.txt"
+    path.write_text("The cat sat on the mat. The dog lay by the door. " * 30, encoding="utf-8")
+    return path
+
+
+def _config(out: Path, *overrides: str) -> DictConfig:
+    paths = [f"paths.root_dir={out}", f"paths.project_dir={out}", f"paths.output_dir={out}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_train"):
+        return compose("config", overrides=[*SMALL, *overrides, *paths])
+
+
+def _train(out: Path, text_file: Path, *overrides: str) -> dict:
+    return run_task(_config(out, f"data.path={text_file}", *overrides))
+
+
+def _direct_initial_losses(cfg: DictConfig, text_file: Path) -> tuple[float, float]:
+    """The book's computation, written out: seed, build, eval, mean cross-entropy over each split's windows."""
+    torch.manual_seed(cfg.seed)
+    model = GPTModel(OmegaConf.to_container(cfg.model)).eval()
+    losses = []
+    for part in split_text(text_file.read_text(encoding="utf-8"), 0.9):
+        ids = get_tokenizer().encode(part)
+        window_losses = []
+        for i in range(0, len(ids) - CONTEXT, CONTEXT):
+            x = torch.tensor([ids[i : i + CONTEXT]])
+            y = torch.tensor([ids[i + 1 : i + CONTEXT + 1]])
+            with torch.no_grad():
+                window_losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+        losses.append(sum(window_losses) / len(window_losses))
+    return losses[0], losses[1]
+
+
+def test_train_lowers_the_loss_and_writes_the_run_files(tmp_path: Path, text_file: Path) -> None:
+    out = tmp_path / "run"
+    results = _train(out, text_file, "trainer.max_epochs=3", "optim.lr=0.005")
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["status"] == "completed"
+
+    expected_train, expected_val = _direct_initial_losses(_config(out), text_file)
+    assert results["initial_train_loss"] == pytest.approx(expected_train, rel=1e-5)
+    assert results["initial_val_loss"] == pytest.approx(expected_val, rel=1e-5)
+    assert results["train_loss"] < results["initial_train_loss"] - 2.0
+    assert results["val_loss"] < results["initial_val_loss"]
+    steps = results["global_step"]
+    windows = len(range(0, results["train_tokens"] - CONTEXT, CONTEXT))
+    assert steps == 3 * (windows // 2)  # full batches of 2 per epoch
+    assert results["tokens_seen"] == steps * 2 * CONTEXT
+    assert [e["epoch"] for e in results["loss_curve"]] == [1, 2, 3]
+    assert results["output_text"].startswith("Hello, I am")
+    assert Path(results["checkpoint"]).is_file()
+
+    # The book's model loads the exported weights with strict=True and computes the same logits.
+    book = RefGPT(OmegaConf.to_container(_config(out).model)).eval()
+    book.load_state_dict(torch.load(out / "model.pth", weights_only=True), strict=True)
+    ckpt = torch.load(results["checkpoint"], weights_only=True)
+    ours = GPTModel(ckpt["hyper_parameters"]["model_cfg"]).eval()
+    ours.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
+    idx = torch.tensor([[464, 3797, 3332]])
+    torch.testing.assert_close(book(idx), ours(idx), rtol=1e-5, atol=1e-5)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "val/loss", "train/tokens_seen", "train/loss_initial", "lr-AdamW"):
+        assert tag in tags["scalars"], tag
+    assert any(t.startswith("samples") for t in tags["tensors"])
+    assert tags["graph"]
+    assert events.Scalars("val/loss")[0].step == 0  # the curve starts at the initial loss
+    assert events.Scalars("val/loss")[0].value == pytest.approx(results["initial_val_loss"], rel=1e-5)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, text_file: Path) -> None:
+    whole = _train(tmp_path / "whole", text_file, "trainer.max_epochs=2")
+    _train(tmp_path / "first", text_file, "trainer.max_epochs=1")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = _train(tmp_path / "second", text_file, "trainer.max_epochs=2", f"ckpt_path={last}")
+    for key in ("initial_train_loss", "initial_val_loss", "train_loss", "val_loss", "tokens_seen", "global_step"):
+        assert resumed[key] == whole[key], key
+    assert resumed["loss_curve"] == whole["loss_curve"]
+    a = torch.load(tmp_path / "whole" / "model.pth", weights_only=True)
+    b = torch.load(tmp_path / "second" / "model.pth", weights_only=True)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+def test_train_without_data_path_says_how_to_give_one(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"task=train needs a text to train on: add data.path="):
+        run_task(_config(tmp_path))
+
+
+def test_missing_checkpoint_to_resume_is_a_user_error(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(UserError, match=r"ckpt_path=.*nope.ckpt is not a file"):
+        _train(tmp_path, text_file, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+
+
+def test_ch05_preset_has_the_books_settings(tmp_path: Path) -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_train"):
+        cfg = compose("config", overrides=["experiment=ch05", f"paths.output_dir={tmp_path}"])
+    assert cfg.task.name == "train" and cfg.model.name == "gpt2_small" and cfg.seed == 123
+    assert (cfg.model.context_length, cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads) == (256, 768, 12, 12)
+    assert (cfg.model.drop_rate, cfg.model.qkv_bias) == (0.1, False)
+    assert (cfg.data.batch_size, cfg.data.stride, cfg.data.train_ratio) == (2, 256, 0.9)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.0004, 0.1)
+    assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval) == (10, 5)
+    assert cfg.callbacks.sample_text.prompt == "Every effort moves you"
