@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+
+from gpt_lab.model import GPTModel
 
 
 def _check_args(idx: torch.Tensor, max_new_tokens: int, context_size: int) -> None:
@@ -76,13 +80,17 @@ def generate(
     was_training = model.training
     model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
+    # Only the last position's logits are used: GPTModel can skip the output head for the others,
+    # and keep a faster copy of it while this loop runs.
+    fast = isinstance(model, GPTModel)
+    last = {"last_only": True} if fast else {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.generation_mode() if fast else contextlib.nullcontext():
             for _ in range(max_new_tokens):
                 if cache is not None and idx.shape[1] <= cache.max_len:
-                    logits = model(idx[:, cache.pos :], kv_cache=cache)
+                    logits = model(idx[:, cache.pos :], kv_cache=cache, **last)
                 else:
-                    logits = model(idx[:, -context_size:])
+                    logits = model(idx[:, -context_size:], **last)
                 idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 if eos_id is not None and bool((idx_next == eos_id).all()):
                     break
