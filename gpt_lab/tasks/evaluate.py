@@ -85,7 +85,16 @@ def _read_text(cfg: DictConfig) -> tuple[Path, str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate on ``cfg.data.path`` (``cfg`` validated); returns the results.json fields."""
+    # Inputs are checked before the (possibly large) model is read.
     path, text = _read_text(cfg)
+    tokenizer = get_tokenizer()
+    ids = torch.tensor(text_to_token_ids(text, tokenizer), dtype=torch.long)
+    if len(ids) < 2:
+        raise DataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
+    prompt_ids = text_to_token_ids(cfg.prompt, tokenizer)
+    if not prompt_ids:
+        raise UserError(f"prompt={cfg.prompt!r} encodes to no tokens; give some text, e.g. prompt='Hello, I am'")
+
     torch.manual_seed(cfg.seed)
     init_from = Path(cfg.paths.root_dir, cfg.init_from) if cfg.init_from else None
     model = build_model(OmegaConf.to_container(cfg.model), init_from)
@@ -94,10 +103,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report = model_report(model)
     context_length = model.context_length
 
-    tokenizer = get_tokenizer()
-    ids = torch.tensor(text_to_token_ids(text, tokenizer), dtype=torch.long)
-    if len(ids) < 2:
-        raise DataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
     # A text shorter than one context still gets one (shorter) window.
     max_length = min(context_length, len(ids) - 1)
     stride = cfg.data.stride or max_length
@@ -108,9 +113,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ppl = perplexity(loss)
     log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
 
-    prompt_ids = tokenizer.encode(cfg.prompt)
-    if not prompt_ids:
-        raise UserError("prompt is empty: give at least one token, e.g. prompt='Hello, I am'")
     start = time.perf_counter()
     out = generate(
         model,
