@@ -7,11 +7,13 @@ and training runs sit side by side under ``tensorboard --logdir outputs``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,9 @@ def write_tensorboard(
     """Write the model graph, hyper-parameters (with ``metrics`` beside them) and texts to ``log_dir``.
 
     The graph is traced with ``torch.jit.trace`` on ``example_input`` (b, t): the trace refers to
-    the model's own parameters, so it adds no copy of the weights.
+    the model's own parameters, so it adds no copy of the weights (gpt2_xl: peak memory stays
+    within a few hundred MiB of the weights' 6,248 MiB). A graph that cannot be traced is logged
+    as a warning, not raised: the run's results do not depend on it.
     """
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -107,7 +111,7 @@ def write_tensorboard(
     try:
         if model is not None and example_input is not None:
             # No grad: the trace and its consistency check then take the same (inference) path.
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), _trace_without_check():
                 # The trace warns about Python-side shape checks in forward(); they are constant here.
                 warnings.simplefilter("ignore")
                 try:
@@ -127,3 +131,19 @@ def write_tensorboard(
     finally:
         writer.close()
     return log_dir
+
+
+@contextlib.contextmanager
+def _trace_without_check() -> Iterator[None]:
+    """Make ``SummaryWriter.add_graph``'s ``torch.jit.trace`` skip its consistency check.
+
+    ``add_graph`` offers no way to pass ``check_trace=False``; the check traces and runs the model
+    again and compares the two graphs as text, about 5x the cost of the trace itself (a minute
+    for gpt2_xl on 2 cores). The graph drawn is the same.
+    """
+    trace = torch.jit.trace
+    torch.jit.trace = functools.partial(trace, check_trace=False)
+    try:
+        yield
+    finally:
+        torch.jit.trace = trace
