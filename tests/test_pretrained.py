@@ -278,6 +278,7 @@ def test_build_model_without_init_from_is_the_seeded_book_model() -> None:
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`", "ignore:`isinstance\\(treespec")
 def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None:
     lit_module = pytest.importorskip("gpt_lab.lit_module")
     import lightning as L
