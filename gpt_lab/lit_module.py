@@ -122,7 +122,7 @@ class GPTLitModule(L.LightningModule):
         # Tokens seen by all processes together (every rank's batch has the same shape).
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 

@@ -56,6 +56,24 @@ def _find(callbacks: list[Any], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
+def _refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
+    """Lightning's DDP re-runs the command line once per extra process; under ``-m`` each would re-run the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (
+        type(launcher).__name__ == "_SubprocessScriptLauncher"
+        and HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+    ):
+        raise UserError(
+            f"trainer.devices={trainer.num_devices} with strategy DDP starts its extra processes by re-running the "
+            "command line, which -m (multirun) cannot do: run multi-device jobs one at a time, or sweep with "
+            "hydra/launcher=slurm where SLURM starts one task per device"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
@@ -84,6 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _refuse_ddp_in_multirun(trainer)
     ckpt_path = to_absolute_path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
@@ -95,7 +114,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Final losses over the whole sets, in eval mode, like the initial ones.
     train_loss = mean_loss(lit.model, datamodule.eval_dataloader("train"), lit.device)
     val_loss = mean_loss(lit.model, datamodule.eval_dataloader("val"), lit.device)
-    log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
+    if trainer.is_global_zero:
+        log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
 
     initial = _find(callbacks, InitialLossEvaluation)
     history = _find(callbacks, LossHistory)

@@ -1,0 +1,45 @@
+"""Lightning's DDP on 2 CPU processes (gloo) under Hydra: one run directory, rank 0 writes the files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: Callable) -> None:
+    (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 30, encoding="utf-8")
+    proc = run_cli(
+        "task=train",
+        "model=tiny",
+        "model.context_length=16",
+        "model.emb_dim=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "data.path=story.txt",  # relative to the directory the command ran from
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "callbacks.sample_text.max_new_tokens=3",
+        # Microseconds in the name: a child process that resolved the directory again would get another one.
+        "hydra.run.dir=runs/${now:%H-%M-%S-%f}",
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "train_ddp_process_1.log").is_file()  # the second process logged beside the first
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed"
+    # 23 windows over 2 processes: DistributedSampler pads to 12 each, 6 batches of 2 per process.
+    assert results["global_step"] == 6
+    assert results["tokens_seen"] == 6 * 2 * 2 * 16
+    assert (run / "model.pth").is_file() and Path(results["checkpoint"]).is_file()
+    assert results["val_loss"] < results["initial_val_loss"] + 0.5
