@@ -18,8 +18,10 @@ os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run_job(cfg)
+def main(cfg: DictConfig) -> float | None:
+    results = run_job(cfg)
+    # What a Hydra sweeper (hydra/sweeper=optuna_lr_dropout) minimises: a training run's val_loss.
+    return results.get("val_loss") if results else None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import random
 import sys
 import time
@@ -47,13 +48,20 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         seed_everything(cfg.seed)
         results = importlib.import_module(f"gpt_lab.tasks.{cfg.task.name}").run(cfg)
     except BaseException as err:
-        if output_dir is not None:
+        if output_dir is not None and is_rank_zero():
             failed = {**info, "status": "failed", "error": _error_text(err)}
             write_results(output_dir, {**failed, "wall_time_s": time.perf_counter() - started})
         raise
     results = {**info, **results, "status": "completed", "wall_time_s": time.perf_counter() - started}
-    write_results(cfg.paths.output_dir, results)
+    if is_rank_zero():
+        write_results(cfg.paths.output_dir, results)
     return results
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a multi-process run (Lightning's DDP children, torchrun,
+    SLURM tasks): they share rank 0's run directory, and only rank 0 writes results.json."""
+    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
