@@ -143,3 +143,25 @@ def test_ch05_preset_has_the_books_settings(tmp_path: Path) -> None:
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.0004, 0.1)
     assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval) == (10, 5)
     assert cfg.callbacks.sample_text.prompt == "Every effort moves you"
+
+
+@pytest.mark.slow  # a real two-trial sweep through the command line
+def test_optuna_sweep_minimises_the_returned_validation_loss(tmp_path: Path, text_file: Path, run_cli) -> None:
+    proc = run_cli(
+        "-m",
+        "hydra/sweeper=optuna_lr_dropout",
+        "hydra.sweeper.n_trials=2",
+        *SMALL,
+        "+trainer.max_steps=3",
+        f"data.path={text_file}",
+        "hydra.sweep.dir=sweep",
+        "hydra.sweep.subdir=trial_${hydra.job.num}",
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert set(best.best_params) == {"optim.lr", "model.drop_rate"}
+    val_losses = [
+        json.loads((tmp_path / "sweep" / f"trial_{i}" / "results.json").read_text())["val_loss"] for i in (0, 1)
+    ]
+    assert best.best_value == pytest.approx(min(val_losses))
