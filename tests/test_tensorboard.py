@@ -54,3 +54,33 @@ def test_tensorboard_logger_none_writes_no_events(compose_config, tmp_path: Path
     run_task(compose_config("model=tiny", "max_new_tokens=1", "logger=none"))
     assert not (tmp_path / "tensorboard").exists()
     assert (tmp_path / "results.json").is_file()
+
+
+TRACE_MEMORY_SCRIPT = """
+import resource, sys, torch
+from gpt_lab.model import GPTModel
+from gpt_lab.run_files import write_tensorboard
+cfg = dict(vocab_size=50257, context_length=256, emb_dim=512, n_heads=8, n_layers=8, drop_rate=0.1, qkv_bias=False)
+model = GPTModel(cfg).eval()
+idx = torch.tensor([[15496, 11, 314, 716]])
+with torch.no_grad():
+    model(idx)  # the forward pass's own peak, before the trace
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+write_tensorboard(sys.argv[1], model=model, example_input=idx)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024, sum(p.numel() for p in model.parameters()) * 4 / 2**20)
+"""
+
+
+@pytest.mark.slow
+def test_tensorboard_graph_trace_adds_no_copy_of_the_weights(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", TRACE_MEMORY_SCRIPT, str(tmp_path / "tb")], capture_output=True, text=True, check=True
+    )
+    growth_mib, weights_mib = map(float, out.stdout.split())
+    assert weights_mib > 100
+    assert growth_mib < 0.25 * weights_mib, (growth_mib, weights_mib)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
