@@ -15,10 +15,11 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: writing results.json needs none of it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "tolist"):  # a tensor or a NumPy value
         return _json_safe(value.tolist())
     return value
 
@@ -103,6 +104,7 @@ def write_tensorboard(
     within a few hundred MiB of the weights' 6,248 MiB). A graph that cannot be traced is logged
     as a warning, not raised: the run's results do not depend on it.
     """
+    import torch
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -141,6 +143,8 @@ def _trace_without_check() -> Iterator[None]:
     again and compares the two graphs as text, about 5x the cost of the trace itself (a minute
     for gpt2_xl on 2 cores). The graph drawn is the same.
     """
+    import torch
+
     trace = torch.jit.trace
     torch.jit.trace = functools.partial(trace, check_trace=False)
     try:

@@ -19,7 +19,6 @@ import time
 import traceback
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import TASK_NAMES, UserError, validate_config
@@ -100,6 +99,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's and PyTorch's generators (each job of a sweep re-seeds itself)."""
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -107,7 +108,8 @@ def seed_everything(seed: int) -> None:
 def release_memory() -> None:
     """Free what the finished job held before the next job of a sweep starts."""
     gc.collect()
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # not imported when the job stopped at validation
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
