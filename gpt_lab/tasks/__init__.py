@@ -114,10 +114,12 @@ def release_memory() -> None:
 
 
 def _output_dir(cfg: DictConfig) -> str | None:
+    """The run directory, if the config can name it (results.json of a failed run goes there)."""
     try:
-        return str(OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=True))
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=True)
     except Exception:
         return None
+    return str(output_dir) if output_dir else None
 
 
 def _error_text(err: BaseException) -> str:
