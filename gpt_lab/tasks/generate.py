@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import UserError
 from gpt_lab.generate import generate
-from gpt_lab.pretrained import InitFromError, build_model
+from gpt_lab.pretrained import build_model
 from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
 from gpt_lab.stats import model_report
 from gpt_lab.tokenizer import get_tokenizer
@@ -36,10 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     init_from = Path(cfg.paths.root_dir, cfg.init_from) if cfg.init_from else None
-    try:
-        model = build_model(OmegaConf.to_container(cfg.model), init_from).eval()
-    except InitFromError as err:
-        raise UserError(str(err)) from None
+    model = build_model(OmegaConf.to_container(cfg.model), init_from).eval()  # InitFromError is a UserError
     report = model_report(model)
     log.info(f"Total number of parameters: {report['total_params']:,}")
     log.info(f"Number of trainable parameters considering weight tying: {report['total_params_tied']:,}")
@@ -67,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info(f"({n_new} new tokens in {seconds:.2f} s: {tokens_per_second:.1f} tokens/s)")
 
     results = {
+        "model_config": model.cfg,  # as built (init_from may have set qkv_bias, tie_weights, context_length)
         **report,
         "prompt": cfg.prompt,
         "input_ids": prompt_ids,
