@@ -35,7 +35,6 @@ def _use_decode_path(x: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.numel() <= _DECODE_MAX_ROWS * x.shape[-1]
-        and torch.get_num_threads() > 1
     )
 
 
@@ -44,6 +43,8 @@ def _split_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     weight, bias = linear.weight, linear.bias
     n_out, n_in = weight.shape
     k = torch.get_num_threads()
+    if k == 1:
+        return linear(x)
     n = n_out // k
     rows = x.reshape(1, -1, n_in).expand(k, -1, n_in)  # (k, rows, n_in)
     chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n)

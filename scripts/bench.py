@@ -1,0 +1,652 @@
+"""Benchmark gpt_lab against the book's explicit code and Hugging Face ``transformers``, same weights.
+
+    python scripts/bench.py [--quick] [--threads N] [--json PATH]     (or: make bench)
+
+Every implementation gets the book's seed-123 GPT-2 small weights. Before timing, the script checks
+that logits agree and that greedy tokens are identical; then it runs warm-ups and several
+repetitions, interleaving the implementations round by round (a shared machine drifts), and prints
+one table of medians, min-max and ratios, also written as JSON. Nothing is downloaded:
+``transformers.GPT2LMHeadModel`` is built from a local ``GPT2Config``. Without ``transformers``
+(the optional ``bench`` extra) the Hugging Face rows are skipped.
+
+Timings are wall-clock on CPU. Compare ratios from one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpt_lab.generate import generate  # noqa: E402
+from gpt_lab.model import GPTModel  # noqa: E402
+
+GPT2_SMALL = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+SIZES = {
+    "gpt2_medium": {**GPT2_SMALL, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2_xl": {**GPT2_SMALL, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
+
+
+# --- The book's explicit code (chapter 3-4 formulas, written out; the reference to beat) -----------
+
+
+class BookLayerNorm(nn.Module):
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__()
+        self.eps = 1e-5
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True, unbiased=False)
+        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+
+
+class BookGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+class BookAttention(nn.Module):
+    """Masked softmax attention with the book's ``mask`` buffer; optionally the KV-cache variant."""
+
+    def __init__(self, d: int, context_length: int, dropout: float, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.d_out = num_heads, d // num_heads, d
+        self.W_query = nn.Linear(d, d, bias=qkv_bias)
+        self.W_key = nn.Linear(d, d, bias=qkv_bias)
+        self.W_value = nn.Linear(d, d, bias=qkv_bias)
+        self.out_proj = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
+        self.cache_k: torch.Tensor | None = None
+        self.cache_v: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        if use_cache:  # the book's KV-cache variant: grow the cache by concatenation
+            if self.cache_k is not None:
+                k = torch.cat((self.cache_k, k), dim=2)
+                v = torch.cat((self.cache_v, v), dim=2)
+            self.cache_k, self.cache_v = k, v
+        n_k = k.shape[2]
+        scores = q @ k.transpose(2, 3)  # (b, h, t, n_k)
+        scores.masked_fill_(self.mask.bool()[n_k - t : n_k, :n_k], -torch.inf)
+        weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(b, t, self.d_out))
+
+
+class BookBlock(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d = cfg["emb_dim"]
+        self.att = BookAttention(d, cfg["context_length"], cfg["drop_rate"], cfg["n_heads"], cfg["qkv_bias"])
+        self.ff = nn.Module()
+        self.ff.layers = nn.Sequential(nn.Linear(d, 4 * d), BookGELU(), nn.Linear(4 * d, d))
+        self.norm1 = BookLayerNorm(d)
+        self.norm2 = BookLayerNorm(d)
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache))
+        return x + self.drop_shortcut(self.ff.layers(self.norm2(x)))
+
+
+class BookGPT(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.ModuleList([BookBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = BookLayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.pos = 0
+
+    def forward(self, idx: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        t = idx.shape[1]
+        start = self.pos if use_cache else 0
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(start, start + t, device=idx.device))
+        x = self.drop_emb(x)
+        for block in self.trf_blocks:
+            x = block(x, use_cache)
+        self.pos = start + t if use_cache else 0
+        return self.out_head(self.final_norm(x))
+
+    def reset_cache(self) -> None:
+        self.pos = 0
+        for block in self.trf_blocks:
+            block.att.cache_k = block.att.cache_v = None
+
+
+def book_loop(model: nn.Module, idx: torch.Tensor, n: int, context: int) -> torch.Tensor:
+    """The chapter's generate_text_simple, as printed: the whole window every step."""
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(idx[:, -context:])[:, -1, :]
+        idx = torch.cat((idx, logits.argmax(dim=-1, keepdim=True)), dim=1)
+    return idx
+
+
+def book_kv_loop(model: BookGPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The book's KV-cache variant: prompt once, then one token at a time."""
+    model.reset_cache()
+    with torch.no_grad():
+        logits = model(idx, use_cache=True)
+        for _ in range(n):
+            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
+            idx = torch.cat((idx, nxt), dim=1)
+            logits = model(nxt, use_cache=True)
+    model.reset_cache()
+    return idx
+
+
+def build_book(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> BookGPT:
+    model = BookGPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(".mask") for k in missing):
+        raise RuntimeError(f"book model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+# --- Hugging Face transformers with the same weights --------------------------------------------
+
+
+def build_hf(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = cfg["emb_dim"]
+    hf_cfg = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["context_length"],
+        n_embd=d,
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+        activation_function="gelu_new",  # the tanh approximation
+        resid_pdrop=cfg["drop_rate"],
+        embd_pdrop=cfg["drop_rate"],
+        attn_pdrop=cfg["drop_rate"],
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,  # our out_head is its own matrix
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(hf_cfg)
+    hs = {"transformer.wte.weight": state["tok_emb.weight"], "transformer.wpe.weight": state["pos_emb.weight"]}
+    for i in range(cfg["n_layers"]):
+        p, q = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        qkv = ("query", "key", "value")
+        # HF's Conv1D stores (in, out): transpose; q, k, v are fused into c_attn.
+        hs[q + "attn.c_attn.weight"] = torch.cat([state[p + f"att.W_{n}.weight"] for n in qkv]).t()
+        biases = [state.get(p + f"att.W_{n}.bias") for n in qkv]
+        hs[q + "attn.c_attn.bias"] = torch.cat(biases) if biases[0] is not None else torch.zeros(3 * d)
+        for ours, theirs in (
+            ("att.out_proj", "attn.c_proj"),
+            ("ff.layers.0", "mlp.c_fc"),
+            ("ff.layers.2", "mlp.c_proj"),
+        ):
+            hs[q + theirs + ".weight"] = state[p + ours + ".weight"].t()
+            hs[q + theirs + ".bias"] = state[p + ours + ".bias"]
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            hs[q + theirs + ".weight"] = state[p + ours + ".scale"]
+            hs[q + theirs + ".bias"] = state[p + ours + ".shift"]
+    hs["transformer.ln_f.weight"] = state["final_norm.scale"]
+    hs["transformer.ln_f.bias"] = state["final_norm.shift"]
+    hs["lm_head.weight"] = state["out_head.weight"]
+    missing, unexpected = model.load_state_dict(hs, strict=False)
+    if unexpected or any(".attn.bias" not in k and ".masked_bias" not in k for k in missing):
+        raise RuntimeError(f"transformers model: missing {missing}, unexpected {unexpected}")
+    if model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr():
+        raise RuntimeError("transformers tied lm_head to wte; the copy needs tie_word_embeddings=False")
+    return model
+
+
+def hf_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    return model(idx).logits
+
+
+def hf_generate(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
+    return model.generate(
+        idx,
+        attention_mask=torch.ones_like(idx),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+
+
+def have_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, round-robin over ``reps`` rounds (order rotated)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            out[n].append(timed(fns[n]))
+    return out
+
+
+def summary(seconds: list[float], work: float) -> dict[str, float]:
+    """Throughput (work per second): median, min, max over the runs."""
+    rates = [work / s for s in seconds]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
+
+
+def read_bandwidth_gbs(reps: int = 7) -> float:
+    """Memory read bandwidth (GB/s) of a sum over 512 MB, median of ``reps``."""
+    big = torch.ones(128 * 1024 * 1024)
+    big.sum()
+    secs = [timed(big.sum) for _ in range(reps)]
+    return big.numel() * 4 / statistics.median(secs) / 1e9
+
+
+def gemm_gflops(reps: int = 5) -> float:
+    a, b = torch.randn(2048, 768), torch.randn(768, 3072)
+    a @ b
+    secs = [timed(lambda: a @ b) for _ in range(reps)]
+    return 2 * 2048 * 768 * 3072 / statistics.median(secs) / 1e9
+
+
+# --- the sections -----------------------------------------------------------------------------------
+
+
+def bench_generation(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
+    n = args.new_tokens
+    idx = torch.tensor([PROMPT_IDS])
+    ours = GPTModel(cfg).eval()
+    ours.load_state_dict(state)
+    book = build_book(state, cfg).eval()
+    impls: dict[str, Callable[[], torch.Tensor]] = {
+        "gpt_lab generate (cache)": lambda: generate(ours, idx, n, cfg["context_length"]),
+        "book KV-cache variant": lambda: book_kv_loop(book, idx, n),
+    }
+    if hf:
+        hf_model = build_hf(state, cfg).eval()
+        impls["transformers generate (cache)"] = lambda: hf_generate(hf_model, idx, n)
+    # Correctness first: every implementation gives the book loop's tokens.
+    t0 = time.perf_counter()
+    reference = book_loop(book, idx, n, cfg["context_length"])
+    book_loop_s = time.perf_counter() - t0
+    for name, fn in impls.items():
+        if not torch.equal(fn(), reference):
+            raise AssertionError(f"{name}: greedy tokens differ from the book's loop")
+    print(f"  tokens identical over {n} new tokens: {', '.join(impls)}, book loop", flush=True)
+    times = interleaved(impls, args.reps, warmup=0)  # the correctness pass was the warm-up
+    rows = {name: summary(s, n) for name, s in times.items()}
+    # At ~4 tok/s the book's loop takes minutes: the correctness run plus book_loop_reps - 1 more.
+    extra = [timed(lambda: book_loop(book, idx, n, cfg["context_length"])) for _ in range(args.book_loop_reps - 1)]
+    book_times = [book_loop_s, *extra]
+    rows["book loop, no cache (generate_text_simple)"] = summary(book_times, n)
+    return rows
+
+
+def bench_forward(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
+    b, t = args.forward_batch
+    torch.manual_seed(0)
+    idx = torch.randint(0, cfg["vocab_size"], (b, t))
+    ours = GPTModel(cfg).eval()
+    ours.load_state_dict(state)
+    book = build_book(state, cfg).eval()
+    logits_of: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gpt_lab GPTModel": ours, "book explicit": book}
+    if hf:
+        hf_model = build_hf(state, cfg).eval()
+        logits_of["transformers GPT2LMHeadModel"] = lambda i: hf_logits(hf_model, i)
+    impls = {name: (lambda f=f: f(idx)) for name, f in logits_of.items()}
+    with torch.no_grad():
+        reference = book(idx[:1, :32])
+        for name, f in logits_of.items():
+            msg = lambda m, n=name: f"{n}: {m}"  # noqa: E731
+            torch.testing.assert_close(f(idx[:1, :32]), reference, rtol=1e-4, atol=1e-4, msg=msg)
+        print(f"  logits agree: {', '.join(impls)}", flush=True)
+        times = interleaved(impls, args.reps)
+    return {name: summary(s, b * t) for name, s in times.items()}
+
+
+def _lit_optimizer(model_state: dict, cfg: dict) -> tuple[nn.Module, torch.optim.Optimizer, str]:
+    """gpt_lab's model with GPTLitModule's own configure_optimizers (or fused AdamW before it existed)."""
+    try:
+        from gpt_lab.lit_module import GPTLitModule
+    except ImportError:
+        model = GPTModel(cfg)
+        model.load_state_dict(model_state)
+        return model, torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=True), "AdamW(fused)"
+    lit = GPTLitModule(cfg, lr=4e-4, weight_decay=0.1)
+    lit.model.load_state_dict(model_state)
+    opt = lit.configure_optimizers()
+    if isinstance(opt, dict):
+        opt = opt["optimizer"]
+    elif isinstance(opt, (list, tuple)):
+        opt = opt[0]
+    kind = "fused" if opt.defaults.get("fused") else "foreach" if opt.defaults.get("foreach") else "default"
+    return lit.model, opt, f"GPTLitModule.configure_optimizers: {type(opt).__name__}({kind})"
+
+
+def bench_training(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> tuple[dict[str, Any], dict]:
+    """One training step (forward, loss, backward, optimizer step), dropout on, as a user writes it.
+
+    Models are built one at a time (each holds weights, gradients and AdamW moments) and the
+    rounds alternate between them.
+    """
+    b, t = args.train_batch
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg["vocab_size"], (b, t))
+    y = torch.randint(0, cfg["vocab_size"], (b, t))
+
+    def build(name: str) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[nn.Module], torch.Tensor]]:
+        if name == "gpt_lab (GPTLitModule optimizer)":
+            model, opt, _ = _lit_optimizer(state, cfg)
+            return model, opt, lambda m: m(x)
+        if name == "book explicit, AdamW default":
+            model = build_book(state, cfg)
+            return model, torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1), lambda m: m(x)
+        model = build_hf(state, cfg)
+        return model, torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1), lambda m: hf_logits(m, x)
+
+    names = ["gpt_lab (GPTLitModule optimizer)", "book explicit, AdamW default"]
+    if hf:
+        names.append("transformers GPT2LMHeadModel, AdamW default")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    info: dict[str, Any] = {}
+    for r in range(args.train_rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            model, opt, fwd = build(name)
+            if name.startswith("gpt_lab"):
+                info["gpt_lab optimizer"] = _describe(opt)
+            model.train()
+
+            def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt, fwd: Callable = fwd) -> None:
+                logits = fwd(model)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            step()  # warm-up; allocates the AdamW moments
+            times[name] += [timed(step) for _ in range(args.train_steps)]
+            del model, opt, fwd, step
+            gc.collect()
+    return {name: summary(s, b * t) for name, s in times.items()}, info
+
+
+def _describe(opt: torch.optim.Optimizer) -> str:
+    d = opt.defaults
+    kind = "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop (default on CPU)"
+    return f"{type(opt).__name__}({kind})"
+
+
+_BUILD_CHILD = """
+import resource, sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads({threads})
+from gpt_lab.model import GPTModel
+sys.path.insert(0, {scripts!r})
+import bench
+cfg = {cfg!r}
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+t0 = time.perf_counter()
+model = GPTModel(cfg) if {which!r} == "gpt_lab" else bench.PlainGPT(cfg)
+secs = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
+print(secs, base, peak, nbytes)
+"""
+
+
+class PlainGPT(nn.Module):
+    """The same modules, built plainly in the same order (no mask buffers): the construction baseline."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d, v = cfg["emb_dim"], cfg["vocab_size"]
+        self.tok_emb = nn.Embedding(v, d)
+        self.pos_emb = nn.Embedding(cfg["context_length"], d)
+        blocks = []
+        for _ in range(cfg["n_layers"]):
+            block = nn.Module()
+            block.att = nn.ModuleList([nn.Linear(d, d, bias=cfg["qkv_bias"]) for _ in range(3)] + [nn.Linear(d, d)])
+            block.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.Linear(4 * d, d))
+            block.norm1 = nn.LayerNorm(d)
+            block.norm2 = nn.LayerNorm(d)
+            blocks.append(block)
+        self.trf_blocks = nn.ModuleList(blocks)
+        self.final_norm = nn.LayerNorm(d)
+        self.out_head = nn.Linear(d, v, bias=False)
+
+
+def bench_build(size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build ``size`` in a fresh interpreter: seconds, and peak RSS over the interpreter's baseline."""
+    out: dict[str, Any] = {}
+    for r in range(args.build_reps):
+        for which in ("gpt_lab", "plain") if r % 2 == 0 else ("plain", "gpt_lab"):
+            code = _BUILD_CHILD.format(
+                root=str(ROOT), scripts=str(ROOT / "scripts"), threads=args.threads, cfg=SIZES[size], which=which
+            )
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            secs, base, peak, nbytes = (float(v) for v in res.stdout.split()[-4:])
+            row = out.setdefault(which, {"seconds": [], "peak_over_base": [], "weights_bytes": nbytes})
+            row["seconds"].append(secs)
+            row["peak_over_base"].append(peak - base)
+    for row in out.values():
+        row["median_seconds"] = statistics.median(row["seconds"])
+        row["peak_over_weights"] = statistics.median(row["peak_over_base"]) / row["weights_bytes"]
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def fmt(row: dict[str, float], unit: str = "tok/s") -> str:
+    return f"{row['median']:8.1f} {unit} ({row['min']:.1f}-{row['max']:.1f}, n={row['runs']})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repetitions (about 3 minutes)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "bench.json")
+    parser.add_argument("--no-hf", action="store_true", help="skip transformers even if installed")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["generation", "forward", "training", "build"])
+    parser.add_argument("--new-tokens", type=int, help="generated tokens (default 200, quick 50)")
+    parser.add_argument("--reps", type=int, help="timed rounds per section (default 5, quick 3)")
+    args = parser.parse_args()
+    args.new_tokens = args.new_tokens or (50 if args.quick else 200)
+    args.reps = args.reps or (3 if args.quick else 5)
+    args.book_loop_reps = 1
+    args.forward_batch = (2, 256) if args.quick else (8, 256)
+    args.train_batch = (4, 256)
+    args.train_rounds = 1 if args.quick else 2
+    args.train_steps = 1 if args.quick else 2
+    args.build_reps = 1 if args.quick else 2
+    build_size = "gpt2_medium" if args.quick else "gpt2_xl"
+
+    torch.set_num_threads(args.threads)
+    hf = have_transformers() and not args.no_hf
+    cfg = dict(GPT2_SMALL)
+    torch.manual_seed(123)
+    state = GPTModel(cfg).state_dict()  # the book's seed-123 weights, shared by every implementation
+
+    machine = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers") if hf else None,
+        "read_bandwidth_GBps": read_bandwidth_gbs(),
+        "gemm_GFLOPps": gemm_gflops(),
+    }
+    print(f"machine: {machine}", flush=True)
+    results: dict[str, Any] = {"machine": machine, "command": " ".join(["python", *sys.argv])}
+    tables: list[tuple[str, dict[str, Any]]] = []
+    if "generation" not in args.skip:
+        print(f"generation: greedy, batch 1, 'Hello, I am' + {args.new_tokens} tokens", flush=True)
+        results["generation"] = bench_generation(state, cfg, args, hf)
+        tables.append((f"greedy generation, batch 1, prompt + {args.new_tokens} tokens", results["generation"]))
+    if "forward" not in args.skip:
+        print(f"forward: eval, batch {args.forward_batch[0]} x {args.forward_batch[1]}", flush=True)
+        results["forward"] = bench_forward(state, cfg, args, hf)
+        title = f"forward pass, eval, batch {args.forward_batch[0]} x {args.forward_batch[1]}"
+        tables.append((title, results["forward"]))
+    if "training" not in args.skip:
+        print(f"training: batch {args.train_batch[0]} x {args.train_batch[1]}", flush=True)
+        results["training"], results["training_info"] = bench_training(state, cfg, args, hf)
+        title = f"training step, batch {args.train_batch[0]} x {args.train_batch[1]} (fwd + loss + bwd + AdamW)"
+        tables.append((title, results["training"]))
+    if "build" not in args.skip:
+        print(f"build: {build_size} in a fresh interpreter", flush=True)
+        results["build"] = bench_build(build_size, args)
+        results["build_size"] = build_size
+
+    results["targets"] = targets(results, cfg)
+    print()
+    for title, rows in tables:
+        print(f"## {title}")
+        for name, row in rows.items():
+            print(f"  {name:48s} {fmt(row)}")
+    if "build" in results:
+        print(f"## building {build_size} (fresh interpreter, seconds; peak RSS over the interpreter's baseline)")
+        for name, row in results["build"].items():
+            peak = statistics.median(row["peak_over_base"]) / 2**30
+            ratio = row["peak_over_weights"]
+            weights = row["weights_bytes"] / 2**30
+            print(
+                f"  {name:48s} {row['median_seconds']:8.2f} s  peak {peak:.2f} GiB = "
+                f"{ratio:.3f} x weights ({weights:.2f} GiB)"
+            )
+    print("## targets")
+    for t in results["targets"]:
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['what']}: {t['value']:.2f} (target {t['target']})")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nJSON: {args.json}")
+
+
+def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def ratio(section: str, a: str, b: str, target: float, what: str) -> None:
+        rows = results.get(section, {})
+        if a in rows and b in rows:
+            value = rows[a]["median"] / rows[b]["median"]
+            out.append({"what": what, "value": value, "target": f">= {target}", "met": value >= target})
+
+    gen = "gpt_lab generate (cache)"
+    ratio("generation", gen, "transformers generate (cache)", 1.5, "generation vs transformers")
+    ratio("generation", gen, "book loop, no cache (generate_text_simple)", 6.0, "generation vs book loop")
+    ratio("generation", gen, "book KV-cache variant", 1.0, "generation vs book KV-cache variant")
+    if gen in results.get("generation", {}):
+        d, v, n = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
+        # Read per token: every block's matrices and vectors, the final norm and the head (one embedding row each).
+        per_token = 4 * (n * (12 * d * d + 13 * d) + 2 * d + v * d)
+        limit = results["machine"]["read_bandwidth_GBps"] * 1e9 / per_token
+        frac = results["generation"][gen]["median"] / limit
+        results["generation_bandwidth_limit_tok_s"] = limit
+        out.append(
+            {
+                "what": f"generation, fraction of the bandwidth limit ({limit:.1f} tok/s)",
+                "value": frac,
+                "target": "report",
+                "met": True,
+            }
+        )
+    ratio("forward", "gpt_lab GPTModel", "transformers GPT2LMHeadModel", 1.15, "forward vs transformers")
+    ratio("forward", "gpt_lab GPTModel", "book explicit", 1.0, "forward vs book explicit")
+    lit = "gpt_lab (GPTLitModule optimizer)"
+    ratio("training", lit, "book explicit, AdamW default", 1.4, "training step vs book explicit")
+    ratio("training", lit, "transformers GPT2LMHeadModel, AdamW default", 1.0, "training step vs transformers")
+    if "build" in results:
+        b = results["build"]
+        value = b["plain"]["median_seconds"] / b["gpt_lab"]["median_seconds"]
+        out.append(
+            {
+                "what": "build speed vs plain construction",
+                "value": value,
+                "target": ">= 1.0 (noise ~5%)",
+                "met": value >= 0.95,
+            }
+        )
+        value = b["gpt_lab"]["peak_over_weights"]
+        out.append(
+            {
+                "what": "build peak RSS over baseline / weights",
+                "value": value,
+                "target": "<= 1.05",
+                "met": value <= 1.05,
+            }
+        )
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()
