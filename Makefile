@@ -25,5 +25,13 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Speed against the book's code and Hugging Face transformers (same weights; see README, Performance).
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) scripts/bench.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) outputs/* .pytest_cache
