@@ -98,9 +98,12 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 123
     prompt: str = "Hello, I am"
+    prompts: list[str] = field(default_factory=list)  # several prompts in one run (replaces prompt)
     max_new_tokens: int = 10
     temperature: float = 0.0  # 0: greedy
     top_k: int | None = None
+    stop_at_eos: bool = False  # stop a continuation at <|endoftext|>
+    stream: bool | None = None  # print tokens as they come; None: when stdout is a terminal
     init_from: str | None = None
     ckpt_path: str | None = None
 
@@ -155,6 +158,9 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     if cfg.prompt == "":
         problems.append("prompt='' is empty; give some text, e.g. prompt='Hello, I am'")
+    for i, text in enumerate(cfg.prompts):
+        if text == "":
+            problems.append(f"prompts[{i}]='' is empty; give some text, e.g. prompts='[Hello, Every effort]'")
     if cfg.max_new_tokens < 0:
         problems.append(f"max_new_tokens={cfg.max_new_tokens} must be >= 0")
     if cfg.temperature < 0:

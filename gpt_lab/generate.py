@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -72,11 +73,43 @@ def generate(
     slides and positions shift, so every step then recomputes the window exactly as the book's
     loop does. Stops early, without appending it, when every sequence's next token is ``eos_id``.
     """
+    steps = generate_stream(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache)
+    return torch.cat((idx, *steps), dim=1)
+
+
+def generate_stream(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """``generate``, one step at a time: yields each new token as it is produced, (b, 1).
+
+    Arguments are checked at the call; the model's mode is restored when the iterator is
+    exhausted or closed.
+    """
     _check_args(idx, max_new_tokens, context_size)
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1 (or None for no top-k filter)")
+    return _steps(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache)
+
+
+def _steps(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float,
+    top_k: int | None,
+    eos_id: int | None,
+    use_cache: bool,
+) -> Iterator[torch.Tensor]:
     was_training = model.training
     model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
@@ -85,16 +118,18 @@ def generate(
     fast = isinstance(model, GPTModel)
     last = {"last_only": True} if fast else {}
     try:
-        with torch.no_grad(), model.generation_mode() if fast else contextlib.nullcontext():
+        with model.generation_mode() if fast else contextlib.nullcontext():
             for _ in range(max_new_tokens):
-                if cache is not None and idx.shape[1] <= cache.max_len:
-                    logits = model(idx[:, cache.pos :], kv_cache=cache, **last)
-                else:
-                    logits = model(idx[:, -context_size:], **last)
-                idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
+                with torch.no_grad():
+                    if cache is not None and idx.shape[1] <= cache.max_len:
+                        logits = model(idx[:, cache.pos :], kv_cache=cache, **last)
+                    else:
+                        logits = model(idx[:, -context_size:], **last)
+                    idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 if eos_id is not None and bool((idx_next == eos_id).all()):
                     break
                 idx = torch.cat((idx, idx_next), dim=1)
+                yield idx_next
     finally:
         model.train(was_training)
-    return idx
