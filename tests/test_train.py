@@ -105,6 +105,9 @@ def test_train_lowers_the_loss_and_writes_the_run_files(tmp_path: Path, text_fil
         assert tag in tags["scalars"], tag
     assert any(t.startswith("samples") for t in tags["tensors"])
     assert tags["graph"]
+    assert "hp/val_loss" in tags["scalars"]
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
     assert events.Scalars("val/loss")[0].step == 0  # the curve starts at the initial loss
     assert events.Scalars("val/loss")[0].value == pytest.approx(results["initial_val_loss"], rel=1e-5)
 

@@ -16,7 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
@@ -24,6 +25,7 @@ from gpt_lab.config import UserError
 from gpt_lab.data import DataError, TextDataModule
 from gpt_lab.lit_module import GPTLitModule, mean_loss
 from gpt_lab.pretrained import init_model_config
+from gpt_lab.run_files import flatten_hparams
 from gpt_lab.stats import model_report
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
@@ -74,6 +76,17 @@ def _refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
         )
 
 
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
+    keys = ("model", "data", "optim", "seed", "init_from")
+    tree = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    tree["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
+    params = flatten_hparams(tree)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
@@ -116,6 +129,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     val_loss = mean_loss(lit.model, datamodule.eval_dataloader("val"), lit.device)
     if trainer.is_global_zero:
         log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
+
+    _log_hparams(trainer, cfg, {"hp/train_loss": train_loss, "hp/val_loss": val_loss})
 
     initial = _find(callbacks, InitialLossEvaluation)
     history = _find(callbacks, LossHistory)
