@@ -10,6 +10,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow  # two training processes started through the command line
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: Callable) -> None:
     (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 30, encoding="utf-8")
@@ -43,3 +44,10 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: 
     assert results["tokens_seen"] == 6 * 2 * 2 * 16
     assert (run / "model.pth").is_file() and Path(results["checkpoint"]).is_file()
     assert results["val_loss"] < results["initial_val_loss"] + 0.5
+
+
+def test_scale_out_trainer_configs_compose(compose_config: Callable) -> None:
+    gpu = compose_config("task=train", "trainer=gpu").trainer
+    assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "bf16-mixed")
+    ddp = compose_config("task=train", "trainer=ddp", "trainer.devices=4").trainer
+    assert (ddp.strategy, ddp.devices, ddp.max_epochs) == ("ddp", 4, 10)
