@@ -426,18 +426,26 @@ def _describe(opt: torch.optim.Optimizer) -> str:
 
 
 _BUILD_CHILD = """
-import resource, sys, time, torch
+import sys, time, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
 from gpt_lab.model import GPTModel
 sys.path.insert(0, {scripts!r})
 import bench
+
+
+def vm(field):  # this process's memory in bytes; VmHWM (peak RSS) starts afresh at exec, ru_maxrss does not
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
 cfg = {cfg!r}
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = vm("VmHWM")
 t0 = time.perf_counter()
 model = GPTModel(cfg) if {which!r} == "gpt_lab" else bench.PlainGPT(cfg)
 secs = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = vm("VmHWM")
 nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
 nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
 print(secs, base, peak, nbytes)
