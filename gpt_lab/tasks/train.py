@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,11 +35,11 @@ BOOK_CHECKPOINT = "model.pth"
 
 
 def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
-    """The run's data module over ``data.path`` (relative to the directory the user ran from)."""
+    """The run's data module over ``data.path`` (relative to ``paths.root_dir``, where the user ran from)."""
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=Path(to_absolute_path(str(cfg.data.path))).resolve(),
+        path=_input_path(cfg, cfg.data.path),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -47,6 +47,11 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
     )
+
+
+def _input_path(cfg: DictConfig, path: str) -> Path:
+    """An input named on the command line, relative to the directory the user ran from (an absolute one stays)."""
+    return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -91,7 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    model_cfg, init_state = init_model_config(cfg.model, cfg.get("init_from"))
+    init_from = _input_path(cfg, cfg.init_from) if cfg.get("init_from") else None
+    model_cfg, init_state = init_model_config(cfg.model, init_from)
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
@@ -116,8 +122,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _refuse_ddp_in_multirun(trainer)
-    ckpt_path = to_absolute_path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
+    ckpt_path = _input_path(cfg, cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if ckpt_path is not None and not ckpt_path.is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
