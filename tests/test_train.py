@@ -168,3 +168,12 @@ def test_optuna_sweep_minimises_the_returned_validation_loss(tmp_path: Path, tex
         json.loads((tmp_path / "sweep" / f"trial_{i}" / "results.json").read_text())["val_loss"] for i in (0, 1)
     ]
     assert best.best_value == pytest.approx(min(val_losses))
+
+
+def test_init_from_a_trained_model_pth_starts_where_that_run_ended(tmp_path: Path, text_file: Path) -> None:
+    first = _train(tmp_path / "first", text_file, "trainer.max_epochs=1")
+    again = _train(
+        tmp_path / "again", text_file, "trainer.max_epochs=1", f"init_from={tmp_path / 'first' / 'model.pth'}"
+    )
+    assert again["initial_train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert again["initial_val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
