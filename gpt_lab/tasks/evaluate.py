@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from gpt_lab.config import UserError
 from gpt_lab.data import DataError, GPTDatasetV1, read_text
-from gpt_lab.generate import generate
 from gpt_lab.pretrained import build_model
 from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
 from gpt_lab.stats import model_report
+from gpt_lab.tasks.generate import continue_prompt, encode_prompt
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
@@ -91,9 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ids = torch.tensor(text_to_token_ids(text, tokenizer), dtype=torch.long)
     if len(ids) < 2:
         raise DataError(f"data.path={cfg.data.path} holds {len(ids)} token(s); evaluation needs at least 2")
-    prompt_ids = text_to_token_ids(cfg.prompt, tokenizer)
-    if not prompt_ids:
-        raise UserError(f"prompt={cfg.prompt!r} encodes to no tokens; give some text, e.g. prompt='Hello, I am'")
+    prompt_ids = encode_prompt(tokenizer, cfg.prompt)
 
     torch.manual_seed(cfg.seed)
     init_from = Path(cfg.paths.root_dir, cfg.init_from) if cfg.init_from else None
@@ -113,19 +109,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ppl = perplexity(loss)
     log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
 
-    start = time.perf_counter()
-    out = generate(
-        model,
-        torch.tensor([prompt_ids], device=device),
-        cfg.max_new_tokens,
-        context_length,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-    )
-    seconds = time.perf_counter() - start
-    output_ids = out[0].tolist()
-    output_text = tokenizer.decode(output_ids)
-    log.info(output_text)
+    sample = continue_prompt(model, tokenizer, prompt_ids, cfg)
+    log.info(sample["output_text"])
 
     tensorboard = tensorboard_logger(OmegaConf.to_container(cfg.logger) if cfg.logger else None)
     if tensorboard is not None:
@@ -136,15 +121,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             example_input=inputs[:1, : min(8, max_length)].to(device),
             hparams=_hparams(cfg, model),
             metrics={"eval/loss": loss, "eval/perplexity": ppl},
-            texts={"generation/prompt": cfg.prompt, "generation/output_text": output_text},
+            texts={"generation/prompt": cfg.prompt, "generation/output_text": sample["output_text"]},
         )
         log.info(f"TensorBoard: tensorboard --logdir {log_dir}")
     return {
         **report,
         "prompt": cfg.prompt,
-        "output_ids": output_ids,
-        "output_text": output_text,
-        "generation_tokens_per_second": (len(output_ids) - len(prompt_ids)) / seconds if seconds > 0 else None,
+        **sample,
         "data_path": str(path),
         "eval_tokens": n_tokens,
         "eval_windows": len(inputs),

@@ -27,7 +27,8 @@ from gpt_lab.lit_module import GPTLitModule, mean_loss
 from gpt_lab.pretrained import init_model_config
 from gpt_lab.run_files import flatten_hparams
 from gpt_lab.stats import model_report
-from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+from gpt_lab.tasks.generate import continue_prompt, encode_prompt
+from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +145,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     results: dict[str, Any] = {**report}
 
-    prompt = cfg.prompt
     tokenizer = get_tokenizer()
-    prompt_ids = text_to_token_ids(prompt, tokenizer)
-    gen_start = time.perf_counter()
-    out = lit.generate(torch.tensor([prompt_ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k)
-    gen_seconds = time.perf_counter() - gen_start
-    output_ids = out[0].tolist()
-    results.update(
-        prompt=prompt,
-        output_ids=output_ids,
-        output_text=tokenizer.decode(output_ids),
-        generation_tokens_per_second=(len(output_ids) - len(prompt_ids)) / gen_seconds if gen_seconds > 0 else None,
-    )
+    sample = continue_prompt(lit.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
+    results.update(prompt=cfg.prompt, **sample)
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = None
