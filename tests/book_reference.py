@@ -13,6 +13,26 @@ from typing import Any
 import torch
 from torch import nn
 
+# The book's GPT_CONFIG_124M, and a tiny model of the same shape for fast tests.
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+TINY = {
+    "vocab_size": 64,
+    "context_length": 8,
+    "emb_dim": 16,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
 
 def layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = x.mean(dim=-1, keepdim=True)

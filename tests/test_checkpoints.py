@@ -5,20 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from book_reference import TINY as BOOK_TINY
 from book_reference import RefGPT
 
 from gpt_lab.checkpoints import export_book_state_dict, save_book_checkpoint
 from gpt_lab.model import GPTModel
 
-TINY = {
-    "vocab_size": 64,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.1,
-    "qkv_bias": True,
-}
+TINY = {**BOOK_TINY, "qkv_bias": True}
 
 
 def test_book_checkpoint_loads_with_plain_load_state_dict(tmp_path: Path) -> None:

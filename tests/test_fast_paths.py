@@ -11,21 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from book_reference import TINY as BOOK_TINY
 from torch import nn
 
 from gpt_lab import model as model_mod
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GPTModel
 
-TINY = {
-    "vocab_size": 65,  # odd: the head's split copy is zero-padded
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.1,
-    "qkv_bias": True,
-}
+# An odd vocabulary: the head's split copy is zero-padded.
+TINY = {**BOOK_TINY, "vocab_size": 65, "n_heads": 2, "qkv_bias": True}
 
 
 @pytest.fixture(params=[1, 2, 3])

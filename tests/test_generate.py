@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from book_reference import RefGPT, ref_greedy
+from book_reference import TINY, RefGPT, ref_greedy
 
 from gpt_lab.generate import generate, generate_text_simple, sample_next_token
 from gpt_lab.model import GPTModel
-
-TINY = {
-    "vocab_size": 64,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
 
 
 @pytest.fixture

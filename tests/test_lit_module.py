@@ -8,21 +8,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from book_reference import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpt_lab.generate import generate_text_simple
 from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError, mean_loss
 from gpt_lab.stats import count_params
-
-TINY = {
-    "vocab_size": 64,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
 
 
 def _loader(n: int = 8, t: int = 8, batch_size: int = 2, seed: int = 0) -> DataLoader:

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 import torch
-from book_reference import RefGPT, gelu, layer_norm
+from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
+from book_reference import TINY as BOOK_TINY
 from omegaconf import OmegaConf
 
 from gpt_lab.generate import generate, generate_text_simple
@@ -14,24 +15,7 @@ from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm,
 from gpt_lab.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
 
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-TINY = {
-    "vocab_size": 64,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
+TINY = {**BOOK_TINY, "drop_rate": 0.0, "qkv_bias": True}
 
 # BOOK_FIGURES.md: printed by the book's own code.
 GOLDEN_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
