@@ -121,7 +121,8 @@ class TextDataModule(L.LightningDataModule):
                 raise DataError(
                     f"{name} split of data.path={self.path} has {len(ids)} tokens ({len(text)} characters, "
                     f"data.train_ratio={self.train_ratio}); context_length={self.max_length} needs at least "
-                    f"{self.max_length + 1}: use a longer text or a smaller model.context_length"
+                    f"{self.max_length + 1}: use a longer text, give this split a larger share with "
+                    "data.train_ratio, or use a smaller model.context_length"
                 )
         train = GPTDatasetV1(train_ids, self.max_length, self.stride)
         if len(train) < self.batch_size:

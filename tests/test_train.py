@@ -177,3 +177,15 @@ def test_init_from_a_trained_model_pth_starts_where_that_run_ended(tmp_path: Pat
     )
     assert again["initial_train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
     assert again["initial_val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
+
+
+def test_init_from_context_too_long_for_the_text_names_init_from(tmp_path: Path, text_file: Path) -> None:
+    # Weights made for 64 positions fix the window at 64 (the config says 16): the story's 10 % validation
+    # split is shorter than that.
+    source = GPTModel({**OmegaConf.to_container(_config(tmp_path).model), "context_length": 64})
+    torch.save(source.state_dict(), tmp_path / "long.pth")
+    n_val = len(get_tokenizer().encode(split_text(text_file.read_text(encoding="utf-8"), 0.9)[1]))
+    assert n_val <= 64
+    with pytest.raises(UserError, match=r"init_from=long.pth fixes model.context_length=64") as err:
+        _train(tmp_path, text_file, "init_from=long.pth")
+    assert f"has {n_val} tokens" in str(err.value) and "data.train_ratio" in str(err.value)

@@ -104,7 +104,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
-    datamodule.setup("fit")
+    try:
+        datamodule.setup("fit")
+    except DataError as err:
+        if init_from is None:
+            raise
+        raise DataError(
+            f"{err} (here init_from={cfg.init_from} fixes model.context_length={model_cfg['context_length']}: "
+            "the length of its position embeddings)"
+        ) from None
     log.info(
         "Data %s: %d training tokens in %d windows, %d validation tokens in %d windows",
         datamodule.path,
