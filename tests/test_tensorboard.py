@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_tensorboard_holds_the_generated_text(events: EventAccumulator, tmp_path
     assert "generation/output_text/text_summary" in tags
     text = events.Tensors("generation/output_text/text_summary")[0].tensor_proto.string_val[0].decode()
     assert text.startswith("Hello, I am")
-    assert text == __import__("json").loads((tmp_path / "results.json").read_text())["output_text"]
+    assert text == json.loads((tmp_path / "results.json").read_text())["output_text"]
 
 
 def test_tensorboard_hparams_are_primitives(events: EventAccumulator) -> None:
