@@ -1,4 +1,4 @@
-# `make run` and `make test` each set up .venv on first use; CI runs `make lint test`.
+# `make run` and `make test` each set up .venv on first use; CI (.ci/run) runs `make lint` then `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

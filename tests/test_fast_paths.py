@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from book_reference import GPT_CONFIG_124M
 from book_reference import TINY as BOOK_TINY
 from torch import nn
 
@@ -169,16 +170,7 @@ def test_golden_gpt2_small_with_fast_paths() -> None:
     torch.set_num_threads(2)
     try:
         torch.manual_seed(123)
-        cfg = {
-            "vocab_size": 50257,
-            "context_length": 1024,
-            "emb_dim": 768,
-            "n_heads": 12,
-            "n_layers": 12,
-            "drop_rate": 0.1,
-            "qkv_bias": False,
-        }
-        model = GPTModel(cfg).eval()
+        model = GPTModel(GPT_CONFIG_124M).eval()
         out = generate(model, torch.tensor([[15496, 11, 314, 716]]), 10, 1024)
     finally:
         torch.set_num_threads(before)
