@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -34,19 +33,14 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # book_reference.py: the book's explicit code
+
+from book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
+from book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
 
 from gpt_lab.generate import generate  # noqa: E402
 from gpt_lab.model import GPTModel  # noqa: E402
 
-GPT2_SMALL = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
 SIZES = {
     "gpt2_medium": {**GPT2_SMALL, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
     "gpt2_xl": {**GPT2_SMALL, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
@@ -54,126 +48,12 @@ SIZES = {
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
-# --- The book's explicit code (chapter 3-4 formulas, written out; the reference to beat) -----------
+# --- The book's explicit code: tests/book_reference.py (formula LayerNorm and GELU, the ``mask``
+# buffer, softmax attention, the book's KV-cache variant), the reference the tests compare with too.
 
 
-class BookLayerNorm(nn.Module):
-    def __init__(self, emb_dim: int) -> None:
-        super().__init__()
-        self.eps = 1e-5
-        self.scale = nn.Parameter(torch.ones(emb_dim))
-        self.shift = nn.Parameter(torch.zeros(emb_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
-
-
-class BookGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
-
-
-class BookAttention(nn.Module):
-    """Masked softmax attention with the book's ``mask`` buffer; optionally the KV-cache variant."""
-
-    def __init__(self, d: int, context_length: int, dropout: float, num_heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.d_out = num_heads, d // num_heads, d
-        self.W_query = nn.Linear(d, d, bias=qkv_bias)
-        self.W_key = nn.Linear(d, d, bias=qkv_bias)
-        self.W_value = nn.Linear(d, d, bias=qkv_bias)
-        self.out_proj = nn.Linear(d, d)
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
-        self.cache_k: torch.Tensor | None = None
-        self.cache_v: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        if use_cache:  # the book's KV-cache variant: grow the cache by concatenation
-            if self.cache_k is not None:
-                k = torch.cat((self.cache_k, k), dim=2)
-                v = torch.cat((self.cache_v, v), dim=2)
-            self.cache_k, self.cache_v = k, v
-        n_k = k.shape[2]
-        scores = q @ k.transpose(2, 3)  # (b, h, t, n_k)
-        scores.masked_fill_(self.mask.bool()[n_k - t : n_k, :n_k], -torch.inf)
-        weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))
-        return self.out_proj((weights @ v).transpose(1, 2).reshape(b, t, self.d_out))
-
-
-class BookBlock(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        d = cfg["emb_dim"]
-        self.att = BookAttention(d, cfg["context_length"], cfg["drop_rate"], cfg["n_heads"], cfg["qkv_bias"])
-        self.ff = nn.Module()
-        self.ff.layers = nn.Sequential(nn.Linear(d, 4 * d), BookGELU(), nn.Linear(4 * d, d))
-        self.norm1 = BookLayerNorm(d)
-        self.norm2 = BookLayerNorm(d)
-        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
-
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache))
-        return x + self.drop_shortcut(self.ff.layers(self.norm2(x)))
-
-
-class BookGPT(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.ModuleList([BookBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = BookLayerNorm(cfg["emb_dim"])
-        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
-        self.pos = 0
-
-    def forward(self, idx: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        t = idx.shape[1]
-        start = self.pos if use_cache else 0
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(start, start + t, device=idx.device))
-        x = self.drop_emb(x)
-        for block in self.trf_blocks:
-            x = block(x, use_cache)
-        self.pos = start + t if use_cache else 0
-        return self.out_head(self.final_norm(x))
-
-    def reset_cache(self) -> None:
-        self.pos = 0
-        for block in self.trf_blocks:
-            block.att.cache_k = block.att.cache_v = None
-
-
-def book_loop(model: nn.Module, idx: torch.Tensor, n: int, context: int) -> torch.Tensor:
-    """The chapter's generate_text_simple, as printed: the whole window every step."""
-    for _ in range(n):
-        with torch.no_grad():
-            logits = model(idx[:, -context:])[:, -1, :]
-        idx = torch.cat((idx, logits.argmax(dim=-1, keepdim=True)), dim=1)
-    return idx
-
-
-def book_kv_loop(model: BookGPT, idx: torch.Tensor, n: int) -> torch.Tensor:
-    """The book's KV-cache variant: prompt once, then one token at a time."""
-    model.reset_cache()
-    with torch.no_grad():
-        logits = model(idx, use_cache=True)
-        for _ in range(n):
-            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
-            idx = torch.cat((idx, nxt), dim=1)
-            logits = model(nxt, use_cache=True)
-    model.reset_cache()
-    return idx
-
-
-def build_book(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> BookGPT:
-    model = BookGPT(cfg)
+def build_book(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> RefGPT:
+    model = RefGPT(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(".mask") for k in missing):
         raise RuntimeError(f"book model: missing {missing}, unexpected {unexpected}")
@@ -309,14 +189,14 @@ def bench_generation(state: dict, cfg: dict, args: argparse.Namespace, hf: bool)
     book = build_book(state, cfg).eval()
     impls: dict[str, Callable[[], torch.Tensor]] = {
         "gpt_lab generate (cache)": lambda: generate(ours, idx, n, cfg["context_length"]),
-        "book KV-cache variant": lambda: book_kv_loop(book, idx, n),
+        "book KV-cache variant": lambda: ref_kv_greedy(book, idx, n),
     }
     if hf:
         hf_model = build_hf(state, cfg).eval()
         impls["transformers generate (cache)"] = lambda: hf_generate(hf_model, idx, n)
     # Correctness first: every implementation gives the book loop's tokens.
     t0 = time.perf_counter()
-    reference = book_loop(book, idx, n, cfg["context_length"])
+    reference = ref_greedy(book, idx, n, cfg["context_length"])
     book_loop_s = time.perf_counter() - t0
     for name, fn in impls.items():
         if not torch.equal(fn(), reference):
@@ -325,7 +205,7 @@ def bench_generation(state: dict, cfg: dict, args: argparse.Namespace, hf: bool)
     times = interleaved(impls, args.reps, warmup=0)  # the correctness pass was the warm-up
     rows = {name: summary(s, n) for name, s in times.items()}
     # At ~4 tok/s the book's loop takes minutes: the correctness run plus book_loop_reps - 1 more.
-    extra = [timed(lambda: book_loop(book, idx, n, cfg["context_length"])) for _ in range(args.book_loop_reps - 1)]
+    extra = [timed(lambda: ref_greedy(book, idx, n, cfg["context_length"])) for _ in range(args.book_loop_reps - 1)]
     book_times = [book_loop_s, *extra]
     rows["book loop, no cache (generate_text_simple)"] = summary(book_times, n)
     return rows
