@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
 from gpt_lab.data import DataError, GPTDatasetV1, read_text
+from gpt_lab.lit_module import mean_loss
 from gpt_lab.pretrained import build_model
 from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
 from gpt_lab.stats import model_report
@@ -26,40 +26,6 @@ from gpt_lab.tasks.generate import continue_prompt, encode_prompt
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def mean_token_loss(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    batch_size: int,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> tuple[float, int]:
-    """Mean cross-entropy of ``model`` over every target token, and how many tokens that is.
-
-    ``inputs``, ``targets``: (windows, t). Batches of ``batch_size`` windows, in order, the
-    last one possibly smaller; the sum is kept in float64 so the mean does not depend on it.
-    Runs in eval mode and restores the model's mode.
-    """
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    try:
-        batches = range(0, len(inputs), batch_size)
-        for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
-            x = inputs[start : start + batch_size].to(device)
-            y = targets[start : start + batch_size].to(device)
-            logits = model(x)  # (b, t, vocab)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-            total += loss.double().cpu()
-            count += y.numel()
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise DataError("no windows to evaluate: the text is shorter than one window")
-    return float(total / count), count
 
 
 def perplexity(loss: float) -> float:
@@ -105,7 +71,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     windows = GPTDatasetV1(ids, max_length, stride)
     inputs, targets = windows.input_ids, windows.target_ids  # (windows, max_length)
     log.info(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
-    loss, n_tokens = mean_token_loss(model, inputs, targets, cfg.data.batch_size, device)
+    size = cfg.data.batch_size
+    batches = [(inputs[i : i + size], targets[i : i + size]) for i in range(0, len(inputs), size)]
+    # Token-weighted: the mean over every target token, whatever the last batch's size.
+    loss = mean_loss(model, tqdm(batches, desc="evaluate", unit="batch"), device)
+    n_tokens = targets.numel()
     ppl = perplexity(loss)
     log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
 
