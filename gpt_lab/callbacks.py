@@ -126,6 +126,8 @@ class SampleText(L.Callback):
     ) -> None:
         if not prompt:
             raise ValueError("callbacks.sample_text.prompt is empty; give some text, e.g. 'Every effort moves you'")
+        if max_new_tokens < 0:
+            raise ValueError(f"callbacks.sample_text.max_new_tokens={max_new_tokens} must be >= 0")
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

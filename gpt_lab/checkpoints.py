@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from gpt_lab.model import GPTModel
+from gpt_lab.run_files import atomic_write
 
 
 def export_book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
@@ -29,8 +30,8 @@ def export_book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
 
 
 def save_book_checkpoint(model: GPTModel, path: str | Path) -> Path:
-    """Write ``model.pth`` as the book's ``torch.save(model.state_dict(), path)`` would."""
+    """Write ``model.pth`` as the book's ``torch.save(model.state_dict(), path)`` would (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(export_book_state_dict(model), path)
+    with atomic_write(path) as f:
+        torch.save(export_book_state_dict(model), f)
     return path

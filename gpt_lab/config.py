@@ -13,6 +13,7 @@ check to ``check_config`` if it needs one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 TASK_NAMES = ("generate", "train", "evaluate")
+TOKENIZER_VOCAB_SIZE = 50257  # GPT-2's BPE: ids 0..50256 (<|endoftext|>)
+MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
+MAX_TEMPERATURE = 1e3
+MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anything
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
 
@@ -143,6 +148,13 @@ def check_config(cfg: DictConfig) -> list[str]:
     for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
         if m[key] <= 0:
             problems.append(f"model.{key}={m[key]} must be a positive integer")
+    if m.vocab_size != TOKENIZER_VOCAB_SIZE:
+        why = (
+            f"a smaller one has no embedding for the ids up to {TOKENIZER_VOCAB_SIZE - 1}"
+            if m.vocab_size < TOKENIZER_VOCAB_SIZE
+            else f"a larger one generates ids from {TOKENIZER_VOCAB_SIZE} on, which the tokenizer cannot decode"
+        )
+        problems.append(f"model.vocab_size={m.vocab_size} must be {TOKENIZER_VOCAB_SIZE}, GPT-2's vocabulary ({why})")
     if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads:
         divisors = [d for d in range(1, m.emb_dim + 1) if m.emb_dim % d == 0]
         shown = ", ".join(map(str, divisors[:16])) + (", ..." if len(divisors) > 16 else "")
@@ -163,8 +175,10 @@ def check_config(cfg: DictConfig) -> list[str]:
             problems.append(f"prompts[{i}]='' is empty; give some text, e.g. prompts='[Hello, Every effort]'")
     if cfg.max_new_tokens < 0:
         problems.append(f"max_new_tokens={cfg.max_new_tokens} must be >= 0")
-    if cfg.temperature < 0:
-        problems.append(f"temperature={cfg.temperature} must be >= 0 (0 means greedy)")
+    if not (cfg.temperature == 0 or MIN_TEMPERATURE <= cfg.temperature <= MAX_TEMPERATURE):  # NaN fails both
+        problems.append(
+            f"temperature={cfg.temperature} must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}"
+        )
     if cfg.top_k is not None and cfg.top_k < 1:
         problems.append(f"top_k={cfg.top_k} must be >= 1, or null for no top-k filter")
     d = cfg.data
@@ -176,10 +190,15 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"data.train_ratio={d.train_ratio} must be in (0, 1)")
     if d.num_workers < 0:
         problems.append(f"data.num_workers={d.num_workers} must be >= 0")
-    if cfg.optim.lr <= 0:
-        problems.append(f"optim.lr={cfg.optim.lr} must be > 0")
-    if cfg.optim.weight_decay < 0:
-        problems.append(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
+    if not 0 < cfg.optim.lr <= MAX_LR:  # NaN fails too
+        problems.append(f"optim.lr={cfg.optim.lr} must be a number in (0, {MAX_LR:g}], e.g. 0.0004")
+    if not 0 <= cfg.optim.weight_decay < math.inf:
+        problems.append(f"optim.weight_decay={cfg.optim.weight_decay} must be a finite number >= 0")
+    if cfg.ckpt_path and cfg.task.name != "train":
+        problems.append(
+            f"ckpt_path={cfg.ckpt_path} resumes training and only task=train uses it; to {cfg.task.name} with "
+            f"a checkpoint's weights give init_from={cfg.ckpt_path}"
+        )
     return problems
 
 

@@ -1,4 +1,9 @@
-"""The files a run leaves in its directory: results.json and TensorBoard events.
+"""The files a run leaves in its directory: results.json and TensorBoard events, written atomically.
+
+Every file a run finishes (results.json, the sweep summaries, model.pth, Lightning checkpoints)
+goes through ``atomic_write``: written beside its final name in the same directory, flushed to
+disk, then renamed over it, so a reader (or a crash, a kill, a full disk) sees the old complete
+file or the new complete file, never a part. A full disk becomes a ``StorageError`` naming the file.
 
 The generate task writes TensorBoard with torch's own ``SummaryWriter`` (no Lightning needed),
 into the same folder Lightning's ``TensorBoardLogger`` of ``cfg.logger`` would use, so generation
@@ -8,14 +13,17 @@ and training runs sit side by side under ``tensorboard --logdir outputs``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import math
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it is used: writing results.json needs none of it
     import torch
@@ -25,14 +33,127 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 TENSORBOARD_LOGGER = "TensorBoardLogger"
+# What a full disk looks like to a write: no space, over the quota, over the file-size limit (ulimit -f).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StorageError(OSError):
+    """A file of the run could not be written (disk full, quota, file-size limit, permissions).
+
+    The command line prints it as one paragraph and exits 1: the input was fine, the machine
+    was not. Files written before are intact; nothing partial is left under a final name.
+    """
+
+
+def _storage_error(path: Path, err: OSError) -> StorageError:
+    detail = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno in DISK_FULL_ERRNOS:
+        reason = f"the disk is full, or a quota or file-size limit was reached ({detail})"
+        advice = "free some space there, or point hydra.run.dir (hydra.sweep.dir) at a disk with room"
+    else:
+        reason = detail
+        advice = "check that the directory exists and is writable"
+    error = StorageError(
+        f"cannot write {path.name} in {path.parent}: {reason}; "
+        f"nothing partial was left under that name and files written before are intact; {advice}"
+    )
+    error.errno = err.errno  # str(error) stays the one paragraph, the errno stays for callers
+    return error
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | Path, mode: str = "wb", encoding: str | None = None, newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success flush, fsync and rename it to ``path``.
+
+    The temporary file sits in the same directory (a rename across filesystems would be a copy,
+    which is what left truncated checkpoints behind) and is removed on any failure. OSErrors from
+    writing become ``StorageError`` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _storage_error(path, err) from err
+    tmp = Path(tmp_name)
+    tracked: _TrackedFile | None = None
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            tracked = _TrackedFile(f)
+            yield tracked
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError of its own: the OSError underneath says why.
+        cause = tracked.write_error if tracked is not None and tracked.write_error is not None else err
+        if isinstance(cause, OSError) and not isinstance(cause, StorageError):
+            raise _storage_error(path, cause) from err
+        raise
+    _fsync_dir(path.parent)
+
+
+class _TrackedFile:
+    """A file object that remembers the OSError its last failed write raised."""
+
+    def __init__(self, file: IO[Any]) -> None:
+        self._file = file
+        self.write_error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.write_error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as err:
+            self.write_error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_results(output_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results`` as ``<output_dir>/results.json`` (NaN and infinities become null)."""
+    """Write ``results`` as ``<output_dir>/results.json`` atomically (NaN and infinities become null)."""
     path = Path(output_dir) / RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomic(path, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
 
 
 def read_results(output_dir: str | Path) -> dict[str, Any] | None:

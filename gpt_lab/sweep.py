@@ -2,23 +2,34 @@
 
 Rows are built from the job directories on disk (each job's ``.hydra/overrides.yaml`` and
 ``results.json``), so it works the same for every launcher (basic, joblib, submitit): jobs may
-have run in other processes or on other machines. A job that left no results.json, or one whose
-status is not "completed", is a row marked failed. Configured in ``conf/hydra/default.yaml``.
+have run in other processes or on other machines. A row's status is the job's own (completed,
+failed, interrupted); a job that left no results.json, or died while "running", is failed. A sweep
+stopped by SIGINT / SIGTERM still writes its summary (``finish_interrupted_sweep``): the job
+that was running is "interrupted", and the jobs the basic sweeper had planned but not reached
+are rows marked "not run". Configured in ``conf/hydra/default.yaml``.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.run_files import atomic_write, write_text_atomic
+
 log = logging.getLogger(__name__)
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# The sweep this process is running, for finish_interrupted_sweep (set between multirun start and end).
+_running: SweepSummary | None = None
 
 COLUMNS = (
     "job",
@@ -45,12 +56,18 @@ class SweepSummary(Callback):
         self.fail_on_error = fail_on_error
         self._sweep_dir: Path | None = None
         self._started = 0.0
+        self._planned: list[list[str]] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _running
         self._sweep_dir = Path(str(config.hydra.sweep.dir))
         self._started = time.time()
+        self._planned = planned_jobs(config)
+        _running = self
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _running
+        _running = None
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         rows = summarise_sweep(sweep_dir, since=self._started - 5.0)
         csv_path, md_path = write_summary(sweep_dir, rows)
@@ -59,6 +76,48 @@ class SweepSummary(Callback):
         if failed and self.fail_on_error:
             raise SystemExit(1)
 
+    def write_interrupted(self, signal_name: str) -> Path | None:
+        """The summary of a sweep stopped by ``signal_name``: done jobs, the interrupted one, the rest "not run"."""
+        if self._sweep_dir is None:
+            return None
+        rows = summarise_sweep(self._sweep_dir, since=self._started - 5.0, interrupted=True)
+        done = {row["job"] for row in rows}
+        for num, overrides in enumerate(self._planned or []):
+            if num not in done:
+                rows.append({"job": num, "overrides": " ".join(overrides), "status": "not run", "dir": ""})
+        rows.sort(key=_job_order)
+        _, md_path = write_summary(self._sweep_dir, rows, note=f"Interrupted by {signal_name}.")
+        log.info(f"Sweep interrupted by {signal_name}; summary of {len(rows)} jobs: {md_path}")
+        return md_path
+
+
+def finish_interrupted_sweep(signal_name: str) -> Path | None:
+    """Write the summary of the sweep this process is running, if any, after ``signal_name`` stopped it."""
+    global _running
+    sweep, _running = _running, None
+    return sweep.write_interrupted(signal_name) if sweep is not None else None
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, in launch order, when Hydra's basic sweeper runs the sweep (else None).
+
+    The basic sweeper takes ``hydra.sweeper.params`` then the command line's overrides (a key
+    given twice keeps its first place and its last value) and launches their product, last key
+    fastest. Other sweepers (Optuna) choose their jobs as they go.
+    """
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
+
 
 def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
     """Job directories under ``sweep_dir`` (those holding ``.hydra/overrides.yaml``) started after ``since``."""
@@ -66,13 +125,20 @@ def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
     return sorted(found)
 
 
-def summarise_sweep(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
-    """One row per job of the sweep at ``sweep_dir``, in job order."""
-    rows = [_job_row(d) for d in job_dirs(Path(sweep_dir), since)]
-    return sorted(rows, key=lambda r: (r["job"] is None, r["job"] if r["job"] is not None else 0, r["overrides"]))
+def summarise_sweep(sweep_dir: Path, since: float = 0.0, interrupted: bool = False) -> list[dict[str, Any]]:
+    """One row per job of the sweep at ``sweep_dir``, in job order.
+
+    ``interrupted``: the sweep was stopped, so a job still "running" is "interrupted" (else: failed).
+    """
+    rows = [_job_row(d, interrupted) for d in job_dirs(Path(sweep_dir), since)]
+    return sorted(rows, key=_job_order)
 
 
-def _job_row(job_dir: Path) -> dict[str, Any]:
+def _job_order(row: dict[str, Any]) -> tuple[bool, int, str]:
+    return (row["job"] is None, row["job"] if row["job"] is not None else 0, row["overrides"])
+
+
+def _job_row(job_dir: Path, interrupted: bool = False) -> dict[str, Any]:
     overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
     results_path = job_dir / "results.json"
     results: dict[str, Any] = {}
@@ -84,10 +150,14 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
     status = results.get("status", "failed")
     if not results:
         results["error"] = "the job ended without writing results.json (see its log)"
+    if status == "running":
+        status = "interrupted" if interrupted else "failed"
+        if not interrupted:
+            results["error"] = f"the job stopped while running (process {results.get('pid')} was killed?)"
     row: dict[str, Any] = {
         "job": results.get("job_num", _job_num(job_dir)),
         "overrides": " ".join(str(o) for o in overrides),
-        "status": status if status == "completed" else "failed",
+        "status": status if status in ("completed", "failed", "interrupted") else "failed",
         "dir": str(job_dir),
     }
     for key in (*COLUMNS, *OPTIONAL_COLUMNS):
@@ -102,12 +172,12 @@ def _job_num(job_dir: Path) -> int | None:
         return None
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``summary.csv`` (every column) and ``summary.md`` (a table to read) in ``sweep_dir``."""
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], note: str = "") -> tuple[Path, Path]:
+    """Write ``summary.csv`` (every column) and ``summary.md`` (a table to read) in ``sweep_dir``, atomically."""
     columns = [*COLUMNS, *(c for c in OPTIONAL_COLUMNS if any(row.get(c) is not None for row in rows))]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     csv_path = sweep_dir / "summary.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(csv_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*columns, "dir"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
@@ -115,13 +185,13 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Pa
     lines = [
         f"# Sweep {sweep_dir}",
         "",
-        f"{len(rows)} jobs, {sum(r['status'] == 'completed' for r in rows)} completed.",
+        f"{len(rows)} jobs, {sum(r['status'] == 'completed' for r in rows)} completed. {note}".rstrip(),
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(_md_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 

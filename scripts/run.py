@@ -12,9 +12,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gpt_lab.tasks import run_job
+from gpt_lab.run_dirs import register_resolver
+from gpt_lab.tasks import run_command_line, run_job
 
 os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
+register_resolver()  # ${unique_dir:...} in conf/hydra/default.yaml: one directory per run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -25,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)  # SIGINT / SIGTERM: exit 130 / 143, an interrupted sweep's summary written

@@ -9,52 +9,92 @@ goes on.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import importlib
 import logging
 import os
 import random
+import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import TASK_NAMES, UserError, validate_config
-from gpt_lab.run_files import write_results
+from gpt_lab.resources import check_resources
+from gpt_lab.run_dirs import register_resolver
+from gpt_lab.run_files import StorageError, write_results
+from gpt_lab.run_status import (
+    EXIT_FAILURE,
+    USER_ERROR_EXIT_CODE,
+    RunInterrupted,
+    as_interruption,
+    install_signal_handlers,
+)
+from gpt_lab.sweep import finish_interrupted_sweep
 
 log = logging.getLogger(__name__)
-
-USER_ERROR_EXIT_CODE = 2
+# Job processes of a launcher (joblib, submitit) evaluate hydra.sweep.dir too: ${unique_dir:...} must exist there.
+register_resolver()
 
 
 def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate ``cfg``, run ``cfg.task.name`` and write ``results.json``; return the results.
 
-    ``run_info`` (e.g. the Hydra overrides) is recorded in results.json next to the task's own
-    results. Raises ``UserError`` for problems the user can fix; results.json then records the
-    failure too.
+    results.json is written first with ``"status": "running"`` (plus ``started_at``, ``pid``,
+    ``host``), then rewritten as ``completed``, ``failed`` (with ``error``) or ``interrupted``
+    (with ``signal``, ``step`` and ``checkpoint``). ``run_info`` (e.g. the Hydra overrides) is
+    recorded next to the task's own results. Raises ``UserError`` for problems the user can fix,
+    ``RunInterrupted`` after SIGINT / SIGTERM.
     """
     started = time.perf_counter()
-    info = dict(run_info or {})
-    output_dir = _output_dir(cfg)
+    output_dir = _output_dir(cfg) if is_rank_zero() else None
+    info = {**(run_info or {}), **_process_info()}
     info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
+
+    def record(status: str, **fields: Any) -> None:
+        if output_dir is not None:
+            write_results(
+                output_dir, {**info, **fields, "status": status, "wall_time_s": time.perf_counter() - started}
+            )
+
     try:
+        record("running")
         cfg = validate_config(cfg)
         assert cfg.task.name in TASK_NAMES
         info.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)
+        check_resources(cfg)
         seed_everything(cfg.seed)
         results = importlib.import_module(f"gpt_lab.tasks.{cfg.task.name}").run(cfg)
     except BaseException as err:
-        if output_dir is not None and is_rank_zero():
-            failed = {**info, "status": "failed", "error": _error_text(err)}
-            write_results(output_dir, {**failed, "wall_time_s": time.perf_counter() - started})
+        interrupted = as_interruption(err)
+        try:
+            if interrupted is not None:
+                step, checkpoint = interrupted.step, interrupted.checkpoint
+                record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
+            else:
+                record("failed", error=_error_text(err))
+        except StorageError as write_err:  # e.g. the disk is still full: the "running" file stays, intact
+            log.error("gpt_lab: could not record the run's end in results.json: %s", write_err)
+        if interrupted is not None and interrupted is not err:
+            raise interrupted from None
         raise
-    results = {**info, **results, "status": "completed", "wall_time_s": time.perf_counter() - started}
-    if is_rank_zero():
-        write_results(cfg.paths.output_dir, results)
-    return results
+    results = {**info, **results}
+    record("completed", **results)
+    return {**results, "status": "completed"}
+
+
+def _process_info() -> dict[str, Any]:
+    """Who runs this: enough for a reader to tell a live run from one that was killed (SIGKILL)."""
+    return {
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
 
 
 def is_rank_zero() -> bool:
@@ -63,13 +103,31 @@ def is_rank_zero() -> bool:
     return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def run_command_line(hydra_main: Callable[[], Any]) -> None:
+    """scripts/run.py's whole body: run the ``@hydra.main`` function, signals turned into exit statuses.
+
+    SIGINT / SIGTERM anywhere (in a job, between a sweep's jobs) end the process with status 130 /
+    143; an interrupted sweep first writes its summary, the jobs it did not reach marked "not run".
+    """
+    install_signal_handlers()
+    try:
+        hydra_main()
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        interrupted = as_interruption(err)
+        assert interrupted is not None
+        finish_interrupted_sweep(interrupted.signal_name)
+        print(f"gpt_lab: {interrupted}", file=sys.stderr, flush=True)
+        raise SystemExit(interrupted.exit_code) from None
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one Hydra job from the command line (scripts/run.py's whole body).
+    """Run one Hydra job from the command line (the ``@hydra.main`` function's whole body).
 
     A ``UserError`` is printed as one paragraph on stderr and, in a single run, ends the process
-    with status 2 and no traceback. In a multirun every failure is logged (with its traceback
-    in the job's log file when it is not a user error), recorded in the job's results.json and
-    swallowed, so the other jobs still run and the sweep summary gets a "failed" row.
+    with status 2 and no traceback; a ``StorageError`` (disk full) likewise, with status 1. In a
+    multirun every failure is logged (with its traceback in the job's log file when it is not a
+    user error), recorded in the job's results.json and swallowed, so the other jobs still run
+    and the sweep summary gets a "failed" row. ``RunInterrupted`` goes through: it ends the sweep.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -84,10 +142,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         run_info["job_num"] = hydra_cfg.job.num
     try:
         return run_task(cfg, run_info)
-    except UserError as err:
+    except (UserError, StorageError) as err:
         print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
         if not multirun:
-            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+            raise SystemExit(USER_ERROR_EXIT_CODE if isinstance(err, UserError) else EXIT_FAILURE) from None
     except Exception:
         if not multirun:
             raise  # a bug: Hydra prints where it happened
@@ -125,6 +183,6 @@ def _output_dir(cfg: DictConfig) -> str | None:
 def _error_text(err: BaseException) -> str:
     if isinstance(err, UserError):
         return str(err)
-    if isinstance(err, SystemExit | KeyboardInterrupt):
-        return f"interrupted ({type(err).__name__})"
+    if isinstance(err, SystemExit):
+        return f"exited ({type(err).__name__}: {err.code})"
     return f"{type(err).__name__}: {err}"

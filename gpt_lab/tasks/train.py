@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,9 @@ from gpt_lab.config import UserError
 from gpt_lab.data import DataError, TextDataModule
 from gpt_lab.lit_module import GPTLitModule, mean_loss
 from gpt_lab.pretrained import init_model_config
+from gpt_lab.resume import ResumedOptimizerSettings, check_resume
 from gpt_lab.run_files import flatten_hparams
+from gpt_lab.run_status import interruptible_fit
 from gpt_lab.stats import model_report
 from gpt_lab.tasks.generate import continue_prompt, encode_prompt
 from gpt_lab.tokenizer import get_tokenizer
@@ -93,14 +96,28 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
             logger.log_hyperparams(params, metrics)
 
 
+def _drop_lr_monitor_without_logger(callbacks: list[Any], loggers: list[Any]) -> list[Any]:
+    """LearningRateMonitor refuses to run without a logger (logger=none): it then has nothing to do."""
+    if loggers:
+        return callbacks
+    kept = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("No logger (logger=none): the learning-rate monitor is off")
+    return kept
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    started_at = time.time()  # tells this run's checkpoints from older ones in the same directory
     # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     init_from = _input_path(cfg, cfg.init_from) if cfg.get("init_from") else None
     model_cfg, init_state = init_model_config(cfg.model, init_from)
+    ckpt_path = _input_path(cfg, cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
+    resume = check_resume(ckpt_path, model_cfg, cfg.optim) if ckpt_path is not None else None
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
@@ -129,16 +146,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
-    callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _drop_lr_monitor_without_logger(_instantiate_all(cfg.get("callbacks")), loggers)
+    if resume is not None and resume.optimizer_changes:
+        callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _refuse_ddp_in_multirun(trainer)
-    ckpt_path = _input_path(cfg, cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    if ckpt_path is not None and not ckpt_path.is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
-    trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
+    with interruptible_fit(trainer, started_at):  # SIGTERM / SIGINT: RunInterrupted(step, checkpoint)
+        trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
 
     # Final losses over the whole sets, in eval mode, like the initial ones.

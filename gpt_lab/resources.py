@@ -1,0 +1,247 @@
+"""Checks a validated config against the machine and the libraries before any work starts.
+
+``check_resources`` runs after ``validate_config`` and before the task builds anything:
+- the model must fit in memory: its parameter count, taken from the model built on the ``meta``
+  device (no memory), times 4 bytes (float32 weights), or 16 bytes when training (weights,
+  gradients and AdamW's two moments), against the machine's memory (and the GPU's, when training
+  on one) — "needs 196.0 GiB, this machine has 23.0 GiB";
+- every ``_target_`` of ``trainer``, ``callbacks`` and ``logger`` must take the keys given, with
+  values of the types its signature declares (``trainer.max_epochs=abc`` is not an integer), and
+  callbacks must accept their settings (their constructors check ranges).
+Problems are ``ConfigError``s naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import logging
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_lab.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+# Bytes per parameter: float32 weights; training adds the gradient and AdamW's two moments.
+BYTES_PER_PARAM = {"inference": 4, "training": 16}
+COMPONENT_GROUPS = ("trainer", "callbacks", "logger")
+
+
+def check_resources(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` when ``cfg`` cannot run here (see the module's docstring)."""
+    problems = check_components(cfg) if cfg.task.name == "train" else []
+    if problems:
+        raise ConfigError("; ".join(problems))
+    check_memory(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def count_params_on_meta(model_cfg: Mapping[str, Any]) -> int:
+    """The parameter count of ``GPTModel(model_cfg)``, built on the meta device (no memory used)."""
+    import torch
+
+    from gpt_lab.model import GPTModel
+    from gpt_lab.stats import count_params
+
+    with torch.device("meta"):
+        return count_params(GPTModel(dict(model_cfg)))
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory, or the container's limit (cgroup v2 / v1) when it is lower; None if unknown."""
+    limits = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # not every OS names these
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for cgroup_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def _gpu_memory_bytes(cfg: DictConfig) -> int | None:
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if accelerator not in ("gpu", "cuda", "auto"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """Refuse a model whose weights (plus optimizer state when training) exceed the machine's memory."""
+    training = cfg.task.name == "train"
+    n_params = count_params_on_meta(OmegaConf.to_container(cfg.model))
+    needed = n_params * BYTES_PER_PARAM["training" if training else "inference"]
+    what = "float32 weights, gradients and AdamW state" if training else "float32 weights"
+    places = [("this machine", machine_memory_bytes())]
+    if training:
+        places.append(("the GPU", _gpu_memory_bytes(cfg)))
+    for place, available in places:
+        if available is not None and needed > available:
+            raise ConfigError(
+                f"model={cfg.model.name} (emb_dim={cfg.model.emb_dim}, n_layers={cfg.model.n_layers}, "
+                f"vocab_size={cfg.model.vocab_size}) has {n_params:,} parameters and needs {needed / GIB:.1f} GiB "
+                f"for its {what}; {place} has {available / GIB:.1f} GiB: choose a smaller model or smaller "
+                "model.emb_dim / model.n_layers"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer, callbacks and loggers
+
+
+def check_components(cfg: DictConfig) -> list[str]:
+    """Problems with the ``_target_`` nodes of trainer, callbacks and logger: keys, types, settings."""
+    problems: list[str] = []
+    for key, node in _components(cfg):
+        problems += _check_call(key, node)
+    if problems:
+        return problems
+    for key, node in _components(cfg):
+        if key.startswith("callbacks."):
+            problems += _check_construction(key, node)
+    return problems
+
+
+def _components(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for group in COMPONENT_GROUPS:
+        tree = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
+        if not isinstance(tree, dict):
+            continue
+        if "_target_" in tree:
+            found.append((group, tree))
+        else:
+            found += [(f"{group}.{name}", node) for name, node in tree.items() if isinstance(node, dict)]
+    return found
+
+
+def _check_call(key: str, node: dict[str, Any]) -> list[str]:
+    """Does ``node['_target_']`` accept the other keys of ``node``, with values of its declared types?"""
+    from hydra.utils import get_object
+
+    target_name = node.get("_target_")
+    if not isinstance(target_name, str):
+        return [f"{key} needs a _target_ naming a class to build"]
+    try:
+        target = get_object(target_name)
+    except Exception as err:
+        return [f"{key}._target_={target_name} cannot be imported ({_first_line(err)})"]
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    hints = _type_hints(target)
+    problems = []
+    for name, value in node.items():
+        if name.startswith("_"):
+            continue
+        if name not in params:
+            if not takes_any:
+                close = difflib.get_close_matches(name, list(params), n=3)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                problems.append(f"{key}.{name} is not an argument of {target_name}{hint}")
+            continue
+        hint_type = hints.get(name)
+        if hint_type is not None and not _matches(value, hint_type):
+            problems.append(f"{key}.{name}={value!r} is not {_describe(hint_type)} ({target_name}'s {name})")
+    return problems
+
+
+def _check_construction(key: str, node: dict[str, Any]) -> list[str]:
+    """Build the callback once: its constructor checks its settings' ranges (it holds no resources yet)."""
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(node)
+    except Exception as err:
+        cause = err.__cause__ or err
+        return [f"{key}: {_first_line(cause)}"]
+    return []
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # annotations that only resolve under TYPE_CHECKING: check the keys, not the types
+        return {}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value (plain Python, from YAML or the command line) fits the annotation ``hint``."""
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if isinstance(value, dict) and "_target_" in value:
+        return True  # an object Hydra builds: its own checks apply
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(type(arg) is type(value) and arg == value for arg in args)  # 1 is not True here
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence, typing.Iterable) or hint in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin in (dict, typing.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    if inspect.isclass(hint) and hint.__module__ == "builtins":
+        return isinstance(value, hint)
+    if inspect.isclass(hint) and issubclass(hint, os.PathLike):
+        return isinstance(value, str)
+    return True  # a library type (Accelerator, timedelta, ...) a config cannot hold directly: not ours to judge
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        words = []
+        for arg in typing.get_args(hint):
+            word = _describe(arg)
+            if word and word not in words:
+                words.append(word)
+        return " or ".join(words)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple) or hint in (list, tuple):
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,140 @@
+"""Resuming from ``ckpt_path``: check the checkpoint before training, and say what changes.
+
+``check_resume`` reads the checkpoint's hyper-parameters and tensor shapes (memory-mapped: no
+weights are loaded) before anything is built. A file that is not a readable Lightning checkpoint
+of GPTLitModule is a ``UserError``; so is a model whose shape keys (vocab_size, context_length,
+emb_dim, n_heads, n_layers, qkv_bias, tie_weights) differ from the checkpoint's, with the list of
+differences. Optimizer keys that differ (``optim.lr``, ``optim.weight_decay``) are what this run
+asked for: ``ResumedOptimizerSettings`` applies them to the restored optimizer (and scales the
+restored schedule with the new peak rate) and logs them, so the config on disk is what trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from gpt_lab.config import UserError
+
+log = logging.getLogger(__name__)
+
+SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_weights")
+# GPTLitModule's hyper-parameter → the config key that sets it.
+OPTIMIZER_KEYS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
+MAX_LISTED = 8
+
+
+class ResumeError(UserError):
+    """``ckpt_path`` cannot resume this run: unreadable, not GPTLitModule's, or another model's shape."""
+
+
+@dataclass
+class ResumePlan:
+    """What resuming from ``path`` changes: optimizer settings ``{name: (checkpoint's, this run's)}``."""
+
+    path: Path
+    optimizer_changes: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _load(path: Path) -> Mapping[str, Any]:
+    advice = "give a .ckpt that task=train wrote (in a run's checkpoints/ folder)"
+    if not path.is_file():
+        raise ResumeError(f"ckpt_path={path} is not a file; {advice}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ResumeError(
+            f"ckpt_path={path} is not a readable Lightning checkpoint (truncated, corrupt, or another kind of "
+            f"file: {type(err).__name__}: {reason[:200]}); {advice}"
+        ) from None
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ResumeError(
+            f"ckpt_path={path} holds no Lightning state_dict (a book model.pth?); {advice}, or "
+            f"start from its weights with init_from={path}"
+        )
+    return checkpoint
+
+
+def _expected_shapes(model_cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    from gpt_lab.model import GPTModel
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPTModel(dict(model_cfg))
+    return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, Any]) -> ResumePlan:
+    """Check that ``path`` can resume a run of ``model_cfg``; return what changes (see the module)."""
+    checkpoint = _load(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved_model = hparams.get("model_cfg") if isinstance(hparams, Mapping) else None
+    differences = []
+    if isinstance(saved_model, Mapping):
+        for key in SHAPE_KEYS:
+            if key in saved_model and saved_model[key] != model_cfg.get(key):
+                differences.append(f"model.{key}={model_cfg.get(key)} (checkpoint: {saved_model[key]})")
+    if not differences:  # also the truth for checkpoints without hyper-parameters
+        expected = _expected_shapes(model_cfg)
+        state = checkpoint["state_dict"]
+        model_keys = [k for k in state if k.startswith("model.")]
+        if not model_keys:
+            raise ResumeError(f"ckpt_path={path} is a Lightning checkpoint without GPTLitModule's model.* weights")
+        for key in sorted(set(expected) | set(model_keys)):
+            found = tuple(state[key].shape) if key in state else None
+            if found != expected.get(key):
+                differences.append(
+                    f"{key}: {expected.get(key) or 'absent'} here, {found or 'absent'} in the checkpoint"
+                )
+    if differences:
+        listed = "; ".join(differences[:MAX_LISTED]) + ("; ..." if len(differences) > MAX_LISTED else "")
+        raise ResumeError(
+            f"ckpt_path={path} holds a model of another shape than this run's: {listed}. Resume with the "
+            f"checkpoint's model settings, or start a new run from its weights with init_from={path}"
+        )
+    plan = ResumePlan(path)
+    for name, key in OPTIMIZER_KEYS.items():
+        saved, wanted = hparams.get(name), optim.get(name)
+        if isinstance(saved, int | float) and wanted is not None and float(saved) != float(wanted):
+            plan.optimizer_changes[name] = (float(saved), float(wanted))
+            log.info(
+                "Resuming with %s=%g (the checkpoint trained with %g): applied to the restored optimizer",
+                key,
+                wanted,
+                saved,
+            )
+    return plan
+
+
+class ResumedOptimizerSettings(L.Callback):
+    """After Lightning restores the optimizer and schedule from the checkpoint, apply this run's settings.
+
+    The learning rate is scaled by new / old in every parameter group and in the schedulers'
+    ``base_lrs``, so a schedule keeps its shape around the new peak; weight decay is set.
+    """
+
+    def __init__(self, changes: Mapping[str, tuple[float, float]]) -> None:
+        self.changes = dict(changes)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "lr" in self.changes:
+            old, new = self.changes["lr"]
+            scale = new / old
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] *= scale
+                    if "initial_lr" in group:
+                        group["initial_lr"] *= scale
+            for config in trainer.lr_scheduler_configs:
+                if hasattr(config.scheduler, "base_lrs"):
+                    config.scheduler.base_lrs = [lr * scale for lr in config.scheduler.base_lrs]
+        if "weight_decay" in self.changes:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["weight_decay"] = self.changes["weight_decay"][1]

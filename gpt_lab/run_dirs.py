@@ -1,0 +1,146 @@
+"""One directory per run: unique default names, and no run writing over another run's files.
+
+``${unique_dir:<path>}`` (conf/hydra/default.yaml's ``hydra.run.dir`` and ``hydra.sweep.dir``)
+creates ``<path>`` with ``os.mkdir``, which fails when the directory exists, so two runs started
+in the same second cannot both get it: the second gets ``<path>-2`` (then ``-3``, ...). Hydra
+evaluates these paths more than once per run, in this process and in the processes a launcher
+starts for its jobs, so the answer is remembered per process and in an environment variable that
+those processes inherit.
+
+``RunDirGuard`` (a Hydra callback) refuses, before Hydra writes anything, a run aimed with
+``hydra.run.dir=...`` at a directory that holds another run's results.json, unless the run
+resumes that run (``ckpt_path=last`` or a checkpoint inside that directory); and a sweep aimed
+with ``hydra.sweep.dir=...`` at a directory that already holds a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_lab.run_files import RESULTS_FILE, read_results
+from gpt_lab.run_status import USER_ERROR_EXIT_CODE
+
+RESOLVER = "unique_dir"
+_ENV_PREFIX = "GPT_LAB_UNIQUE_DIR_"
+_created: dict[str, str] = {}
+SWEEP_FILES = ("summary.csv", "multirun.yaml")
+
+
+def unique_dir(path: str) -> str:
+    """Create ``path``, or ``path-2``, ``path-3``, ... if taken, and return the one created.
+
+    The same ``path`` asked again in this process (or in one it started) gets the same answer.
+    """
+    key = _ENV_PREFIX + hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    known = _created.get(key) or os.environ.get(key)
+    if known:
+        return known
+    base = Path(path).absolute()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        candidate = base if suffix == 1 else base.with_name(f"{base.name}-{suffix}")
+        try:
+            candidate.mkdir()  # exclusive: exactly one process gets each name
+            break
+        except FileExistsError:
+            suffix += 1
+    _created[key] = os.environ[key] = str(candidate)
+    return str(candidate)
+
+
+def register_resolver() -> None:
+    """Make ``${unique_dir:...}`` available to Hydra's config (call before ``@hydra.main`` runs)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
+
+
+def _refuse(message: str) -> None:
+    print(f"gpt_lab: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR_EXIT_CODE)
+
+
+def _is_extra_process() -> bool:
+    """A DDP child (Lightning re-runs the command line with rank 0's hydra.run.dir) or another rank's task."""
+    return any(int(os.environ.get(key) or 0) != 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def resumes_run(config: DictConfig, run_dir: Path) -> bool:
+    """Whether this run continues the run in ``run_dir``: ``ckpt_path=last`` or a checkpoint inside it."""
+    ckpt_path = OmegaConf.select(config, "ckpt_path", default=None, throw_on_resolution_failure=False)
+    if not ckpt_path:
+        return False
+    if str(ckpt_path) == "last":
+        return True
+    root = OmegaConf.select(config, "paths.root_dir", default=None, throw_on_resolution_failure=False)
+    path = Path(root or os.getcwd(), str(ckpt_path)).resolve()
+    return path.is_relative_to(run_dir.resolve())
+
+
+def check_run_dir(config: DictConfig, run_dir: Path) -> None:
+    """Refuse (exit 2) a run whose directory holds another run's results.json, unless it resumes it."""
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.is_file():
+        return
+    try:
+        previous: dict[str, Any] = read_results(run_dir) or {}
+    except ValueError:
+        previous = {}
+    status = previous.get("status", "unknown")
+    if resumes_run(config, run_dir):
+        pid = previous.get("pid")
+        if status == "running" and previous.get("host") == os.uname().nodename and _pid_alive(pid):
+            _refuse(
+                f"hydra.run.dir={run_dir} belongs to a run that is still running (pid {pid}); "
+                "wait for it to end or stop it before resuming it"
+            )
+        return
+    _refuse(
+        f"hydra.run.dir={run_dir} already holds another run ({RESULTS_FILE}: status {status}); a run never "
+        "writes over another run's files: leave hydra.run.dir out to get a new directory, choose an empty "
+        "one, or resume that run with ckpt_path=last"
+    )
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_sweep_dir(sweep_dir: Path) -> None:
+    """Refuse (exit 2) a sweep aimed at a directory that already holds a sweep."""
+    if not sweep_dir.is_dir():
+        return
+    found = [name for name in SWEEP_FILES if (sweep_dir / name).exists()]
+    found += [str(p.relative_to(sweep_dir)) for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))[:1]]
+    if found:
+        _refuse(
+            f"hydra.sweep.dir={sweep_dir} already holds a sweep ({', '.join(found)}); a sweep never writes over "
+            "another's files: leave hydra.sweep.dir out to get a new directory, or choose an empty one"
+        )
+
+
+class RunDirGuard(Callback):
+    """Checks the run or sweep directory before Hydra creates it and writes ``.hydra/`` into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_extra_process():
+            check_run_dir(config, Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_extra_process():
+            check_sweep_dir(Path(str(config.hydra.sweep.dir)))
