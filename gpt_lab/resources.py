@@ -98,8 +98,8 @@ def check_memory(cfg: DictConfig) -> None:
         if available is not None and needed > available:
             raise ConfigError(
                 f"model={cfg.model.name} (emb_dim={cfg.model.emb_dim}, n_layers={cfg.model.n_layers}, "
-                f"vocab_size={cfg.model.vocab_size}) has {n_params:,} parameters and needs {needed / GIB:.1f} GiB "
-                f"for its {what}; {place} has {available / GIB:.1f} GiB: choose a smaller model or smaller "
+                f"vocab_size={cfg.model.vocab_size}) has {n_params:,} parameters and needs {needed / GIB:,.1f} GiB "
+                f"for its {what}; {place} has {available / GIB:,.1f} GiB: choose a smaller model or smaller "
                 "model.emb_dim / model.n_layers"
             )
 
@@ -175,8 +175,8 @@ def _check_construction(key: str, node: dict[str, Any]) -> list[str]:
     try:
         instantiate(node)
     except Exception as err:
-        cause = err.__cause__ or err
-        return [f"{key}: {_first_line(cause)}"]
+        message = _first_line(err.__cause__ or err)
+        return [message if message.startswith(f"{key}.") else f"{key}: {message}"]
     return []
 
 

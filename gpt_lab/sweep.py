@@ -43,7 +43,7 @@ COLUMNS = (
     "output_text",
 )
 # Shown too when at least one job has them (training and evaluation runs).
-OPTIONAL_COLUMNS = ("train_loss", "val_loss", "loss", "perplexity", "error")
+OPTIONAL_COLUMNS = ("train_loss", "val_loss", "loss", "perplexity", "step", "error")
 
 
 class SweepSummary(Callback):

@@ -58,9 +58,8 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
 
     def record(status: str, **fields: Any) -> None:
         if output_dir is not None:
-            write_results(
-                output_dir, {**info, **fields, "status": status, "wall_time_s": time.perf_counter() - started}
-            )
+            wall_time = time.perf_counter() - started
+            write_results(output_dir, {"status": status, **info, **fields, "wall_time_s": wall_time})
 
     try:
         record("running")
@@ -181,7 +180,7 @@ def _output_dir(cfg: DictConfig) -> str | None:
 
 
 def _error_text(err: BaseException) -> str:
-    if isinstance(err, UserError):
+    if isinstance(err, UserError | StorageError):
         return str(err)
     if isinstance(err, SystemExit):
         return f"exited ({type(err).__name__}: {err.code})"
