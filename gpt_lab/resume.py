@@ -125,15 +125,18 @@ class ResumedOptimizerSettings(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "lr" in self.changes:
             old, new = self.changes["lr"]
-            scale = new / old
+
+            def rescale(lr: float) -> float:  # exactly the new rate where the schedule stands at the old one
+                return new if lr == old else lr * new / old
+
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
-                    group["lr"] *= scale
+                    group["lr"] = rescale(group["lr"])
                     if "initial_lr" in group:
-                        group["initial_lr"] *= scale
+                        group["initial_lr"] = rescale(group["initial_lr"])
             for config in trainer.lr_scheduler_configs:
                 if hasattr(config.scheduler, "base_lrs"):
-                    config.scheduler.base_lrs = [lr * scale for lr in config.scheduler.base_lrs]
+                    config.scheduler.base_lrs = [rescale(lr) for lr in config.scheduler.base_lrs]
         if "weight_decay" in self.changes:
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:

@@ -1,0 +1,297 @@
+"""Fault injection through the real command line: concurrent runs, signals, a full disk, bad inputs.
+
+Each test drives ``scripts/run.py`` in subprocesses (several at once where they are independent,
+to keep the file fast on 2 cores) and then looks at what is on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RUN_SCRIPT
+
+from gpt_lab.run_dirs import unique_dir
+
+# A tiny model trained on a tiny text: seconds per run.
+TRAIN_WITH_SAMPLES = [
+    "task=train",
+    "model=tiny",
+    "model.context_length=32",
+    "data.path=story.txt",
+    "+trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+]
+TRAIN = [*TRAIN_WITH_SAMPLES, "callbacks.sample_text=null"]
+STARTED_TRAINING = "Initial losses"  # logged to run.log by the first training batch's callback
+TEMP_FILES = ".*.tmp"  # what gpt_lab.run_files.atomic_write writes before renaming
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 60, encoding="utf-8")
+    return tmp_path
+
+
+def _start(cwd: Path, *args: str, fsize_limit: int | None = None) -> subprocess.Popen[str]:
+    """``python scripts/run.py ARGS`` from ``cwd``, with outputs/ under ``cwd`` (not the project's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "GPT_LAB_ROOT")}
+    env["GPT_LAB_ROOT"] = str(cwd)
+
+    def limit_file_size() -> None:  # `ulimit -f`: writes past it fail with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return subprocess.Popen(
+        [sys.executable, str(RUN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit_file_size if fsize_limit else None,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _run(cwd: Path, *args: str, **kwargs: int) -> tuple[int, str, str]:
+    return _finish(_start(cwd, *args, **kwargs))
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _wait_for(path_glob: Callable[[], list[Path]], text: str, proc: subprocess.Popen[str]) -> Path:
+    """Poll until a file matched by ``path_glob`` contains ``text`` (the process must still be running)."""
+    for _ in range(3000):
+        for path in path_glob():
+            if path.is_file() and text in path.read_text(errors="replace"):
+                return path
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) first:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {text!r} after 300 s")
+
+
+def _one_paragraph_error(stderr: str) -> str:
+    """The error line: exactly one, starting with gpt_lab: error:, and no traceback anywhere."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("gpt_lab: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# One directory per run
+
+
+def test_unique_dir_adds_a_suffix_when_the_name_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the answer is remembered in the environment
+    taken = tmp_path / "12-00-00_generate_tiny"
+    taken.mkdir()
+    got = unique_dir(str(taken))
+    assert got == f"{taken}-2" and Path(got).is_dir()
+    assert unique_dir(str(taken)) == got  # asked again in the same run: the same directory
+
+
+def test_processes_racing_for_one_name_each_get_their_own(tmp_path: Path) -> None:
+    code = "import sys; from gpt_lab.run_dirs import unique_dir; print(unique_dir(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "same")], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    got = sorted(proc.communicate(timeout=120)[0].strip() for proc in procs)
+    expected = sorted([str(tmp_path / "same"), *(str(tmp_path / f"same-{i}") for i in (2, 3, 4))])
+    assert got == expected
+
+
+def test_runs_and_sweeps_started_together_never_share_a_directory(workdir: Path) -> None:
+    procs = [
+        _start(workdir, "model=tiny", "max_new_tokens=2", "seed=1"),
+        _start(workdir, "model=tiny", "max_new_tokens=2", "seed=2"),
+        _start(workdir, "-m", "model=tiny", "max_new_tokens=2", "seed=3"),
+        _start(workdir, "-m", "model=tiny", "max_new_tokens=2", "seed=4"),
+    ]
+    for proc in procs:
+        code, _, err = _finish(proc)
+        assert code == 0, err[-3000:]
+    runs = sorted((workdir / "outputs").glob("*/*_generate_tiny*"))
+    assert sorted(_results(run)["seed"] for run in runs) == [1, 2]
+    for run in runs:  # each directory holds one run's files only
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        assert f"seed={_results(run)['seed']}" in (run / ".hydra" / "overrides.yaml").read_text()
+    sweeps = sorted((workdir / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 2
+    seeds = []
+    for sweep in sweeps:
+        with (sweep / "summary.csv").open(newline="") as f:
+            seeds += [re.search(r"seed=(\d)", row["overrides"]).group(1) for row in csv.DictReader(f)]
+        assert "1 jobs, 1 completed." in (sweep / "summary.md").read_text()
+    assert sorted(seeds) == ["3", "4"]
+
+
+def test_logger_none_trains_and_its_directory_refuses_another_run(workdir: Path) -> None:
+    run = workdir / "run"
+    code, _, err = _run(
+        workdir, *TRAIN, "logger=none", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "hydra.run.dir=run"
+    )
+    assert code == 0, err[-3000:]
+    finished = _results(run)
+    assert finished["status"] == "completed" and Path(finished["checkpoint"]).is_file()
+    assert not (run / "tensorboard").exists()
+    before = {p: p.read_bytes() for p in (run / "results.json", run / ".hydra" / "config.yaml")}
+
+    # A run that fails at once, aimed at the finished run: refused before Hydra writes anything.
+    code, _, err = _run(workdir, "model=tiny", "model.n_heads=5", "hydra.run.dir=run")
+    assert code == 2
+    assert "hydra.run.dir=run already holds another run (results.json: status completed)" in _one_paragraph_error(err)
+    assert {p: p.read_bytes() for p in before} == before
+
+    # Resuming with another model shape is refused with the differences; with another lr it applies the lr.
+    last = run / "checkpoints" / "last.ckpt"
+    code, _, err = _run(workdir, *TRAIN, "model.emb_dim=64", f"ckpt_path={last}", "hydra.run.dir=run")
+    assert code == 2
+    assert "model.emb_dim=64 (checkpoint: 32)" in _one_paragraph_error(err)
+    resume = [*TRAIN, "logger=none", "+trainer.limit_train_batches=2", "trainer.max_epochs=2", "optim.lr=0.001"]
+    code, _, err = _run(workdir, *resume, f"ckpt_path={last}", "hydra.run.dir=run")
+    assert code == 0, err[-3000:]
+    assert "Resuming with optim.lr=0.001 (the checkpoint trained with 0.0004)" in (run / "run.log").read_text()
+    resumed = torch.load(_results(run)["checkpoint"], weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["lr"] == 0.001
+    assert [g["lr"] for g in resumed["optimizer_states"][0]["param_groups"]] == [0.001]
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals
+
+
+def test_signals_during_training_leave_an_honest_record(workdir: Path) -> None:
+    endless = [*TRAIN, "logger=none", "trainer.max_epochs=1000"]
+    runs = {name: _start(workdir, *endless, f"hydra.run.dir={name}") for name in ("term", "int", "kill")}
+    sweep = _start(workdir, "-m", *endless, "seed=1,2,3", "hydra.sweep.dir=sweep")
+    for name, proc in runs.items():
+        _wait_for(lambda name=name: [workdir / name / "run.log"], STARTED_TRAINING, proc)
+    _wait_for(lambda: list((workdir / "sweep").glob("*/run.log")), STARTED_TRAINING, sweep)
+    runs["term"].send_signal(signal.SIGTERM)
+    runs["int"].send_signal(signal.SIGINT)
+    runs["kill"].send_signal(signal.SIGKILL)
+    sweep.send_signal(signal.SIGTERM)
+
+    for name, signum in (("term", signal.SIGTERM), ("int", signal.SIGINT)):
+        code, _, err = _finish(runs[name])
+        assert code == 128 + signum, err[-3000:]
+        results = _results(workdir / name)
+        assert results["status"] == "interrupted" and results["signal"] == signum.name
+        assert isinstance(results["step"], int) and results["step"] >= 0
+        assert results["pid"] == runs[name].pid
+    code, _, _ = _finish(runs["kill"])
+    assert code == -signal.SIGKILL
+    killed = _results(workdir / "kill")  # still complete JSON: nothing is written in place
+    assert killed["status"] == "running" and killed["pid"] == runs["kill"].pid and killed["host"]
+
+    code, _, err = _finish(sweep)
+    assert code == 143, err[-3000:]
+    summary = (workdir / "sweep" / "summary.md").read_text()
+    assert "3 jobs, 0 completed. Interrupted by SIGTERM." in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "seed=" in line]
+    assert [re.search(r"\| (interrupted|not run) \|", row).group(1) for row in rows] == [
+        "interrupted",
+        "not run",
+        "not run",
+    ]
+    assert not list(workdir.rglob(TEMP_FILES))
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk
+
+
+def test_full_disk_is_one_paragraph_and_leaves_no_partial_file(workdir: Path) -> None:
+    # 20 MB: results.json, the log and the data fit; the first checkpoint (~39 MB) does not.
+    code, _, err = _run(
+        workdir,
+        *TRAIN,
+        "logger=none",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "hydra.run.dir=run",
+        fsize_limit=20_000_000,
+    )
+    assert code == 1
+    checkpoints = workdir / "run" / "checkpoints"
+    message = _one_paragraph_error(err)
+    assert re.search(rf"cannot write epoch00-step\d+\.ckpt in {re.escape(str(checkpoints))}: the disk is full", message)
+    assert not list(checkpoints.glob("*")) and not list(workdir.rglob(TEMP_FILES))
+    results = _results(workdir / "run")  # rewritten completely, with the reason
+    assert results["status"] == "failed" and "cannot write epoch00-step" in results["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one paragraph, exit status 2, the key named, before anything heavy
+
+
+def _tiny_param_count(emb_dim: int, n_layers: int = 2, vocab: int = 50257, context: int = 64) -> int:
+    """Chapter 4's parameter count, by hand: embeddings, blocks (attention, feed-forward, 2 norms), head."""
+    block = 4 * emb_dim * emb_dim + emb_dim + (8 * emb_dim * emb_dim + 5 * emb_dim) + 4 * emb_dim
+    return vocab * emb_dim + context * emb_dim + n_layers * block + 2 * emb_dim + vocab * emb_dim
+
+
+def test_bad_inputs_are_one_paragraph_errors(workdir: Path) -> None:
+    code, _, err = _run(workdir, *TRAIN, "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "hydra.run.dir=ok")
+    assert code == 0, err[-3000:]
+    good = Path(_results(workdir / "ok")["checkpoint"])
+    (workdir / "text.ckpt").write_text("not a checkpoint\n")
+    (workdir / "truncated.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = torch.load(good, weights_only=True)
+    other["hyper_parameters"] = {}  # no stated config: the tensors' shapes tell
+    other["state_dict"]["model.pos_emb.weight"] = torch.zeros(16, 32)
+    torch.save(other, workdir / "other_size.ckpt")
+
+    huge = _tiny_param_count(1048576)
+    memory = rf"has {huge:,} parameters and needs {huge * 4 / 2**30:,.1f} GiB .* this machine has [\d,.]+ GiB"
+    resume_only = r"ckpt_path=x.ckpt resumes training and only task=train uses it"
+    unreadable = r"is not a readable Lightning checkpoint"
+    cases = [
+        (["model=tiny", "model.vocab_size=100"], r"model.vocab_size=100 must be 50257"),
+        (["model=tiny", "model.vocab_size=60000"], r"model.vocab_size=60000 must be 50257"),
+        (["model=tiny", "model.emb_dim=1048576"], memory),
+        (["model=tiny", "temperature=1e-45"], r"temperature=1e-45 must be 0 \(greedy\) or between"),
+        (["model=tiny", "temperature=nan"], r"temperature=nan must be 0 \(greedy\) or between"),
+        ([*TRAIN, "optim.lr=nan"], r"optim.lr=nan must be a number in \(0, 1\]"),
+        (["model=tiny", "task=generate", "ckpt_path=x.ckpt"], resume_only),
+        (["model=tiny", "task=evaluate", "ckpt_path=x.ckpt"], resume_only),
+        ([*TRAIN, "trainer.max_epochs=abc"], r"trainer.max_epochs='abc' is not an integer or null"),
+        ([*TRAIN_WITH_SAMPLES, "callbacks.sample_text.max_new_tokens=-1"], r"sample_text.max_new_tokens=-1 must be"),
+        ([*TRAIN, "ckpt_path=text.ckpt"], r"ckpt_path=.*text.ckpt " + unreadable),
+        ([*TRAIN, "ckpt_path=truncated.ckpt"], r"ckpt_path=.*truncated.ckpt " + unreadable),
+        ([*TRAIN, "ckpt_path=other_size.ckpt"], r"other_size.ckpt holds a model of another shape .*pos_emb"),
+    ]
+
+    def attempt(i: int) -> tuple[int, str]:
+        code, _, err = _run(workdir, *cases[i][0], f"hydra.run.dir=bad{i}")
+        return code, err
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outcomes = list(pool.map(attempt, range(len(cases))))
+    for (overrides, pattern), (code, err) in zip(cases, outcomes, strict=True):
+        assert code == 2, (overrides, err[-3000:])
+        assert re.search(pattern, _one_paragraph_error(err)), (overrides, err[-3000:])
+    for i in range(len(cases)):
+        assert _results(workdir / f"bad{i}")["status"] == "failed"
+        assert not (workdir / f"bad{i}" / "checkpoints").exists()
