@@ -86,15 +86,21 @@ def _gpu_memory_bytes(cfg: DictConfig) -> int | None:
 
 
 def check_memory(cfg: DictConfig) -> None:
-    """Refuse a model whose weights (plus optimizer state when training) exceed the machine's memory."""
+    """Refuse a model whose weights (plus optimizer state when training) exceed the memory that holds them.
+
+    Training on a GPU holds gradients and AdamW state there (not checked under FSDP, which shards
+    them across devices); the machine then needs the weights only, to build the model.
+    """
     training = cfg.task.name == "train"
     n_params = count_params_on_meta(OmegaConf.to_container(cfg.model))
-    needed = n_params * BYTES_PER_PARAM["training" if training else "inference"]
-    what = "float32 weights, gradients and AdamW state" if training else "float32 weights"
-    places = [("this machine", machine_memory_bytes())]
-    if training:
-        places.append(("the GPU", _gpu_memory_bytes(cfg)))
-    for place, available in places:
+    gpu = _gpu_memory_bytes(cfg) if training else None
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
+    checks = [("this machine", machine_memory_bytes(), "training" if training and gpu is None else "inference")]
+    if gpu is not None and "fsdp" not in strategy:
+        checks.append(("the GPU", gpu, "training"))
+    for place, available, use in checks:
+        needed = n_params * BYTES_PER_PARAM[use]
+        what = "float32 weights, gradients and AdamW state" if use == "training" else "float32 weights"
         if available is not None and needed > available:
             raise ConfigError(
                 f"model={cfg.model.name} (emb_dim={cfg.model.emb_dim}, n_layers={cfg.model.n_layers}, "

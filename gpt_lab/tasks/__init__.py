@@ -1,10 +1,11 @@
 """The jobs scripts/run.py dispatches to: ``task=generate|train|evaluate``.
 
 Each task module has ``run(cfg) -> dict``: it receives the validated config and returns its
-results; ``run_task`` adds what every run records (status, overrides, wall time) and writes
-``results.json`` into the run directory. ``run_job`` is the command line's wrapper around it: user
-errors become one paragraph on stderr, and in a multirun a failing job is recorded and the sweep
-goes on.
+results; ``run_task`` adds what every run records (status, overrides, process, wall time) and
+writes ``results.json`` into the run directory, first as "running". ``run_job`` is the command
+line's wrapper around it: user errors become one paragraph on stderr, and in a multirun a failing
+job is recorded and the sweep goes on. ``run_command_line`` wraps the whole Hydra program: signals
+become exit statuses 130 / 143, and an interrupted sweep still writes its summary.
 """
 
 from __future__ import annotations
