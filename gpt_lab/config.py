@@ -16,26 +16,16 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-TASK_NAMES = ("generate", "train", "evaluate")
+from gpt_lab.errors import ConfigError
+
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-
-
-class UserError(Exception):
-    """A mistake the user can fix: a bad config value, an empty prompt, a missing input file.
-
-    scripts/run.py prints the message as one paragraph on stderr, without a traceback, and exits
-    with status 2. Any task may raise it (or a subclass) for problems with its inputs.
-    """
-
-
-class ConfigError(UserError):
-    """The composed configuration does not fit the schema or its ranges."""
 
 
 @dataclass
@@ -59,7 +49,10 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "generate"
+    """``cfg.task``: the function that runs (``conf/task/<name>.yaml`` names it) and its name."""
+
+    _target_: str = MISSING  # e.g. gpt_lab.tasks.train.run: a function taking the validated config
+    name: str = MISSING  # the task group's option, recorded in results.json
 
 
 @dataclass
@@ -152,8 +145,6 @@ def check_config(cfg: DictConfig) -> list[str]:
         if rate is not None and not 0.0 <= rate < 1.0:
             allowed = "a rate in [0, 1)" if key == "drop_rate" else "a rate in [0, 1), or null for drop_rate's"
             problems.append(f"model.{key}={rate} must be {allowed}")
-    if cfg.task.name not in TASK_NAMES:
-        problems.append(f"task.name={cfg.task.name} is not a task; choose one of {', '.join(TASK_NAMES)}")
     if not 0 <= cfg.seed <= MAX_SEED:
         problems.append(f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     if cfg.prompt == "":
@@ -181,6 +172,17 @@ def check_config(cfg: DictConfig) -> list[str]:
     if cfg.optim.weight_decay < 0:
         problems.append(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
     return problems
+
+
+def input_path(cfg: DictConfig, path: str | None) -> Path | None:
+    """An input named in the config (``data.path``, ``init_from``, ``ckpt_path``) as an absolute path.
+
+    Relative paths resolve against ``paths.root_dir``, the directory the user ran from; an
+    absolute one stays as it is. None (or empty) stays None.
+    """
+    if not path:
+        return None
+    return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
 def _first_line(err: Exception) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel, model_config_dict
 
 log = logging.getLogger(__name__)

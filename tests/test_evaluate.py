@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from gpt_lab.config import UserError, validate_config
+from gpt_lab.config import validate_config
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.run_files import read_results
 from gpt_lab.tasks import evaluate, run_task

@@ -12,7 +12,8 @@ from book_reference import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpt_lab.generate import generate_text_simple
-from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError, mean_loss
+from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError
+from gpt_lab.loss import mean_loss
 from gpt_lab.stats import count_params
 
 

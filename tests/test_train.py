@@ -12,8 +12,8 @@ from book_reference import RefGPT
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import UserError
 from gpt_lab.data import split_text
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.tasks import run_task
 from gpt_lab.tokenizer import get_tokenizer
