@@ -41,6 +41,9 @@ def _primitive(value: Any) -> Any:
 class GPTLitModule(L.LightningModule):
     """Trains ``self.model``, a ``GPTModel(model_cfg)``, with the book's loss and AdamW.
 
+    ``lr`` and ``weight_decay`` are AdamW's (the run passes ``cfg.optim``: conf/optim holds the
+    book's values).
+
     Hyper-parameters are stored as plain Python values, so
     ``GPTLitModule.load_from_checkpoint(path)`` needs neither Hydra nor ``weights_only=False``.
     Checkpoints also carry ``tokens_seen`` and the global RNG state (dropout), so a run resumed
@@ -50,8 +53,8 @@ class GPTLitModule(L.LightningModule):
     def __init__(
         self,
         model_cfg: Mapping[str, Any],
-        lr: float = 4e-4,
-        weight_decay: float = 0.1,
+        lr: float,
+        weight_decay: float,
         max_new_tokens: int = 50,
     ) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel, model_config_dict
 
@@ -31,13 +32,6 @@ log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 BOOK_WEIGHT_FILES = ("model.pth",)
-# (emb_dim, n_layers, n_heads) of OpenAI's four GPT-2 sizes → our model group option.
-GPT2_SIZES = {
-    (768, 12, 12): "gpt2_small",
-    (1024, 24, 16): "gpt2_medium",
-    (1280, 36, 20): "gpt2_large",
-    (1600, 48, 25): "gpt2_xl",
-}
 # Book name → Hugging Face name of the Conv1D layers that map one to one onto nn.Linear.
 HF_LINEARS = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff.layers.2", "mlp.c_proj"))
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
@@ -339,8 +333,9 @@ def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> 
     """'these look like gpt2_medium weights: use model=gpt2_medium', when they do."""
     emb = int(state["tok_emb.weight"].shape[1])
     n_layers = _n_blocks(state)
-    for (e, n, heads), option in GPT2_SIZES.items():
-        if (e, n) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
+    for option, size in GPT2_SIZES.items():
+        heads = size["n_heads"]
+        if (size["emb_dim"], size["n_layers"]) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
             return f"These look like {option} weights: use model={option}."
     return f"The weights have emb_dim={emb}, n_layers={n_layers}: set model.emb_dim / model.n_layers to match."
 

@@ -38,13 +38,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # book_reference.py: the book's explici
 from book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
 from book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
 
+from gpt_lab.config import GPT2_SIZES  # noqa: E402
 from gpt_lab.generate import generate  # noqa: E402
 from gpt_lab.model import GPTModel  # noqa: E402
 
-SIZES = {
-    "gpt2_medium": {**GPT2_SMALL, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
-    "gpt2_xl": {**GPT2_SMALL, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
-}
+SIZES = {name: {**GPT2_SMALL, **GPT2_SIZES[name]} for name in ("gpt2_medium", "gpt2_xl")}
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
