@@ -13,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt_lab.tasks import quiet_known_warnings
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_DIR / "conf"
 RUN_SCRIPT = PROJECT_DIR / "scripts" / "run.py"
@@ -28,6 +30,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_known_warnings() -> None:
+    """The warnings a run silences at start-up, silenced in every test too (pytest resets filters per test)."""
+    quiet_known_warnings()
 
 
 @pytest.fixture

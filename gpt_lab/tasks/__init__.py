@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_info = {
@@ -115,6 +117,21 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     finally:
         release_memory()
     return None
+
+
+def quiet_known_warnings() -> None:
+    """Silence the third-party warnings a user can do nothing about (the one list; tests apply it too).
+
+    Called once at start-up by ``run_job``; the test suite applies it around every test.
+    """
+    import torch
+
+    # Lightning's TensorBoardLogger draws the graph with torch.jit.trace, which warns about every
+    # shape check in forward() and about torch.jit's deprecation.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
+    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def release_memory() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +91,6 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
 
