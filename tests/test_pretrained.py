@@ -23,6 +23,7 @@ from gpt_lab.pretrained import (
     InitFromError,
     build_model,
     convert_hf_state_dict,
+    export_hf_state_dict,
     init_model_config,
     load_pretrained,
 )
@@ -295,3 +296,30 @@ def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None
     assert model.cfg["qkv_bias"] is True
     assert model.out_head.weight is model.tok_emb.weight
     torch.testing.assert_close(model(x), lit.model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_export_hf_state_dict_gives_transformers_the_same_logits(qkv_bias: bool) -> None:
+    torch.manual_seed(4)
+    ours = GPTModel({**CHOSEN, "drop_rate": 0.0, "qkv_bias": qkv_bias}).eval()
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=TINY["context_length"],
+        n_embd=EMB,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(export_hf_state_dict(ours.state_dict()), strict=False)
+    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing)
+    idx = torch.randint(0, VOCAB, (2, TINY["context_length"]))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx), rtol=1e-5, atol=1e-5)
+    # And back: the inverse map returns the book's state dict.
+    back = convert_hf_state_dict(export_hf_state_dict(ours.state_dict()))
+    for key, value in ours.state_dict().items():
+        if qkv_bias or not key.endswith(("W_query.bias", "W_key.bias", "W_value.bias")):
+            torch.testing.assert_close(back[key], value, rtol=0, atol=0)
