@@ -78,8 +78,3 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     """The book's encoding of ``text`` (``<|endoftext|>`` allowed)."""
     tokenizer = tokenizer or get_tokenizer()
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
-
-
-def token_ids_to_text(ids: list[int], tokenizer: tiktoken.Encoding | None = None) -> str:
-    tokenizer = tokenizer or get_tokenizer()
-    return tokenizer.decode(list(ids))

@@ -3,10 +3,12 @@
 ``conf/task/<name>.yaml`` names the function a task runs (``_target_``, e.g.
 ``gpt_lab.tasks.train.run``) and the task's ``name``. That function receives the validated
 config and returns its results (a dict); a new task is one module with such a function plus one
-YAML file. ``run_task`` adds what every run records (status, overrides, wall time) and writes
-``results.json`` into the run directory. ``run_job`` is the command line's wrapper around it: user
-errors become one paragraph on stderr, and in a multirun a failing job is recorded and the sweep
-goes on.
+YAML file. A task seeds what it draws from with ``cfg.seed`` (the train task with Lightning's
+``seed_everything``; generation and evaluation seed torch where the book does, and import no
+Lightning, so they start seconds sooner). ``run_task`` adds what every run records (status,
+overrides, wall time) and writes ``results.json`` into the run directory. ``run_job`` is the
+command line's wrapper around it: user errors become one paragraph on stderr, and in a multirun a
+failing job is recorded and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -45,12 +47,7 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     try:
         cfg = validate_config(cfg)
         info.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)
-        task = task_function(cfg)
-        # Lightning is imported once the config is known to be good (it takes seconds).
-        from lightning.fabric.utilities.seed import seed_everything
-
-        seed_everything(cfg.seed, verbose=False)  # each job of a sweep re-seeds itself
-        results = task(cfg)
+        results = task_function(cfg)(cfg)
     except BaseException as err:
         if output_dir is not None and is_rank_zero():
             failed = {**info, "status": "failed", "error": _error_text(err)}
@@ -77,11 +74,15 @@ def task_function(cfg: DictConfig) -> Callable[[DictConfig], dict[str, Any]]:
 
 
 def is_rank_zero() -> bool:
-    """False in the extra processes of a multi-process run (Lightning's DDP children, torchrun,
-    SLURM tasks): they share rank 0's run directory, and only rank 0 writes results.json."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    """False in the extra processes of a multi-process run (DDP under Lightning, torchrun or SLURM):
+    they share rank 0's run directory, and only rank 0 writes results.json.
 
-    return rank_zero_only.rank == 0
+    Lightning's ``rank_zero_only.rank`` says which process this is. Only a task that runs Lightning
+    starts several processes per run, and it has imported Lightning by then; a run that has not
+    (generation, evaluation, a config error) is a single process and need not pay for the import.
+    """
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return rank_zero is None or rank_zero.rank_zero_only.rank == 0
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
