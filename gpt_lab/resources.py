@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import ConfigError
+from gpt_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.run_files import RESULTS_FILE, read_results
-from gpt_lab.run_status import USER_ERROR_EXIT_CODE
+from gpt_lab.run_status import USER_ERROR_EXIT_CODE, is_extra_process
 
 RESOLVER = "unique_dir"
 _ENV_PREFIX = "GPT_LAB_UNIQUE_DIR_"
@@ -65,11 +65,6 @@ def register_resolver() -> None:
 def _refuse(message: str) -> None:
     print(f"gpt_lab: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(USER_ERROR_EXIT_CODE)
-
-
-def _is_extra_process() -> bool:
-    """A DDP child (Lightning re-runs the command line with rank 0's hydra.run.dir) or another rank's task."""
-    return any(int(os.environ.get(key) or 0) != 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def resumes_run(config: DictConfig, run_dir: Path) -> bool:
@@ -138,9 +133,9 @@ class RunDirGuard(Callback):
     """Checks the run or sweep directory before Hydra creates it and writes ``.hydra/`` into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _is_extra_process():
+        if not is_extra_process():
             check_run_dir(config, Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _is_extra_process():
+        if not is_extra_process():
             check_sweep_dir(Path(str(config.hydra.sweep.dir)))

@@ -14,6 +14,7 @@ step reached and the checkpoint written, which ``run_task`` records in results.j
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,15 @@ USER_ERROR_EXIT_CODE = 2  # a mistake in the command line or its inputs (gpt_lab
 # The signal seen most recently, and whether Lightning's fit is handling SIGTERM itself.
 _received: int | None = None
 _in_fit = False
+
+
+def is_extra_process() -> bool:
+    """A process of a multi-process run other than rank 0, known from the environment alone.
+
+    Lightning's DDP children (which re-run the command line with rank 0's ``hydra.run.dir``),
+    torchrun workers and SLURM tasks have these set before they import anything.
+    """
+    return any(int(os.environ.get(key) or 0) != 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 class RunInterrupted(BaseException):

@@ -1,31 +1,36 @@
 """The jobs scripts/run.py dispatches to: ``task=generate|train|evaluate``.
 
-Each task module has ``run(cfg) -> dict``: it receives the validated config and returns its
-results; ``run_task`` adds what every run records (status, overrides, process, wall time) and
-writes ``results.json`` into the run directory, first as "running". ``run_job`` is the command
-line's wrapper around it: user errors become one paragraph on stderr, and in a multirun a failing
-job is recorded and the sweep goes on. ``run_command_line`` wraps the whole Hydra program: signals
-become exit statuses 130 / 143, and an interrupted sweep still writes its summary.
+``conf/task/<name>.yaml`` names the function a task runs (``_target_``, e.g.
+``gpt_lab.tasks.train.run``) and the task's ``name``. That function receives the validated
+config and returns its results (a dict); a new task is one module with such a function plus one
+YAML file. A task seeds what it draws from with ``cfg.seed`` (the train task with Lightning's
+``seed_everything``; generation and evaluation seed torch where the book does, and import no
+Lightning, so they start seconds sooner). ``run_task`` adds what every run records (status,
+overrides, process, wall time) and writes ``results.json`` into the run directory, first as
+"running". ``run_job`` is the command line's wrapper around it: user errors become one paragraph
+on stderr, and in a multirun a failing job is recorded and the sweep goes on. ``run_command_line``
+wraps the whole Hydra program: signals become exit statuses 130 / 143, and an interrupted sweep
+still writes its summary.
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
-import importlib
 import logging
 import os
-import random
 import socket
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import TASK_NAMES, UserError, validate_config
+from gpt_lab.config import validate_config
+from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.resources import check_resources
 from gpt_lab.run_dirs import register_resolver
 from gpt_lab.run_files import StorageError, write_results
@@ -35,6 +40,7 @@ from gpt_lab.run_status import (
     RunInterrupted,
     as_interruption,
     install_signal_handlers,
+    is_extra_process,
 )
 from gpt_lab.sweep import finish_interrupted_sweep
 
@@ -44,32 +50,29 @@ register_resolver()
 
 
 def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``cfg``, run ``cfg.task.name`` and write ``results.json``; return the results.
+    """Validate ``cfg``, run the function ``cfg.task`` names and write ``results.json``; return the results.
 
-    results.json is written first with ``"status": "running"`` (plus ``started_at``, ``pid``,
-    ``host``), then rewritten as ``completed``, ``failed`` (with ``error``) or ``interrupted``
-    (with ``signal``, ``step`` and ``checkpoint``). ``run_info`` (e.g. the Hydra overrides) is
-    recorded next to the task's own results. Raises ``UserError`` for problems the user can fix,
-    ``RunInterrupted`` after SIGINT / SIGTERM.
+    ``run_info`` (e.g. the Hydra overrides) is recorded in results.json next to the task's own
+    results. Raises ``UserError`` for problems the user can fix; results.json then records the
+    failure too.
     """
     started = time.perf_counter()
-    output_dir = _output_dir(cfg) if is_rank_zero() else None
+    # A DDP child, before it has imported Lightning, knows its rank from the environment only.
+    output_dir = None if is_extra_process() else _output_dir(cfg)
     info = {**(run_info or {}), **_process_info()}
     info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
 
     def record(status: str, **fields: Any) -> None:
-        if output_dir is not None:
+        if output_dir is not None and is_rank_zero():
             wall_time = time.perf_counter() - started
             write_results(output_dir, {"status": status, **info, **fields, "wall_time_s": wall_time})
 
     try:
         record("running")
         cfg = validate_config(cfg)
-        assert cfg.task.name in TASK_NAMES
         info.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)
         check_resources(cfg)
-        seed_everything(cfg.seed)
-        results = importlib.import_module(f"gpt_lab.tasks.{cfg.task.name}").run(cfg)
+        results = task_function(cfg)(cfg)
     except BaseException as err:
         interrupted = as_interruption(err)
         try:
@@ -97,10 +100,30 @@ def _process_info() -> dict[str, Any]:
     }
 
 
+def task_function(cfg: DictConfig) -> Callable[[DictConfig], dict[str, Any]]:
+    """The function ``cfg.task._target_`` names; a ``ConfigError`` when it names none."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(cfg.task._target_)
+    except Exception as err:
+        raise ConfigError(
+            f"task._target_={cfg.task._target_} (task={cfg.task.name}) is not a function gpt_lab can import "
+            f"({_error_text(err.__cause__ or err)}); a task is a function run(cfg) -> dict, "
+            "e.g. gpt_lab.tasks.train.run"
+        ) from None
+
+
 def is_rank_zero() -> bool:
-    """False in the extra processes of a multi-process run (Lightning's DDP children, torchrun,
-    SLURM tasks): they share rank 0's run directory, and only rank 0 writes results.json."""
-    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    """False in the extra processes of a multi-process run (DDP under Lightning, torchrun or SLURM):
+    they share rank 0's run directory, and only rank 0 writes results.json.
+
+    Lightning's ``rank_zero_only.rank`` says which process this is. Only a task that runs Lightning
+    starts several processes per run, and it has imported Lightning by then; a run that has not
+    (generation, evaluation, a config error) is a single process and need not pay for the import.
+    """
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return rank_zero is None or rank_zero.rank_zero_only.rank == 0
 
 
 def run_command_line(hydra_main: Callable[[], Any]) -> None:
@@ -132,6 +155,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_info = {
@@ -155,12 +179,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     return None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and PyTorch's generators (each job of a sweep re-seeds itself)."""
+def quiet_known_warnings() -> None:
+    """Silence the third-party warnings a user can do nothing about (the one list; tests apply it too).
+
+    Called once at start-up by ``run_job``; the test suite applies it around every test.
+    """
     import torch
 
-    random.seed(seed)
-    torch.manual_seed(seed)
+    # Lightning's TensorBoardLogger draws the graph with torch.jit.trace, which warns about every
+    # shape check in forward() and about torch.jit's deprecation.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
+    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def release_memory() -> None:
