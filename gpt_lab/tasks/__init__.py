@@ -62,10 +62,11 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     info = {**(run_info or {}), **_process_info()}
     info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
 
-    def record(status: str, **fields: Any) -> None:
+    def record(status: str, **fields: Any) -> dict[str, Any]:
+        entry = {"status": status, **info, **fields, "wall_time_s": time.perf_counter() - started}
         if output_dir is not None and is_rank_zero():
-            wall_time = time.perf_counter() - started
-            write_results(output_dir, {"status": status, **info, **fields, "wall_time_s": wall_time})
+            write_results(output_dir, entry)
+        return entry
 
     try:
         record("running")
@@ -86,9 +87,7 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         if interrupted is not None and interrupted is not err:
             raise interrupted from None
         raise
-    results = {**info, **results}
-    record("completed", **results)
-    return {**results, "status": "completed"}
+    return record("completed", **results)
 
 
 def _process_info() -> dict[str, Any]:
