@@ -16,7 +16,9 @@ with ``hydra.sweep.dir=...`` at a directory that already holds a sweep.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.run_files import RESULTS_FILE, read_results
+from gpt_lab.run_files import RESULTS_FILE, pid_alive, read_results, remove_stale_temp_files
 from gpt_lab.run_status import USER_ERROR_EXIT_CODE, is_extra_process
+
+log = logging.getLogger(__name__)
 
 RESOLVER = "unique_dir"
 _ENV_PREFIX = "GPT_LAB_UNIQUE_DIR_"
@@ -91,29 +95,20 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
     status = previous.get("status", "unknown")
     if resumes_run(config, run_dir):
         pid = previous.get("pid")
-        if status == "running" and previous.get("host") == os.uname().nodename and _pid_alive(pid):
+        alive = isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)
+        if status == "running" and previous.get("host") == socket.gethostname() and alive:
             _refuse(
                 f"hydra.run.dir={run_dir} belongs to a run that is still running (pid {pid}); "
                 "wait for it to end or stop it before resuming it"
             )
+        for path in remove_stale_temp_files(run_dir):
+            log.info("Removed %s, left by a writer that was killed", path)
         return
     _refuse(
         f"hydra.run.dir={run_dir} already holds another run ({RESULTS_FILE}: status {status}); a run never "
         "writes over another run's files: leave hydra.run.dir out to get a new directory, choose an empty "
         "one, or resume that run with ckpt_path=last"
     )
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_sweep_dir(sweep_dir: Path) -> None:

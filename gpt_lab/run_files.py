@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 RESULTS_FILE = "results.json"
+TEMP_SUFFIX = ".tmp"  # atomic_write's files: .<final name>.<pid>.<random>.tmp, beside the final name
 # What a full disk looks like to a write: no space, over the quota, over the file-size limit (ulimit -f).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -62,7 +63,7 @@ def atomic_write(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise _storage_error(path, err) from err
     tmp = Path(tmp_name)
@@ -83,6 +84,34 @@ def atomic_write(
             raise _storage_error(path, cause) from err
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writers (SIGKILL, power cut) left under ``directory``.
+
+    Only files whose writing process no longer exists on this machine are removed.
+    """
+    removed = []
+    for path in Path(directory).rglob(f".*{TEMP_SUFFIX}"):
+        parts = path.name.split(".")  # ["", <final name parts>..., <pid>, <random>, "tmp"]
+        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        if pid is not None and not pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (this process counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 class _TrackedFile:

@@ -170,9 +170,15 @@ def test_logger_none_trains_and_its_directory_refuses_another_run(workdir: Path)
     code, _, err = _run(workdir, *TRAIN, "model.emb_dim=64", f"ckpt_path={last}", "hydra.run.dir=run")
     assert code == 2
     assert "model.emb_dim=64 (checkpoint: 32)" in _one_paragraph_error(err)
+    # What a writer killed during a save leaves (SIGKILL): resuming removes it, unless its writer lives.
+    dead_writer = run / "checkpoints" / ".epoch00-step2.ckpt.999999999.x1.tmp"  # above any pid_max
+    live_writer = run / "checkpoints" / f".epoch00-step2.ckpt.{os.getpid()}.x2.tmp"
+    dead_writer.write_bytes(b"half a checkpoint")
+    live_writer.write_bytes(b"half a checkpoint")
     resume = [*TRAIN, "logger=none", "+trainer.limit_train_batches=2", "trainer.max_epochs=2", "optim.lr=0.001"]
     code, _, err = _run(workdir, *resume, f"ckpt_path={last}", "hydra.run.dir=run")
     assert code == 0, err[-3000:]
+    assert not dead_writer.exists() and live_writer.exists()
     assert "Resuming with optim.lr=0.001 (the checkpoint trained with 0.0004)" in (run / "run.log").read_text()
     resumed = torch.load(_results(run)["checkpoint"], weights_only=True)
     assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["lr"] == 0.001
