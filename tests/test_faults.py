@@ -135,8 +135,9 @@ def test_runs_and_sweeps_started_together_never_share_a_directory(workdir: Path)
         assert code == 0, err[-3000:]
     runs = sorted((workdir / "outputs").glob("*/*_generate_tiny*"))
     assert sorted(_results(run)["seed"] for run in runs) == [1, 2]
-    for run in runs:  # each directory holds one run's files only
-        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    for run in runs:  # each directory holds one run's files only (TensorBoard names its files by pid)
+        events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and all(f".{_results(run)['pid']}." in e.name for e in events)
         assert f"seed={_results(run)['seed']}" in (run / ".hydra" / "overrides.yaml").read_text()
     sweeps = sorted((workdir / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 2
