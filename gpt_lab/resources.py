@@ -118,11 +118,9 @@ def check_components(cfg: DictConfig) -> list[str]:
     """Problems with the ``_target_`` nodes of trainer, callbacks and logger: keys, types, settings."""
     problems: list[str] = []
     for key, node in _components(cfg):
-        problems += _check_call(key, node)
-    if problems:
-        return problems
-    for key, node in _components(cfg):
-        if key.startswith("callbacks."):
+        call_problems = _check_call(key, node)
+        problems += call_problems
+        if key.startswith("callbacks.") and not call_problems:
             problems += _check_construction(key, node)
     return problems
 
