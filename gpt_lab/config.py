@@ -25,8 +25,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from gpt_lab.errors import ConfigError
+from gpt_lab.tokenizer import N_VOCAB
 
-TOKENIZER_VOCAB_SIZE = 50257  # GPT-2's BPE: ids 0..50256 (<|endoftext|>)
 MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
 MAX_TEMPERATURE = 1e3
 MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anything
@@ -155,13 +155,13 @@ def check_config(cfg: DictConfig) -> list[str]:
     for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
         if m[key] <= 0:
             problems.append(f"model.{key}={m[key]} must be a positive integer")
-    if m.vocab_size != TOKENIZER_VOCAB_SIZE:
+    if m.vocab_size != N_VOCAB:
         why = (
-            f"a smaller one has no embedding for the ids up to {TOKENIZER_VOCAB_SIZE - 1}"
-            if m.vocab_size < TOKENIZER_VOCAB_SIZE
-            else f"a larger one generates ids from {TOKENIZER_VOCAB_SIZE} on, which the tokenizer cannot decode"
+            f"a smaller one has no embedding for the ids up to {N_VOCAB - 1}"
+            if m.vocab_size < N_VOCAB
+            else f"a larger one generates ids from {N_VOCAB} on, which the tokenizer cannot decode"
         )
-        problems.append(f"model.vocab_size={m.vocab_size} must be {TOKENIZER_VOCAB_SIZE}, GPT-2's vocabulary ({why})")
+        problems.append(f"model.vocab_size={m.vocab_size} must be {N_VOCAB}, GPT-2's vocabulary ({why})")
     if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads:
         divisors = [d for d in range(1, m.emb_dim + 1) if m.emb_dim % d == 0]
         shown = ", ".join(map(str, divisors[:16])) + (", ..." if len(divisors) > 16 else "")
