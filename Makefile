@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch. GPU users: see README ("Installing the CUDA build").
 TORCH ?= torch==2.13.0
+# Without its dependencies: see pyproject.toml and README ("Pretraining on a corpus").
+LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
 .PHONY: run test lint bench clean
@@ -13,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "$(LITDATA)"
 	touch $@
 
 run: $(VENV)/.installed

@@ -21,9 +21,10 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-TASK_NAMES = ("generate", "train", "evaluate")
+TASK_NAMES = ("generate", "train", "evaluate", "prepare")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
+DATA_NAMES = ("text", "corpus")
 
 
 class UserError(Exception):
@@ -60,6 +61,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "generate"
+    _target_: str | None = None  # the task's run function (gpt_lab.tasks.<module>.run)
 
 
 @dataclass
@@ -68,7 +70,14 @@ class DataConfig:
     batch_size: int = 2
     stride: int | None = None  # None: the context length
     train_ratio: float = 0.9
-    num_workers: int = 0
+    num_workers: int | None = 0  # loader processes (text); tokenizing processes of task=prepare (null: all cores)
+    name: str = "text"  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
+    source: str | None = None  # corpus: a file, a directory or a glob that task=prepare tokenizes
+    dir: str | None = None  # corpus: the prepared directory (a local path, or a URL litdata reads)
+    val_fraction: float = 0.01  # corpus: the share of documents that validates
+    overwrite: bool = False  # corpus: task=prepare may replace another corpus in data.dir
+    loader_workers: int = 0  # corpus: litdata StreamingDataLoader worker processes (0: the main process)
+    eval_max_batches: int | None = None  # corpus: batches of the initial/final losses and task=evaluate
 
 
 @dataclass
@@ -174,8 +183,16 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"data.stride={d.stride} must be a positive integer, or null for the context length")
     if not 0.0 < d.train_ratio < 1.0:
         problems.append(f"data.train_ratio={d.train_ratio} must be in (0, 1)")
-    if d.num_workers < 0:
+    if d.num_workers is not None and d.num_workers < 0:
         problems.append(f"data.num_workers={d.num_workers} must be >= 0")
+    if d.name not in DATA_NAMES:
+        problems.append(f"data.name={d.name} is not a data option; choose one of {', '.join(DATA_NAMES)}")
+    if not 0.0 < d.val_fraction < 1.0:
+        problems.append(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    if d.loader_workers < 0:
+        problems.append(f"data.loader_workers={d.loader_workers} must be >= 0")
+    if d.eval_max_batches is not None and d.eval_max_batches < 1:
+        problems.append(f"data.eval_max_batches={d.eval_max_batches} must be >= 1, or null for the whole split")
     if cfg.optim.lr <= 0:
         problems.append(f"optim.lr={cfg.optim.lr} must be > 0")
     if cfg.optim.weight_decay < 0:
