@@ -305,7 +305,7 @@ def _claim_directory(data_dir: Path, overwrite: bool, key: str = "data.dir") -> 
         for split in SPLITS:
             shutil.rmtree(data_dir / split, ignore_errors=True)
         probe.write_text("task=prepare is writing this directory; without meta.json it holds no corpus\n")
-    except PermissionError as err:
+    except OSError as err:  # no permission, a file in the way, a read-only file system
         raise CorpusError(
             f"{key}={data_dir} is not writable ({err.strerror}: {err.filename}); choose a directory you can write to"
         ) from None
@@ -341,6 +341,7 @@ def prepare_corpus(
     started = time.perf_counter()
     scan = scan_sources(files)
     if not scan.documents:
+        (data_dir / IN_PROGRESS_FILE).unlink(missing_ok=True)
         raise CorpusError(
             f"data.source={source} has no usable document: its {len(files)} file(s) are all empty or not UTF-8 "
             f"(e.g. {scan.skipped[0]['path']}: {scan.skipped[0]['reason']})"
