@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 CONTEXT = 16
 BATCH = 4
 EOT = 50256
-WORDS = "the cat dog sat ran on under mat door and a big small red blue".split()
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "under", "mat", "door", "and", "a", "big", "small", "red", "blue"]
 # The model and run settings of the corpus runs: tiny, a few steps, no TensorBoard.
 SMALL = [
     "data=corpus",
@@ -219,8 +220,6 @@ def test_train_and_evaluate_refuse_a_directory_without_a_usable_corpus(corpus: d
             _config(corpus["root"], tmp_path / "r2", "task=evaluate", "data.dir=prepared", "model.context_length=2048")
         )
     # Another tokenizer's corpus, and a damaged chunk (copies of the prepared directory).
-    import shutil
-
     other = tmp_path / "other"
     shutil.copytree(corpus["dir"], other)
     meta = json.loads((other / META_FILE).read_text())
