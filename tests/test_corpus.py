@@ -55,7 +55,8 @@ SMALL = [
 
 
 def _document(i: int, n_words: int = 120) -> str:
-    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(n_words)) + ".\n"
+    words = random.Random(i)  # not periodic: no two windows of the corpus are alike
+    return " ".join(words.choice(WORDS) for _ in range(n_words)) + ".\n"
 
 
 def _write_sources(src: Path) -> list[Path]:
