@@ -363,6 +363,7 @@ def prepare_corpus(
     log.info(
         "Tokenizing %d documents (%.1f MB) with %d processes into %s", len(docs), scan.n_bytes / 1e6, workers, data_dir
     )
+    get_tokenizer()  # built once here: forked workers inherit it instead of each building its own
     tokens = {}
     for split in SPLITS:
         inputs, part = plan[split]
