@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-data clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
+
+# Corpus preparation and streaming throughput, peak memory (see README, Pretraining on a corpus).
+bench-data: $(VENV)/.installed
+	$(PY) scripts/bench_data.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* .pytest_cache
