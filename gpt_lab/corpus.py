@@ -133,8 +133,10 @@ def scan_sources(files: list[Path]) -> SourceScan:
                 scan.n_bytes += path.stat().st_size
             else:
                 scan.skipped.append({"path": str(path), "reason": problem})
-    for item in scan.skipped:
-        log.info("Skipped %s: %s", item["path"], item["reason"])
+    if scan.skipped:
+        shown = "; ".join(f"{item['path']}: {item['reason']}" for item in scan.skipped[:3])
+        more = f" and {len(scan.skipped) - 3} more" if len(scan.skipped) > 3 else ""
+        log.info("Skipped %d file(s) (listed in meta.json): %s%s", len(scan.skipped), shown, more)
     return scan
 
 
@@ -166,7 +168,7 @@ def split_single_document(tokens: np.ndarray, val_fraction: float) -> tuple[np.n
 
 def document_tokens(path: str | Path) -> np.ndarray:
     """A document's token ids: ``encode_ordinary(text) + [<|endoftext|>]`` as uint16."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_bytes().decode("utf-8")  # as it is: no newline translation (\r\n stays)
     ids = get_tokenizer().encode_ordinary(text)
     ids.append(ENDOFTEXT_ID)
     return np.asarray(ids, dtype=TOKEN_DTYPE)

@@ -60,13 +60,16 @@ def _document(i: int, n_words: int = 120) -> str:
 
 
 def _write_sources(src: Path) -> list[Path]:
-    """Six UTF-8 documents (one holding the literal text <|endoftext|>), a Latin-1 file, an empty file."""
+    """Six UTF-8 documents (one holding the literal text <|endoftext|>, one with \\r\\n line ends), a Latin-1
+    file and an empty file."""
     src.mkdir(parents=True)
     docs = []
     for i in range(6):
         text = _document(i) + ("He wrote <|endoftext|> in the story.\n" if i == 2 else "")
+        if i == 3:
+            text = text.replace(" ", "\r\n", 5)  # Windows line ends are part of the text
         path = src / f"doc{i}.txt"
-        path.write_text(text, encoding="utf-8")
+        path.write_bytes(text.encode("utf-8"))
         docs.append(path)
     (src / "latin1.txt").write_bytes("café crème".encode("latin-1"))
     (src / "empty.txt").write_bytes(b"")
@@ -74,7 +77,7 @@ def _write_sources(src: Path) -> list[Path]:
 
 
 def _tokens(path: Path) -> list[int]:
-    return [*get_tokenizer().encode_ordinary(path.read_text(encoding="utf-8")), EOT]
+    return [*get_tokenizer().encode_ordinary(path.read_bytes().decode("utf-8")), EOT]
 
 
 def _blocks(stream: list[int], size: int) -> list[list[int]]:
