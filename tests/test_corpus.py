@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import UserError
+from gpt_lab.config import ConfigError, UserError, validate_config
 from gpt_lab.corpus import META_FILE, prepare_corpus
 from gpt_lab.corpus_data import CorpusDataModule
 from gpt_lab.model import GPTModel
@@ -236,6 +236,29 @@ def test_train_and_evaluate_refuse_a_directory_without_a_usable_corpus(corpus: d
     chunk.write_bytes(chunk.read_bytes()[:-10])
     with pytest.raises(UserError, match=r"data\.dir=.*chunk .* is damaged"):
         run_task(_config(tmp_path, tmp_path / "r4", "task=evaluate", f"data.dir={damaged}"))
+
+
+def test_corpus_config_composes_and_its_keys_are_checked(compose_config: Callable) -> None:
+    cfg = validate_config(compose_config("task=prepare", "data=corpus"))
+    assert (cfg.task.name, cfg.data.name, cfg.data.val_fraction, cfg.data.num_workers) == (
+        "prepare",
+        "corpus",
+        0.01,
+        None,
+    )
+    assert cfg.trainer.limit_val_batches == cfg.data.eval_max_batches == 50  # bounded evaluation by default
+    assert validate_config(compose_config()).data.name == "text"
+    with pytest.raises(ConfigError, match=r"data\.val_fraction=1\.5 must be in \(0, 1\)"):
+        validate_config(compose_config("data=corpus", "data.val_fraction=1.5"))
+    with pytest.raises(ConfigError, match=r"data\.eval_max_batches=0 must be >= 1, or null"):
+        validate_config(compose_config("data=corpus", "data.eval_max_batches=0"))
+
+
+def test_cli_train_without_a_prepared_corpus_exits_2(tmp_path: Path, run_cli: Callable) -> None:
+    proc = run_cli("task=train", "data=corpus", "data.dir=nothing-here", "model=tiny", timeout=120)
+    assert proc.returncode == 2
+    assert "data.dir=" in proc.stderr and "run task=prepare first" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 class BatchRecorder(L.Callback):
