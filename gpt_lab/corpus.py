@@ -38,7 +38,7 @@ import numpy as np
 # litdata asks PyPI for a newer version of itself unless told not to: gpt_lab never uses the network.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import ENDOFTEXT_ID, N_VOCAB, get_tokenizer
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from gpt_lab.config import input_path
 from gpt_lab.corpus import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
@@ -220,7 +221,7 @@ def build_corpus_datamodule(cfg: Any, context_length: int) -> CorpusDataModule:
             f"task={cfg.task.name} data=corpus needs data.dir: the directory task=prepare wrote, "
             "e.g. data.dir=data/books"
         )
-    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(Path(cfg.paths.root_dir, cfg.data.dir).resolve())
+    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
     return CorpusDataModule(
         data_dir,
         context_length=context_length,

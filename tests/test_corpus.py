@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import ConfigError, UserError, validate_config
+from gpt_lab.config import validate_config
 from gpt_lab.corpus import META_FILE, prepare_corpus
 from gpt_lab.corpus_data import CorpusDataModule
+from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.tasks import run_task
 from gpt_lab.tokenizer import get_tokenizer

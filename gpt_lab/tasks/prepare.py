@@ -9,11 +9,11 @@ Writes ``data.dir/train/``, ``data.dir/val/`` (litdata token chunks) and, last, 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from gpt_lab.config import input_path
 from gpt_lab.corpus import CorpusError, is_url, prepare_corpus
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise CorpusError(
                 f"task=prepare needs data.{key}: e.g. task=prepare data=corpus data.source=books/ data.dir=data/books"
             )
-    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(Path(cfg.paths.root_dir, cfg.data.dir).resolve())
+    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
     meta = prepare_corpus(
         source=cfg.data.source,
         data_dir=data_dir,
