@@ -50,7 +50,8 @@ TOKENIZER_NAME = "gpt2"
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the disk of int32
 # Left by a prepare while it runs: a directory holding only this and train/ val/ is an interrupted prepare's.
 IN_PROGRESS_FILE = ".prepare-in-progress"
-CHUNK_BYTES = 64 * 2**20  # litdata chunk size: a window never spans two chunks, so each loses < one window
+CHUNK_BYTES = 16 * 2**20  # litdata chunk size: a window never spans two chunks (each loses < one window);
+# a worker holds one chunk while it fills, so this also bounds its memory
 READ_BLOCK = 16 * 2**20  # the UTF-8 check reads files in blocks (a huge file is not held in memory)
 GLOB_CHARS = "*?["
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
