@@ -185,6 +185,9 @@ class CorpusDataModule(L.LightningDataModule):
             item_loader=TokensLoader(block_size=self.block_size),
             shuffle=shuffle,
             seed=self.seed,
+            # A full permutation of each chunk's windows (litdata's default shuffles blocks of 256
+            # neighbouring windows: consecutive batches would come from the same few documents).
+            item_shuffle_window="full" if shuffle else None,
         )
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> Any:
