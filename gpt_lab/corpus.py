@@ -274,7 +274,12 @@ def read_meta(data_dir: str | Path) -> dict[str, Any] | None:
     path = Path(location)
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorpusError(
+            f"data.dir={data_dir}: {path} is not valid JSON; prepare the corpus again with data.overwrite=true"
+        ) from None
 
 
 def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
@@ -330,8 +335,9 @@ def prepare_corpus(
             f"data.dir={data_dir}: task=prepare writes a local directory; prepare locally, copy it to the "
             "bucket (e.g. aws s3 sync), then train with data.dir=<the bucket URL>"
         )
-    data_dir = Path(data_dir)
-    files = find_source_files(source, root)
+    data_dir = Path(data_dir).resolve()
+    # A data.dir inside data.source is output, not input (its chunks would change the sources).
+    files = [p for p in find_source_files(source, root) if data_dir not in p.parents]
     settings = {"val_fraction": val_fraction, "seed": seed, "tokenizer": TOKENIZER_NAME}
     fingerprint = sources_fingerprint(files)
     existing = read_meta(data_dir) if data_dir.is_dir() else None
