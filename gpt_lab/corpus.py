@@ -338,6 +338,8 @@ def prepare_corpus(
     data_dir = Path(data_dir).resolve()
     # A data.dir inside data.source is output, not input (its chunks would change the sources).
     files = [p for p in find_source_files(source, root) if data_dir not in p.parents]
+    if not files:
+        raise CorpusError(f"data.source={source} matches only files inside data.dir={data_dir}: give other sources")
     settings = {"val_fraction": val_fraction, "seed": seed, "tokenizer": TOKENIZER_NAME}
     fingerprint = sources_fingerprint(files)
     existing = read_meta(data_dir) if data_dir.is_dir() else None
