@@ -16,7 +16,7 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)"  # the build (and index) you chose; its version is pinned below
 	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(PIP_CONSTRAINTS) "$(LITDATA)"
 	touch $@
@@ -47,8 +47,9 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
 	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps "$(LITDATA)"
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable > $(LOCK_VENV)/freeze.txt
 	(echo '# Pinned versions for every make install (make lock rewrites this file; see the Makefile).'; \
-	 $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/') > constraints.txt
+	 sed -E 's/^(torch==[^+]+)\+.*/\1/' $(LOCK_VENV)/freeze.txt) > constraints.txt
 	rm -rf $(LOCK_VENV)
 
 bench: $(VENV)/.bench-installed

@@ -4,8 +4,8 @@
 ``gpt_lab.tasks.train.run``) and the task's ``name``. That function receives the validated
 config and returns its results (a dict); a new task is one module with such a function plus one
 YAML file. A task seeds what it draws from with ``cfg.seed`` (the train task with Lightning's
-``seed_everything``; generation and evaluation seed torch where the book does, and import no
-Lightning, so they start seconds sooner). ``run_task`` adds what every run records (status,
+``seed_everything``; generation and evaluation seed torch where the book does, and generation
+imports no Lightning, so it starts seconds sooner). ``run_task`` adds what every run records (status,
 overrides, wall time) and writes ``results.json`` into the run directory. ``run_job`` is the
 command line's wrapper around it: user errors become one paragraph on stderr, and in a multirun a
 failing job is recorded and the sweep goes on.
@@ -79,7 +79,7 @@ def is_rank_zero() -> bool:
 
     Lightning's ``rank_zero_only.rank`` says which process this is. Only a task that runs Lightning
     starts several processes per run, and it has imported Lightning by then; a run that has not
-    (generation, evaluation, a config error) is a single process and need not pay for the import.
+    (generation, a config error) is a single process and need not pay for the import.
     """
     rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
     return rank_zero is None or rank_zero.rank_zero_only.rank == 0
