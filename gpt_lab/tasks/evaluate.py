@@ -114,8 +114,9 @@ def _hparams(cfg: DictConfig, model: nn.Module) -> dict[str, bool | int | float 
 
 def _run_corpus(cfg: DictConfig) -> dict[str, Any]:
     """``data=corpus``: loss and perplexity over the first ``data.eval_max_batches`` batches of the val split."""
-    # The prepared directory is checked before the model is read (again below if init_from's context differs).
-    corpus = build_corpus_datamodule(cfg, cfg.model.context_length)
+    # The prepared directory is checked before the model is read. init_from's weights fix the context
+    # length, so with them the windows are counted (again) once the model is built.
+    corpus = build_corpus_datamodule(cfg, 1 if cfg.init_from else cfg.model.context_length)
     corpus.setup("validate")
     tokenizer = get_tokenizer()
     prompt_ids = encode_prompt(tokenizer, cfg.prompt)
