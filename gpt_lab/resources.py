@@ -34,6 +34,7 @@ GIB = 1024**3
 # Bytes per parameter: float32 weights; training adds the gradient and AdamW's two moments.
 BYTES_PER_PARAM = {"inference": 4, "training": 16}
 COMPONENT_GROUPS = ("trainer", "callbacks", "logger")
+MODEL_TASKS = ("generate", "train", "evaluate")  # the tasks that build the model (task=prepare does not)
 
 
 def check_resources(cfg: DictConfig) -> None:
@@ -41,7 +42,8 @@ def check_resources(cfg: DictConfig) -> None:
     problems = check_components(cfg) if cfg.task.name == "train" else []
     if problems:
         raise ConfigError("; ".join(problems))
-    check_memory(cfg)
+    if cfg.task.name in MODEL_TASKS:
+        check_memory(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
