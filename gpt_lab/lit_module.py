@@ -1,18 +1,22 @@
-"""The LightningModule around chapter 4's GPTModel: the book's loss, AdamW, greedy generation."""
+"""The LightningModule around chapter 4's GPTModel: the book's loss, AdamW (with appendix D's
+schedule and gradient clipping when configured), greedy generation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from gpt_lab.config import UserError
 from gpt_lab.generate import generate
 from gpt_lab.model import GPTModel, model_config_dict
+from gpt_lab.schedule import build_scheduler, warmup_steps
 
 
 class NonFiniteLossError(UserError):
@@ -89,11 +93,20 @@ class GPTLitModule(L.LightningModule):
         lr: float = 4e-4,
         weight_decay: float = 0.1,
         max_new_tokens: int = 50,
+        scheduler: Mapping[str, Any] | None = None,
+        clip_grad_norm: float | None = None,
     ) -> None:
         super().__init__()
         cfg = _primitive(model_config_dict(model_cfg))
         self.save_hyperparameters(
-            {"model_cfg": cfg, "lr": float(lr), "weight_decay": float(weight_decay), "max_new_tokens": max_new_tokens}
+            {
+                "model_cfg": cfg,
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "max_new_tokens": max_new_tokens,
+                "scheduler": _primitive(dict(scheduler or {"name": "constant"})),
+                "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+            }
         )
         self.model = GPTModel(cfg)
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
@@ -132,13 +145,42 @@ class GPTLitModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         # parameters() yields a tied weight once; the book decays every parameter.
         params = list(self.model.parameters())
         fused = all(p.device.type in _fused_adamw_devices() for p in params)
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None
         )
+        # Lightning's count of optimizer steps (epochs x batches / accumulation, or max_steps).
+        total = self.trainer.estimated_stepping_batches
+        self.warmup_steps = warmup_steps(self.hparams.scheduler, int(total) if math.isfinite(total) else 0)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, total)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Log the global gradient norm (before clipping) every step; clip it to ``clip_grad_norm``
+        from the end of warmup on (appendix D: ``global_step >= warmup_steps``)."""
+        limit = self.hparams.clip_grad_norm
+        clip = limit is not None and self.global_step >= getattr(self, "warmup_steps", 0)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
+            norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)
+        else:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if clip:
+                self.clip_gradients(optimizer, gradient_clip_val=limit, gradient_clip_algorithm="norm")
+            elif gradient_clip_val:  # Lightning's own trainer.gradient_clip_val, unconditional
+                self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.log("train/grad_norm", norm.float())
 
     @torch.inference_mode()
     def generate(

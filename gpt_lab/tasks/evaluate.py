@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from gpt_lab.data import DataError, GPTDatasetV1, read_text
+from gpt_lab.data import DataError, GPTDatasetV1, read_text, resolve_data_path
 from gpt_lab.lit_module import mean_loss
 from gpt_lab.pretrained import build_model
 from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
@@ -43,7 +43,7 @@ def _device(cfg: DictConfig) -> torch.device:
 def _read_text(cfg: DictConfig) -> tuple[Path, str]:
     if not cfg.data.path:
         raise DataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
-    path = Path(cfg.paths.root_dir, cfg.data.path)  # an absolute data.path stays as it is
+    path = resolve_data_path(cfg.data.path, cfg.paths.root_dir)  # an absolute data.path stays as it is
     return path, read_text(path)
 
 

@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
 from gpt_lab.config import UserError
-from gpt_lab.data import DataError, TextDataModule
+from gpt_lab.data import DataError, TextDataModule, resolve_data_path
 from gpt_lab.lit_module import GPTLitModule, mean_loss
 from gpt_lab.pretrained import init_model_config
+from gpt_lab.resume import check_checkpoint_fits, resolve_ckpt_path
 from gpt_lab.run_files import flatten_hparams
 from gpt_lab.stats import model_report
 from gpt_lab.tasks.generate import continue_prompt, encode_prompt
@@ -40,7 +41,7 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=_input_path(cfg, cfg.data.path),
+        path=resolve_data_path(cfg.data.path, cfg.paths.root_dir),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -123,7 +124,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = GPTLitModule(model_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lit = GPTLitModule(
+        model_cfg,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        scheduler=OmegaConf.to_container(cfg.scheduler),
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+    )
     if init_state:
         lit.model.load_state_dict(init_state, strict=True)
     report = model_report(lit.model)
@@ -133,9 +140,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _refuse_ddp_in_multirun(trainer)
-    ckpt_path = _input_path(cfg, cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    if ckpt_path is not None and not ckpt_path.is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
+    checkpoint_dir = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback is not None else None
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.root_dir, checkpoint_dir)
+    if ckpt_path is not None:
+        check_checkpoint_fits(ckpt_path, model_cfg, cfg.ckpt_path)
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
