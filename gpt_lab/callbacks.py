@@ -110,10 +110,13 @@ class LossHistory(L.Callback):
         self._epoch = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs)}
+        return {"epochs": list(self.epochs), "window": list(self._window), "epoch": list(self._epoch)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+        # The losses since the last report and in this epoch so far: a mid-epoch resume reports the same means.
+        self._window = list(state_dict.get("window", []))
+        self._epoch = list(state_dict.get("epoch", []))
 
 
 class SampleText(L.Callback):

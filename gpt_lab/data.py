@@ -111,6 +111,13 @@ class ResumableDataLoader(DataLoader):
         self._resume = dict(state_dict)
 
 
+def _own_generator() -> torch.Generator:
+    """For loaders that do not shuffle: each iterator still draws a base seed, from the global
+    generator unless the loader has its own, which would shift the dropout masks of training
+    steps after each evaluation by whether an evaluation ran (a resumed run skips one)."""
+    return torch.Generator().manual_seed(0)
+
+
 def read_text(path: str | Path) -> str:
     """The UTF-8 text at ``path``; a ``DataError`` that names the file when it cannot be read."""
     path = Path(path)
@@ -220,14 +227,21 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
         return DataLoader(
-            self.val_dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, num_workers=self.num_workers
+            self.val_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            generator=_own_generator(),
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """All windows of ``split`` ("train" or "val") in order, for loss evaluation (no shuffling)."""
         dataset = self.train_dataset if split == "train" else self.val_dataset
         assert dataset is not None, "call setup() first"
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=False)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, generator=_own_generator()
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator_state": self.generator.get_state()}
