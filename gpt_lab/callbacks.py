@@ -164,7 +164,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
     H * Q = emb_dim, and T the window length attended over."""
     embeddings = sum(p.numel() for name, p in model.named_parameters() if name.split(".")[0] in ("tok_emb", "pos_emb"))
     n_matmul = sum(p.numel() for p in model.parameters()) - embeddings
-    return 6 * n_matmul + 12 * model.n_layers * model.emb_dim * seq_len
+    return 6 * n_matmul + 12 * len(model.trf_blocks) * model.tok_emb.embedding_dim * seq_len
 
 
 class Throughput(L.Callback):
