@@ -212,14 +212,14 @@ def test_exact_resume_from_epoch_end_and_mid_epoch_checkpoints(tmp_path: Path, t
         f"+callbacks.step_checkpoint.dirpath={tmp_path / 'steps'}",
         f"+callbacks.step_checkpoint.every_n_train_steps={steps_every}",
         "+callbacks.step_checkpoint.save_top_k=-1",
-        "+callbacks.step_checkpoint.filename=step{step}",
+        "+callbacks.step_checkpoint.filename='{step}'",
     )
     per_epoch = whole["global_step"] // 3  # 15 batches of 2 windows: 8 optimizer steps
     epoch_end = sorted((tmp_path / "whole" / "checkpoints").glob("epoch00-*.ckpt"))
     mid = tmp_path / "steps" / f"step={steps_every}.ckpt"
     assert len(epoch_end) == 1 and mid.is_file() and steps_every % per_epoch != 0
     for name, ckpt in (("epoch_end", epoch_end[0]), ("mid_epoch", mid)):
-        resumed = _train(tmp_path / name, text_file, *HARD, f"ckpt_path={ckpt}")
+        resumed = _train(tmp_path / name, text_file, *HARD, f"ckpt_path='{ckpt}'")
         assert resumed["global_step"] == whole["global_step"]
         assert resumed["tokens_seen"] == whole["tokens_seen"]
         _assert_bit_identical(_weights(tmp_path / name), _weights(tmp_path / "whole"))
