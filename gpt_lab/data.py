@@ -18,7 +18,7 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
@@ -31,18 +31,18 @@ class DataError(UserError):
     """``data.*`` does not give a usable training text (missing file, too short, batch too big)."""
 
 
-def resolve_data_path(path: str | Path, root_dir: str | Path) -> Path:
-    """``data.path`` as a file: ``gpt_lab:<name>`` is a text shipped with gpt_lab (chapter 5's
-    ``the-verdict.txt``); anything else is relative to ``root_dir`` (where the user ran from)."""
-    text = str(path)
-    if text.startswith(PACKAGED_PREFIX):
-        name = text.removeprefix(PACKAGED_PREFIX)
-        shipped = resources.files("gpt_lab") / "texts"
-        available = sorted(p.name for p in shipped.iterdir() if p.name.endswith(".txt"))
-        if name not in available:
-            raise DataError(f"data.path={text}: gpt_lab ships no text {name!r}; it has {', '.join(available)}")
-        return Path(str(shipped / name))
-    return Path(root_dir, text).resolve()
+def packaged_text(path: str | Path | None) -> Path | None:
+    """The file of ``data.path=gpt_lab:<name>``, a text shipped with gpt_lab (chapter 5's
+    ``the-verdict.txt``); None for any other path (those resolve where the user ran from)."""
+    text = str(path or "")
+    if not text.startswith(PACKAGED_PREFIX):
+        return None
+    name = text.removeprefix(PACKAGED_PREFIX)
+    shipped = resources.files("gpt_lab") / "texts"
+    available = sorted(p.name for p in shipped.iterdir() if p.name.endswith(".txt"))
+    if name not in available:
+        raise DataError(f"data.path={text}: gpt_lab ships no text {name!r}; it has {', '.join(available)}")
+    return Path(str(shipped / name))
 
 
 class GPTDatasetV1(Dataset):

@@ -4,58 +4,22 @@ schedule and gradient clipping when configured), greedy generation."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import nn
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.generate import generate
+from gpt_lab.loss import batch_loss
 from gpt_lab.model import GPTModel, model_config_dict
 from gpt_lab.schedule import build_scheduler, warmup_steps
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: training diverged."""
-
-
-def batch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The book's loss: cross-entropy of logits (b, t, vocab) against targets (b, t), mean over tokens."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-@torch.no_grad()
-def mean_loss(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device | str | None = None,
-    max_batches: int | None = None,
-) -> float:
-    """Mean loss per target token of ``model`` over ``batches`` of (inputs, targets), in eval mode.
-
-    With batches of equal size this is the book's ``calc_loss_loader`` (the mean of batch means);
-    a smaller last batch is weighted by its tokens. The model's mode is restored afterwards.
-    """
-    device = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    try:
-        for i, (inputs, targets) in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs, targets = inputs.to(device), targets.to(device)
-            total += batch_loss(model(inputs), targets).double().cpu() * targets.numel()
-            count += targets.numel()
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("mean_loss: no batches to evaluate")
-    return float(total / count)
 
 
 def _fused_adamw_devices() -> tuple[str, ...]:
@@ -81,6 +45,9 @@ def _primitive(value: Any) -> Any:
 class GPTLitModule(L.LightningModule):
     """Trains ``self.model``, a ``GPTModel(model_cfg)``, with the book's loss and AdamW.
 
+    ``lr`` and ``weight_decay`` are AdamW's (the run passes ``cfg.optim``: conf/optim holds the
+    book's values).
+
     Hyper-parameters are stored as plain Python values, so
     ``GPTLitModule.load_from_checkpoint(path)`` needs neither Hydra nor ``weights_only=False``.
     Checkpoints also carry ``tokens_seen`` and the global RNG state (dropout), so a run resumed
@@ -90,8 +57,8 @@ class GPTLitModule(L.LightningModule):
     def __init__(
         self,
         model_cfg: Mapping[str, Any],
-        lr: float = 4e-4,
-        weight_decay: float = 0.1,
+        lr: float,
+        weight_decay: float,
         max_new_tokens: int = 50,
         scheduler: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
@@ -112,6 +79,7 @@ class GPTLitModule(L.LightningModule):
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
         self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
         self.tokens_seen = 0
+        self.warmup_steps = 0  # set by configure_optimizers: clipping starts here
         self._resume_rng_state: torch.Tensor | None = None
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
 
@@ -152,12 +120,13 @@ class GPTLitModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None
         )
+        self.warmup_steps = 0
+        if self.hparams.scheduler.get("name", "constant") == "constant":
+            return optimizer
         # Lightning's count of optimizer steps (epochs x batches / accumulation, or max_steps).
         total = self.trainer.estimated_stepping_batches
         self.warmup_steps = warmup_steps(self.hparams.scheduler, int(total) if math.isfinite(total) else 0)
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, total)
-        if scheduler is None:
-            return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(
@@ -169,7 +138,7 @@ class GPTLitModule(L.LightningModule):
         """Log the global gradient norm (before clipping) every step; clip it to ``clip_grad_norm``
         from the end of warmup on (appendix D: ``global_step >= warmup_steps``)."""
         limit = self.hparams.clip_grad_norm
-        clip = limit is not None and self.global_step >= getattr(self, "warmup_steps", 0)
+        clip = limit is not None and self.global_step >= self.warmup_steps
         if isinstance(self.trainer.strategy, FSDPStrategy):
             # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
             norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
-from gpt_lab.config import UserError
+from gpt_lab.config import input_path
+from gpt_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,9 @@ LAST = "last"
 SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_weights")
 
 
-def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path, checkpoint_dir: str | Path | None) -> Path | None:
+def resolve_ckpt_path(cfg: DictConfig, checkpoint_dir: str | Path | None) -> Path | None:
     """The checkpoint file to resume, or None to start fresh (``ckpt_path=last`` with none saved yet)."""
+    ckpt_path = cfg.ckpt_path
     if not ckpt_path:
         return None
     if ckpt_path == LAST:
@@ -40,8 +43,8 @@ def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path, checkpoint_di
             return last
         log.warning("ckpt_path=last: no checkpoint in %s yet; starting a fresh run", checkpoint_dir)
         return None
-    path = Path(root_dir, ckpt_path).resolve()
-    if not path.is_file():
+    path = input_path(cfg, ckpt_path)
+    if path is None or not path.is_file():
         raise UserError(
             f"ckpt_path={ckpt_path} is not a file ({path}); give a Lightning .ckpt to resume, or ckpt_path=last "
             "for the newest checkpoint of this run directory (hydra.run.dir=<the run>)"

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from gpt_lab.config import SCHEDULER_NAMES, UserError
+from gpt_lab.config import SCHEDULER_NAMES
+from gpt_lab.errors import UserError
 
 
 def warmup_cosine_lr(step: int, peak: float, total: int, warmup: int, initial_lr: float, min_lr: float) -> float:
@@ -55,13 +56,11 @@ class WarmupCosineFactor:
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, scheduler_cfg: dict[str, Any], peak: float, total: float
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """The run's scheduler over ``total`` optimizer steps (Lightning's ``estimated_stepping_batches``);
-    None for ``scheduler=constant``. Raises ``UserError`` for a warmup that does not fit the run."""
-    name = scheduler_cfg.get("name", "constant")
-    if name == "constant":
-        return None
-    if name not in SCHEDULER_NAMES:
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's ``warmup_cosine`` scheduler over ``total`` optimizer steps (Lightning's
+    ``estimated_stepping_batches``). Raises ``UserError`` for a warmup that does not fit the run."""
+    name = scheduler_cfg.get("name")
+    if name != "warmup_cosine":
         raise UserError(f"scheduler.name={name} is not a schedule; choose one of {', '.join(SCHEDULER_NAMES)}")
     if not math.isfinite(total):
         raise UserError(

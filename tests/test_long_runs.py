@@ -6,29 +6,26 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from configs import TINY_RUN
 from omegaconf import DictConfig
 
 from gpt_lab.callbacks import TrainingInterrupted, flops_per_token
-from gpt_lab.config import ConfigError, UserError, validate_config
+from gpt_lab.config import validate_config
+from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.tasks import run_task
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-CONTEXT = 16
-TINY = [
+CONTEXT = 16  # TINY_RUN's context length
+SMALL = [
     "task=train",
-    "model=tiny",
-    f"model.context_length={CONTEXT}",
-    "model.emb_dim=16",
-    "model.n_heads=2",
-    "model.n_layers=1",
+    *TINY_RUN,
     "+trainer.enable_model_summary=false",
     "+trainer.num_sanity_val_steps=0",
     "callbacks.progress_bar=null",
@@ -56,14 +53,16 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _config(out: Path, text_file: Path, *overrides: str) -> DictConfig:
-    paths = [f"paths.root_dir={out}", f"paths.project_dir={out}", f"paths.output_dir={out}"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_long_runs"):
-        return compose("config", overrides=[*TINY, f"data.path={text_file}", *overrides, *paths])
+@pytest.fixture
+def config(compose_config: Callable[..., DictConfig], text_file: Path) -> Callable[..., DictConfig]:
+    """``config(run_dir, *overrides)``: the tiny model's task=train config on the story."""
+    return lambda out, *overrides: compose_config(*SMALL, f"data.path={text_file}", *overrides, run_dir=out)
 
 
-def _train(out: Path, text_file: Path, *overrides: str) -> dict[str, Any]:
-    return run_task(_config(out, text_file, *overrides))
+@pytest.fixture
+def train(config: Callable[..., DictConfig]) -> Callable[..., dict[str, Any]]:
+    """``train(run_dir, *overrides)``: train on the story, return the results."""
+    return lambda out, *overrides: run_task(config(out, *overrides))
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -114,10 +113,9 @@ def _appendix_d_lr(s: int, peak: float, total: int, warmup: int, initial: float,
     return minimum + (peak - minimum) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def test_warmup_cosine_learning_rate_at_every_step(tmp_path: Path, text_file: Path) -> None:
-    results = _train(
+def test_warmup_cosine_learning_rate_at_every_step(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
+    results = train(
         tmp_path,
-        text_file,
         *RECORDER,
         "scheduler=warmup_cosine",
         "scheduler.warmup_ratio=0.25",
@@ -137,11 +135,10 @@ def test_warmup_cosine_learning_rate_at_every_step(tmp_path: Path, text_file: Pa
     assert used[0] == pytest.approx(0.0001) and max(used) == pytest.approx(0.003)
 
 
-def test_clipping_starts_at_the_end_of_warmup(tmp_path: Path, text_file: Path) -> None:
+def test_clipping_starts_at_the_end_of_warmup(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
     limit = 0.05  # far below this tiny model's gradient norms (~1), so every clipped step shows it
-    _train(
+    train(
         tmp_path,
-        text_file,
         *RECORDER,
         "scheduler=warmup_cosine",
         "scheduler.warmup_steps=3",
@@ -157,15 +154,14 @@ def test_clipping_starts_at_the_end_of_warmup(tmp_path: Path, text_file: Path) -
         assert r["after"] == pytest.approx(limit, rel=1e-4)
 
 
-def test_clipping_without_warmup_starts_at_the_first_step(tmp_path: Path, text_file: Path) -> None:
-    _train(tmp_path, text_file, *RECORDER, "optim.clip_grad_norm=0.05", "trainer.max_steps=2")
+def test_clipping_without_warmup_starts_at_the_first_step(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
+    train(tmp_path, *RECORDER, "optim.clip_grad_norm=0.05", "trainer.max_steps=2")
     assert all(r["before"] > 0.05 and r["after"] <= 0.05 * (1 + 1e-4) for r in StepRecorder.records)
 
 
-def test_grad_norm_and_tokens_per_sec_logged_every_step(tmp_path: Path, text_file: Path) -> None:
-    _train(
+def test_grad_norm_and_tokens_per_sec_logged_every_step(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
+    train(
         tmp_path,
-        text_file,
         *RECORDER,
         "logger=csv",
         "callbacks.lr_monitor={_target_:lightning.pytorch.callbacks.LearningRateMonitor,logging_interval:step}",
@@ -188,24 +184,27 @@ def test_grad_norm_and_tokens_per_sec_logged_every_step(tmp_path: Path, text_fil
     assert all(float(by_step[s]["lr-AdamW"]) == pytest.approx(0.0004) for s in range(4))
 
 
-def test_accumulating_two_batches_equals_one_batch_twice_as_large(tmp_path: Path, text_file: Path) -> None:
+def test_accumulating_two_batches_equals_one_batch_twice_as_large(
+    tmp_path: Path, config: Callable[..., DictConfig], train: Callable[..., dict[str, Any]]
+) -> None:
     common = ["dropout=none", "scheduler=warmup_cosine", "scheduler.warmup_steps=1", "trainer.max_steps=4"]
-    _train(tmp_path / "big", text_file, *common, "data.batch_size=4")
-    _train(tmp_path / "acc", text_file, *common, "data.batch_size=2", "trainer.accumulate_grad_batches=2")
+    train(tmp_path / "big", *common, "data.batch_size=4")
+    train(tmp_path / "acc", *common, "data.batch_size=2", "trainer.accumulate_grad_batches=2")
     big, acc = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
     for key in big:
         torch.testing.assert_close(acc[key], big[key], rtol=1e-5, atol=1e-6)
     # and the runs did train: the weights left their seed-123 initialisation
     torch.manual_seed(123)
-    initial = GPTModel(dict(_config(tmp_path, text_file).model)).state_dict()
+    initial = GPTModel(dict(config(tmp_path).model)).state_dict()
     assert not torch.equal(initial["tok_emb.weight"], big["tok_emb.weight"])
 
 
-def test_exact_resume_from_epoch_end_and_mid_epoch_checkpoints(tmp_path: Path, text_file: Path) -> None:
+def test_exact_resume_from_epoch_end_and_mid_epoch_checkpoints(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
     steps_every = 3  # with 2 batches per step, a step checkpoint lands mid-epoch
-    whole = _train(
+    whole = train(
         tmp_path / "whole",
-        text_file,
         *HARD,
         "callbacks.model_checkpoint.save_top_k=-1",
         "+callbacks.step_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint",
@@ -219,7 +218,7 @@ def test_exact_resume_from_epoch_end_and_mid_epoch_checkpoints(tmp_path: Path, t
     mid = tmp_path / "steps" / f"step={steps_every}.ckpt"
     assert len(epoch_end) == 1 and mid.is_file() and steps_every % per_epoch != 0
     for name, ckpt in (("epoch_end", epoch_end[0]), ("mid_epoch", mid)):
-        resumed = _train(tmp_path / name, text_file, *HARD, f"ckpt_path='{ckpt}'")
+        resumed = train(tmp_path / name, *HARD, f"ckpt_path='{ckpt}'")
         assert resumed["global_step"] == whole["global_step"]
         assert resumed["tokens_seen"] == whole["tokens_seen"]
         _assert_bit_identical(_weights(tmp_path / name), _weights(tmp_path / "whole"))
@@ -239,14 +238,15 @@ class SignalAtBatch(L.Callback):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_writes_last_ckpt_and_the_resume_is_exact(tmp_path: Path, text_file: Path, signum: int) -> None:
-    _train(tmp_path / "whole", text_file, *HARD)
+def test_signal_writes_last_ckpt_and_the_resume_is_exact(
+    tmp_path: Path, train: Callable[..., dict[str, Any]], signum: int
+) -> None:
+    train(tmp_path / "whole", *HARD)
     run = tmp_path / "run"
     # Batch 7 starts the second half of optimizer step 3: training stops after that step.
     with pytest.raises(TrainingInterrupted) as stopped:
-        _train(
+        train(
             run,
-            text_file,
             *HARD,
             "+callbacks.signal._target_=test_long_runs.SignalAtBatch",
             "+callbacks.signal.batch=7",
@@ -258,41 +258,45 @@ def test_signal_writes_last_ckpt_and_the_resume_is_exact(tmp_path: Path, text_fi
     assert torch.load(last, weights_only=True)["global_step"] == 4
     assert signal.getsignal(signal.SIGTERM) is not None  # handlers were handed back
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    resumed = _train(run, text_file, *HARD, "ckpt_path=last")
+    resumed = train(run, *HARD, "ckpt_path=last")
     assert resumed["global_step"] == 24
     _assert_bit_identical(_weights(run), _weights(tmp_path / "whole"))
 
 
 def test_ckpt_path_last_starts_fresh_then_continues(
-    tmp_path: Path, text_file: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, train: Callable[..., dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("WARNING", logger="gpt_lab.resume"):
-        first = _train(tmp_path, text_file, "ckpt_path=last", "trainer.max_epochs=1")
+        first = train(tmp_path, "ckpt_path=last", "trainer.max_epochs=1")
     assert "no checkpoint in" in caplog.text and "starting a fresh run" in caplog.text
     assert first["global_step"] == 15  # 31 training windows: 15 full batches of 2
-    again = _train(tmp_path, text_file, "ckpt_path=last", "trainer.max_epochs=2")
+    again = train(tmp_path, "ckpt_path=last", "trainer.max_epochs=2")
     assert again["global_step"] == 30
     assert again["initial_train_loss"] == first["initial_train_loss"]  # measured once, by the first run
     assert [e["epoch"] for e in again["loss_curve"]] == [1, 2]
 
 
-def test_step_checkpoints_keep_last_pointing_at_the_newest(tmp_path: Path, text_file: Path) -> None:
-    _train(tmp_path, text_file, "callbacks.model_checkpoint.every_n_train_steps=4", "trainer.max_steps=10")
+def test_step_checkpoints_keep_last_pointing_at_the_newest(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    train(tmp_path, "callbacks.model_checkpoint.every_n_train_steps=4", "trainer.max_steps=10")
     ckpts = tmp_path / "checkpoints"
     last = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert last["global_step"] == 8  # the newest multiple of 4; no epoch-end checkpoint in between
     assert [p.name for p in ckpts.glob("epoch*.ckpt")] == ["epoch00-step8.ckpt"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_model_shape(tmp_path: Path, text_file: Path) -> None:
-    _train(tmp_path, text_file, "trainer.max_steps=1")
+def test_resume_refuses_a_checkpoint_of_another_model_shape(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    train(tmp_path, "trainer.max_steps=1")
     with pytest.raises(UserError, match=r"another model shape.*model.emb_dim=32 but the checkpoint has 16"):
-        _train(tmp_path, text_file, "ckpt_path=last", "model.emb_dim=32")
+        train(tmp_path, "ckpt_path=last", "model.emb_dim=32")
 
 
-def test_warmup_longer_than_the_run_is_a_user_error(tmp_path: Path, text_file: Path) -> None:
+def test_warmup_longer_than_the_run_is_a_user_error(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
     with pytest.raises(UserError, match=r"scheduler.warmup_steps=30 leaves no steps.*has 15 optimizer steps"):
-        _train(tmp_path, text_file, "scheduler=warmup_cosine", "scheduler.warmup_steps=30", "trainer.max_epochs=1")
+        train(tmp_path, "scheduler=warmup_cosine", "scheduler.warmup_steps=30", "trainer.max_epochs=1")
 
 
 @pytest.mark.parametrize(
@@ -310,18 +314,17 @@ def test_warmup_longer_than_the_run_is_a_user_error(tmp_path: Path, text_file: P
     ],
 )
 def test_bad_long_run_settings_are_config_errors(
-    tmp_path: Path, text_file: Path, overrides: list[str], message: str
+    tmp_path: Path, config: Callable[..., DictConfig], overrides: list[str], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        validate_config(_config(tmp_path, text_file, *overrides))
+        validate_config(config(tmp_path, *overrides))
 
 
-def test_appendix_d_preset_has_the_appendix_settings(tmp_path: Path) -> None:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_long_runs"):
-        cfg = compose("config", overrides=["experiment=appendix_d", f"paths.output_dir={tmp_path}"])
+def test_appendix_d_preset_has_the_appendix_settings(compose_config: Callable[..., DictConfig]) -> None:
+    cfg = compose_config("experiment=appendix_d")
     # chapter 5's run ...
     assert (cfg.task.name, cfg.model.name, cfg.model.context_length, cfg.seed) == ("train", "gpt2_small", 256, 123)
-    assert (cfg.data.batch_size, cfg.data.stride, cfg.data.train_ratio) == (2, 256, 0.9)
+    assert (cfg.data.batch_size, cfg.data.stride or cfg.model.context_length, cfg.data.train_ratio) == (2, 256, 0.9)
     assert cfg.data.path == "gpt_lab:the-verdict.txt"
     # ... plus appendix D's schedule and clipping
     assert (cfg.trainer.max_epochs, cfg.optim.lr, cfg.optim.clip_grad_norm) == (15, 0.001, 1.0)
@@ -329,16 +332,17 @@ def test_appendix_d_preset_has_the_appendix_settings(tmp_path: Path) -> None:
     assert (s.name, s.warmup_ratio, s.initial_lr, s.min_lr) == ("warmup_cosine", 0.2, 1e-5, 1e-5)
 
 
-def test_the_verdict_ships_with_the_package(tmp_path: Path) -> None:
-    from gpt_lab.data import DataError, resolve_data_path
+def test_the_verdict_ships_with_the_package() -> None:
+    from gpt_lab.data import DataError, packaged_text
     from gpt_lab.tokenizer import get_tokenizer
 
-    path = resolve_data_path("gpt_lab:the-verdict.txt", tmp_path)
+    path = packaged_text("gpt_lab:the-verdict.txt")
+    assert path is not None and packaged_text("the-verdict.txt") is None  # a plain path: where the user ran from
     text = path.read_text(encoding="utf-8")
     # Chapter 2's figures for the story: 20,479 characters, 5,145 tokens.
     assert (len(text), len(get_tokenizer().encode(text))) == (20479, 5145)
     with pytest.raises(DataError, match=r"ships no text 'nope.txt'; it has the-verdict.txt"):
-        resolve_data_path("gpt_lab:nope.txt", tmp_path)
+        packaged_text("gpt_lab:nope.txt")
 
 
 def test_appendix_d_schedule_on_the_verdict_has_27_warmup_steps_of_135() -> None:
@@ -370,39 +374,30 @@ def test_flops_per_token_counts_every_matmul_weight() -> None:
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
-def test_trainer_configs_take_the_long_run_keys_without_plus(tmp_path: Path, trainer: str) -> None:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_long_runs"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"trainer={trainer}",
-                "trainer.max_steps=100",
-                "trainer.max_time=00:01:00:00",
-                "trainer.accumulate_grad_batches=4",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+def test_trainer_configs_take_the_long_run_keys_without_plus(
+    compose_config: Callable[..., DictConfig], trainer: str
+) -> None:
+    cfg = compose_config(
+        f"trainer={trainer}",
+        "trainer.max_steps=100",
+        "trainer.max_time=00:01:00:00",
+        "trainer.accumulate_grad_batches=4",
+    )
     assert (cfg.trainer.max_steps, cfg.trainer.accumulate_grad_batches) == (100, 4)
     expected_precision = "32-true" if trainer in ("cpu", "ddp") else "bf16-mixed"
     assert cfg.trainer.precision == expected_precision
 
 
-def test_fsdp_config_builds_lightnings_strategy_wrapping_each_transformer_block(tmp_path: Path) -> None:
+def test_fsdp_config_builds_lightnings_strategy_wrapping_each_transformer_block(
+    compose_config: Callable[..., DictConfig],
+) -> None:
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from gpt_lab.model import TransformerBlock
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_long_runs"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "trainer=fsdp",
-                "trainer.strategy.activation_checkpointing=true",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_config("trainer=fsdp", "trainer.strategy.activation_checkpointing=true")
     assert (cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.devices) == ("gpu", "bf16-mixed", 2)
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
@@ -412,7 +407,6 @@ def test_fsdp_config_builds_lightnings_strategy_wrapping_each_transformer_block(
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs CUDA")
-def test_fsdp_trains_on_one_gpu(tmp_path: Path, text_file: Path) -> None:
-    results = _train(tmp_path, text_file, "trainer=fsdp", "trainer.devices=1", "trainer.max_steps=4")
+def test_fsdp_trains_on_one_gpu(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
+    results = train(tmp_path, "trainer=fsdp", "trainer.devices=1", "trainer.max_steps=4")
     assert results["global_step"] == 4 and results["train_loss"] < results["initial_train_loss"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
-from gpt_lab.config import UserError
-from gpt_lab.data import DataError, TextDataModule, resolve_data_path
-from gpt_lab.lit_module import GPTLitModule, mean_loss
+from gpt_lab.config import input_path
+from gpt_lab.data import DataError, TextDataModule, packaged_text
+from gpt_lab.errors import UserError
+from gpt_lab.lit_module import GPTLitModule
+from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import init_model_config
+from gpt_lab.prompting import continue_prompt, encode_prompt
 from gpt_lab.resume import check_checkpoint_fits, resolve_ckpt_path
-from gpt_lab.run_files import flatten_hparams
 from gpt_lab.stats import model_report
-from gpt_lab.tasks.generate import continue_prompt, encode_prompt
+from gpt_lab.tensorboard import flatten_hparams
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=resolve_data_path(cfg.data.path, cfg.paths.root_dir),
+        path=packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -49,11 +50,6 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
     )
-
-
-def _input_path(cfg: DictConfig, path: str) -> Path:
-    """An input named on the command line, relative to the directory the user ran from (an absolute one stays)."""
-    return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -96,11 +92,7 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    init_from = _input_path(cfg, cfg.init_from) if cfg.get("init_from") else None
+    init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
 
     # Read and check the data first: a bad data.path fails before the model is built.
@@ -141,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _refuse_ddp_in_multirun(trainer)
     checkpoint_dir = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback is not None else None
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.root_dir, checkpoint_dir)
+    ckpt_path = resolve_ckpt_path(cfg, checkpoint_dir)
     if ckpt_path is not None:
         check_checkpoint_fits(ckpt_path, model_cfg, cfg.ckpt_path)
 
@@ -161,7 +153,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     history = _find(callbacks, LossHistory)
     sampler = _find(callbacks, SampleText)
     output_dir = Path(cfg.paths.output_dir)
-    results: dict[str, Any] = {**report}
+    results: dict[str, Any] = {"model_config": lit.model.cfg, **report}
 
     tokenizer = get_tokenizer()
     sample = continue_prompt(lit.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
