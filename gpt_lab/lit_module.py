@@ -138,7 +138,10 @@ class GPTLitModule(L.LightningModule):
         """Log the global gradient norm (before clipping) every step; clip it to ``clip_grad_norm``
         from the end of warmup on (appendix D: ``global_step >= warmup_steps``)."""
         limit = self.hparams.clip_grad_norm
-        clip = limit is not None and self.global_step >= self.warmup_steps
+        # A resumed run's schedule is the checkpoint's (LambdaLR restores its factor), and so is its warmup.
+        scheduler = self.lr_schedulers()
+        warmup = getattr(scheduler.lr_lambdas[0], "warmup", self.warmup_steps) if scheduler else self.warmup_steps
+        clip = limit is not None and self.global_step >= warmup
         if isinstance(self.trainer.strategy, FSDPStrategy):
             # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
             norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)
