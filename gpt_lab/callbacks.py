@@ -41,9 +41,11 @@ class InitialLossEvaluation(L.Callback):
         self.train_loss: float | None = None
         self.val_loss: float | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # At the first batch rather than at on_train_start: after every start-up check of the module's own
+    # on_train_start (the schedule against the run's length), which should fail before this long pass.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if trainer.global_step > 0 or self.train_loss is not None:
-            return  # resumed: these were measured before the first run's first step
+            return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
             self.train_loss = mean_loss(pl_module.model, _eval_loader(trainer, "train"), pl_module.device)

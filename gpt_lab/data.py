@@ -7,7 +7,6 @@ a window's targets are its inputs shifted by one token, as in the book's ``GPTDa
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -20,8 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
-
-log = logging.getLogger(__name__)
 
 # ``data.path=gpt_lab:the-verdict.txt`` names a text shipped inside the package (gpt_lab/texts/).
 PACKAGED_PREFIX = "gpt_lab:"
@@ -183,8 +180,6 @@ class TextDataModule(L.LightningDataModule):
             {"path": str(path), "batch_size": batch_size, "stride": self.stride, "train_ratio": train_ratio}
         )
         self.generator = torch.Generator().manual_seed(seed)
-        self._train_loader: ResumableDataLoader | None = None
-        self._train_loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next loader
         self.train_dataset: GPTDatasetV1 | None = None
         self.val_dataset: GPTDatasetV1 | None = None
         self.n_train_tokens = 0
@@ -220,7 +215,7 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
         # Resumable: a checkpoint taken mid-epoch continues with the same batches (exact resume).
-        loader = ResumableDataLoader(
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
             shuffle=True,
@@ -228,11 +223,6 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             generator=self.generator,
         )
-        if self._train_loader_state is not None:
-            loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
-        self._train_loader = loader
-        return loader
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
@@ -253,24 +243,9 @@ class TextDataModule(L.LightningDataModule):
             dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, generator=_own_generator()
         )
 
-    # The training loader's place in the epoch travels with the data module's state rather than
-    # through Lightning's own loader-state restore, which is skipped when the loader was made before
-    # the checkpoint was read -- as it is when configure_optimizers asks for the run's step count.
-    def state_dict(self) -> dict[str, Any]:
-        loader = self._train_loader.state_dict() if self._train_loader is not None else None
-        return {"generator_state": self.generator.get_state(), "train_loader": loader}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator_state": self.generator.get_state()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # A mid-epoch checkpoint's loader state (restored later by Lightning) rewinds it further.
         self.generator.set_state(state_dict["generator_state"])
-        loader_state = state_dict.get("train_loader")
-        if loader_state is None:
-            return
-        if self._train_loader is None:  # the usual order: restored before the loader is made
-            self._train_loader_state = loader_state
-        elif loader_state["batches_done"] % max(len(self._train_loader), 1):
-            # Strategies that restore after setting up (FSDP) made the loader first: it cannot rewind.
-            log.warning(
-                "Resuming mid-epoch (batch %d) with a training loader made before the checkpoint was read: this "
-                "epoch starts again from its first batch, so the resumed run is not exact",
-                loader_state["batches_done"],
-            )

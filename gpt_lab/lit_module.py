@@ -15,7 +15,7 @@ from gpt_lab.errors import UserError
 from gpt_lab.generate import generate
 from gpt_lab.loss import batch_loss
 from gpt_lab.model import GPTModel, model_config_dict
-from gpt_lab.schedule import build_scheduler, warmup_steps
+from gpt_lab.schedule import build_scheduler, resolve_schedule
 
 
 class NonFiniteLossError(UserError):
@@ -79,7 +79,7 @@ class GPTLitModule(L.LightningModule):
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
         self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
         self.tokens_seen = 0
-        self.warmup_steps = 0  # set by configure_optimizers: clipping starts here
+        self.warmup_steps = 0  # the schedule's, set when training starts: clipping starts here
         self._resume_rng_state: torch.Tensor | None = None
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
 
@@ -120,13 +120,9 @@ class GPTLitModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None
         )
-        self.warmup_steps = 0
         if self.hparams.scheduler.get("name", "constant") == "constant":
             return optimizer
-        # Lightning's count of optimizer steps (epochs x batches / accumulation, or max_steps).
-        total = self.trainer.estimated_stepping_batches
-        self.warmup_steps = warmup_steps(self.hparams.scheduler, int(total) if math.isfinite(total) else 0)
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, total)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(
@@ -138,10 +134,7 @@ class GPTLitModule(L.LightningModule):
         """Log the global gradient norm (before clipping) every step; clip it to ``clip_grad_norm``
         from the end of warmup on (appendix D: ``global_step >= warmup_steps``)."""
         limit = self.hparams.clip_grad_norm
-        # A resumed run's schedule is the checkpoint's (LambdaLR restores its factor), and so is its warmup.
-        scheduler = self.lr_schedulers()
-        warmup = getattr(scheduler.lr_lambdas[0], "warmup", self.warmup_steps) if scheduler else self.warmup_steps
-        clip = limit is not None and self.global_step >= warmup
+        clip = limit is not None and self.global_step >= self.warmup_steps
         if isinstance(self.trainer.strategy, FSDPStrategy):
             # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
             norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)
@@ -183,6 +176,11 @@ class GPTLitModule(L.LightningModule):
         self._resume_cuda_rng_state = checkpoint.get("cuda_rng_state")
 
     def on_train_start(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            # Lightning's count of optimizer steps (epochs x batches / accumulation, or max_steps), asked
+            # for only now that the training loader exists and the checkpoint (if any) is restored.
+            self.warmup_steps = resolve_schedule(scheduler, self.trainer.estimated_stepping_batches)
         # Restored here, after the sanity check and just before the first batch, where the
         # uninterrupted run stood when it saved the checkpoint.
         if self._resume_rng_state is not None:

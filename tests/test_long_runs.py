@@ -346,10 +346,11 @@ def test_the_verdict_ships_with_the_package() -> None:
 
 
 def test_appendix_d_schedule_on_the_verdict_has_27_warmup_steps_of_135() -> None:
-    from gpt_lab.schedule import warmup_cosine_lr, warmup_steps
+    from gpt_lab.schedule import WarmupCosineFactor, warmup_cosine_lr
 
-    cfg = {"name": "warmup_cosine", "warmup_steps": None, "warmup_ratio": 0.2}
-    assert warmup_steps(cfg, 135) == 27
+    factor = WarmupCosineFactor(peak=1e-3, initial_lr=1e-5, min_lr=1e-5, warmup_steps=None, warmup_ratio=0.2)
+    factor.resolve(135)
+    assert (factor.total, factor.warmup) == (135, 27)
     lrs = [warmup_cosine_lr(s, 1e-3, 135, 27, 1e-5, 1e-5) for s in range(135)]
     assert lrs == pytest.approx([_appendix_d_lr(s, 1e-3, 135, 27, 1e-5, 1e-5) for s in range(135)], rel=1e-12)
     assert lrs[27] == 1e-3 and lrs[-1] > 1e-5
