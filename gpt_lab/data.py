@@ -142,10 +142,10 @@ def split_text(text: str, train_ratio: float) -> tuple[str, str]:
 class TextDataModule(L.LightningDataModule):
     """Training and validation windows over the UTF-8 text at ``path``.
 
-        ``max_length`` is the model's context length; ``stride`` defaults to it (non-overlapping
-        windows, as chapter 5). Training batches are shuffled with the module's own generator (seeded
-        with ``seed``; its state travels in Lightning checkpoints so a resumed run sees the same order)
-        and drop the last incomplete batch; the training loader's position in the epoch travels in
+    ``max_length`` is the model's context length; ``stride`` defaults to it (non-overlapping
+    windows, as chapter 5). Training batches are shuffled with the module's own generator (seeded
+    with ``seed``; its state travels in Lightning checkpoints so a resumed run sees the same order)
+    and drop the last incomplete batch; the training loader's position in the epoch travels in
     checkpoints too (``ResumableDataLoader``), so a run resumed mid-epoch sees the same batches.
     Validation batches keep their order and every window.
     """
