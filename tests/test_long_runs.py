@@ -413,12 +413,8 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, train: Callable[..., dict[str, A
     assert results["global_step"] == 4 and results["train_loss"] < results["initial_train_loss"]
 
 
-@pytest.mark.skipif(
-    not (Path(__file__).resolve().parents[1] / "conf" / "data" / "corpus.yaml").is_file(),
-    reason="data=corpus (issue 11) is not merged yet",
-)
 def test_pretrain_preset_composes_for_corpus_runs(compose_config: Callable[..., DictConfig]) -> None:
-    cfg = compose_config("experiment=pretrain", "data=corpus", "data.dir=data/books")
+    cfg = compose_config("experiment=pretrain", "data.dir=data/books")
     assert (cfg.model.name, cfg.model.context_length, cfg.data.name) == ("gpt2_small", 1024, "corpus")
     assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.optim.clip_grad_norm) == ("warmup_cosine", 2000, 1.0)
     assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000 and cfg.trainer.limit_val_batches == 50
