@@ -1,12 +1,18 @@
-"""Lightning callbacks for chapter 5's training: initial losses, the loss report, text samples."""
+"""Lightning callbacks for training: initial losses, the loss report, text samples, throughput,
+and stopping at a step boundary with a checkpoint on SIGTERM / SIGINT."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
@@ -35,9 +41,11 @@ class InitialLossEvaluation(L.Callback):
         self.train_loss: float | None = None
         self.val_loss: float | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # At the first batch rather than at on_train_start: after every start-up check of the module's own
+    # on_train_start (the schedule against the run's length), which should fail before this long pass.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if trainer.global_step > 0 or self.train_loss is not None:
-            return  # resumed: these were measured before the first run's first step
+            return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
             self.train_loss = mean_loss(pl_module.model, _eval_loader(trainer, "train"), pl_module.device)
@@ -105,10 +113,13 @@ class LossHistory(L.Callback):
         self._epoch = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs)}
+        return {"epochs": list(self.epochs), "window": list(self._window), "epoch": list(self._epoch)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+        # The losses since the last report and in this epoch so far: a mid-epoch resume reports the same means.
+        self._window = list(state_dict.get("window", []))
+        self._epoch = list(state_dict.get("epoch", []))
 
 
 class SampleText(L.Callback):
@@ -150,3 +161,132 @@ class SampleText(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("samples", text, trainer.global_step)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward): ``6 N + 12 L H Q T`` (PaLM's appendix B), with
+    N the weights that multiply (everything but the token and position embeddings), L layers,
+    H * Q = emb_dim, and T the window length attended over."""
+    embeddings = sum(p.numel() for name, p in model.named_parameters() if name.split(".")[0] in ("tok_emb", "pos_emb"))
+    n_matmul = sum(p.numel() for p in model.parameters()) - embeddings
+    return 6 * n_matmul + 12 * len(model.trf_blocks) * model.tok_emb.embedding_dim * seq_len
+
+
+class Throughput(L.Callback):
+    """Logs ``train/tokens_per_sec`` every step (all processes together; also on the progress bar)
+    and ``train/mfu`` (model FLOPs utilisation) where Lightning knows the device's peak FLOPs (CUDA
+    GPUs; not CPUs). A step is timed from batch start to batch end (forward, backward, optimizer),
+    so data loading and validation are left out."""
+
+    _PRECISION_DTYPES: ClassVar[dict[str, torch.dtype]] = {"bf16": torch.bfloat16, "16": torch.float16}
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._peak_flops: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        precision = str(trainer.precision)
+        dtype = next((d for key, d in self._PRECISION_DTYPES.items() if precision.startswith(key)), torch.float32)
+        device = pl_module.device
+        self._peak_flops = get_available_flops(device, dtype) if device.type == "cuda" else None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._started is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # kernels run asynchronously: wait for this step's
+        seconds = time.perf_counter() - self._started
+        inputs = batch[0]
+        tokens_per_sec = inputs.numel() / seconds  # this process
+        pl_module.log("train/tokens_per_sec", tokens_per_sec * trainer.world_size, prog_bar=True)
+        if self._peak_flops:
+            model = getattr(pl_module, "model", pl_module)
+            pl_module.log("train/mfu", flops_per_token(model, inputs.shape[1]) * tokens_per_sec / self._peak_flops)
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on SIGTERM or SIGINT after writing a checkpoint; exits with 128 + the signal
+    number (143, 130) unless caught. ``signum``, ``step`` and ``checkpoint`` say where it stopped."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) during training: finish the
+    current optimizer step, write ``checkpoints/last.ckpt`` there through the ModelCheckpoint
+    callback, and raise ``TrainingInterrupted``. Stopping only where an optimizer step has just
+    ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step); a second
+    signal stops at once, without a checkpoint. Handlers are installed for the training loop only
+    and the previous ones put back after it.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._step_at_batch_start = 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # the second signal: stop now
+        self.received = signum
+        log.warning(
+            "Received %s: stopping after this optimizer step, with a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            self._previous = {}
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        stepped = trainer.global_step != self._step_at_batch_start  # not in the middle of an accumulation
+        received = self.received is not None
+        if trainer.world_size > 1:  # every process stops at the same step (SLURM signals each task)
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not (stepped and received):
+            return
+        checkpoint = trainer.checkpoint_callback
+        path = None
+        if checkpoint is not None:
+            # ModelCheckpoint saves on the exception raised below: here, where a step checkpoint
+            # would be taken. Off otherwise, as an exception in mid-step leaves no exact state.
+            checkpoint.save_on_exception = True
+            last = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
+            path = str(Path(checkpoint.dirpath, last)) if checkpoint.dirpath else None
+        signum = self.received or signal.SIGTERM
+        log.warning("Stopping at step %d on %s; checkpoint %s", trainer.global_step, signal.Signals(signum).name, path)
+        raise TrainingInterrupted(signum, trainer.global_step, path)

@@ -30,6 +30,7 @@ from gpt_lab.tokenizer import N_VOCAB
 MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
 MAX_TEMPERATURE = 1e3
 MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anything
+SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus")
@@ -96,6 +97,18 @@ class DataConfig:
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
+    clip_grad_norm: float | None = MISSING  # max global L2 norm of the gradients, from the end of warmup; null: off
+
+
+@dataclass
+class SchedulerConfig:
+    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/schedule.py); peak is ``optim.lr``."""
+
+    name: str = MISSING  # constant | warmup_cosine (appendix D)
+    warmup_steps: int | None = MISSING  # wins over warmup_ratio when set
+    warmup_ratio: float | None = MISSING  # fraction of the run's optimizer steps (the book's 0.2)
+    initial_lr: float | None = MISSING  # null: 0
+    min_lr: float | None = MISSING  # null: 0
 
 
 @dataclass
@@ -113,6 +126,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
@@ -220,6 +234,39 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(
             f"ckpt_path={cfg.ckpt_path} resumes training and only task=train uses it; to {cfg.task.name} with "
             f"a checkpoint's weights give init_from={cfg.ckpt_path}"
+        )
+    problems += _check_long_run(cfg)
+    return problems
+
+
+def _check_long_run(cfg: DictConfig) -> list[str]:
+    """The schedule, clipping and step checkpoints (warmup against the run's length is checked at fit start)."""
+    problems = []
+    s, lr = cfg.scheduler, cfg.optim.lr
+    if s.name not in SCHEDULER_NAMES:
+        problems.append(f"scheduler.name={s.name} is not a schedule; choose one of {', '.join(SCHEDULER_NAMES)}")
+    if s.warmup_steps is not None and s.warmup_steps < 0:
+        problems.append(f"scheduler.warmup_steps={s.warmup_steps} must be >= 0 (or null to use warmup_ratio)")
+    if s.warmup_ratio is not None and not 0.0 <= s.warmup_ratio < 1.0:
+        problems.append(f"scheduler.warmup_ratio={s.warmup_ratio} must be in [0, 1) (the book's 0.2), or null")
+    if s.name == "constant" and (s.warmup_steps or s.warmup_ratio):
+        problems.append("scheduler=constant has no warmup; choose scheduler=warmup_cosine to warm up")
+    for key in ("initial_lr", "min_lr"):
+        if s[key] is None:
+            continue
+        if s[key] < 0:
+            problems.append(f"scheduler.{key}={s[key]} must be >= 0")
+        elif s.name != "constant" and s[key] > lr:
+            problems.append(f"scheduler.{key}={s[key]} must not exceed the peak learning rate optim.lr={lr}")
+    clip = cfg.optim.clip_grad_norm
+    if clip is not None and clip <= 0:
+        problems.append(f"optim.clip_grad_norm={clip} must be > 0 (or null: no clipping)")
+    checkpoint = (cfg.callbacks or {}).get("model_checkpoint") or {}
+    every = checkpoint.get("every_n_train_steps")
+    if every is not None and (not isinstance(every, int) or every <= 0):
+        problems.append(
+            f"callbacks.model_checkpoint.every_n_train_steps={every} must be a positive integer "
+            "(or null: checkpoints at epoch ends)"
         )
     return problems
 

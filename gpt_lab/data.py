@@ -7,7 +7,10 @@ a window's targets are its inputs shifted by one token, as in the book's ``GPTDa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import tiktoken
@@ -17,9 +20,26 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
+# ``data.path=gpt_lab:the-verdict.txt`` names a text shipped inside the package (gpt_lab/texts/).
+PACKAGED_PREFIX = "gpt_lab:"
+
 
 class DataError(UserError):
     """``data.*`` does not give a usable training text (missing file, too short, batch too big)."""
+
+
+def packaged_text(path: str | Path | None) -> Path | None:
+    """The file of ``data.path=gpt_lab:<name>``, a text shipped with gpt_lab (chapter 5's
+    ``the-verdict.txt``); None for any other path (those resolve where the user ran from)."""
+    text = str(path or "")
+    if not text.startswith(PACKAGED_PREFIX):
+        return None
+    name = text.removeprefix(PACKAGED_PREFIX)
+    shipped = resources.files("gpt_lab") / "texts"
+    available = sorted(p.name for p in shipped.iterdir() if p.name.endswith(".txt"))
+    if name not in available:
+        raise DataError(f"data.path={text}: gpt_lab ships no text {name!r}; it has {', '.join(available)}")
+    return Path(str(shipped / name))
 
 
 class GPTDatasetV1(Dataset):
@@ -41,6 +61,61 @@ class GPTDatasetV1(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.input_ids[idx], self.target_ids[idx]
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose place in the epoch travels in Lightning checkpoints.
+
+    Lightning saves ``state_dict()`` of a training loader that has one and hands it back to
+    ``load_state_dict`` on resume. The state is the shuffling generator as it was when this
+    epoch's iterator was made, plus the batches handed out since; the next iterator replays the
+    same draws (the sampler's permutation and the loader's base seed) and skips the batches
+    already trained on. A checkpoint taken after the epoch's last batch resumes at the next epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch_start_state: torch.Tensor | None = None
+        self._batches_done = 0
+        self._resume: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        skip = 0
+        if self._resume is not None and self.generator is not None:
+            if self._resume["batches_done"] < len(self):  # mid-epoch: replay this epoch's draws
+                self.generator.set_state(self._resume["epoch_start_state"])
+                skip = self._resume["batches_done"]
+            else:  # the epoch was complete: go on from where its draws left the generator
+                self.generator.set_state(self._resume["generator_state"])
+        self._resume = None
+        self._epoch_start_state = self.generator.get_state() if self.generator is not None else None
+        self._batches_done = 0
+        return self._count(super().__iter__(), skip)
+
+    def _count(self, batches: Iterator[Any], skip: int) -> Iterator[Any]:
+        for _ in range(skip):  # loads and drops the batches (cheap for in-memory windows)
+            next(batches)
+        self._batches_done = skip
+        for batch in batches:
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch_start_state": self._epoch_start_state,
+            "generator_state": self.generator.get_state() if self.generator is not None else None,
+            "batches_done": self._batches_done,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+
+
+def _own_generator() -> torch.Generator:
+    """For loaders that do not shuffle: each iterator still draws a base seed, from the global
+    generator unless the loader has its own, which would shift the dropout masks of training
+    steps after each evaluation by whether an evaluation ran (a resumed run skips one)."""
+    return torch.Generator().manual_seed(0)
 
 
 def read_text(path: str | Path) -> str:
@@ -70,7 +145,9 @@ class TextDataModule(L.LightningDataModule):
     ``max_length`` is the model's context length; ``stride`` defaults to it (non-overlapping
     windows, as chapter 5). Training batches are shuffled with the module's own generator (seeded
     with ``seed``; its state travels in Lightning checkpoints so a resumed run sees the same order)
-    and drop the last incomplete batch; validation batches keep their order and every window.
+    and drop the last incomplete batch; the training loader's position in the epoch travels in
+    checkpoints too (``ResumableDataLoader``), so a run resumed mid-epoch sees the same batches.
+    Validation batches keep their order and every window.
     """
 
     def __init__(
@@ -137,7 +214,8 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
-        return DataLoader(
+        # Resumable: a checkpoint taken mid-epoch continues with the same batches (exact resume).
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
             shuffle=True,
@@ -149,17 +227,25 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
         return DataLoader(
-            self.val_dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, num_workers=self.num_workers
+            self.val_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            generator=_own_generator(),
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """All windows of ``split`` ("train" or "val") in order, for loss evaluation (no shuffling)."""
         dataset = self.train_dataset if split == "train" else self.val_dataset
         assert dataset is not None, "call setup() first"
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=False)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, generator=_own_generator()
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator_state": self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # A mid-epoch checkpoint's loader state (restored later by Lightning) rewinds it further.
         self.generator.set_state(state_dict["generator_state"])

@@ -1,17 +1,21 @@
-"""The LightningModule around chapter 4's GPTModel: the book's loss, AdamW, greedy generation."""
+"""The LightningModule around chapter 4's GPTModel: the book's loss, AdamW (with appendix D's
+schedule and gradient clipping when configured), greedy generation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt_lab.errors import UserError
 from gpt_lab.generate import generate
 from gpt_lab.loss import batch_loss
 from gpt_lab.model import GPTModel, model_config_dict
+from gpt_lab.schedule import build_scheduler, resolve_schedule
 
 
 class NonFiniteLossError(UserError):
@@ -56,16 +60,26 @@ class GPTLitModule(L.LightningModule):
         lr: float,
         weight_decay: float,
         max_new_tokens: int = 50,
+        scheduler: Mapping[str, Any] | None = None,
+        clip_grad_norm: float | None = None,
     ) -> None:
         super().__init__()
         cfg = _primitive(model_config_dict(model_cfg))
         self.save_hyperparameters(
-            {"model_cfg": cfg, "lr": float(lr), "weight_decay": float(weight_decay), "max_new_tokens": max_new_tokens}
+            {
+                "model_cfg": cfg,
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "max_new_tokens": max_new_tokens,
+                "scheduler": _primitive(dict(scheduler or {"name": "constant"})),
+                "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+            }
         )
         self.model = GPTModel(cfg)
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
         self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
         self.tokens_seen = 0
+        self.warmup_steps = 0  # the schedule's, set when training starts: clipping starts here
         self._resume_rng_state: torch.Tensor | None = None
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
 
@@ -99,13 +113,39 @@ class GPTLitModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         # parameters() yields a tied weight once; the book decays every parameter.
         params = list(self.model.parameters())
         fused = all(p.device.type in _fused_adamw_devices() for p in params)
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None
         )
+        if self.hparams.scheduler.get("name", "constant") == "constant":
+            return optimizer
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Log the global gradient norm (before clipping) every step; clip it to ``clip_grad_norm``
+        from the end of warmup on (appendix D: ``global_step >= warmup_steps``)."""
+        limit = self.hparams.clip_grad_norm
+        clip = limit is not None and self.global_step >= self.warmup_steps
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
+            norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)
+        else:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if clip:
+                self.clip_gradients(optimizer, gradient_clip_val=limit, gradient_clip_algorithm="norm")
+            elif gradient_clip_val:  # Lightning's own trainer.gradient_clip_val, unconditional
+                self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.log("train/grad_norm", norm.float())
 
     @torch.inference_mode()
     def generate(
@@ -136,6 +176,11 @@ class GPTLitModule(L.LightningModule):
         self._resume_cuda_rng_state = checkpoint.get("cuda_rng_state")
 
     def on_train_start(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            # Lightning's count of optimizer steps (epochs x batches / accumulation, or max_steps), asked
+            # for only now that the training loader exists and the checkpoint (if any) is restored.
+            self.warmup_steps = resolve_schedule(scheduler, self.trainer.estimated_stepping_batches)
         # Restored here, after the sanity check and just before the first batch, where the
         # uninterrupted run stood when it saved the checkpoint.
         if self._resume_rng_state is not None:

@@ -157,7 +157,7 @@ def test_optuna_sweep_minimises_the_returned_validation_loss(tmp_path: Path, tex
         "hydra/sweeper=optuna_lr_dropout",
         "hydra.sweeper.n_trials=2",
         *SMALL,
-        "+trainer.max_steps=3",
+        "trainer.max_steps=3",
         f"data.path={text_file}",
         "hydra.sweep.dir=sweep",
         "hydra.sweep.subdir=trial_${hydra.job.num}",

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from gpt_lab.config import input_path
 from gpt_lab.corpus_data import build_corpus_datamodule
-from gpt_lab.data import DataError, GPTDatasetV1, read_text
+from gpt_lab.data import DataError, GPTDatasetV1, packaged_text, read_text
 from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import build_model
 from gpt_lab.prompting import continue_prompt, encode_prompt
@@ -46,7 +46,7 @@ def _device(cfg: DictConfig) -> torch.device:
 def _read_text(cfg: DictConfig) -> tuple[Path, str]:
     if not cfg.data.path:
         raise DataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
-    path = input_path(cfg, cfg.data.path)
+    path = packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path)
     assert path is not None
     return path, read_text(path)
 

@@ -23,13 +23,14 @@ from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
 from gpt_lab.config import input_path
 from gpt_lab.corpus_data import CorpusDataModule, build_corpus_datamodule
-from gpt_lab.data import DataError, TextDataModule
+from gpt_lab.data import DataError, TextDataModule, packaged_text
 from gpt_lab.errors import UserError
 from gpt_lab.lit_module import GPTLitModule
 from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import init_model_config
 from gpt_lab.prompting import continue_prompt, encode_prompt
 from gpt_lab.resume import ResumedOptimizerSettings, check_resume
+from gpt_lab.resume_last import resolve_ckpt_path
 from gpt_lab.run_status import interruptible_fit
 from gpt_lab.stats import model_report
 from gpt_lab.tensorboard import flatten_hparams
@@ -47,7 +48,7 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule | C
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=input_path(cfg, cfg.data.path),
+        path=packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -110,7 +111,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started_at = time.time()  # tells this run's checkpoints from older ones in the same directory
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
-    ckpt_path = input_path(cfg, cfg.ckpt_path)
+    # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
+    checkpoint_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    ckpt_path = resolve_ckpt_path(cfg, checkpoint_cfg.dirpath if checkpoint_cfg else None)
     # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
     resume = check_resume(ckpt_path, model_cfg, cfg.optim) if ckpt_path is not None else None
 
@@ -136,7 +139,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = GPTLitModule(model_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lit = GPTLitModule(
+        model_cfg,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        scheduler=OmegaConf.to_container(cfg.scheduler),
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+    )
     if init_state:
         lit.model.load_state_dict(init_state, strict=True)
     report = model_report(lit.model)
