@@ -33,11 +33,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # book_reference.py: the book's explicit code
 
-from book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
-from book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
-
+from gpt_lab.book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
+from gpt_lab.book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
 from gpt_lab.generate import generate  # noqa: E402
 from gpt_lab.model import GPTModel  # noqa: E402
 
@@ -48,7 +46,7 @@ SIZES = {
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
-# --- The book's explicit code: tests/book_reference.py (formula LayerNorm and GELU, the ``mask``
+# --- The book's explicit code: gpt_lab/book_reference.py (formula LayerNorm and GELU, the ``mask``
 # buffer, softmax attention, the book's KV-cache variant), the reference the tests compare with too.
 
 

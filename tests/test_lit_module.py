@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from book_reference import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
+from gpt_lab.book_reference import TINY
 from gpt_lab.generate import generate_text_simple
 from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError, mean_loss
 from gpt_lab.stats import count_params

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
-from book_reference import TINY as BOOK_TINY
 from omegaconf import OmegaConf
 
+from gpt_lab.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
+from gpt_lab.book_reference import TINY as BOOK_TINY
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
 from gpt_lab.stats import count_params, count_params_tied, model_report, size_mb

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from book_reference import RefGPT
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.book_reference import RefGPT
 from gpt_lab.config import UserError
 from gpt_lab.data import split_text
 from gpt_lab.model import GPTModel

@@ -1,0 +1,199 @@
+"""The CPU decoding fast path that ``gpt_lab.generate`` drives; the book's classes know nothing of it.
+
+A generation step feeds one token per sequence: every ``nn.Linear`` then multiplies a few rows by
+its weight, which is bound by reading the weight from memory. MKL runs ``F.linear`` on a single row
+as one single-threaded matrix-vector product, which reaches about half the bandwidth. Two faster
+products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
+
+- *split*: the output features cut into one chunk per thread and run as one batched product, so
+  every core reads its share of the weight in place (no copy);
+- the output head (the largest matrix, vocab x emb_dim) from a transposed (emb_dim, vocab) copy,
+  which MKL streams about 1.6x faster than ``nn.Linear``'s layout. The copy costs one head's memory
+  and lives only as long as the ``Decoder``.
+
+The split product needs every thread at once: when another process holds a core, each step waits
+for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s). So the
+``Decoder`` times its steps and keeps whichever of the split and the plain single-thread products
+is faster, re-trying the other one now and then (``PathChooser``).
+
+Usage (``generate`` does this)::
+
+    with Decoder(model) as decoder:          # builds the head copy; drops it on exit
+        for ...:
+            with decoder.step():             # the linear layers run the fast products for this call
+                logits = model(new_ids, kv_cache=cache, last_only=True)
+
+Between steps the model is exactly the book's (the layers' ``forward`` is only replaced inside
+``step()``). The weights must not change while a ``Decoder`` is open: the head copy would be stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_ROWS = 4  # a decoding step: at most this many rows per product (batch x new tokens)
+
+
+def is_decode_call(x: torch.Tensor) -> bool:
+    """True for a no-grad CPU product on at most ``MAX_ROWS`` rows (a generation step)."""
+    return not torch.is_grad_enabled() and x.device.type == "cpu" and x.numel() <= MAX_ROWS * x.shape[-1]
+
+
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the output features split into ``k`` chunks, one batched product."""
+    n_out, n_in = weight.shape
+    n = n_out // k
+    if k <= 1 or n == 0:
+        return F.linear(x, weight, bias)
+    rows = x.reshape(1, -1, n_in).expand(k, -1, n_in)  # (k, rows, n_in)
+    chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
+    y = torch.bmm(rows, chunks) if bias is None else torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks)
+    y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)  # (..., k * n)
+    if k * n < n_out:  # the last n_out % k features (an odd vocabulary)
+        rest = F.linear(x, weight[k * n :], None if bias is None else bias[k * n :])
+        y = torch.cat((y, rest), dim=-1)
+    return y
+
+
+def transposed_chunks(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """``weight`` (n_out, n_in) as ``k`` contiguous (n_in, n) chunks of its rows, zero-padded: (k, n_in, n)."""
+    n_out, n_in = weight.shape
+    n = -(-n_out // k)
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
+        out = weight.new_zeros(k, n_in, n)
+        for j in range(k):
+            rows = weight[j * n : (j + 1) * n]
+            out[j, :, : rows.shape[0]] = rows.t()
+    return out
+
+
+class PathChooser:
+    """Picks ``split`` or ``plain`` for each step from measured step times.
+
+    The first two steps try one path each; then the faster one runs, and the other is tried once
+    more after ``every`` steps, so a core taken (or freed) by another process mid-generation is
+    noticed. Each time the retry confirms the choice the interval doubles (up to ``max_every``):
+    a losing path can be 5x slower under load, and retrying it costs that much. Only the last
+    ``window`` times of each path count (medians).
+    """
+
+    PATHS = ("split", "plain")
+
+    def __init__(self, every: int = 16, max_every: int = 128, window: int = 5) -> None:
+        self.min_every, self.max_every, self.window = every, max_every, window
+        self.every = every
+        self.times: dict[str, list[float]] = {p: [] for p in self.PATHS}
+        self.best = self.PATHS[0]
+        self.since_retry = 0
+        self.compared = False  # both paths timed once
+
+    def next_path(self) -> str:
+        untried = [p for p in self.PATHS if not self.times[p]]
+        if untried:
+            return untried[0]
+        if self.since_retry >= self.every:
+            return self.PATHS[1 - self.PATHS.index(self.best)]
+        return self.best
+
+    def record(self, path: str, seconds: float) -> None:
+        self.times[path] = [*self.times[path][-(self.window - 1) :], seconds]
+        if not all(self.times.values()):
+            return
+        best = min(self.PATHS, key=lambda p: statistics.median(self.times[p]))
+        if path != self.best or best != self.best:  # a first comparison or a retry: settle the choice
+            confirmed = best == self.best and self.compared
+            self.every = min(2 * self.every, self.max_every) if confirmed else self.min_every
+            self.compared = True
+            self.best = best
+            self.since_retry = 0
+        else:
+            self.since_retry += 1
+
+
+class Decoder:
+    """The fast products for the generation steps of ``model`` (see the module's docstring).
+
+    ``path``: ``"auto"`` (timed choice, the default), ``"split"`` or ``"plain"`` (fixed).
+    Works on any model built of ``nn.Linear`` layers; ``head`` names the output head (absent: no copy).
+    """
+
+    def __init__(self, model: nn.Module, path: str = "auto", head: str = "out_head") -> None:
+        if path not in ("auto", *PathChooser.PATHS):
+            raise ValueError(f"path={path!r} must be 'auto', 'split' or 'plain'")
+        self.model = model
+        self.fixed_path = None if path == "auto" else path
+        self.chooser = PathChooser()
+        self.threads = torch.get_num_threads()
+        self.head = getattr(model, head, None) if isinstance(getattr(model, head, None), nn.Linear) else None
+        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not self.head]
+        self.head_chunks: torch.Tensor | None = None
+        self.path = self.fixed_path or PathChooser.PATHS[0]
+        self.last_path: str | None = None
+
+    def __enter__(self) -> Decoder:
+        weight = self.head.weight if self.head is not None else None
+        if weight is not None and weight.device.type == "cpu":
+            self.head_chunks = transposed_chunks(weight.detach(), self.threads)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.head_chunks = None
+
+    @contextlib.contextmanager
+    def step(self, timed: bool = True) -> Iterator[None]:
+        """One generation step: the layers run the chosen product; a ``timed`` step's time feeds the choice.
+
+        Time only comparable steps (one new token per sequence), not the prompt.
+        """
+        self.path = self.fixed_path or self.chooser.next_path()
+        for linear in self.linears:
+            linear.forward = lambda x, linear=linear: self._linear(x, linear)
+        if self.head is not None:
+            self.head.forward = self._head
+        # The plain path runs on one thread: any product split across threads waits for a busy core.
+        single = self.path == "plain" and self.threads > 1
+        if single:
+            torch.set_num_threads(1)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            if single:
+                torch.set_num_threads(self.threads)
+            for linear in self.linears:
+                del linear.forward  # back to nn.Linear.forward
+            if self.head is not None:
+                del self.head.forward
+        self.last_path = self.path
+        if self.fixed_path is None and timed:
+            self.chooser.record(self.path, seconds)
+
+    def _linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        if self.path == "split" and is_decode_call(x):
+            return split_linear(x, linear.weight, linear.bias, self.threads)
+        return F.linear(x, linear.weight, linear.bias)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        chunks = self.head_chunks
+        if chunks is None or not is_decode_call(x) or chunks.dtype != x.dtype:
+            return F.linear(x, head.weight, head.bias)
+        k, d, n = chunks.shape
+        if self.path == "split":
+            y = torch.bmm(x.reshape(1, -1, d).expand(k, -1, d), chunks)  # (k, rows, n)
+            y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)
+        else:  # one thread walks the chunks in turn
+            y = torch.cat([x @ chunks[j] for j in range(k)], dim=-1)
+        y = y[..., : head.weight.shape[0]]
+        return y if head.bias is None else y + head.bias
