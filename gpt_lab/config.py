@@ -106,6 +106,7 @@ class Config:
     stream: bool | None = None  # print tokens as they come; None: when stdout is a terminal
     init_from: str | None = None
     ckpt_path: str | None = None
+    compile: bool = False  # torch.compile the model for training (task=train); generation stays eager
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:

@@ -30,6 +30,7 @@ Between steps the model is exactly the book's (the layers' ``forward`` is only r
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Iterator
@@ -134,6 +135,9 @@ class Decoder:
         self.threads = torch.get_num_threads()
         self.head = getattr(model, head, None) if isinstance(getattr(model, head, None), nn.Linear) else None
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not self.head]
+        self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
+        if self.head is not None:
+            self.forwards.append((self.head, self._head))
         self.head_chunks: torch.Tensor | None = None
         self.path = self.fixed_path or PathChooser.PATHS[0]
         self.last_path: str | None = None
@@ -156,10 +160,10 @@ class Decoder:
         Time only comparable steps (one new token per sequence), not the prompt.
         """
         self.path = self.fixed_path or self.chooser.next_path()
-        for linear in self.linears:
-            linear.forward = lambda x, linear=linear: self._linear(x, linear)
-        if self.head is not None:
-            self.head.forward = self._head
+        # An instance attribute shadows nn.Linear.forward; written straight into the instance dict
+        # (nn.Module's __setattr__ bookkeeping costs ~0.5 ms a step over GPT-2's 73 layers).
+        for linear, forward in self.forwards:
+            vars(linear)["forward"] = forward
         # The plain path runs on one thread: any product split across threads waits for a busy core.
         single = self.path == "plain" and self.threads > 1
         if single:
@@ -171,10 +175,8 @@ class Decoder:
             seconds = time.perf_counter() - start
             if single:
                 torch.set_num_threads(self.threads)
-            for linear in self.linears:
-                del linear.forward  # back to nn.Linear.forward
-            if self.head is not None:
-                del self.head.forward
+            for linear, _ in self.forwards:
+                del vars(linear)["forward"]  # back to nn.Linear.forward
         self.last_path = self.path
         if self.fixed_path is None and timed:
             self.chooser.record(self.path, seconds)

@@ -126,6 +126,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lit = GPTLitModule(model_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if init_state:
         lit.model.load_state_dict(init_state, strict=True)
+    if cfg.get("compile"):
+        lit.model.compile()  # in place: the state dict's keys (and so the checkpoints) stay the book's
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
