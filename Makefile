@@ -4,15 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch. GPU users: see README ("Installing the CUDA build").
 TORCH ?= torch==2.13.0
+# The exact versions the suite passed with (`make lock` writes it); CONSTRAINTS= installs the newest instead.
+CONSTRAINTS ?= constraints.txt
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "$(TORCH)"  # the build (and index) you chose; its version is pinned below
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 run: $(VENV)/.installed
@@ -27,11 +30,26 @@ lint: $(VENV)/.installed
 
 # Speed against the book's code and Hugging Face transformers (same weights; see README, Performance).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,bench]"
 	touch $@
+
+# Re-resolve every dependency to its newest allowed version in a scratch venv and pin the result in
+# constraints.txt (torch without its +cpu/+cuXXX tag, so either build satisfies the pin). Then run
+# `make clean test` and commit constraints.txt if the suite passes.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable > $(LOCK_VENV)/freeze.txt
+	(echo '# Pinned versions for every make install (make lock rewrites this file; see the Makefile).'; \
+	 sed -E 's/^(torch==[^+]+)\+.*/\1/' $(LOCK_VENV)/freeze.txt) > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs/* .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) outputs/* .pytest_cache

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gpt_lab.lit_module import GPTLitModule, mean_loss
+from gpt_lab.lit_module import GPTLitModule
+from gpt_lab.loss import mean_loss
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)

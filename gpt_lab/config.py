@@ -6,8 +6,9 @@ then checks ranges and cross-field rules in ``check_config``. Every task calls i
 work, and every problem is reported as a ``ConfigError`` whose message names the key and the
 values it accepts, e.g. ``model.n_heads=5 must divide model.emb_dim=768``.
 
-To add a key: add a field (with its type and default) to the dataclass of its group, and a range
-check to ``check_config`` if it needs one.
+To add a key: give it a value in the YAML of its group, a field (its type; ``MISSING`` as the
+default, since the YAML holds the value) in the dataclass of that group, and a range check in
+``check_config`` if it needs one.
 """
 
 from __future__ import annotations
@@ -16,31 +17,34 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-TASK_NAMES = ("generate", "train", "evaluate")
+from gpt_lab.errors import ConfigError
+
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
 
 
-class UserError(Exception):
-    """A mistake the user can fix: a bad config value, an empty prompt, a missing input file.
+# OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
+# conf/model/<option>.yaml carries the same numbers for the command line; a test keeps them in step.
+GPT2_SIZES: dict[str, dict[str, int]] = {
+    "gpt2_small": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2_medium": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2_large": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2_xl": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
 
-    scripts/run.py prints the message as one paragraph on stderr, without a traceback, and exits
-    with status 2. Any task may raise it (or a subclass) for problems with its inputs.
-    """
-
-
-class ConfigError(UserError):
-    """The composed configuration does not fit the schema or its ranges."""
+# The schema holds types, not values: every value comes from the YAML under conf/ (MISSING here
+# means "the composed config must supply it"). None is a value of its own ("not set").
 
 
 @dataclass
 class ModelConfig:
-    """``cfg.model``: the book's GPT_CONFIG keys plus the variants of DESIGN.md."""
+    """``cfg.model``: the book's GPT_CONFIG keys plus exercise 4.3's rates and weight tying."""
 
     name: str = MISSING  # the model group's option (gpt2_small, ..., tiny)
     vocab_size: int = MISSING
@@ -49,32 +53,35 @@ class ModelConfig:
     n_heads: int = MISSING
     n_layers: int = MISSING
     drop_rate: float = MISSING
-    # Exercise 4.3: separate rates; None means "same as drop_rate".
-    drop_rate_emb: float | None = None
-    drop_rate_attn: float | None = None
-    drop_rate_shortcut: float | None = None
-    qkv_bias: bool = False
-    tie_weights: bool = False
+    # Exercise 4.3: separate rates; null means "same as drop_rate".
+    drop_rate_emb: float | None = MISSING
+    drop_rate_attn: float | None = MISSING
+    drop_rate_shortcut: float | None = MISSING
+    qkv_bias: bool = MISSING
+    tie_weights: bool = MISSING
 
 
 @dataclass
 class TaskConfig:
-    name: str = "generate"
+    """``cfg.task``: the function that runs (``conf/task/<name>.yaml`` names it) and its name."""
+
+    _target_: str = MISSING  # e.g. gpt_lab.tasks.train.run: a function taking the validated config
+    name: str = MISSING  # the task group's option, recorded in results.json
 
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # a UTF-8 text file, relative to the directory the user ran from
-    batch_size: int = 2
-    stride: int | None = None  # None: the context length
-    train_ratio: float = 0.9
-    num_workers: int = 0
+    path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
+    batch_size: int = MISSING
+    stride: int | None = MISSING  # null: the context length
+    train_ratio: float = MISSING
+    num_workers: int = MISSING
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.0004
-    weight_decay: float = 0.1
+    lr: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
@@ -96,17 +103,17 @@ class Config:
     logger: dict[str, Any] | None = field(default_factory=dict)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 123
-    prompt: str = "Hello, I am"
-    prompts: list[str] = field(default_factory=list)  # several prompts in one run (replaces prompt)
-    max_new_tokens: int = 10
-    temperature: float = 0.0  # 0: greedy
-    top_k: int | None = None
-    stop_at_eos: bool = False  # stop a continuation at <|endoftext|>
-    stream: bool | None = None  # print tokens as they come; None: when stdout is a terminal
-    init_from: str | None = None
-    ckpt_path: str | None = None
-    compile: bool = False  # torch.compile the model for training (task=train); generation stays eager
+    seed: int = MISSING
+    prompt: str = MISSING
+    prompts: list[str] = MISSING  # several prompts in one run (replaces prompt)
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING  # 0: greedy
+    top_k: int | None = MISSING
+    stop_at_eos: bool = MISSING  # stop a continuation at <|endoftext|>
+    stream: bool | None = MISSING  # print tokens as they come; null: when stdout is a terminal
+    init_from: str | None = MISSING
+    ckpt_path: str | None = MISSING
+    compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -153,8 +160,6 @@ def check_config(cfg: DictConfig) -> list[str]:
         if rate is not None and not 0.0 <= rate < 1.0:
             allowed = "a rate in [0, 1)" if key == "drop_rate" else "a rate in [0, 1), or null for drop_rate's"
             problems.append(f"model.{key}={rate} must be {allowed}")
-    if cfg.task.name not in TASK_NAMES:
-        problems.append(f"task.name={cfg.task.name} is not a task; choose one of {', '.join(TASK_NAMES)}")
     if not 0 <= cfg.seed <= MAX_SEED:
         problems.append(f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     if cfg.prompt == "":
@@ -182,6 +187,17 @@ def check_config(cfg: DictConfig) -> list[str]:
     if cfg.optim.weight_decay < 0:
         problems.append(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
     return problems
+
+
+def input_path(cfg: DictConfig, path: str | None) -> Path | None:
+    """An input named in the config (``data.path``, ``init_from``, ``ckpt_path``) as an absolute path.
+
+    Relative paths resolve against ``paths.root_dir``, the directory the user ran from; an
+    absolute one stays as it is. None (or empty) stays None.
+    """
+    if not path:
+        return None
+    return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
 def _first_line(err: Exception) -> str:

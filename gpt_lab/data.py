@@ -14,7 +14,7 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 

@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from gpt_lab.config import UserError
+from gpt_lab.errors import UserError
 from gpt_lab.generate import generate
+from gpt_lab.loss import batch_loss
 from gpt_lab.model import GPTModel, model_config_dict
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: training diverged."""
-
-
-def batch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The book's loss: cross-entropy of logits (b, t, vocab) against targets (b, t), mean over tokens."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-@torch.no_grad()
-def mean_loss(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device | str | None = None,
-    max_batches: int | None = None,
-) -> float:
-    """Mean loss per target token of ``model`` over ``batches`` of (inputs, targets), in eval mode.
-
-    With batches of equal size this is the book's ``calc_loss_loader`` (the mean of batch means);
-    a smaller last batch is weighted by its tokens. The model's mode is restored afterwards.
-    """
-    device = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    try:
-        for i, (inputs, targets) in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs, targets = inputs.to(device), targets.to(device)
-            total += batch_loss(model(inputs), targets).double().cpu() * targets.numel()
-            count += targets.numel()
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("mean_loss: no batches to evaluate")
-    return float(total / count)
 
 
 def _fused_adamw_devices() -> tuple[str, ...]:
@@ -77,6 +41,9 @@ def _primitive(value: Any) -> Any:
 class GPTLitModule(L.LightningModule):
     """Trains ``self.model``, a ``GPTModel(model_cfg)``, with the book's loss and AdamW.
 
+    ``lr`` and ``weight_decay`` are AdamW's (the run passes ``cfg.optim``: conf/optim holds the
+    book's values).
+
     Hyper-parameters are stored as plain Python values, so
     ``GPTLitModule.load_from_checkpoint(path)`` needs neither Hydra nor ``weights_only=False``.
     Checkpoints also carry ``tokens_seen`` and the global RNG state (dropout), so a run resumed
@@ -86,8 +53,8 @@ class GPTLitModule(L.LightningModule):
     def __init__(
         self,
         model_cfg: Mapping[str, Any],
-        lr: float = 4e-4,
-        weight_decay: float = 0.1,
+        lr: float,
+        weight_decay: float,
         max_new_tokens: int = 50,
     ) -> None:
         super().__init__()

@@ -24,22 +24,20 @@ from typing import Any
 
 import torch
 
-from gpt_lab.config import UserError
+from gpt_lab.config import GPT2_SIZES
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel, model_config_dict
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 BOOK_WEIGHT_FILES = ("model.pth",)
-# (emb_dim, n_layers, n_heads) of OpenAI's four GPT-2 sizes → our model group option.
-GPT2_SIZES = {
-    (768, 12, 12): "gpt2_small",
-    (1024, 24, 16): "gpt2_medium",
-    (1280, 36, 20): "gpt2_large",
-    (1600, 48, 25): "gpt2_xl",
-}
-# Book name → Hugging Face name of the Conv1D layers that map one to one onto nn.Linear.
+# The one key map between the book's layout and Hugging Face's GPT-2, per transformer block (book
+# name → HF name): Conv1D layers that map one to one onto nn.Linear (transposed), the LayerNorms,
+# and the three projections fused, in this order, into c_attn.
 HF_LINEARS = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff.layers.2", "mlp.c_proj"))
+HF_NORMS = (("norm1", "ln_1"), ("norm2", "ln_2"))
+HF_QKV = ("att.W_query", "att.W_key", "att.W_value")
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
 
 
@@ -231,15 +229,13 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], source: str = "weights
         qkv_b = take(h + "attn.c_attn.bias")  # (3 * emb,)
         if qkv_w.shape[1] % 3 != 0:
             raise InitFromError(f"init_from={source}: {h}attn.c_attn.weight has shape {tuple(qkv_w.shape)}")
-        for name, w, bias in zip(
-            ("W_query", "W_key", "W_value"), qkv_w.chunk(3, dim=1), qkv_b.chunk(3, dim=0), strict=True
-        ):
-            out[f"{b}att.{name}.weight"] = w.t().contiguous()
-            out[f"{b}att.{name}.bias"] = bias.contiguous()
+        for name, w, bias in zip(HF_QKV, qkv_w.chunk(3, dim=1), qkv_b.chunk(3, dim=0), strict=True):
+            out[f"{b}{name}.weight"] = w.t().contiguous()
+            out[f"{b}{name}.bias"] = bias.contiguous()
         for ours, theirs in HF_LINEARS:
             out[f"{b}{ours}.weight"] = take(f"{h}{theirs}.weight").t().contiguous()
             out[f"{b}{ours}.bias"] = take(f"{h}{theirs}.bias")
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+        for ours, theirs in HF_NORMS:
             out[f"{b}{ours}.scale"] = take(f"{h}{theirs}.weight")
             out[f"{b}{ours}.shift"] = take(f"{h}{theirs}.bias")
     out["final_norm.scale"] = take("ln_f.weight")
@@ -247,6 +243,34 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], source: str = "weights
     out["out_head.weight"] = hf.pop("lm_head.weight", out["tok_emb.weight"])
     if hf:
         raise InitFromError(f"init_from={source}: unexpected Hugging Face GPT-2 entries {', '.join(sorted(hf)[:8])}")
+    return out
+
+
+def export_hf_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A book-layout state dict in Hugging Face ``GPT2LMHeadModel``'s layout (the inverse of
+    ``convert_hf_state_dict``): ``transformer.*`` keys and ``lm_head.weight``.
+
+    Without query/key/value biases (the book's default) ``c_attn``'s bias is zeros, which computes
+    the same. Load it into a model made with ``tie_word_embeddings=False`` unless ``out_head``
+    is the token embedding. Transposed weights are views of ``state``'s tensors (no copy of a
+    large model's weights; ``load_state_dict`` copies them): make them contiguous before saving.
+    """
+    out = {"transformer.wte.weight": state["tok_emb.weight"], "transformer.wpe.weight": state["pos_emb.weight"]}
+    for i in range(_n_blocks(state)):
+        b, h = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        weights = [state[f"{b}{name}.weight"] for name in HF_QKV]  # each (emb, emb), nn.Linear layout
+        biases = [state.get(f"{b}{name}.bias", torch.zeros(len(w))) for name, w in zip(HF_QKV, weights, strict=True)]
+        out[h + "attn.c_attn.weight"] = torch.cat(weights).t()  # (emb, 3 * emb), Conv1D layout
+        out[h + "attn.c_attn.bias"] = torch.cat(biases)
+        for ours, theirs in HF_LINEARS:
+            out[f"{h}{theirs}.weight"] = state[f"{b}{ours}.weight"].t()
+            out[f"{h}{theirs}.bias"] = state[f"{b}{ours}.bias"]
+        for ours, theirs in HF_NORMS:
+            out[f"{h}{theirs}.weight"] = state[f"{b}{ours}.scale"]
+            out[f"{h}{theirs}.bias"] = state[f"{b}{ours}.shift"]
+    out["transformer.ln_f.weight"] = state["final_norm.scale"]
+    out["transformer.ln_f.bias"] = state["final_norm.shift"]
+    out["lm_head.weight"] = state["out_head.weight"]
     return out
 
 
@@ -339,8 +363,9 @@ def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> 
     """'these look like gpt2_medium weights: use model=gpt2_medium', when they do."""
     emb = int(state["tok_emb.weight"].shape[1])
     n_layers = _n_blocks(state)
-    for (e, n, heads), option in GPT2_SIZES.items():
-        if (e, n) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
+    for option, size in GPT2_SIZES.items():
+        heads = size["n_heads"]
+        if (size["emb_dim"], size["n_layers"]) == (emb, n_layers) and stated.get("n_heads", heads) == heads:
             return f"These look like {option} weights: use model={option}."
     return f"The weights have emb_dim={emb}, n_layers={n_layers}: set model.emb_dim / model.n_layers to match."
 

@@ -25,12 +25,14 @@ COLUMNS = (
     "overrides",
     "status",
     "model",
+    "model_config",  # the sizes actually built (the model option may have been overridden)
     "total_params",
     "total_params_tied",
     "size_mb",
     "generation_tokens_per_second",
     "output_text",
 )
+MODEL_SIZE_KEYS = ("emb_dim", "n_layers", "n_heads", "context_length")
 # Shown too when at least one job has them (training and evaluation runs).
 OPTIONAL_COLUMNS = ("train_loss", "val_loss", "loss", "perplexity", "error")
 
@@ -90,9 +92,17 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
         "status": status if status == "completed" else "failed",
         "dir": str(job_dir),
     }
+    row["model_config"] = _model_sizes(results.get("model_config"))
     for key in (*COLUMNS, *OPTIONAL_COLUMNS):
         row.setdefault(key, results.get(key))
     return row
+
+
+def _model_sizes(model_config: Any) -> str | None:
+    """``emb_dim=512 n_layers=24 n_heads=16 context_length=1024``: what a job's model was built with."""
+    if not isinstance(model_config, dict):
+        return None
+    return " ".join(f"{key}={model_config[key]}" for key in MODEL_SIZE_KEYS if key in model_config)
 
 
 def _job_num(job_dir: Path) -> int | None:

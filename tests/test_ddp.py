@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import TINY_RUN
 
 
 @pytest.mark.slow  # two training processes started through the command line
@@ -16,11 +17,7 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: 
     (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 30, encoding="utf-8")
     proc = run_cli(
         "task=train",
-        "model=tiny",
-        "model.context_length=16",
-        "model.emb_dim=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
+        *TINY_RUN,
         "data.path=story.txt",  # relative to the directory the command ran from
         "trainer=ddp",
         "trainer.accelerator=cpu",
@@ -44,10 +41,3 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: 
     assert results["tokens_seen"] == 6 * 2 * 2 * 16
     assert (run / "model.pth").is_file() and Path(results["checkpoint"]).is_file()
     assert results["val_loss"] < results["initial_val_loss"] + 0.5
-
-
-def test_scale_out_trainer_configs_compose(compose_config: Callable) -> None:
-    gpu = compose_config("task=train", "trainer=gpu").trainer
-    assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "bf16-mixed")
-    ddp = compose_config("task=train", "trainer=ddp", "trainer.devices=4").trainer
-    assert (ddp.strategy, ddp.devices, ddp.max_epochs) == ("ddp", 4, 10)

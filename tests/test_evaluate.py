@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from configs import TINY_RUN
+from omegaconf import DictConfig
 
-from gpt_lab.config import UserError, validate_config
+from gpt_lab.config import validate_config
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.run_files import read_results
 from gpt_lab.tasks import evaluate, run_task
 from gpt_lab.tokenizer import text_to_token_ids
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TEXT = (
     "I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was "
     "no great surprise to me to hear that, in the height of his glory, he had dropped his painting, "
     "married a rich widow, and established himself in a villa on the Riviera."
 )
-TINY = ["model=tiny", "model.emb_dim=16", "model.n_heads=2", "model.context_length=16"]
 
 
-def compose_cfg(tmp_path: Path, *overrides: str):
+@pytest.fixture
+def evaluate_config(compose_config: Callable[..., DictConfig], tmp_path: Path) -> Callable[..., DictConfig]:
     """The composed config of ``task=evaluate`` on TEXT (``data.path`` relative to ``paths.root_dir``)."""
     (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            config_name="config",
-            overrides=[
-                "task=evaluate",
-                "data.path=text.txt",
-                f"paths.root_dir={tmp_path}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                "max_new_tokens=3",
-                *TINY,
-                *overrides,
-            ],
-        )
+    return functools.partial(compose_config, "task=evaluate", "data.path=text.txt", "max_new_tokens=3", *TINY_RUN)
 
 
 def direct_mean_loss(model: torch.nn.Module, ids: list[int], length: int, stride: int) -> float:
@@ -55,11 +46,13 @@ def direct_mean_loss(model: torch.nn.Module, ids: list[int], length: int, stride
     return sum(nll) / len(nll)
 
 
-def test_evaluate_perplexity_is_exp_of_mean_token_loss(tmp_path: Path) -> None:
+def test_evaluate_perplexity_is_exp_of_mean_token_loss(
+    evaluate_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
     # Overlapping windows (stride 5) and a last batch smaller than the others (batch_size 4).
-    cfg = compose_cfg(tmp_path, "data.stride=5", "data.batch_size=4")
+    cfg = evaluate_config("data.stride=5", "data.batch_size=4")
     results = run_task(cfg)
-    assert read_results(tmp_path / "run") == results
+    assert read_results(tmp_path) == results
     torch.manual_seed(cfg.seed)
     model = GPTModel(cfg.model).eval()
     ids = text_to_token_ids(TEXT)
@@ -75,19 +68,22 @@ def test_evaluate_perplexity_is_exp_of_mean_token_loss(tmp_path: Path) -> None:
     for key in ("model", "total_params", "output_text", "output_ids", "generation_tokens_per_second"):
         assert key in results
     assert results["model"] == "tiny"
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_evaluate_loss_matches_transformers_on_pretrained_weights(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+def test_evaluate_loss_matches_transformers_on_pretrained_weights(
+    evaluate_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    import transformers
+
     hf_cfg = transformers.GPT2Config(
-        vocab_size=50257, n_positions=32, n_embd=16, n_layer=2, n_head=2, activation_function="gelu_new"
+        vocab_size=50257, n_positions=32, n_embd=16, n_layer=1, n_head=2, activation_function="gelu_new"
     )
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.save_pretrained(tmp_path / "hf")
     # Chosen config: context 16, no bias, no tying; init_from (relative to root_dir) sets 32, bias and tying.
-    cfg = compose_cfg(tmp_path, "init_from=hf", "data.batch_size=3", "logger=none")
+    cfg = evaluate_config("init_from=hf", "data.batch_size=3", "logger=none")
     results = evaluate.run(validate_config(cfg))
     ids = torch.tensor(text_to_token_ids(TEXT))
     windows = [ids[s : s + 33] for s in range(0, len(ids) - 32, 32)]  # stride null: the context length
@@ -102,18 +98,20 @@ def test_evaluate_loss_matches_transformers_on_pretrained_weights(tmp_path: Path
     assert results["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
 
 
-def test_evaluate_text_shorter_than_context_uses_one_window(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, "model.context_length=128", "logger=none")
+def test_evaluate_text_shorter_than_context_uses_one_window(
+    evaluate_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = evaluate_config("model.context_length=128", "logger=none")
     results = evaluate.run(validate_config(cfg))
     assert results["eval_windows"] == 1
     assert results["eval_tokens"] == len(text_to_token_ids(TEXT)) - 1
 
 
-def test_evaluate_needs_a_text_file(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, "data.path=null")
+def test_evaluate_needs_a_text_file(evaluate_config: Callable[..., DictConfig], tmp_path: Path) -> None:
+    cfg = evaluate_config("data.path=null")
     with pytest.raises(UserError, match=r"data\.path=/path"):
         run_task(cfg)
-    assert read_results(tmp_path / "run")["status"] == "failed"
-    cfg = compose_cfg(tmp_path, "data.path=missing.txt")
+    assert read_results(tmp_path)["status"] == "failed"
+    cfg = evaluate_config("data.path=missing.txt")
     with pytest.raises(UserError, match="does not exist"):
         run_task(cfg)

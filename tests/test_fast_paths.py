@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from configs import TINY as BOOK_TINY
 from torch import nn
 
 import gpt_lab.generate as generate_mod
 from gpt_lab.book_reference import GPT_CONFIG_124M
-from gpt_lab.book_reference import TINY as BOOK_TINY
 from gpt_lab.decoding import Decoder, PathChooser, is_decode_call, split_linear
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GPTModel

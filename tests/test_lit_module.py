@@ -8,11 +8,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from configs import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt_lab.book_reference import TINY
 from gpt_lab.generate import generate_text_simple
-from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError, mean_loss
+from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError
+from gpt_lab.loss import mean_loss
 from gpt_lab.stats import count_params
 
 
@@ -36,7 +37,7 @@ def _trainer(tmp_path: Path, **kwargs: object) -> L.Trainer:
 
 def test_mean_loss_is_the_books_loss_over_all_batches() -> None:
     torch.manual_seed(0)
-    lit = GPTLitModule(TINY)
+    lit = GPTLitModule(TINY, lr=4e-4, weight_decay=0.1)
     loader = _loader(n=6)
     # The book's calc_loss_loader: mean of per-batch cross-entropies over flattened logits, eval mode.
     lit.model.eval()
@@ -61,7 +62,7 @@ def test_optimizer_is_adamw_with_config_values_and_a_tied_weight_once() -> None:
 
 def test_generate_is_the_books_greedy_loop() -> None:
     torch.manual_seed(1)
-    lit = GPTLitModule(TINY)
+    lit = GPTLitModule(TINY, lr=4e-4, weight_decay=0.1)
     idx = torch.tensor([[1, 2, 3]])
     expected = generate_text_simple(lit.model.eval(), idx, 6, TINY["context_length"])
     torch.testing.assert_close(lit.generate(idx, 6), expected)
@@ -70,7 +71,7 @@ def test_generate_is_the_books_greedy_loop() -> None:
 
 def test_fit_lowers_the_loss_and_checkpoint_loads_without_hydra(tmp_path: Path) -> None:
     torch.manual_seed(2)
-    lit = GPTLitModule(TINY, lr=1e-2)
+    lit = GPTLitModule(TINY, lr=1e-2, weight_decay=0.1)
     train = _loader(n=4, batch_size=4)
     before = mean_loss(lit.model, train)
     trainer = _trainer(tmp_path, max_steps=20, enable_checkpointing=False)
@@ -92,7 +93,7 @@ def test_fit_lowers_the_loss_and_checkpoint_loads_without_hydra(tmp_path: Path) 
 
 def test_non_finite_loss_stops_training_with_the_numbers(tmp_path: Path) -> None:
     torch.manual_seed(3)
-    lit = GPTLitModule(TINY, lr=float("inf"))
+    lit = GPTLitModule(TINY, lr=float("inf"), weight_decay=0.1)
     trainer = _trainer(tmp_path, max_steps=5, enable_checkpointing=False, num_sanity_val_steps=0)
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 1 .*optim.lr=inf"):
         trainer.fit(lit, train_dataloaders=_loader())

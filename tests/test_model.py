@@ -6,25 +6,26 @@ import dataclasses
 
 import pytest
 import torch
+from configs import TINY
 from omegaconf import OmegaConf
 
 from gpt_lab.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
-from gpt_lab.book_reference import TINY as BOOK_TINY
+from gpt_lab.config import GPT2_SIZES
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
 from gpt_lab.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
 
-TINY = {**BOOK_TINY, "drop_rate": 0.0, "qkv_bias": True}
+EXACT = {**TINY, "drop_rate": 0.0, "qkv_bias": True}  # deterministic, and every parameter present
 
-# BOOK_FIGURES.md: printed by the book's own code.
+# Printed by the book's own code (chapter 4, seed 123).
 GOLDEN_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
 GOLDEN_TEXT = "Hello, I am Featureiman Byeswickattribute argue logger Normandy Compton analogous"
-SIZES = {  # emb_dim, n_layers, n_heads, total, tied, MB
-    "gpt2_small": (768, 12, 12, 163_009_536, 124_412_160, 621.83),
-    "gpt2_medium": (1024, 24, 16, 406_212_608, 354_749_440, 1549.58),
-    "gpt2_large": (1280, 36, 20, 838_220_800, 773_891_840, 3197.56),
-    "gpt2_xl": (1600, 48, 25, 1_637_792_000, 1_557_380_800, 6247.68),
+BOOK_SIZES = {  # exercise 4.2: total, with the head tied, MB
+    "gpt2_small": (163_009_536, 124_412_160, 621.83),
+    "gpt2_medium": (406_212_608, 354_749_440, 1549.58),
+    "gpt2_large": (838_220_800, 773_891_840, 3197.56),
+    "gpt2_xl": (1_637_792_000, 1_557_380_800, 6247.68),
 }
 
 
@@ -47,10 +48,11 @@ def test_golden_generation_matches_book(book_model: GPTModel) -> None:
     assert tok.decode(six[0].tolist()) == "Hello, I am Featureiman Byeswickattribute argue"
 
 
-@pytest.mark.parametrize("name", SIZES)
+@pytest.mark.parametrize("name", BOOK_SIZES)
 def test_sizes_match_exercise_4_2(name: str) -> None:
-    emb, layers, heads, total, tied, mb = SIZES[name]
-    cfg = {**GPT_CONFIG_124M, "emb_dim": emb, "n_layers": layers, "n_heads": heads}
+    """The package's GPT-2 size table gives the book's parameter counts."""
+    total, tied, mb = BOOK_SIZES[name]
+    cfg = {**GPT_CONFIG_124M, **GPT2_SIZES[name]}
     with torch.device("meta"):
         model = GPTModel(cfg)
         tied_model = GPTModel({**cfg, "tie_weights": True})
@@ -73,9 +75,9 @@ def test_block_counts_match_exercise_4_1() -> None:
 
 
 def test_parameter_names_are_the_books() -> None:
-    names = set(GPTModel(TINY).state_dict())
+    names = set(GPTModel(EXACT).state_dict())
     expected = {"tok_emb.weight", "pos_emb.weight", "final_norm.scale", "final_norm.shift", "out_head.weight"}
-    for i in range(TINY["n_layers"]):
+    for i in range(EXACT["n_layers"]):
         p = f"trf_blocks.{i}."
         for lin in ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.layers.0", "ff.layers.2"):
             expected |= {p + lin + ".weight", p + lin + ".bias"}
@@ -85,14 +87,14 @@ def test_parameter_names_are_the_books() -> None:
 
 def test_logits_equal_explicit_formulas() -> None:
     torch.manual_seed(0)
-    ours = GPTModel(TINY).eval()
-    ref = RefGPT(TINY).eval()
+    ours = GPTModel(EXACT).eval()
+    ref = RefGPT(EXACT).eval()
     # Spread the LayerNorm parameters so they matter.
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn_like(p))
     ref.load_state_dict(ours.state_dict(), strict=False)  # ref keeps its own mask buffers
-    idx = torch.randint(0, TINY["vocab_size"], (3, TINY["context_length"]))
+    idx = torch.randint(0, EXACT["vocab_size"], (3, EXACT["context_length"]))
     torch.testing.assert_close(ours(idx), ref(idx), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours(idx[:, :5]), ref(idx[:, :5]), rtol=1e-5, atol=1e-5)
 
@@ -127,7 +129,7 @@ def test_attention_is_causal() -> None:
 
 
 def test_attention_dropout_only_in_training() -> None:
-    cfg = {**TINY, "drop_rate": 0.0, "drop_rate_attn": 0.5}
+    cfg = {**EXACT, "drop_rate": 0.0, "drop_rate_attn": 0.5}
     torch.manual_seed(3)
     model = GPTModel(cfg)
     assert model.drop_emb.p == 0.0 and model.trf_blocks[0].drop_shortcut.p == 0.0
@@ -140,25 +142,25 @@ def test_attention_dropout_only_in_training() -> None:
 
 
 def test_separate_dropout_rates_default_to_drop_rate() -> None:
-    model = GPTModel({**TINY, "drop_rate": 0.2, "drop_rate_shortcut": 0.3})
+    model = GPTModel({**EXACT, "drop_rate": 0.2, "drop_rate_shortcut": 0.3})
     assert model.drop_emb.p == 0.2
     assert model.trf_blocks[1].att.dropout.p == 0.2
     assert model.trf_blocks[1].drop_shortcut.p == 0.3
 
 
 def test_tied_weights_share_storage() -> None:
-    model = GPTModel({**TINY, "tie_weights": True})
+    model = GPTModel({**EXACT, "tie_weights": True})
     assert model.out_head.weight is model.tok_emb.weight
     assert model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
-    untied = count_params(GPTModel(TINY))
-    assert count_params(model) == untied - TINY["vocab_size"] * TINY["emb_dim"]
+    untied = count_params(GPTModel(EXACT))
+    assert count_params(model) == untied - EXACT["vocab_size"] * EXACT["emb_dim"]
 
 
 def test_tying_keeps_the_books_initialisation() -> None:
     torch.manual_seed(5)
-    untied = GPTModel(TINY)
+    untied = GPTModel(EXACT)
     torch.manual_seed(5)
-    tied = GPTModel({**TINY, "tie_weights": True})
+    tied = GPTModel({**EXACT, "tie_weights": True})
     torch.testing.assert_close(tied.trf_blocks[1].ff.layers[2].weight, untied.trf_blocks[1].ff.layers[2].weight)
     torch.testing.assert_close(tied.tok_emb.weight, untied.tok_emb.weight)
 
@@ -175,7 +177,7 @@ def test_config_forms_build_the_same_model() -> None:
         qkv_bias: bool = True
 
     states = []
-    for cfg in (TINY, OmegaConf.create(TINY), Cfg()):
+    for cfg in (EXACT, OmegaConf.create(EXACT), Cfg()):
         torch.manual_seed(7)
         states.append(GPTModel(cfg).state_dict())
     for state in states[1:]:
@@ -184,18 +186,18 @@ def test_config_forms_build_the_same_model() -> None:
 
 
 def test_sequence_longer_than_context_is_a_clear_error() -> None:
-    model = GPTModel(TINY)
+    model = GPTModel(EXACT)
     with pytest.raises(ValueError, match=r"9 tokens is longer than model.context_length=8"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
 def test_heads_must_divide_emb_dim() -> None:
     with pytest.raises(ValueError, match=r"model.n_heads=5 must divide model.emb_dim=16"):
-        GPTModel({**TINY, "n_heads": 5})
+        GPTModel({**EXACT, "n_heads": 5})
 
 
 def test_missing_book_key_is_named() -> None:
-    cfg = dict(TINY)
+    cfg = dict(EXACT)
     del cfg["qkv_bias"]
     with pytest.raises(KeyError, match="qkv_bias"):
         GPTModel(cfg)
@@ -203,5 +205,5 @@ def test_missing_book_key_is_named() -> None:
 
 def test_dummy_model_shapes() -> None:
     torch.manual_seed(123)
-    model = DummyGPTModel(TINY)
+    model = DummyGPTModel(EXACT)
     assert model(torch.randint(0, 64, (2, 4))).shape == (2, 4, 64)

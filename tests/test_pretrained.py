@@ -12,33 +12,26 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from configs import TINY
 
 from gpt_lab.checkpoints import save_book_checkpoint
+from gpt_lab.config import GPT2_SIZES
 from gpt_lab.generate import generate
 from gpt_lab.model import GPTModel
 from gpt_lab.pretrained import (
     InitFromError,
     build_model,
     convert_hf_state_dict,
+    export_hf_state_dict,
     init_model_config,
     load_pretrained,
 )
 
-transformers = pytest.importorskip("transformers")
-
-VOCAB, CONTEXT, EMB, LAYERS, HEADS = 96, 24, 32, 2, 4
-# Our config for the tiny size, with the book's defaults that HF weights override.
-TINY = {
-    "name": "tiny",
-    "vocab_size": VOCAB,
-    "context_length": 8,
-    "emb_dim": EMB,
-    "n_heads": HEADS,
-    "n_layers": LAYERS,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-    "tie_weights": False,
-}
+# The tiny model with the book's defaults that HF weights override (bias, tying, context 8 -> 24).
+CHOSEN = {**TINY, "name": "tiny", "tie_weights": False}
+VOCAB, EMB, LAYERS, HEADS = TINY["vocab_size"], TINY["emb_dim"], TINY["n_layers"], TINY["n_heads"]
+CONTEXT = 24  # the Hugging Face model's n_positions
 
 
 def tiny_hf(n_embd: int = EMB, n_layer: int = LAYERS, n_head: int = HEADS) -> torch.nn.Module:
@@ -93,7 +86,7 @@ def hf_dirs(hf_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory)
 def test_build_model_hf_logits_match_transformers(
     layout: str, hf_model: torch.nn.Module, hf_dirs: dict[str, Path]
 ) -> None:
-    model = build_model(TINY, hf_dirs[layout]).eval()
+    model = build_model(CHOSEN, hf_dirs[layout]).eval()
     # What the weights need was set: biases, tying, their context length.
     assert model.cfg["qkv_bias"] is True
     assert model.cfg["tie_weights"] is True
@@ -119,7 +112,7 @@ def test_build_model_hf_file_path_and_directory_agree(hf_dirs: dict[str, Path]) 
 def test_build_model_hf_greedy_tokens_match_transformers_generate(
     hf_model: torch.nn.Module, hf_dirs: dict[str, Path]
 ) -> None:
-    model = build_model(TINY, hf_dirs["safetensors"]).eval()
+    model = build_model(CHOSEN, hf_dirs["safetensors"]).eval()
     prompt = torch.tensor([[5, 17, 42, 8]])
     n_new = CONTEXT - prompt.shape[1]
     expected = hf_model.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
@@ -128,7 +121,7 @@ def test_build_model_hf_greedy_tokens_match_transformers_generate(
 
 
 def test_build_model_hf_sampling_is_seeded_and_top_k_1_is_greedy(hf_dirs: dict[str, Path]) -> None:
-    model = build_model(TINY, hf_dirs["safetensors"]).eval()
+    model = build_model(CHOSEN, hf_dirs["safetensors"]).eval()
     prompt = torch.tensor([[5, 17, 42, 8]])
     runs = []
     for _ in range(2):
@@ -163,21 +156,20 @@ def test_build_model_refuses_a_config_too_small_for_the_weights(tmp_path: Path) 
     bigger = tiny_hf(n_embd=48, n_layer=3, n_head=4)
     bigger.save_pretrained(tmp_path)
     with pytest.raises(InitFromError) as err:
-        build_model(TINY, tmp_path)
+        build_model(CHOSEN, tmp_path)
     message = str(err.value)
     assert "model=tiny" in message
-    assert "tok_emb.weight: expected (96, 32), found (96, 48)" in message
-    assert "trf_blocks.0.att.W_query.weight: expected (32, 32), found (48, 48)" in message
-    assert "trf_blocks.0.ff.layers.0.weight: expected (128, 32), found (192, 48)" in message
+    assert "tok_emb.weight: expected (64, 16), found (64, 48)" in message
+    assert "trf_blocks.0.att.W_query.weight: expected (16, 16), found (48, 48)" in message
+    assert "trf_blocks.0.ff.layers.0.weight: expected (64, 16), found (192, 48)" in message
     assert "model.n_layers=2 but the weights have 3 transformer blocks" in message
     assert "emb_dim=48, n_layers=3" in message
 
 
 def test_build_model_refuses_gpt2_medium_weights_in_gpt2_small() -> None:
     # Real sizes on the meta device: no memory, no download.
-    small = {**TINY, "name": "gpt2_small", "vocab_size": 50257, "context_length": 1024}
-    small.update(emb_dim=768, n_layers=12, n_heads=12)
-    medium = {**small, "emb_dim": 1024, "n_layers": 24, "n_heads": 16, "qkv_bias": True}
+    small = {**CHOSEN, "name": "gpt2_small", **GPT2_SIZES["gpt2_small"]}
+    medium = {**small, **GPT2_SIZES["gpt2_medium"], "qkv_bias": True}
     with torch.device("meta"):
         state = GPTModel(medium).state_dict()
     from gpt_lab.pretrained import PretrainedWeights, resolve_model_config
@@ -194,7 +186,7 @@ def test_build_model_refuses_gpt2_medium_weights_in_gpt2_small() -> None:
 
 def test_build_model_refuses_a_head_count_config_json_contradicts(hf_dirs: dict[str, Path]) -> None:
     with pytest.raises(InitFromError, match=r"model\.n_heads=2 but the weights were made with n_heads=4"):
-        build_model({**TINY, "n_heads": 2}, hf_dirs["safetensors"])
+        build_model({**CHOSEN, "n_heads": 2}, hf_dirs["safetensors"])
 
 
 def test_load_pretrained_rejects_non_tanh_gelu(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -219,13 +211,13 @@ def test_load_pretrained_explains_unknown_and_missing_files(tmp_path: Path) -> N
 
 
 def test_build_model_book_model_pth_with_masks(tmp_path: Path) -> None:
-    cfg = {**TINY, "context_length": 12, "qkv_bias": True}
+    cfg = {**CHOSEN, "context_length": 12, "qkv_bias": True}
     torch.manual_seed(5)
     source = GPTModel(cfg).eval()
     path = save_book_checkpoint(source, tmp_path / "model.pth")  # the book's layout, mask buffers included
     assert any(k.endswith(".att.mask") for k in torch.load(path, weights_only=True))
     # Chosen config differs in context length and bias: the file decides both.
-    model = build_model(TINY, tmp_path).eval()
+    model = build_model(CHOSEN, tmp_path).eval()
     assert model.cfg["qkv_bias"] is True
     assert model.cfg["tie_weights"] is False
     assert model.context_length == 12
@@ -235,9 +227,9 @@ def test_build_model_book_model_pth_with_masks(tmp_path: Path) -> None:
 
 def test_build_model_book_chapter5_checkpoint_dict(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    source = GPTModel({**TINY, "tie_weights": True}).eval()
+    source = GPTModel({**CHOSEN, "tie_weights": True}).eval()
     torch.save({"model_state_dict": source.state_dict(), "optimizer_state_dict": {}}, tmp_path / "ckpt.pth")
-    model = build_model(TINY, tmp_path / "ckpt.pth").eval()
+    model = build_model(CHOSEN, tmp_path / "ckpt.pth").eval()
     assert model.out_head.weight is model.tok_emb.weight
     idx = torch.randint(0, VOCAB, (2, 8))
     torch.testing.assert_close(model(idx), source(idx), rtol=0, atol=0)
@@ -246,47 +238,48 @@ def test_build_model_book_chapter5_checkpoint_dict(tmp_path: Path) -> None:
 def test_build_model_lightning_checkpoint(tmp_path: Path) -> None:
     """A checkpoint in Lightning's layout: GPTLitModule's ``self.model`` under ``state_dict``."""
     torch.manual_seed(5)
-    source = GPTModel(TINY).eval()
+    source = GPTModel(CHOSEN).eval()
     ckpt = {
         "epoch": 1,
         "global_step": 10,
         "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
-        "hyper_parameters": {"model_cfg": dict(TINY), "optim_cfg": {"lr": 4e-4}},
+        "hyper_parameters": {"model_cfg": dict(CHOSEN), "optim_cfg": {"lr": 4e-4}},
     }
     torch.save(ckpt, tmp_path / "last.ckpt")
-    model = build_model({**TINY, "qkv_bias": True}, tmp_path / "last.ckpt").eval()
+    model = build_model({**CHOSEN, "qkv_bias": True}, tmp_path / "last.ckpt").eval()
     assert model.cfg["qkv_bias"] is False
     idx = torch.randint(0, VOCAB, (2, 8))
     torch.testing.assert_close(model(idx), source(idx), rtol=0, atol=0)
     with pytest.raises(InitFromError, match=r"model\.n_heads=2 but the weights were made with n_heads=4"):
-        build_model({**TINY, "n_heads": 2}, tmp_path / "last.ckpt")
+        build_model({**CHOSEN, "n_heads": 2}, tmp_path / "last.ckpt")
 
 
 def test_init_model_config_gives_a_strict_loadable_state(hf_dirs: dict[str, Path]) -> None:
-    cfg, state = init_model_config(TINY, hf_dirs["bin"])
+    cfg, state = init_model_config(CHOSEN, hf_dirs["bin"])
     model = GPTModel(cfg)
     model.load_state_dict(state, strict=True)
-    assert init_model_config(TINY, None) == (GPTModel(TINY).cfg, {})
+    assert init_model_config(CHOSEN, None) == (GPTModel(CHOSEN).cfg, {})
 
 
 def test_build_model_without_init_from_is_the_seeded_book_model() -> None:
     torch.manual_seed(123)
-    expected = GPTModel(TINY).state_dict()
+    expected = GPTModel(CHOSEN).state_dict()
     torch.manual_seed(123)
-    got = build_model(TINY).state_dict()
+    got = build_model(CHOSEN).state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step`", "ignore:`isinstance\\(treespec")
 def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None:
-    lit_module = pytest.importorskip("gpt_lab.lit_module")
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    cfg = {**TINY, "drop_rate": 0.0, "qkv_bias": True, "tie_weights": True}
+    from gpt_lab.lit_module import GPTLitModule
+
+    cfg = {**CHOSEN, "drop_rate": 0.0, "qkv_bias": True, "tie_weights": True}
     torch.manual_seed(0)
-    lit = lit_module.GPTLitModule(cfg)
+    lit = GPTLitModule(cfg, lr=4e-4, weight_decay=0.1)
     x, y = torch.randint(0, VOCAB, (2, 4, 8))
     trainer = L.Trainer(
         max_steps=1,
@@ -298,8 +291,35 @@ def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None
     )
     trainer.fit(lit, DataLoader(TensorDataset(x, y), batch_size=2))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    model = build_model(TINY, tmp_path / "last.ckpt").eval()  # TINY: no bias, untied
+    model = build_model(CHOSEN, tmp_path / "last.ckpt").eval()  # CHOSEN: no bias, untied
     assert load_pretrained(tmp_path / "last.ckpt").format == "lightning"
     assert model.cfg["qkv_bias"] is True
     assert model.out_head.weight is model.tok_emb.weight
     torch.testing.assert_close(model(x), lit.model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_export_hf_state_dict_gives_transformers_the_same_logits(qkv_bias: bool) -> None:
+    torch.manual_seed(4)
+    ours = GPTModel({**CHOSEN, "drop_rate": 0.0, "qkv_bias": qkv_bias}).eval()
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=TINY["context_length"],
+        n_embd=EMB,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(export_hf_state_dict(ours.state_dict()), strict=False)
+    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing)
+    idx = torch.randint(0, VOCAB, (2, TINY["context_length"]))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx), rtol=1e-5, atol=1e-5)
+    # And back: the inverse map returns the book's state dict.
+    back = convert_hf_state_dict(export_hf_state_dict(ours.state_dict()))
+    for key, value in ours.state_dict().items():
+        if qkv_bias or not key.endswith(("W_query.bias", "W_key.bias", "W_value.bias")):
+            torch.testing.assert_close(back[key], value, rtol=0, atol=0)

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from gpt_lab.model import GPTModel
-from gpt_lab.tasks import generate as generate_task
+from gpt_lab.prompting import TextPrinter
 from gpt_lab.tasks import run_task
 from gpt_lab.tokenizer import get_tokenizer
 
@@ -59,7 +59,7 @@ def test_streaming_holds_back_half_characters(capsys: pytest.CaptureFixture[str]
     tok = get_tokenizer()
     ids = tok.encode("a 漢字 b")
     assert any("\ufffd" in tok.decode(ids[:i]) for i in range(1, len(ids)))  # some prefix splits a character
-    printer = generate_task._TextPrinter(tok, ids[:1])
+    printer = TextPrinter(tok, ids[:1])
     for i in range(2, len(ids) + 1):
         printer.show(ids[:i])
     printer.close()
@@ -84,7 +84,7 @@ def test_stop_at_end_of_text(compose_config, tmp_path: Path) -> None:
 
 
 def test_empty_prompt_in_list_is_refused(compose_config) -> None:
-    from gpt_lab.config import ConfigError
+    from gpt_lab.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"prompts\[1\]='' is empty"):
         _run(compose_config, "prompts=[Hello,'']")

@@ -39,6 +39,8 @@ def test_sweep_two_by_two_gives_four_jobs_and_a_summary(run_cli, tmp_path: Path)
         r["output_text"].startswith("Hello, I am") and float(r["generation_tokens_per_second"]) > 0 for r in by_heads[2]
     )
     assert all(r["status"] == "failed" and "model.n_heads=3 must divide" in r["error"] for r in by_heads[3])
+    # The row records the sizes the job built (the tiny option with its n_heads overridden), not just the option.
+    assert all(r["model"] == "tiny" and " n_heads=2 " in r["model_config"] for r in by_heads[2])
     # Each job re-seeds itself: the same model gives the same text whatever ran before it.
     assert by_heads[2][0]["output_text"] == by_heads[2][1]["output_text"]
     for name in names:

@@ -60,7 +60,7 @@ def test_tensorboard_logger_none_writes_no_events(compose_config, tmp_path: Path
 TRACE_MEMORY_SCRIPT = """
 import resource, sys, torch
 from gpt_lab.model import GPTModel
-from gpt_lab.run_files import write_tensorboard
+from gpt_lab.tensorboard import write_tensorboard
 cfg = dict(vocab_size=50257, context_length=256, emb_dim=512, n_heads=8, n_layers=8, drop_rate=0.1, qkv_bias=False)
 model = GPTModel(cfg).eval()
 idx = torch.tensor([[15496, 11, 314, 716]])

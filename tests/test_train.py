@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from configs import TINY_RUN
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.book_reference import RefGPT
-from gpt_lab.config import UserError
+from gpt_lab.config import validate_config
 from gpt_lab.data import split_text
+from gpt_lab.errors import UserError
 from gpt_lab.model import GPTModel
 from gpt_lab.tasks import run_task
 from gpt_lab.tokenizer import get_tokenizer
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-CONTEXT = 16
+CONTEXT = 16  # TINY_RUN's context length
 SMALL = [
     "task=train",
-    "model=tiny",
-    f"model.context_length={CONTEXT}",
-    "model.emb_dim=16",
-    "model.n_heads=2",
-    "model.n_layers=1",
+    *TINY_RUN,
     "+trainer.enable_model_summary=false",
     "+trainer.log_every_n_steps=1",
     "callbacks.progress_bar=null",
@@ -42,14 +39,16 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _config(out: Path, *overrides: str) -> DictConfig:
-    paths = [f"paths.root_dir={out}", f"paths.project_dir={out}", f"paths.output_dir={out}"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_train"):
-        return compose("config", overrides=[*SMALL, *overrides, *paths])
+@pytest.fixture
+def config(compose_config: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """``config(run_dir, *overrides)``: the tiny model's task=train config, writing to ``run_dir``."""
+    return lambda out, *overrides: compose_config(*SMALL, *overrides, run_dir=out)
 
 
-def _train(out: Path, text_file: Path, *overrides: str) -> dict:
-    return run_task(_config(out, f"data.path={text_file}", *overrides))
+@pytest.fixture
+def train(config: Callable[..., DictConfig], text_file: Path) -> Callable[..., dict]:
+    """``train(run_dir, *overrides)``: train on the story, return the results."""
+    return lambda out, *overrides: run_task(config(out, f"data.path={text_file}", *overrides))
 
 
 def _direct_initial_losses(cfg: DictConfig, text_file: Path) -> tuple[float, float]:
@@ -69,13 +68,15 @@ def _direct_initial_losses(cfg: DictConfig, text_file: Path) -> tuple[float, flo
     return losses[0], losses[1]
 
 
-def test_train_lowers_the_loss_and_writes_the_run_files(tmp_path: Path, text_file: Path) -> None:
+def test_train_lowers_the_loss_and_writes_the_run_files(
+    tmp_path: Path, text_file: Path, config: Callable[..., DictConfig], train: Callable[..., dict]
+) -> None:
     out = tmp_path / "run"
-    results = _train(out, text_file, "trainer.max_epochs=3", "optim.lr=0.005")
+    results = train(out, "trainer.max_epochs=3", "optim.lr=0.005")
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == "completed"
 
-    expected_train, expected_val = _direct_initial_losses(_config(out), text_file)
+    expected_train, expected_val = _direct_initial_losses(config(out), text_file)
     assert results["initial_train_loss"] == pytest.approx(expected_train, rel=1e-5)
     assert results["initial_val_loss"] == pytest.approx(expected_val, rel=1e-5)
     assert results["train_loss"] < results["initial_train_loss"] - 2.0
@@ -89,7 +90,7 @@ def test_train_lowers_the_loss_and_writes_the_run_files(tmp_path: Path, text_fil
     assert Path(results["checkpoint"]).is_file()
 
     # The book's model loads the exported weights with strict=True and computes the same logits.
-    book = RefGPT(OmegaConf.to_container(_config(out).model)).eval()
+    book = RefGPT(OmegaConf.to_container(config(out).model)).eval()
     book.load_state_dict(torch.load(out / "model.pth", weights_only=True), strict=True)
     ckpt = torch.load(results["checkpoint"], weights_only=True)
     ours = GPTModel(ckpt["hyper_parameters"]["model_cfg"]).eval()
@@ -112,11 +113,11 @@ def test_train_lowers_the_loss_and_writes_the_run_files(tmp_path: Path, text_fil
     assert events.Scalars("val/loss")[0].value == pytest.approx(results["initial_val_loss"], rel=1e-5)
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, text_file: Path) -> None:
-    whole = _train(tmp_path / "whole", text_file, "trainer.max_epochs=2")
-    _train(tmp_path / "first", text_file, "trainer.max_epochs=1")
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, train: Callable[..., dict]) -> None:
+    whole = train(tmp_path / "whole", "trainer.max_epochs=2")
+    train(tmp_path / "first", "trainer.max_epochs=1")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    resumed = _train(tmp_path / "second", text_file, "trainer.max_epochs=2", f"ckpt_path={last}")
+    resumed = train(tmp_path / "second", "trainer.max_epochs=2", f"ckpt_path={last}")
     for key in ("initial_train_loss", "initial_val_loss", "train_loss", "val_loss", "tokens_seen", "global_step"):
         assert resumed[key] == whole[key], key
     assert resumed["loss_curve"] == whole["loss_curve"]
@@ -126,23 +127,24 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, text_fil
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
 
 
-def test_train_without_data_path_says_how_to_give_one(tmp_path: Path) -> None:
+def test_train_without_data_path_says_how_to_give_one(tmp_path: Path, config: Callable[..., DictConfig]) -> None:
     with pytest.raises(UserError, match=r"task=train needs a text to train on: add data.path="):
-        run_task(_config(tmp_path))
+        run_task(config(tmp_path))
 
 
-def test_missing_checkpoint_to_resume_is_a_user_error(tmp_path: Path, text_file: Path) -> None:
+def test_missing_checkpoint_to_resume_is_a_user_error(tmp_path: Path, train: Callable[..., dict]) -> None:
     with pytest.raises(UserError, match=r"ckpt_path=.*nope.ckpt is not a file"):
-        _train(tmp_path, text_file, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+        train(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}")
 
 
-def test_ch05_preset_has_the_books_settings(tmp_path: Path) -> None:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_train"):
-        cfg = compose("config", overrides=["experiment=ch05", f"paths.output_dir={tmp_path}"])
+def test_ch05_preset_has_the_books_settings(compose_config: Callable[..., DictConfig]) -> None:
+    # The values come from several files (the preset sets only what differs from the defaults).
+    cfg = validate_config(compose_config("experiment=ch05"))
     assert cfg.task.name == "train" and cfg.model.name == "gpt2_small" and cfg.seed == 123
     assert (cfg.model.context_length, cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads) == (256, 768, 12, 12)
     assert (cfg.model.drop_rate, cfg.model.qkv_bias) == (0.1, False)
-    assert (cfg.data.batch_size, cfg.data.stride, cfg.data.train_ratio) == (2, 256, 0.9)
+    stride = cfg.data.stride or cfg.model.context_length  # null: the context length
+    assert (cfg.data.batch_size, stride, cfg.data.train_ratio) == (2, 256, 0.9)
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.0004, 0.1)
     assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval) == (10, 5)
     assert cfg.callbacks.sample_text.prompt == "Every effort moves you"
@@ -170,22 +172,22 @@ def test_optuna_sweep_minimises_the_returned_validation_loss(tmp_path: Path, tex
     assert best.best_value == pytest.approx(min(val_losses))
 
 
-def test_init_from_a_trained_model_pth_starts_where_that_run_ended(tmp_path: Path, text_file: Path) -> None:
-    first = _train(tmp_path / "first", text_file, "trainer.max_epochs=1")
-    again = _train(
-        tmp_path / "again", text_file, "trainer.max_epochs=1", f"init_from={tmp_path / 'first' / 'model.pth'}"
-    )
+def test_init_from_a_trained_model_pth_starts_where_that_run_ended(tmp_path: Path, train: Callable[..., dict]) -> None:
+    first = train(tmp_path / "first", "trainer.max_epochs=1")
+    again = train(tmp_path / "again", "trainer.max_epochs=1", f"init_from={tmp_path / 'first' / 'model.pth'}")
     assert again["initial_train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
     assert again["initial_val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
 
 
-def test_init_from_context_too_long_for_the_text_names_init_from(tmp_path: Path, text_file: Path) -> None:
+def test_init_from_context_too_long_for_the_text_names_init_from(
+    tmp_path: Path, text_file: Path, config: Callable[..., DictConfig], train: Callable[..., dict]
+) -> None:
     # Weights made for 64 positions fix the window at 64 (the config says 16): the story's 10 % validation
     # split is shorter than that.
-    source = GPTModel({**OmegaConf.to_container(_config(tmp_path).model), "context_length": 64})
+    source = GPTModel({**OmegaConf.to_container(config(tmp_path).model), "context_length": 64})
     torch.save(source.state_dict(), tmp_path / "long.pth")
     n_val = len(get_tokenizer().encode(split_text(text_file.read_text(encoding="utf-8"), 0.9)[1]))
     assert n_val <= 64
     with pytest.raises(UserError, match=r"init_from=long.pth fixes model.context_length=64") as err:
-        _train(tmp_path, text_file, "init_from=long.pth")
+        train(tmp_path, "init_from=long.pth")
     assert f"has {n_val} tokens" in str(err.value) and "data.train_ratio" in str(err.value)

@@ -1,27 +1,31 @@
 """The jobs scripts/run.py dispatches to: ``task=generate|train|evaluate``.
 
-Each task module has ``run(cfg) -> dict``: it receives the validated config and returns its
-results; ``run_task`` adds what every run records (status, overrides, wall time) and writes
-``results.json`` into the run directory. ``run_job`` is the command line's wrapper around it: user
-errors become one paragraph on stderr, and in a multirun a failing job is recorded and the sweep
-goes on.
+``conf/task/<name>.yaml`` names the function a task runs (``_target_``, e.g.
+``gpt_lab.tasks.train.run``) and the task's ``name``. That function receives the validated
+config and returns its results (a dict); a new task is one module with such a function plus one
+YAML file. A task seeds what it draws from with ``cfg.seed`` (the train task with Lightning's
+``seed_everything``; generation and evaluation seed torch where the book does, and generation
+imports no Lightning, so it starts seconds sooner). ``run_task`` adds what every run records (status,
+overrides, wall time) and writes ``results.json`` into the run directory. ``run_job`` is the
+command line's wrapper around it: user errors become one paragraph on stderr, and in a multirun a
+failing job is recorded and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
-import os
-import random
 import sys
 import time
 import traceback
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.config import TASK_NAMES, UserError, validate_config
+from gpt_lab.config import validate_config
+from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.run_files import write_results
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ USER_ERROR_EXIT_CODE = 2
 
 
 def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``cfg``, run ``cfg.task.name`` and write ``results.json``; return the results.
+    """Validate ``cfg``, run the function ``cfg.task`` names and write ``results.json``; return the results.
 
     ``run_info`` (e.g. the Hydra overrides) is recorded in results.json next to the task's own
     results. Raises ``UserError`` for problems the user can fix; results.json then records the
@@ -42,10 +46,8 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
     try:
         cfg = validate_config(cfg)
-        assert cfg.task.name in TASK_NAMES
         info.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)
-        seed_everything(cfg.seed)
-        results = importlib.import_module(f"gpt_lab.tasks.{cfg.task.name}").run(cfg)
+        results = task_function(cfg)(cfg)
     except BaseException as err:
         if output_dir is not None and is_rank_zero():
             failed = {**info, "status": "failed", "error": _error_text(err)}
@@ -57,10 +59,30 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     return results
 
 
+def task_function(cfg: DictConfig) -> Callable[[DictConfig], dict[str, Any]]:
+    """The function ``cfg.task._target_`` names; a ``ConfigError`` when it names none."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(cfg.task._target_)
+    except Exception as err:
+        raise ConfigError(
+            f"task._target_={cfg.task._target_} (task={cfg.task.name}) is not a function gpt_lab can import "
+            f"({_error_text(err.__cause__ or err)}); a task is a function run(cfg) -> dict, "
+            "e.g. gpt_lab.tasks.train.run"
+        ) from None
+
+
 def is_rank_zero() -> bool:
-    """False in the extra processes of a multi-process run (Lightning's DDP children, torchrun,
-    SLURM tasks): they share rank 0's run directory, and only rank 0 writes results.json."""
-    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    """False in the extra processes of a multi-process run (DDP under Lightning, torchrun or SLURM):
+    they share rank 0's run directory, and only rank 0 writes results.json.
+
+    Lightning's ``rank_zero_only.rank`` says which process this is. Only a task that runs Lightning
+    starts several processes per run, and it has imported Lightning by then; a run that has not
+    (generation, a config error) is a single process and need not pay for the import.
+    """
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return rank_zero is None or rank_zero.rank_zero_only.rank == 0
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
@@ -74,6 +96,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_info = {
@@ -97,12 +120,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     return None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and PyTorch's generators (each job of a sweep re-seeds itself)."""
+def quiet_known_warnings() -> None:
+    """Silence the third-party warnings a user can do nothing about (the one list; tests apply it too).
+
+    Called once at start-up by ``run_job``; the test suite applies it around every test.
+    """
     import torch
 
-    random.seed(seed)
-    torch.manual_seed(seed)
+    # Lightning's TensorBoardLogger draws the graph with torch.jit.trace, which warns about every
+    # shape check in forward() and about torch.jit's deprecation.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
+    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def release_memory() -> None:

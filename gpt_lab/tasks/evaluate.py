@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gpt_lab.config import input_path
 from gpt_lab.data import DataError, GPTDatasetV1, read_text
-from gpt_lab.lit_module import mean_loss
+from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import build_model
-from gpt_lab.run_files import flatten_hparams, tensorboard_logger, write_tensorboard
+from gpt_lab.prompting import continue_prompt, encode_prompt
 from gpt_lab.stats import model_report
-from gpt_lab.tasks.generate import continue_prompt, encode_prompt
+from gpt_lab.tensorboard import flatten_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ def _device(cfg: DictConfig) -> torch.device:
 def _read_text(cfg: DictConfig) -> tuple[Path, str]:
     if not cfg.data.path:
         raise DataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
-    path = Path(cfg.paths.root_dir, cfg.data.path)  # an absolute data.path stays as it is
+    path = input_path(cfg, cfg.data.path)
+    assert path is not None
     return path, read_text(path)
 
 
@@ -58,8 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     prompt_ids = encode_prompt(tokenizer, cfg.prompt)
 
     torch.manual_seed(cfg.seed)
-    init_from = Path(cfg.paths.root_dir, cfg.init_from) if cfg.init_from else None
-    model = build_model(OmegaConf.to_container(cfg.model), init_from)
+    model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
     device = _device(cfg)
     model.to(device).eval()
     report = model_report(model)
@@ -69,38 +71,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     max_length = min(context_length, len(ids) - 1)
     stride = cfg.data.stride or max_length
     windows = GPTDatasetV1(ids, max_length, stride)
-    inputs, targets = windows.input_ids, windows.target_ids  # (windows, max_length)
-    log.info(f"Evaluating on {path}: {len(ids):,} tokens, {len(inputs):,} windows of {max_length} (stride {stride})")
-    size = cfg.data.batch_size
-    batches = [(inputs[i : i + size], targets[i : i + size]) for i in range(0, len(inputs), size)]
+    log.info(f"Evaluating on {path}: {len(ids):,} tokens, {len(windows):,} windows of {max_length} (stride {stride})")
+    batches = DataLoader(windows, batch_size=cfg.data.batch_size, shuffle=False, drop_last=False)
     # Token-weighted: the mean over every target token, whatever the last batch's size.
     loss = mean_loss(model, tqdm(batches, desc="evaluate", unit="batch"), device)
-    n_tokens = targets.numel()
+    n_tokens = windows.target_ids.numel()
     ppl = perplexity(loss)
     log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_tokens:,} target tokens)")
 
     sample = continue_prompt(model, tokenizer, prompt_ids, cfg)
     log.info(sample["output_text"])
 
-    tensorboard = tensorboard_logger(OmegaConf.to_container(cfg.logger) if cfg.logger else None)
-    if tensorboard is not None:
-        log_dir, log_graph = tensorboard
-        write_tensorboard(
-            log_dir,
-            model=model if log_graph else None,
-            example_input=inputs[:1, : min(8, max_length)].to(device),
-            hparams=_hparams(cfg, model),
-            metrics={"eval/loss": loss, "eval/perplexity": ppl},
-            texts={"generation/prompt": cfg.prompt, "generation/output_text": sample["output_text"]},
-        )
-        log.info(f"TensorBoard: tensorboard --logdir {log_dir}")
+    write_run_tensorboard(
+        cfg,
+        model,
+        windows.input_ids[:1, : min(8, max_length)].to(device),
+        hparams=_hparams(cfg, model),
+        metrics={"eval/loss": loss, "eval/perplexity": ppl},
+        texts={"generation/prompt": cfg.prompt, "generation/output_text": sample["output_text"]},
+    )
     return {
+        "model_config": model.cfg,  # as built (init_from may have changed it)
         **report,
         "prompt": cfg.prompt,
         **sample,
         "data_path": str(path),
         "eval_tokens": n_tokens,
-        "eval_windows": len(inputs),
+        "eval_windows": len(windows),
         "loss": loss,
         "perplexity": ppl,
     }

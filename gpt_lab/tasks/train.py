@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
-from gpt_lab.config import UserError
+from gpt_lab.config import input_path
 from gpt_lab.data import DataError, TextDataModule
-from gpt_lab.lit_module import GPTLitModule, mean_loss
+from gpt_lab.errors import UserError
+from gpt_lab.lit_module import GPTLitModule
+from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import init_model_config
-from gpt_lab.run_files import flatten_hparams
+from gpt_lab.prompting import continue_prompt, encode_prompt
 from gpt_lab.stats import model_report
-from gpt_lab.tasks.generate import continue_prompt, encode_prompt
+from gpt_lab.tensorboard import flatten_hparams
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
-        path=_input_path(cfg, cfg.data.path),
+        path=input_path(cfg, cfg.data.path),
         max_length=context_length,
         batch_size=cfg.data.batch_size,
         stride=cfg.data.stride,
@@ -48,11 +49,6 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
     )
-
-
-def _input_path(cfg: DictConfig, path: str) -> Path:
-    """An input named on the command line, relative to the directory the user ran from (an absolute one stays)."""
-    return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -95,11 +91,7 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    # TensorBoard draws the graph with torch.jit.trace, which warns about every shape check in forward().
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    init_from = _input_path(cfg, cfg.init_from) if cfg.get("init_from") else None
+    init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
 
     # Read and check the data first: a bad data.path fails before the model is built.
@@ -135,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _refuse_ddp_in_multirun(trainer)
-    ckpt_path = _input_path(cfg, cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    ckpt_path = input_path(cfg, cfg.ckpt_path)
     if ckpt_path is not None and not ckpt_path.is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file ({ckpt_path}); give a Lightning .ckpt to resume")
 
@@ -155,7 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     history = _find(callbacks, LossHistory)
     sampler = _find(callbacks, SampleText)
     output_dir = Path(cfg.paths.output_dir)
-    results: dict[str, Any] = {**report}
+    results: dict[str, Any] = {"model_config": lit.model.cfg, **report}
 
     tokenizer = get_tokenizer()
     sample = continue_prompt(lit.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
