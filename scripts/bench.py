@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,7 @@ TRAIN_BOOK = "book explicit fp32, default AdamW (bare loop)"
 TRAIN_LIT = {
     "gpt_lab fp32 (Lightning, trainer=cpu)": ("cpu", []),
     "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)": ("cpu_bf16", []),
-    "gpt_lab bf16-true (Lightning, trainer.precision=bf16-true)": ("cpu", ["+trainer.precision=bf16-true"]),
+    "gpt_lab bf16-true (Lightning, precision=bf16-true)": ("cpu", ["+trainer.precision=bf16-true"]),
 }
 
 
@@ -352,7 +353,9 @@ def bench_training(state: dict, cfg: dict, args: argparse.Namespace) -> tuple[di
     """
     import logging
 
-    logging.getLogger("lightning").setLevel(logging.ERROR)
+    # The bench prints one table: no Trainer banners, no warnings about the loop it does not use.
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning\.")
     b, t = args.train_batch
     cfg = {**cfg, "context_length": t}  # chapter 5 trains at context 256
     state = {**state, "pos_emb.weight": state["pos_emb.weight"][:t]}
@@ -533,7 +536,7 @@ def main() -> None:
     for title, rows in tables:
         print(f"## {title}")
         for name, row in rows.items():
-            print(f"  {name:48s} {fmt(row)}")
+            print(f"  {name:52s} {fmt(row)}")
     if "build" in results:
         print(f"## building {build_size} (fresh interpreter, seconds; peak RSS over the interpreter's baseline)")
         for name, row in results["build"].items():
@@ -588,13 +591,18 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
     bf16, fp32 = "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)", "gpt_lab fp32 (Lightning, trainer=cpu)"
     ratio("training", bf16, TRAIN_BOOK, 2.5, "training step, trainer=cpu_bf16 vs the book's fp32 loop")
     ratio("training", fp32, TRAIN_BOOK, 1.0, "training step, fp32 (default) vs the book's fp32 loop")
-    ratio(
-        "training",
-        "gpt_lab bf16-true (Lightning, trainer.precision=bf16-true)",
-        TRAIN_BOOK,
-        0.0,
-        "training step, bf16-true vs the book's fp32 loop (report)",
-    )
+    true16 = "gpt_lab bf16-true (Lightning, precision=bf16-true)"
+    rows = results.get("training", {})
+    if true16 in rows and TRAIN_BOOK in rows:  # not a target: bf16-true is not recommended (README)
+        value = rows[true16]["median"] / rows[TRAIN_BOOK]["median"]
+        out.append(
+            {
+                "what": "training step, bf16-true vs the book's fp32 loop",
+                "value": value,
+                "target": "report",
+                "met": True,
+            }
+        )
     if "build" in results:
         b = results["build"]
         value = b["plain"]["median_seconds"] / b["gpt_lab"]["median_seconds"]
