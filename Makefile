@@ -7,15 +7,18 @@ TORCH ?= torch==2.13.0
 # The exact versions the suite passed with (`make lock` writes it); CONSTRAINTS= installs the newest instead.
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# Without its dependencies: see pyproject.toml and README ("Pretraining on a corpus").
+LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test lint bench bench-data lock clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"  # the build (and index) you chose; its version is pinned below
 	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(PIP_CONSTRAINTS) "$(LITDATA)"
 	touch $@
 
 run: $(VENV)/.installed
@@ -43,6 +46,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
+	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps "$(LITDATA)"
 	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable > $(LOCK_VENV)/freeze.txt
 	(echo '# Pinned versions for every make install (make lock rewrites this file; see the Makefile).'; \
 	 sed -E 's/^(torch==[^+]+)\+.*/\1/' $(LOCK_VENV)/freeze.txt) > constraints.txt
@@ -50,6 +54,10 @@ lock:
 
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
+
+# Corpus preparation and streaming throughput, peak memory (see README, Pretraining on a corpus).
+bench-data: $(VENV)/.installed
+	$(PY) scripts/bench_data.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) outputs/* .pytest_cache

@@ -27,6 +27,7 @@ from gpt_lab.errors import ConfigError
 
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
+DATA_NAMES = ("text", "corpus")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -71,11 +72,19 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
+    name: str = MISSING  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
     stride: int | None = MISSING  # null: the context length
     train_ratio: float = MISSING
-    num_workers: int = MISSING
+    num_workers: int | None = MISSING  # loader processes (text); task=prepare's processes (null: all cores)
+    # data=corpus only (conf/data/corpus.yaml sets them; None: not used by this data option).
+    source: str | None = None  # a file, a directory or a glob that task=prepare tokenizes
+    dir: str | None = None  # the prepared directory (a local path, or a URL litdata reads)
+    val_fraction: float | None = None  # the share of documents that validates
+    overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
+    loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
+    eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
 
 
 @dataclass
@@ -180,8 +189,16 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"data.stride={d.stride} must be a positive integer, or null for the context length")
     if not 0.0 < d.train_ratio < 1.0:
         problems.append(f"data.train_ratio={d.train_ratio} must be in (0, 1)")
-    if d.num_workers < 0:
+    if d.num_workers is not None and d.num_workers < 0:
         problems.append(f"data.num_workers={d.num_workers} must be >= 0")
+    if d.name not in DATA_NAMES:
+        problems.append(f"data.name={d.name} is not a data option; choose one of {', '.join(DATA_NAMES)}")
+    if d.val_fraction is not None and not 0.0 < d.val_fraction < 1.0:
+        problems.append(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    if d.loader_workers is not None and d.loader_workers < 0:
+        problems.append(f"data.loader_workers={d.loader_workers} must be >= 0")
+    if d.eval_max_batches is not None and d.eval_max_batches < 1:
+        problems.append(f"data.eval_max_batches={d.eval_max_batches} must be >= 1, or null for the whole split")
     if cfg.optim.lr <= 0:
         problems.append(f"optim.lr={cfg.optim.lr} must be > 0")
     if cfg.optim.weight_decay < 0:

@@ -133,6 +133,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
     # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API on every step.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning warns about any sized IterableDataset (data=corpus: litdata's, which shards its own workers).
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 def release_memory() -> None:

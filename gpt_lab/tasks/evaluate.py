@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gpt_lab.config import input_path
+from gpt_lab.corpus_data import build_corpus_datamodule
 from gpt_lab.data import DataError, GPTDatasetV1, read_text
 from gpt_lab.loss import mean_loss
 from gpt_lab.pretrained import build_model
@@ -52,6 +53,8 @@ def _read_text(cfg: DictConfig) -> tuple[Path, str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate on ``cfg.data.path`` (``cfg`` validated); returns the results.json fields."""
+    if cfg.data.name == "corpus":
+        return _run_corpus(cfg)
     # Inputs are checked before the (possibly large) model is read.
     path, text = _read_text(cfg)
     tokenizer = get_tokenizer()
@@ -107,3 +110,50 @@ def _hparams(cfg: DictConfig, model: nn.Module) -> dict[str, bool | int | float 
     """The model as built (after ``init_from``), the data settings and where the weights came from."""
     data = {k: cfg.data[k] for k in ("path", "batch_size", "stride")}
     return flatten_hparams({"task": "evaluate", "model": dict(model.cfg), "data": data, "init_from": cfg.init_from})
+
+
+def _run_corpus(cfg: DictConfig) -> dict[str, Any]:
+    """``data=corpus``: loss and perplexity over the first ``data.eval_max_batches`` batches of the val split."""
+    # The prepared directory is checked before the model is read. init_from's weights fix the context
+    # length, so with them the windows are counted (again) once the model is built.
+    corpus = build_corpus_datamodule(cfg, 1 if cfg.init_from else cfg.model.context_length)
+    corpus.setup("validate")
+    tokenizer = get_tokenizer()
+    prompt_ids = encode_prompt(tokenizer, cfg.prompt)
+    torch.manual_seed(cfg.seed)
+    model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
+    if model.context_length != corpus.context_length:
+        corpus = build_corpus_datamodule(cfg, model.context_length)
+        corpus.setup("validate")
+    device = _device(cfg)
+    model.to(device).eval()
+    batches = corpus.eval_dataloader("val")
+    n_windows = min(corpus.windows["val"], len(batches) * corpus.batch_size)
+    log.info(f"Evaluating on {corpus.data_dir}: {n_windows:,} validation windows of {corpus.context_length}")
+    loss = mean_loss(model, tqdm(batches, desc="evaluate", unit="batch"), device)
+    ppl = perplexity(loss)
+    log.info(f"Loss: {loss:.4f}  Perplexity: {ppl:.2f}  ({n_windows * corpus.context_length:,} target tokens)")
+    sample = continue_prompt(model, tokenizer, prompt_ids, cfg)
+    log.info(sample["output_text"])
+    data = {k: cfg.data[k] for k in ("dir", "batch_size", "eval_max_batches")}
+    write_run_tensorboard(
+        cfg,
+        model,
+        torch.tensor([prompt_ids[: model.context_length]], device=device),
+        hparams=flatten_hparams(
+            {"task": "evaluate", "model": dict(model.cfg), "data": data, "init_from": cfg.init_from}
+        ),
+        metrics={"eval/loss": loss, "eval/perplexity": ppl},
+        texts={"generation/prompt": cfg.prompt, "generation/output_text": sample["output_text"]},
+    )
+    return {
+        "model_config": model.cfg,  # as built (init_from may have changed it)
+        **model_report(model),
+        "prompt": cfg.prompt,
+        **sample,
+        **corpus.split_sizes(),
+        "eval_tokens": n_windows * corpus.context_length,
+        "eval_windows": n_windows,
+        "loss": loss,
+        "perplexity": ppl,
+    }

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.checkpoints import save_book_checkpoint
 from gpt_lab.config import input_path
+from gpt_lab.corpus_data import CorpusDataModule, build_corpus_datamodule
 from gpt_lab.data import DataError, TextDataModule
 from gpt_lab.errors import UserError
 from gpt_lab.lit_module import GPTLitModule
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 BOOK_CHECKPOINT = "model.pth"
 
 
-def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule:
+def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule | CorpusDataModule:
     """The run's data module over ``data.path`` (relative to ``paths.root_dir``, where the user ran from)."""
+    if cfg.data.name == "corpus":  # data=corpus: windows streamed from task=prepare's data.dir
+        return build_corpus_datamodule(cfg, context_length)
     if not cfg.data.path:
         raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
     return TextDataModule(
@@ -121,14 +124,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{err} (here init_from={cfg.init_from} fixes model.context_length={model_cfg['context_length']}: "
             "the length of its position embeddings)"
         ) from None
-    log.info(
-        "Data %s: %d training tokens in %d windows, %d validation tokens in %d windows",
-        datamodule.path,
-        datamodule.n_train_tokens,
-        len(datamodule.train_dataset),
-        datamodule.n_val_tokens,
-        len(datamodule.val_dataset),
-    )
+    if isinstance(datamodule, TextDataModule):  # a corpus logs its own sizes
+        log.info(
+            "Data %s: %d training tokens in %d windows, %d validation tokens in %d windows",
+            datamodule.path,
+            datamodule.n_train_tokens,
+            len(datamodule.train_dataset),
+            datamodule.n_val_tokens,
+            len(datamodule.val_dataset),
+        )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = GPTLitModule(model_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -193,4 +197,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         last_sample=sampler.last_text if sampler is not None else None,
         train_seconds=fit_seconds,
     )
+    if isinstance(datamodule, CorpusDataModule):
+        results.update(datamodule.split_sizes())
     return results

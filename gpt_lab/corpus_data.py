@@ -1,0 +1,235 @@
+"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/corpus.py).
+
+A window is ``context_length + 1`` consecutive tokens of one litdata chunk (litdata's
+``TokensLoader`` cuts each chunk into such blocks; the last partial block of a chunk is not used);
+its inputs are the first ``context_length`` tokens and its targets the same shifted by one, as the
+book's dataset. Training windows are shuffled with ``seed`` and served by litdata's
+``StreamingDataLoader``, whose position Lightning keeps in its checkpoints (a run resumed mid-epoch
+continues with the same batches). Under DDP each rank reads different windows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from gpt_lab.config import input_path
+from gpt_lab.corpus import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
+from gpt_lab.tokenizer import ENDOFTEXT_ID
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"  # litdata's list of a split's chunks (file name, bytes, tokens)
+
+
+def shift_windows(blocks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate blocks of ``context_length + 1`` tokens into (inputs, targets), each (batch, context_length)."""
+    windows = torch.from_numpy(np.stack(blocks).astype(np.int64))  # litdata gives the stored uint16 arrays
+    return windows[:, :-1], windows[:, 1:]
+
+
+def split_chunks(data_dir: str, split: str) -> list[dict[str, Any]]:
+    """The chunks of ``split`` as litdata's index.json lists them; each local chunk is checked to be whole."""
+    split_dir = f"{str(data_dir).rstrip('/')}/{split}"
+    if is_url(split_dir):
+        import fsspec
+
+        with fsspec.open(f"{split_dir}/{INDEX_FILE}", "r") as f:
+            return json.load(f)["chunks"]
+    index = Path(split_dir, INDEX_FILE)
+    if not index.is_file():
+        raise CorpusError(f"data.dir={data_dir}: {index} is missing: the corpus is damaged; run task=prepare again")
+    chunks = json.loads(index.read_text(encoding="utf-8"))["chunks"]
+    for chunk in chunks:
+        path = Path(split_dir, chunk["filename"])
+        size = path.stat().st_size if path.is_file() else None
+        if size != chunk["chunk_bytes"]:
+            found = "missing" if size is None else f"{size} bytes, index.json says {chunk['chunk_bytes']}"
+            raise CorpusError(
+                f"data.dir={data_dir}: chunk {path} is damaged ({found}); run task=prepare again with "
+                "data.overwrite=true"
+            )
+    return chunks
+
+
+def count_windows(chunks: list[dict[str, Any]], block_size: int) -> int:
+    """Windows of ``block_size`` tokens litdata's TokensLoader cuts from these chunks (none spans two)."""
+    return sum(chunk["dim"] // block_size for chunk in chunks)
+
+
+class BoundedLoader:
+    """At most ``max_batches`` batches of ``loader`` (all of them when None): evaluation over a sample."""
+
+    def __init__(self, loader: Any, max_batches: int | None) -> None:
+        self.loader = loader
+        self.max_batches = max_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.loader), self.max_batches)
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return n if self.max_batches is None else min(n, self.max_batches)
+
+
+class CorpusDataModule(L.LightningDataModule):
+    """Training and validation windows of ``context_length + 1`` tokens from a prepared ``data_dir``.
+
+    ``setup`` reads ``meta.json`` and the splits' chunk lists and fails with a ``CorpusError``
+    naming the key (before any model is built) when the directory holds no complete corpus, was
+    prepared with another tokenizer, or a split is shorter than one window (or one batch).
+    ``eval_dataloader(split)`` gives the first ``eval_max_batches`` batches in order, for the initial
+    and final losses and ``task=evaluate``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        context_length: int,
+        batch_size: int,
+        seed: int = 123,
+        num_workers: int = 0,
+        eval_max_batches: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = str(data_dir)
+        self.context_length = context_length
+        self.block_size = context_length + 1
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.eval_max_batches = eval_max_batches
+        self.meta: dict[str, Any] | None = None
+        self.windows: dict[str, int] = {}
+
+    @property
+    def path(self) -> str:
+        return self.data_dir
+
+    @property
+    def n_train_tokens(self) -> int:
+        return self.meta["tokens"]["train"] if self.meta else 0
+
+    @property
+    def n_val_tokens(self) -> int:
+        return self.meta["tokens"]["val"] if self.meta else 0
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the prepared directory (cheap: meta.json, index.json, file sizes); later calls do nothing."""
+        if self.meta is not None:
+            return
+        meta = read_meta(self.data_dir)
+        if meta is None:
+            raise CorpusError(
+                f"data.dir={self.data_dir} holds no prepared corpus (no {META_FILE}): run task=prepare first, "
+                f"e.g. python scripts/run.py task=prepare data=corpus data.source=<files> data.dir={self.data_dir}"
+            )
+        if meta.get("tokenizer") != TOKENIZER_NAME or meta.get("eot_id") != ENDOFTEXT_ID:
+            raise CorpusError(
+                f"data.dir={self.data_dir} was prepared with tokenizer {meta.get('tokenizer')!r} "
+                f"(<|endoftext|> = {meta.get('eot_id')}); gpt_lab's models read {TOKENIZER_NAME!r} tokens "
+                f"(<|endoftext|> = {ENDOFTEXT_ID}): prepare the corpus again with task=prepare"
+            )
+        for split in SPLITS:
+            chunks = split_chunks(self.data_dir, split)
+            tokens = sum(chunk["dim"] for chunk in chunks)
+            if tokens != meta["tokens"][split]:
+                raise CorpusError(
+                    f"data.dir={self.data_dir}: the {split} chunks hold {tokens} tokens but {META_FILE} says "
+                    f"{meta['tokens'][split]}: the corpus is damaged; run task=prepare again with data.overwrite=true"
+                )
+            self.windows[split] = count_windows(chunks, self.block_size)
+            needed = self.batch_size if split == "train" else 1
+            if self.windows[split] < needed:
+                raise CorpusError(
+                    f"the {split} split of data.dir={self.data_dir} has {self.windows[split]} window(s) of "
+                    f"model.context_length+1={self.block_size} tokens ({tokens} tokens in {len(chunks)} chunk(s)) "
+                    f"and needs {needed} (data.batch_size={self.batch_size} for training): prepare more text"
+                    + (" or a larger data.val_fraction" if split == "val" else "")
+                    + ", or use a smaller model.context_length"
+                )
+        self.meta = meta
+        log.info(
+            "Corpus %s: %s training tokens in %s windows, %s validation tokens in %s windows of %d",
+            self.data_dir,
+            f"{meta['tokens']['train']:,}",
+            f"{self.windows['train']:,}",
+            f"{meta['tokens']['val']:,}",
+            f"{self.windows['val']:,}",
+            self.block_size,
+        )
+
+    def split_sizes(self) -> dict[str, Any]:
+        """What results.json records about the data: where it is and the size of each split."""
+        assert self.meta is not None, "call setup() first"
+        return {
+            "data_dir": self.data_dir,
+            "documents": self.meta["documents"],
+            "tokens": self.meta["tokens"],
+            "windows": dict(self.windows),
+        }
+
+    def _dataset(self, split: str, shuffle: bool) -> Any:
+        from litdata import StreamingDataset, TokensLoader
+
+        return StreamingDataset(
+            input_dir=f"{self.data_dir.rstrip('/')}/{split}",
+            item_loader=TokensLoader(block_size=self.block_size),
+            shuffle=shuffle,
+            seed=self.seed,
+            # A full permutation of each chunk's windows (litdata's default shuffles blocks of 256
+            # neighbouring windows: consecutive batches would come from the same few documents).
+            item_shuffle_window="full" if shuffle else None,
+        )
+
+    def _loader(self, split: str, shuffle: bool, drop_last: bool) -> Any:
+        from litdata import StreamingDataLoader
+
+        return StreamingDataLoader(
+            self._dataset(split, shuffle),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            drop_last=drop_last,
+            collate_fn=shift_windows,
+        )
+
+    def train_dataloader(self) -> Any:
+        """Shuffled full batches; stateful (Lightning saves and restores its position in checkpoints)."""
+        assert self.meta is not None, "call setup() first"
+        return self._loader("train", shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> Any:
+        """The validation windows in order (``trainer.limit_val_batches`` bounds how many are used)."""
+        assert self.meta is not None, "call setup() first"
+        return self._loader("val", shuffle=False, drop_last=False)
+
+    def eval_dataloader(self, split: str) -> BoundedLoader:
+        """The first ``eval_max_batches`` batches of ``split`` in order (None: the whole split)."""
+        assert self.meta is not None, "call setup() first"
+        return BoundedLoader(self._loader(split, shuffle=False, drop_last=False), self.eval_max_batches)
+
+
+def build_corpus_datamodule(cfg: Any, context_length: int) -> CorpusDataModule:
+    """The ``data=corpus`` module of a run: ``data.dir`` resolved against ``paths.root_dir`` (a URL stays)."""
+    if not cfg.data.dir:
+        raise CorpusError(
+            f"task={cfg.task.name} data=corpus needs data.dir: the directory task=prepare wrote, "
+            "e.g. data.dir=data/books"
+        )
+    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
+    return CorpusDataModule(
+        data_dir,
+        context_length=context_length,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.loader_workers,
+        eval_max_batches=cfg.data.eval_max_batches,
+    )

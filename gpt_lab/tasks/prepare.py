@@ -1,0 +1,59 @@
+"""The prepare task: tokenize ``data.source`` once into ``data.dir`` for ``data=corpus`` training.
+
+    python scripts/run.py task=prepare data=corpus data.source=<file|dir|glob> data.dir=<dir>
+
+Writes ``data.dir/train/``, ``data.dir/val/`` (litdata token chunks) and, last, ``data.dir/meta.json``
+(see gpt_lab/corpus.py). Preparing the same sources again does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gpt_lab.config import input_path
+from gpt_lab.corpus import CorpusError, is_url, prepare_corpus
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Prepare the corpus (``cfg`` validated); returns the results.json fields."""
+    if cfg.data.name != "corpus":
+        raise CorpusError(f"task=prepare needs data=corpus (got data.name={cfg.data.name}): add data=corpus")
+    for key in ("source", "dir"):
+        if not cfg.data[key]:
+            raise CorpusError(
+                f"task=prepare needs data.{key}: e.g. task=prepare data=corpus data.source=books/ data.dir=data/books"
+            )
+    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
+    meta = prepare_corpus(
+        source=cfg.data.source,
+        data_dir=data_dir,
+        root=cfg.paths.root_dir,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        overwrite=cfg.data.overwrite,
+    )
+    docs, tokens = meta["documents"], meta["tokens"]
+    log.info(
+        "%s %s: documents %d train / %d val, tokens %s train / %s val, %d file(s) skipped",
+        "Prepared" if meta["prepared"] else "Already prepared",
+        data_dir,
+        docs["train"],
+        docs["val"],
+        f"{tokens['train']:,}",
+        f"{tokens['val']:,}",
+        len(meta["skipped"]),
+    )
+    return {
+        "data_dir": data_dir,
+        "prepared": meta["prepared"],
+        "documents": docs,
+        "tokens": tokens,
+        "skipped": meta["skipped"],
+        "prepare_seconds": meta["prepare_seconds"] if meta["prepared"] else 0.0,
+    }

@@ -1,0 +1,358 @@
+"""task=prepare and data=corpus: exact counts, the split rule, windows, refusals, train/evaluate/resume/DDP.
+
+Expected token streams are computed here a second way: tiktoken's ``encode_ordinary`` of each file
+plus one ``<|endoftext|>``, concatenated in the documents' (sorted) order, cut into blocks of
+``context_length + 1``; the validation documents are ``random.Random(seed).sample`` of the usable ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_lab.config import validate_config
+from gpt_lab.corpus import META_FILE, prepare_corpus
+from gpt_lab.corpus_data import CorpusDataModule
+from gpt_lab.errors import ConfigError, UserError
+from gpt_lab.model import GPTModel
+from gpt_lab.tasks import run_task
+from gpt_lab.tokenizer import get_tokenizer
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONTEXT = 16
+BATCH = 4
+EOT = 50256
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "under", "mat", "door", "and", "a", "big", "small", "red", "blue"]
+# The model and run settings of the corpus runs: tiny, a few steps, no TensorBoard.
+SMALL = [
+    "data=corpus",
+    "model=tiny",
+    f"model.context_length={CONTEXT}",
+    "model.emb_dim=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    f"data.batch_size={BATCH}",
+    "logger=none",
+    "callbacks.lr_monitor=null",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_text.max_new_tokens=3",
+    "+trainer.enable_model_summary=false",
+    "max_new_tokens=3",
+]
+
+
+def _document(i: int, n_words: int = 120) -> str:
+    words = random.Random(i)  # not periodic: no two windows of the corpus are alike
+    return " ".join(words.choice(WORDS) for _ in range(n_words)) + ".\n"
+
+
+def _write_sources(src: Path) -> list[Path]:
+    """Six UTF-8 documents (one holding the literal text <|endoftext|>, one with \\r\\n line ends), a Latin-1
+    file and an empty file."""
+    src.mkdir(parents=True)
+    docs = []
+    for i in range(6):
+        text = _document(i) + ("He wrote <|endoftext|> in the story.\n" if i == 2 else "")
+        if i == 3:
+            text = text.replace(" ", "\r\n", 5)  # Windows line ends are part of the text
+        path = src / f"doc{i}.txt"
+        path.write_bytes(text.encode("utf-8"))
+        docs.append(path)
+    (src / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (src / "empty.txt").write_bytes(b"")
+    return docs
+
+
+def _tokens(path: Path) -> list[int]:
+    return [*get_tokenizer().encode_ordinary(path.read_bytes().decode("utf-8")), EOT]
+
+
+def _blocks(stream: list[int], size: int) -> list[list[int]]:
+    return [stream[i : i + size] for i in range(0, len(stream) - size + 1, size)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A prepared corpus (one worker, so each split is one chunk in document order) and its expected streams."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = _write_sources(root / "src")
+    meta = prepare_corpus("src", root / "prepared", root, val_fraction=0.34, seed=123, num_workers=1)
+    val_idx = set(random.Random(123).sample(range(6), round(0.34 * 6)))
+    streams = {"train": [], "val": []}
+    for i, path in enumerate(docs):
+        streams["val" if i in val_idx else "train"] += _tokens(path)
+    return {"root": root, "dir": root / "prepared", "meta": meta, "docs": docs, "streams": streams}
+
+
+def _config(root: Path, out: Path, *overrides: str) -> DictConfig:
+    paths = [f"paths.root_dir={root}", f"paths.project_dir={root}", f"paths.output_dir={out}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_corpus"):
+        return compose("config", overrides=[*SMALL, *overrides, *paths])
+
+
+def _datamodule(corpus: dict[str, Any], **kwargs: Any) -> CorpusDataModule:
+    dm = CorpusDataModule(str(corpus["dir"]), context_length=CONTEXT, batch_size=BATCH, **kwargs)
+    dm.setup()
+    return dm
+
+
+def _windows(batches: Any) -> list[list[int]]:
+    """Batches of (inputs, targets) → the blocks they came from (inputs + the last target)."""
+    out = []
+    for inputs, targets in batches:
+        assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the inputs shifted by one
+        out += torch.cat([inputs, targets[:, -1:]], dim=1).tolist()
+    return out
+
+
+def test_prepare_counts_documents_and_tokens_exactly(corpus: dict[str, Any]) -> None:
+    meta = corpus["meta"]
+    on_disk = json.loads((corpus["dir"] / META_FILE).read_text())
+    assert on_disk["tokens"] == meta["tokens"]
+    assert (meta["tokenizer"], meta["eot_id"]) == ("gpt2", EOT)
+    assert meta["documents"] == {"train": 4, "val": 2}
+    assert meta["tokens"] == {split: len(stream) for split, stream in corpus["streams"].items()}
+    assert sum(meta["tokens"].values()) == sum(len(_tokens(p)) for p in corpus["docs"])
+    # <|endoftext|> written in a document is ordinary text: one 50256 per document, at its end.
+    all_tokens = corpus["streams"]["train"] + corpus["streams"]["val"]
+    assert all_tokens.count(EOT) == 6
+    skipped = {Path(s["path"]).name: s["reason"] for s in meta["skipped"]}
+    assert set(skipped) == {"latin1.txt", "empty.txt"}
+    assert skipped["empty.txt"] == "empty" and skipped["latin1.txt"].startswith("not UTF-8")
+    assert not (corpus["dir"] / ".prepare-in-progress").exists()
+
+
+def test_windows_are_slices_of_the_token_stream(corpus: dict[str, Any]) -> None:
+    dm = _datamodule(corpus)
+    for split in ("train", "val"):
+        expected = _blocks(corpus["streams"][split], CONTEXT + 1)
+        assert dm.windows[split] == len(expected)
+        assert _windows(dm.eval_dataloader(split)) == expected
+    # Evaluation reads at most eval_max_batches batches, from the start of the split.
+    bounded = _datamodule(corpus, eval_max_batches=2).eval_dataloader("train")
+    assert len(bounded) == 2
+    assert _windows(bounded) == _blocks(corpus["streams"]["train"], CONTEXT + 1)[: 2 * BATCH]
+
+
+def test_training_windows_are_shuffled_with_the_seed(corpus: dict[str, Any]) -> None:
+    expected = _blocks(corpus["streams"]["train"], CONTEXT + 1)
+    epoch = _windows(_datamodule(corpus, seed=1).train_dataloader())
+    assert len(epoch) == len(expected) // BATCH * BATCH  # full batches only
+    assert Counter(map(tuple, epoch)) <= Counter(map(tuple, expected))  # each window at most once
+    assert epoch != expected[: len(epoch)]
+    assert _windows(_datamodule(corpus, seed=1).train_dataloader()) == epoch
+    assert _windows(_datamodule(corpus, seed=2).train_dataloader()) != epoch
+
+
+def test_prepare_again_does_nothing_and_other_sources_refuse(corpus: dict[str, Any]) -> None:
+    chunks = sorted((corpus["dir"] / "train").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in chunks]
+    again = prepare_corpus("src", corpus["dir"], corpus["root"], val_fraction=0.34, seed=123, num_workers=1)
+    assert again["prepared"] is False and again["tokens"] == corpus["meta"]["tokens"]
+    assert [p.stat().st_mtime_ns for p in chunks] == mtimes
+    with pytest.raises(UserError, match=r"data\.dir=.*another prepared corpus.*data\.overwrite=true"):
+        prepare_corpus("src/doc1.txt", corpus["dir"], corpus["root"], val_fraction=0.34, seed=123)
+    with pytest.raises(UserError, match=r"data\.dir=.*data\.overwrite=true"):  # other settings: another corpus
+        prepare_corpus("src", corpus["dir"], corpus["root"], val_fraction=0.5, seed=123)
+
+
+def test_prepare_refuses_bad_sources_and_directories(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"data\.source=nothing/\*\.txt matches no file"):
+        prepare_corpus("nothing/*.txt", tmp_path / "out", tmp_path, 0.1, 123)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match=r"data\.source=bad has no usable document"):
+        prepare_corpus("bad", tmp_path / "out", tmp_path, 0.1, 123)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match=r"data\.dir=.*a-file/corpus is not writable"):
+        prepare_corpus("bad", tmp_path / "a-file" / "corpus", tmp_path, 0.1, 123)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"data\.dir=.*full already holds other files \(notes\.txt\)"):
+        prepare_corpus("bad", tmp_path / "full", tmp_path, 0.1, 123)
+
+
+def test_single_document_validates_on_its_last_tokens_and_interrupted_prepare_leaves_no_meta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpt_lab.corpus as corpus_module
+
+    doc = tmp_path / "book.txt"
+    doc.write_text(_document(0, 400), encoding="utf-8")
+    out = tmp_path / "out"
+    real_write_split = corpus_module.write_split
+
+    def interrupted(inputs: list[str], output_dir: Path, *args: Any, **kwargs: Any) -> int:
+        if output_dir.name == "val":
+            raise KeyboardInterrupt
+        return real_write_split(inputs, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(corpus_module, "write_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus("book.txt", out, tmp_path, 0.1, 123, num_workers=1)
+    assert (out / "train").is_dir() and not (out / META_FILE).exists()
+    monkeypatch.setattr(corpus_module, "write_split", real_write_split)
+
+    meta = prepare_corpus("book.txt", out, tmp_path, 0.1, 123, num_workers=1)  # the leftovers are replaced
+    tokens = _tokens(doc)
+    n_val = round(0.1 * len(tokens))
+    assert meta["documents"] == {"train": 1, "val": 1}
+    assert meta["tokens"] == {"train": len(tokens) - n_val, "val": n_val}
+    dm = CorpusDataModule(str(out), context_length=CONTEXT, batch_size=BATCH)
+    dm.setup()
+    assert _windows(dm.eval_dataloader("val")) == _blocks(tokens[-n_val:], CONTEXT + 1)
+
+
+def test_train_and_evaluate_refuse_a_directory_without_a_usable_corpus(corpus: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"data\.dir=.*holds no prepared corpus.*run task=prepare first"):
+        run_task(_config(tmp_path, tmp_path / "r1", "task=train", f"data.dir={tmp_path}"))
+    with pytest.raises(UserError, match=r"split of data\.dir=.*model\.context_length\+1=2049"):
+        run_task(
+            _config(corpus["root"], tmp_path / "r2", "task=evaluate", "data.dir=prepared", "model.context_length=2048")
+        )
+    # Another tokenizer's corpus, and a damaged chunk (copies of the prepared directory).
+    other = tmp_path / "other"
+    shutil.copytree(corpus["dir"], other)
+    meta = json.loads((other / META_FILE).read_text())
+    (other / META_FILE).write_text(json.dumps({**meta, "tokenizer": "cl100k_base"}))
+    with pytest.raises(UserError, match=r"data\.dir=.*prepared with tokenizer 'cl100k_base'"):
+        run_task(_config(tmp_path, tmp_path / "r3", "task=train", f"data.dir={other}"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(corpus["dir"], damaged)
+    chunk = next((damaged / "train").glob("*.bin"))
+    chunk.write_bytes(chunk.read_bytes()[:-10])
+    with pytest.raises(UserError, match=r"data\.dir=.*chunk .* is damaged"):
+        run_task(_config(tmp_path, tmp_path / "r4", "task=evaluate", f"data.dir={damaged}"))
+
+
+def test_corpus_config_composes_and_its_keys_are_checked(compose_config: Callable) -> None:
+    cfg = validate_config(compose_config("task=prepare", "data=corpus"))
+    assert (cfg.task.name, cfg.data.name, cfg.data.val_fraction, cfg.data.num_workers) == (
+        "prepare",
+        "corpus",
+        0.01,
+        None,
+    )
+    assert cfg.trainer.limit_val_batches == cfg.data.eval_max_batches == 50  # bounded evaluation by default
+    assert validate_config(compose_config()).data.name == "text"
+    with pytest.raises(ConfigError, match=r"data\.val_fraction=1\.5 must be in \(0, 1\)"):
+        validate_config(compose_config("data=corpus", "data.val_fraction=1.5"))
+    with pytest.raises(ConfigError, match=r"data\.eval_max_batches=0 must be >= 1, or null"):
+        validate_config(compose_config("data=corpus", "data.eval_max_batches=0"))
+
+
+class BatchRecorder(L.Callback):
+    """Appends each training batch's windows to ``path`` (one JSON line per step, per rank)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as f:
+            f.write(json.dumps(_windows([batch])) + "\n")
+
+
+def _recorded(path: Path, rank: int = 0) -> list[list[list[int]]]:
+    return [json.loads(line) for line in Path(f"{path}.rank{rank}").read_text().splitlines()]
+
+
+def test_train_lowers_the_loss_then_evaluate_reports_loss_and_perplexity(
+    corpus: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "train"
+    steps = 24
+    results = run_task(
+        _config(corpus["root"], out, "task=train", "data.dir=prepared", f"++trainer.max_steps={steps}", "optim.lr=0.02")
+    )
+    assert results["status"] == "completed"
+    assert results["val_loss"] < results["initial_val_loss"] - 0.5
+    assert results["train_loss"] < results["initial_train_loss"] - 0.5
+    assert results["tokens_seen"] == steps * BATCH * CONTEXT
+    assert results["data_dir"] == str(corpus["dir"])
+    assert results["tokens"] == corpus["meta"]["tokens"] and results["documents"] == {"train": 4, "val": 2}
+
+    evaluated = run_task(
+        _config(
+            corpus["root"], tmp_path / "eval", "task=evaluate", "data.dir=prepared", f"init_from={out / 'model.pth'}"
+        )
+    )
+    # The loss written out: the trained weights on every validation window (fewer than eval_max_batches).
+    model = GPTModel(OmegaConf.to_container(_config(corpus["root"], out).model)).eval()
+    model.load_state_dict(torch.load(out / "model.pth", weights_only=True))
+    blocks = torch.tensor(_blocks(corpus["streams"]["val"], CONTEXT + 1))
+    with torch.no_grad():
+        logits = model(blocks[:, :-1])
+    expected = F.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item()
+    assert evaluated["loss"] == pytest.approx(expected, rel=1e-5)
+    assert evaluated["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert evaluated["eval_windows"] == len(blocks)
+
+
+def test_resume_mid_epoch_continues_with_the_same_batches(corpus: dict[str, Any], tmp_path: Path) -> None:
+    n_batches = len(_blocks(corpus["streams"]["train"], CONTEXT + 1)) // BATCH
+    assert n_batches >= 6  # step 3 is in the middle of the first epoch
+    every = [
+        "callbacks.model_checkpoint.every_n_epochs=null",
+        "++callbacks.model_checkpoint.every_n_train_steps=3",
+        "+callbacks.recorder._target_=test_corpus.BatchRecorder",
+    ]
+
+    def train(name: str, *overrides: str) -> dict:
+        record = f"+callbacks.recorder.path={tmp_path / name}.batches"
+        # No dropout: the weights then depend only on the batches and the optimizer's state.
+        settings = ["task=train", "data.dir=prepared", "dropout=none", *every, record, *overrides]
+        return run_task(_config(corpus["root"], tmp_path / name, *settings))
+
+    train("whole", "++trainer.max_steps=5")
+    checkpoint = next((tmp_path / "whole" / "checkpoints").glob("*step3*.ckpt"))
+    train("resumed", "++trainer.max_steps=5", f"ckpt_path={checkpoint}")
+    whole, resumed = _recorded(tmp_path / "whole.batches"), _recorded(tmp_path / "resumed.batches")
+    assert len(whole) == 5 and len(resumed) == 2
+    assert resumed == whole[3:]
+    a = torch.load(tmp_path / "whole" / "model.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_ddp_ranks_read_different_windows(
+    corpus: dict[str, Any], tmp_path: Path, run_cli: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the processes import BatchRecorder from here
+    record = tmp_path / "ddp.batches"
+    proc = run_cli(
+        "task=train",
+        *SMALL,
+        f"data.dir={corpus['dir']}",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "++trainer.max_steps=2",
+        "data.eval_max_batches=1",
+        "+callbacks.recorder._target_=test_corpus.BatchRecorder",
+        f"+callbacks.recorder.path={record}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = {tuple(w) for step in _recorded(record, 0) for w in step}
+    rank1 = {tuple(w) for step in _recorded(record, 1) for w in step}
+    assert len(rank0) == len(rank1) == 2 * BATCH
+    assert not rank0 & rank1
+    expected = {tuple(b) for b in _blocks(corpus["streams"]["train"], CONTEXT + 1)}
+    assert rank0 | rank1 <= expected
+    assert np.isfinite(json.loads((tmp_path / "run" / "results.json").read_text())["val_loss"])
