@@ -12,9 +12,11 @@ products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
   and lives only as long as the ``Decoder``.
 
 The split product needs every thread at once: when another process holds a core, each step waits
-for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s). So the
-``Decoder`` times its steps and keeps whichever of the split and the plain single-thread products
-is faster, re-trying the other one now and then (``PathChooser``).
+for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s). So every
+``PROBE_EVERY`` steps the ``Decoder`` times one single-row product of its largest block layer both
+ways (split across the threads, and plain on one thread; about 1 ms each on GPT-2 small, a few
+steps' worth of nothing) and runs the next steps on the faster path. A core taken or freed by
+another process mid-generation is noticed within ``PROBE_EVERY`` steps.
 
 Usage (``generate`` does this)::
 
@@ -33,7 +35,7 @@ import contextlib
 import functools
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 import torch
@@ -76,47 +78,17 @@ def transposed_chunks(weight: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-class PathChooser:
-    """Picks ``split`` or ``plain`` for each step from measured step times.
+PATHS = ("split", "plain")
+PROBE_EVERY = 16  # steps between two comparisons of the paths
 
-    The first two steps try one path each; then the faster one runs, and the other is tried once
-    more after ``every`` steps, so a core taken (or freed) by another process mid-generation is
-    noticed. Each time the retry confirms the choice the interval doubles (up to ``max_every``):
-    a losing path can be 5x slower under load, and retrying it costs that much. Only the last
-    ``window`` times of each path count (medians).
-    """
 
-    PATHS = ("split", "plain")
-
-    def __init__(self, every: int = 16, max_every: int = 128, window: int = 5) -> None:
-        self.min_every, self.max_every, self.window = every, max_every, window
-        self.every = every
-        self.times: dict[str, list[float]] = {p: [] for p in self.PATHS}
-        self.best = self.PATHS[0]
-        self.since_retry = 0
-        self.compared = False  # both paths timed once
-
-    def next_path(self) -> str:
-        untried = [p for p in self.PATHS if not self.times[p]]
-        if untried:
-            return untried[0]
-        if self.since_retry >= self.every:
-            return self.PATHS[1 - self.PATHS.index(self.best)]
-        return self.best
-
-    def record(self, path: str, seconds: float) -> None:
-        self.times[path] = [*self.times[path][-(self.window - 1) :], seconds]
-        if not all(self.times.values()):
-            return
-        best = min(self.PATHS, key=lambda p: statistics.median(self.times[p]))
-        if path != self.best or best != self.best:  # a first comparison or a retry: settle the choice
-            confirmed = best == self.best and self.compared
-            self.every = min(2 * self.every, self.max_every) if confirmed else self.min_every
-            self.compared = True
-            self.best = best
-            self.since_retry = 0
-        else:
-            self.since_retry += 1
+def faster_path(seconds_of: Callable[[str], float], reps: int = 3) -> str:
+    """The path of ``PATHS`` whose ``seconds_of(path)`` has the lower median over ``reps`` alternated timings."""
+    times: dict[str, list[float]] = {p: [] for p in PATHS}
+    for _ in range(reps):
+        for path in PATHS:
+            times[path].append(seconds_of(path))
+    return min(PATHS, key=lambda p: statistics.median(times[p]))
 
 
 class Decoder:
@@ -127,11 +99,11 @@ class Decoder:
     """
 
     def __init__(self, model: nn.Module, path: str = "auto", head: str = "out_head") -> None:
-        if path not in ("auto", *PathChooser.PATHS):
+        if path not in ("auto", *PATHS):
             raise ValueError(f"path={path!r} must be 'auto', 'split' or 'plain'")
         self.model = model
         self.fixed_path = None if path == "auto" else path
-        self.chooser = PathChooser()
+        self.steps = 0
         self.threads = torch.get_num_threads()
         self.head = getattr(model, head, None) if isinstance(getattr(model, head, None), nn.Linear) else None
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not self.head]
@@ -139,8 +111,9 @@ class Decoder:
         if self.head is not None:
             self.forwards.append((self.head, self._head))
         self.head_chunks: torch.Tensor | None = None
-        self.path = self.fixed_path or PathChooser.PATHS[0]
-        self.last_path: str | None = None
+        self.path = self.fixed_path or PATHS[0]
+        # The probe: the largest block layer, one row (a generation step's product).
+        self.probe = max(self.linears, key=lambda m: m.weight.numel(), default=None)
 
     def __enter__(self) -> Decoder:
         weight = self.head.weight if self.head is not None else None
@@ -154,12 +127,11 @@ class Decoder:
         self.head_chunks = None
 
     @contextlib.contextmanager
-    def step(self, timed: bool = True) -> Iterator[None]:
-        """One generation step: the layers run the chosen product; a ``timed`` step's time feeds the choice.
-
-        Time only comparable steps (one new token per sequence), not the prompt.
-        """
-        self.path = self.fixed_path or self.chooser.next_path()
+    def step(self) -> Iterator[None]:
+        """One generation step: the layers run the chosen product (re-chosen every ``PROBE_EVERY`` steps)."""
+        if self.fixed_path is None and self.steps % PROBE_EVERY == 0 and self.probe is not None:
+            self.path = faster_path(self._probe_seconds)
+        self.steps += 1
         # An instance attribute shadows nn.Linear.forward; written straight into the instance dict
         # (nn.Module's __setattr__ bookkeeping costs ~0.5 ms a step over GPT-2's 73 layers).
         for linear, forward in self.forwards:
@@ -168,18 +140,31 @@ class Decoder:
         single = self.path == "plain" and self.threads > 1
         if single:
             torch.set_num_threads(1)
-        start = time.perf_counter()
         try:
             yield
         finally:
-            seconds = time.perf_counter() - start
             if single:
                 torch.set_num_threads(self.threads)
             for linear, _ in self.forwards:
                 del vars(linear)["forward"]  # back to nn.Linear.forward
-        self.last_path = self.path
-        if self.fixed_path is None and timed:
-            self.chooser.record(self.path, seconds)
+
+    def _probe_seconds(self, path: str) -> float:
+        """Seconds of one single-row product of the probe layer on ``path`` (about 1 ms on GPT-2 small)."""
+        weight, bias = self.probe.weight, self.probe.bias
+        if weight.device.type != "cpu":
+            return 0.0
+        x = weight.new_zeros(1, 1, weight.shape[1])
+        single = path == "plain" and self.threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                start = time.perf_counter()
+                split_linear(x, weight, bias, self.threads if path == "split" else 1)
+                return time.perf_counter() - start
+        finally:
+            if single:
+                torch.set_num_threads(self.threads)
 
     def _linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         if self.path == "split" and is_decode_call(x):

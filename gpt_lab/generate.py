@@ -125,8 +125,7 @@ def _steps(
                 # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
                 cached = cache is not None and idx.shape[1] <= cache.max_len
                 new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
-                # Only one-token steps are timed for the decoder's choice (not the prompt, not a full window).
-                step = decoder.step(timed=new_ids.shape[1] == 1) if decoder else contextlib.nullcontext()
+                step = decoder.step() if decoder else contextlib.nullcontext()
                 with torch.no_grad(), step:
                     logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
                     idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)

@@ -16,7 +16,7 @@ from torch import nn
 
 import gpt_lab.generate as generate_mod
 from gpt_lab.book_reference import GPT_CONFIG_124M
-from gpt_lab.decoding import Decoder, PathChooser, is_decode_call, split_linear
+from gpt_lab.decoding import PROBE_EVERY, Decoder, faster_path, is_decode_call, split_linear
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GPTModel
 
@@ -76,7 +76,7 @@ def test_decode_step_logits_equal_plain_modules(threads: int, path: str) -> None
     idx = torch.randint(0, TINY["vocab_size"], (1, 6))
     cache = model.new_kv_cache(1)
     with torch.no_grad(), Decoder(model, path=path) as decoder:
-        with decoder.step(timed=False):
+        with decoder.step():
             model(idx[:, :5], kv_cache=cache)
         with decoder.step():
             step = model(idx[:, 5:], kv_cache=cache)
@@ -128,26 +128,25 @@ def test_head_copy_built_under_inference_mode_is_a_normal_tensor() -> None:
         assert not decoder.head_chunks.is_inference()
 
 
-def test_path_chooser_keeps_the_faster_path_and_notices_a_change() -> None:
-    chooser = PathChooser(every=4, max_every=8)
-    cost = {"split": 1.0, "plain": 3.0}  # an idle machine: the split products win
-    seen = []
-    for _ in range(40):
-        path = chooser.next_path()
-        seen.append(path)
-        chooser.record(path, cost[path])
-    assert seen[:2] == ["split", "plain"]  # one try each
-    assert seen[2:6] == ["split"] * 4 and seen[6] == "plain"  # then the faster, and a retry after 4 steps
-    assert seen[7:15] == ["split"] * 8 and seen[15] == "plain"  # a confirmed choice retries half as often
-    assert seen.count("plain") <= 6
-    cost = {"split": 5.0, "plain": 3.0}  # another process takes a core: split collapses
-    seen = []
-    for _ in range(20):
-        path = chooser.next_path()
-        seen.append(path)
-        chooser.record(path, cost[path])
-    assert chooser.best == "plain"
-    assert seen[-16:].count("split") <= 2  # retries only, ever rarer
+def test_faster_path_takes_the_lower_median() -> None:
+    noisy = iter([1.0, 9.0, 1.0, 2.0, 7.0, 2.0])  # split, plain, split, ...: one outlier each
+    assert faster_path(lambda path: next(noisy)) == "split"
+    assert faster_path(lambda path: {"split": 5.0, "plain": 3.0}[path]) == "plain"  # a core is taken
+
+
+def test_decoder_probes_every_few_steps_and_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    cost = {"split": 1.0, "plain": 2.0}
+    with torch.no_grad(), Decoder(model) as decoder:
+        monkeypatch.setattr(decoder, "_probe_seconds", lambda path: cost[path])
+        paths = []
+        for i in range(2 * PROBE_EVERY):
+            if i == PROBE_EVERY // 2:
+                cost = {"split": 5.0, "plain": 2.0}  # another process takes a core mid-generation
+            with decoder.step():
+                paths.append(decoder.path)
+    assert paths == ["split"] * PROBE_EVERY + ["plain"] * PROBE_EVERY
+    assert 0 < Decoder(model)._probe_seconds("split") < 10  # the real probe runs a product
     with pytest.raises(ValueError, match="path='fast'"):
         Decoder(tiny_model(), path="fast")
 
