@@ -141,6 +141,7 @@ class Config:
     stream: bool | None = MISSING  # print tokens as they come; null: when stdout is a terminal
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
+    compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from gpt_lab.decoding import Decoder
 from gpt_lab.model import GPTModel
 
 
@@ -113,19 +114,20 @@ def _steps(
     was_training = model.training
     model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
-    # Only the last position's logits are used: GPTModel can skip the output head for the others,
-    # and keep a faster copy of it while this loop runs.
-    fast = isinstance(model, GPTModel)
-    last = {"last_only": True} if fast else {}
+    # GPTModel computes only the last position's logits on request (the output head is a third of
+    # the work per token), and its CPU steps run gpt_lab.decoding's faster products.
+    is_gpt_model = isinstance(model, GPTModel)
+    last = {"last_only": True} if is_gpt_model else {}
+    decoder = Decoder(model) if is_gpt_model and idx.device.type == "cpu" else None
     try:
-        with model.generation_mode() if fast else contextlib.nullcontext():
+        with decoder or contextlib.nullcontext():
             for _ in range(max_new_tokens):
                 # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
-                with torch.no_grad():
-                    if cache is not None and idx.shape[1] <= cache.max_len:
-                        logits = model(idx[:, cache.pos :], kv_cache=cache, **last)
-                    else:
-                        logits = model(idx[:, -context_size:], **last)
+                cached = cache is not None and idx.shape[1] <= cache.max_len
+                new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
+                step = decoder.step() if decoder else contextlib.nullcontext()
+                with torch.no_grad(), step:
+                    logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
                     idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 if eos_id is not None and bool((idx_next == eos_id).all()):
                     break

@@ -5,14 +5,17 @@ Modules are created in the book's order with PyTorch's default initialisation, s
 book's (pre-LayerNorm blocks, biased variance, eps 1e-5, tanh GELU, causal multi-head attention)
 but runs through ``F.layer_norm``, ``F.gelu`` and ``F.scaled_dot_product_attention``.
 
+Generation's extras are two optional arguments of ``GPTModel.forward``: a key/value cache
+(``kv_cache``) and ``last_only`` (logits of the last position only). The CPU decoding products live
+in ``gpt_lab.decoding``, which ``gpt_lab.generate`` drives; these classes know nothing of them.
+
 Pure PyTorch: no Lightning, no Hydra.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,45 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 BOOK_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
-
-# Decoding fast path (inference on CPU, a few rows at a time). MKL runs ``F.linear`` on a single row
-# as one single-threaded matrix-vector product over the (out, in) weight, which reaches about half
-# the memory bandwidth that generation is bound by. Splitting the output features into one chunk per
-# thread and running them as a batched product uses every core, with no copy of the weights.
-_DECODE_MAX_ROWS = 4
-
-
-def _use_decode_path(x: torch.Tensor) -> bool:
-    """True for a no-grad CPU call on at most ``_DECODE_MAX_ROWS`` rows (a generation step)."""
-    return (
-        not torch.jit.is_tracing()
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.numel() <= _DECODE_MAX_ROWS * x.shape[-1]
-    )
-
-
-def _split_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``linear(x)`` for a few rows, the output features split in one chunk per thread (see above)."""
-    weight, bias = linear.weight, linear.bias
-    n_out, n_in = weight.shape
-    k = torch.get_num_threads()
-    if k == 1:
-        return linear(x)
-    n = n_out // k
-    rows = x.reshape(1, -1, n_in).expand(k, -1, n_in)  # (k, rows, n_in)
-    chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n)
-    # (k, rows, n)
-    y = torch.bmm(rows, chunks) if bias is None else torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks)
-    y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)
-    if k * n < n_out:  # the last n_out % k features (an odd vocabulary)
-        rest = F.linear(x, weight[k * n :], None if bias is None else bias[k * n :])
-        y = torch.cat((y, rest), dim=-1)
-    return y
-
-
-def _linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    return _split_linear(x, linear) if _use_decode_path(x) else linear(x)
 
 
 def model_config_dict(cfg: Any) -> dict[str, Any]:
@@ -115,8 +79,6 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_decode_path(x):
-            return _split_linear(self.layers[1](_split_linear(x, self.layers[0])), self.layers[2])
         return self.layers(x)
 
 
@@ -183,9 +145,9 @@ class MultiHeadAttention(nn.Module):
         """``x``: (b, t, d_in). ``kv``: this layer's cache buffers, ``start``: position of ``x[:, 0]``."""
         b, t, _ = x.shape
         # (b, n_heads, t, head_dim)
-        q = _linear(x, self.W_query).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = _linear(x, self.W_key).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = _linear(x, self.W_value).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         if kv is not None:
             k_buf, v_buf = kv
             k_buf[:, :, start : start + t] = k
@@ -204,7 +166,7 @@ class MultiHeadAttention(nn.Module):
             is_causal=bool(start == 0 and t > 1),  # bool(): sizes are tensors under torch.jit.trace (graph)
         )
         ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
-        return _linear(ctx, self.out_proj)
+        return self.out_proj(ctx)
 
 
 def _drop_book_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -259,10 +221,6 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
-        # A derived copy of out_head.weight, kept only inside generation_mode() (see _head); a plain
-        # attribute, so it is neither a parameter nor in the state dict.
-        self._head_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
-        self._generating = 0
 
     def forward(
         self,
@@ -295,46 +253,7 @@ class GPTModel(nn.Module):
             kv_cache.pos = start + t
         if last_only:
             x = x[:, -1:]
-        return self._head(self.final_norm(x))
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        """``out_head(x)``; on a generation step, split across threads, from a transposed copy if allowed.
-
-        The head is the largest matrix (vocab x emb_dim). For one row, MKL reads a weight in the
-        (emb_dim, vocab) layout about 1.6x faster than in nn.Linear's (vocab, emb_dim). The copy costs
-        one head's memory, so it lives only inside ``generation_mode()`` (the weights cannot change
-        there: ``generate`` holds it); outside, the split product reads the weight itself.
-        """
-        if not _use_decode_path(x):
-            return self.out_head(x)
-        if not self._generating:
-            return _split_linear(x, self.out_head)
-        weight = self.out_head.weight
-        k = torch.get_num_threads()
-        # A changed weight inside the block is still noticed when it changes storage, dtype or version.
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape, k)
-        if self._head_cache is None or self._head_cache[0] != key:
-            self._head_cache = None  # free the stale copy before building the new one
-            self._head_cache = (key, _split_transposed(weight.detach(), k))
-        chunks = self._head_cache[1]  # (k, emb_dim, n)
-        n_vocab, d = weight.shape
-        y = torch.bmm(x.reshape(1, -1, d).expand(k, -1, d), chunks)  # (k, rows, n)
-        return y.transpose(0, 1).reshape(*x.shape[:-1], -1)[..., :n_vocab]
-
-    @contextlib.contextmanager
-    def generation_mode(self) -> Iterator[GPTModel]:
-        """A block of generation steps with fixed weights: the output head may keep a transposed copy.
-
-        ``generate`` uses it. The copy (vocab x emb_dim floats) is freed when the block ends; do not
-        train inside it (an optimizer step is not always visible to the copy's staleness check).
-        """
-        self._generating += 1
-        try:
-            yield self
-        finally:
-            self._generating -= 1
-            if not self._generating:
-                self._head_cache = None
+        return self.out_head(self.final_norm(x))
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
@@ -349,18 +268,6 @@ class GPTModel(nn.Module):
             self.out_head.weight.dtype,
             self.out_head.weight.device,
         )
-
-
-def _split_transposed(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """``weight`` (n_out, n_in) as ``k`` contiguous (n_in, n) chunks of its rows, zero-padded: (k, n_in, n)."""
-    n_out, n_in = weight.shape
-    n = -(-n_out // k)
-    with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
-        out = weight.new_zeros(k, n_in, n)
-        for j in range(k):
-            rows = weight[j * n : (j + 1) * n]
-            out[j, :, : rows.shape[0]] = rows.t()
-    return out
 
 
 class DummyTransformerBlock(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from book_reference import RefGPT
 from configs import TINY
 
+from gpt_lab.book_reference import RefGPT
 from gpt_lab.checkpoints import export_book_state_dict, save_book_checkpoint
 from gpt_lab.model import GPTModel
 

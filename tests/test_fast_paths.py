@@ -1,26 +1,28 @@
-"""Correctness of the inference fast paths in gpt_lab.model / gpt_lab.generate.
+"""Correctness of the CPU decoding fast path (gpt_lab.decoding) that gpt_lab.generate drives.
 
-Each fast path is compared with the plain computation (``nn.Linear``, the full forward, the book's
+Each fast product is compared with the plain computation (``nn.Linear``, the full forward, the book's
 loop). Timings live in scripts/bench.py, not here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from collections.abc import Iterator
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M
-from book_reference import TINY as BOOK_TINY
+from configs import TINY as BOOK_TINY
 from torch import nn
 
-from gpt_lab import model as model_mod
+import gpt_lab.generate as generate_mod
+from gpt_lab.book_reference import GPT_CONFIG_124M
+from gpt_lab.decoding import PROBE_EVERY, Decoder, faster_path, is_decode_call, split_linear
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GPTModel
 
 # An odd vocabulary: the head's split copy is zero-padded.
 TINY = {**BOOK_TINY, "vocab_size": 65, "n_heads": 2, "qkv_bias": True}
+PATHS = ["split", "plain"]
 
 
 @pytest.fixture(params=[1, 2, 3])
@@ -39,24 +41,25 @@ def tiny_model(**overrides: object) -> GPTModel:
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_split_linear_equals_linear(threads: int, bias: bool, rows: int) -> None:
+@pytest.mark.parametrize("k", [1, 2, 3])  # 3: the last features do not fill a chunk
+def test_split_linear_equals_linear(k: int, bias: bool, rows: int) -> None:
     torch.manual_seed(1)
-    linear = nn.Linear(12, 19, bias=bias)  # 19: the last features do not fill a chunk
+    linear = nn.Linear(12, 19, bias=bias)
     x = torch.randn(1, rows, 12)
     with torch.no_grad():
-        torch.testing.assert_close(model_mod._split_linear(x, linear), linear(x))
+        torch.testing.assert_close(split_linear(x, linear.weight, linear.bias, k), linear(x))
 
 
-def test_decode_path_only_without_grad() -> None:
+def test_decode_call_only_without_grad() -> None:
     x = torch.randn(1, 1, 16)
     with torch.no_grad():
-        assert model_mod._use_decode_path(x)
-    assert not model_mod._use_decode_path(x)  # training keeps nn.Linear (autograd, fused GEMMs)
+        assert is_decode_call(x)
+    assert not is_decode_call(x)  # training keeps nn.Linear (autograd, fused GEMMs)
     with torch.no_grad():
-        assert not model_mod._use_decode_path(torch.randn(2, 8, 16))  # a full forward: GEMMs
+        assert not is_decode_call(torch.randn(2, 8, 16))  # a full forward: GEMMs
 
 
-def test_last_only_equals_full_forward_last_position(threads: int) -> None:
+def test_last_only_equals_full_forward_last_position() -> None:
     model = tiny_model()
     idx = torch.randint(0, TINY["vocab_size"], (2, 5))
     with torch.no_grad():
@@ -66,89 +69,86 @@ def test_last_only_equals_full_forward_last_position(threads: int) -> None:
     torch.testing.assert_close(last, full[:, -1:])
 
 
-@pytest.mark.parametrize("generating", [False, True])
-def test_decode_step_logits_equal_plain_modules(threads: int, generating: bool) -> None:
-    """A cached one-token step (split products, head copy) matches recomputing with nn.Linear."""
+@pytest.mark.parametrize("path", PATHS)
+def test_decode_step_logits_equal_plain_modules(threads: int, path: str) -> None:
+    """A cached one-token step through the decoder (split or plain products, head copy) matches nn.Linear."""
     model = tiny_model()
     idx = torch.randint(0, TINY["vocab_size"], (1, 6))
-    with torch.no_grad(), model.generation_mode() if generating else contextlib.nullcontext():
-        cache = model.new_kv_cache(1)
-        model(idx[:, :5], kv_cache=cache)
-        step = model(idx[:, 5:], kv_cache=cache)
-        assert (model._head_cache is not None) == generating
+    cache = model.new_kv_cache(1)
+    with torch.no_grad(), Decoder(model, path=path) as decoder:
+        with decoder.step():
+            model(idx[:, :5], kv_cache=cache)
+        with decoder.step():
+            step = model(idx[:, 5:], kv_cache=cache)
+        assert decoder.head_chunks is not None  # the head's transposed copy was used
+        assert torch.get_num_threads() == threads  # the plain path's single thread is restored
+    assert decoder.head_chunks is None  # and freed when the decoder closes
     full = model(idx)  # with grad: plain nn.Linear everywhere
     torch.testing.assert_close(step, full[:, 5:].detach())
 
 
-def _step_logits(model: GPTModel, idx: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), model.generation_mode():
-        out = model(idx, last_only=True)
-        assert model._head_cache is not None  # the head's transposed copy was used
-    assert model._head_cache is None  # and freed at the end of the block
-    return out
-
-
-def _reference_logits(model: GPTModel, idx: torch.Tensor) -> torch.Tensor:
-    return model(idx)[:, -1:].detach()  # grad on: no fast path
-
-
-def test_head_copy_not_in_state_dict_and_tied_weights(threads: int) -> None:
+def test_model_is_the_books_between_steps() -> None:
+    """The layers' forward is replaced only inside a step; nothing is added to the state dict."""
     model = tiny_model(tie_weights=True)
     keys = set(model.state_dict())
-    with torch.no_grad(), model.generation_mode():
-        out = model(torch.tensor([[1]]))
-        assert model._head_cache is not None
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad(), Decoder(model) as decoder:
+        with decoder.step():
+            assert all("forward" in vars(m) for m in linears)
+            out = model(torch.tensor([[1]]))
+        assert not any("forward" in vars(m) for m in linears)
         assert set(model.state_dict()) == keys
         assert [name for name, _ in model.named_buffers()] == []
-    torch.testing.assert_close(out, _reference_logits(model, torch.tensor([[1]])))
+    torch.testing.assert_close(out, model(torch.tensor([[1]])).detach())
 
 
-def test_head_copy_fresh_after_optimizer_steps(threads: int) -> None:
+def test_a_new_decoder_sees_optimizer_steps(threads: int) -> None:
     model = tiny_model()
     idx = torch.tensor([[3]])
-    before = _step_logits(model, idx)
-    # Fused AdamW does not bump version counters: the copy must not outlive generation_mode().
-    for fused in (True, False):
+
+    def step_logits() -> torch.Tensor:
+        with torch.no_grad(), Decoder(model) as decoder, decoder.step():
+            return model(idx, last_only=True)
+
+    before = step_logits()
+    for fused in (True, False):  # fused AdamW writes the weights in place
         opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
         model.train()
         model(torch.randint(0, TINY["vocab_size"], (2, 8))).logsumexp(-1).mean().backward()
         opt.step()
         model.eval()
-        after = _step_logits(model, idx)
-        torch.testing.assert_close(after, _reference_logits(model, idx))
-    assert not torch.allclose(after, before)
+        torch.testing.assert_close(step_logits(), model(idx)[:, -1:].detach())
+    assert not torch.allclose(step_logits(), before)
 
 
-def test_head_copy_follows_changes_inside_generation_mode(threads: int) -> None:
+def test_head_copy_built_under_inference_mode_is_a_normal_tensor() -> None:
     model = tiny_model()
-    idx = torch.tensor([[5]])
-    torch.manual_seed(42)
-    other = GPTModel(TINY).eval()
-    with torch.no_grad(), model.generation_mode():
-        model(idx, last_only=True)  # builds the head copy
-        model.load_state_dict(other.state_dict())
-        torch.testing.assert_close(model(idx, last_only=True), _reference_logits(other, idx))
-        model.out_head.weight.mul_(2.0)
-        doubled = model(idx, last_only=True)
-        model.double()
-        as_double = model(idx, last_only=True)
-    torch.testing.assert_close(doubled.double(), _reference_logits(model, idx), rtol=1e-5, atol=1e-5)
-    assert as_double.dtype == torch.float64
-    torch.testing.assert_close(as_double, _reference_logits(model, idx))
+    with torch.inference_mode(), Decoder(model) as decoder:
+        assert decoder.head_chunks is not None
+        assert not decoder.head_chunks.is_inference()
 
 
-def test_generation_mode_nests_and_inference_mode(threads: int) -> None:
-    """A copy built under inference_mode is a normal tensor; nested blocks keep it until the outer one ends."""
+def test_faster_path_takes_the_lower_median() -> None:
+    noisy = iter([1.0, 9.0, 1.0, 2.0, 7.0, 2.0])  # split, plain, split, ...: one outlier each
+    assert faster_path(lambda path: next(noisy)) == "split"
+    assert faster_path(lambda path: {"split": 5.0, "plain": 3.0}[path]) == "plain"  # a core is taken
+
+
+def test_decoder_probes_every_few_steps_and_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_model()
-    idx = torch.tensor([[7]])
-    with model.generation_mode():
-        with model.generation_mode(), torch.inference_mode():
-            a = model(idx, last_only=True)
-        assert model._head_cache is not None
-        assert not model._head_cache[1].is_inference()
-        with torch.no_grad():
-            torch.testing.assert_close(model(idx, last_only=True), a.clone())
-    assert model._head_cache is None
+    cost = {"split": 1.0, "plain": 2.0}
+    with torch.no_grad(), Decoder(model) as decoder:
+        monkeypatch.setattr(decoder, "_probe_seconds", lambda path: cost[path])
+        paths = []
+        for i in range(2 * PROBE_EVERY):
+            if i == PROBE_EVERY // 2:
+                cost = {"split": 5.0, "plain": 2.0}  # another process takes a core mid-generation
+            with decoder.step():
+                paths.append(decoder.path)
+    assert paths == ["split"] * PROBE_EVERY + ["plain"] * PROBE_EVERY
+    assert 0 < Decoder(model)._probe_seconds("split") < 10  # the real probe runs a product
+    with pytest.raises(ValueError, match="path='fast'"):
+        Decoder(tiny_model(), path="fast")
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -158,9 +158,18 @@ def test_cached_greedy_equals_book_loop(threads: int, batch: int, n_new: int) ->
     torch.manual_seed(batch)
     idx = torch.randint(0, 64, (batch, 4))
     book = generate_text_simple(model, idx, n_new, context_size=8)
-    fast = generate(model, idx, n_new, context_size=8)
-    assert torch.equal(fast, book)
+    assert torch.equal(generate(model, idx, n_new, context_size=8), book)
     assert torch.equal(generate(model, idx, n_new, context_size=8, use_cache=False), book)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_decoding_path_gives_the_book_loops_tokens(
+    threads: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_model(vocab_size=64)
+    idx = torch.randint(0, 64, (2, 3))
+    monkeypatch.setattr(generate_mod, "Decoder", functools.partial(Decoder, path=path))
+    assert torch.equal(generate(model, idx, 7, context_size=8), generate_text_simple(model, idx, 7, context_size=8))
 
 
 @pytest.mark.slow

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from configs import TINY
 from omegaconf import OmegaConf
 
+from gpt_lab.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from book_reference import RefGPT
 from configs import TINY_RUN
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.book_reference import RefGPT
 from gpt_lab.config import validate_config
 from gpt_lab.data import split_text
 from gpt_lab.errors import UserError

@@ -85,6 +85,22 @@ def _refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
         )
 
 
+class CompileModel(L.Callback):
+    """``compile=true``: the model's ``forward`` runs through ``torch.compile`` while training.
+
+    An instance attribute over ``GPTModel.forward``, so the state dict's keys (checkpoints,
+    model.pth) stay the book's; set at train start, after the TensorBoard logger has traced the
+    graph (a compiled function cannot be traced), and removed at train end: the final evaluation
+    and generation run eager.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        vars(pl_module.model)["forward"] = torch.compile(pl_module.model.forward)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        vars(pl_module.model).pop("forward", None)
+
+
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
     keys = ("model", "data", "optim", "seed", "init_from")
@@ -153,6 +169,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _drop_lr_monitor_without_logger(_instantiate_all(cfg.get("callbacks")), loggers)
+    if cfg.get("compile"):
+        callbacks.append(CompileModel())
     if resume is not None and resume.optimizer_changes:
         callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

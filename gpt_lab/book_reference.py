@@ -3,7 +3,8 @@
 Written out in plain tensor math (mean/variance LayerNorm, the tanh GELU formula, softmax
 attention over a stored causal ``mask`` buffer, and the book's KV-cache variant) so tests can
 compare gpt_lab's fused-kernel model with it, weight for weight, and ``scripts/bench.py`` can time
-it as the code to beat. Its state dict has the book's keys, ``att.mask`` buffers included.
+it as the code to beat (it lives in the package so that both can import it). Its state dict has
+the book's keys, ``att.mask`` buffers included.
 """
 
 from __future__ import annotations
@@ -14,22 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-# The book's GPT_CONFIG_124M, and a tiny model of the same shape for fast tests.
+# The book's GPT_CONFIG_124M.
 GPT_CONFIG_124M = {
     "vocab_size": 50257,
     "context_length": 1024,
     "emb_dim": 768,
     "n_heads": 12,
     "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-TINY = {
-    "vocab_size": 64,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
     "drop_rate": 0.1,
     "qkv_bias": False,
 }
