@@ -107,6 +107,10 @@ def interruptible_fit(trainer: Any, started_at: float) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as err:
+        signum_seen = getattr(err, "signum", None)  # callbacks.StopOnSignal's TrainingInterrupted names its signal
+        if signum_seen is not None:
+            checkpoint = getattr(err, "checkpoint", None) or latest_checkpoint(trainer, started_at)
+            raise RunInterrupted(signum_seen, trainer.global_step, checkpoint) from None
         if not (isinstance(err, KeyboardInterrupt) or trainer.interrupted):
             raise
         sigterm = _received == signal.SIGTERM or trainer.received_sigterm
