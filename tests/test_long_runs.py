@@ -16,10 +16,11 @@ import torch
 from configs import TINY_RUN
 from omegaconf import DictConfig
 
-from gpt_lab.callbacks import TrainingInterrupted, flops_per_token
+from gpt_lab.callbacks import flops_per_token
 from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.model import GPTModel
+from gpt_lab.run_status import RunInterrupted
 from gpt_lab.tasks import run_task
 
 CONTEXT = 16  # TINY_RUN's context length
@@ -245,7 +246,7 @@ def test_signal_writes_last_ckpt_and_the_resume_is_exact(
     run = tmp_path / "run"
     handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     # Batch 7 starts the second half of optimizer step 3: training stops after that step.
-    with pytest.raises(TrainingInterrupted) as stopped:
+    with pytest.raises(RunInterrupted) as stopped:
         train(
             run,
             *HARD,
@@ -253,7 +254,7 @@ def test_signal_writes_last_ckpt_and_the_resume_is_exact(
             "+callbacks.signal.batch=7",
             f"+callbacks.signal.signum={int(signum)}",
         )
-    assert (stopped.value.signum, stopped.value.step, stopped.value.code) == (signum, 4, 128 + signum)
+    assert (stopped.value.signum, stopped.value.step, stopped.value.exit_code) == (signum, 4, 128 + signum)
     last = run / "checkpoints" / "last.ckpt"
     assert stopped.value.checkpoint == str(last)
     assert torch.load(last, weights_only=True)["global_step"] == 4
@@ -290,7 +291,7 @@ def test_resume_refuses_a_checkpoint_of_another_model_shape(
     tmp_path: Path, train: Callable[..., dict[str, Any]]
 ) -> None:
     train(tmp_path, "trainer.max_steps=1")
-    with pytest.raises(UserError, match=r"another model shape.*model.emb_dim=32 but the checkpoint has 16"):
+    with pytest.raises(UserError, match=r"another shape.*model.emb_dim=32 \(checkpoint: 16\)"):
         train(tmp_path, "ckpt_path=last", "model.emb_dim=32")
 
 

@@ -18,7 +18,7 @@ from gpt_lab.model import GPTModel
 from gpt_lab.tasks import run_task
 
 # The tests' tiny run, 4 optimizer steps, no sample text (generation is not under test here).
-TINY_TRAIN = ["task=train", *TINY_RUN, "+trainer.max_steps=4", "callbacks.sample_text=null", "max_new_tokens=1"]
+TINY_TRAIN = ["task=train", *TINY_RUN, "trainer.max_steps=4", "callbacks.sample_text=null", "max_new_tokens=1"]
 
 
 def _train(compose_config: Callable[..., DictConfig], tmp_path: Path, *overrides: str) -> dict:
