@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from gpt_lab.cpu_memory import keep_freed_memory
 from gpt_lab.errors import UserError
 from gpt_lab.generate import generate
 from gpt_lab.loss import batch_loss
@@ -86,6 +87,12 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (b, t) → logits (b, t, vocab_size)."""
         return self.model(idx)
+
+    def setup(self, stage: str) -> None:
+        # On the CPU every step frees and re-allocates the same large tensors (logits, gradients):
+        # keep their pages in the process instead of faulting them in again (gpt_lab/cpu_memory.py).
+        if self.trainer.strategy.root_device.type == "cpu":
+            keep_freed_memory()
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch

@@ -15,7 +15,6 @@ Timings are wall-clock on CPU. Compare ratios from one run, not absolute numbers
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -261,7 +260,7 @@ TRAIN_BOOK = "book explicit fp32, default AdamW (bare loop)"
 TRAIN_LIT = {
     "gpt_lab fp32 (Lightning, trainer=cpu)": ("cpu", []),
     "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)": ("cpu_bf16", []),
-    "gpt_lab bf16-true (Lightning, precision=bf16-true)": ("cpu", ["+trainer.precision=bf16-true"]),
+    "gpt_lab bf16-true (Lightning, precision=bf16-true)": ("cpu", ["trainer.precision=bf16-true"]),
 }
 
 
@@ -345,12 +344,11 @@ def book_training_seconds(state: dict, cfg: dict, batches: list, warmup: int) ->
     return seconds
 
 
-def bench_training(state: dict, cfg: dict, args: argparse.Namespace) -> tuple[dict[str, Any], dict]:
-    """Chapter 5's training step (batch 2 x 256, dropout 0.1, AdamW lr 4e-4, wd 0.1), rounds alternating.
-
-    Models are built one at a time (each holds weights, gradients and AdamW moments); each run does
-    one warm-up step (it allocates the AdamW moments) and ``train_steps`` timed ones.
-    """
+def training_runs(state: dict, cfg: dict, args: argparse.Namespace) -> dict[str, Callable[[], list[float]]]:
+    """Chapter 5's training step (batch 2 x 256, dropout 0.1, AdamW lr 4e-4, wd 0.1) on the same
+    weights and batches, one callable per row: each does ``train_warmup`` warm-up steps (the first
+    allocates the AdamW moments, and the next ones still grow the allocator's heap) and ``train_steps``
+    timed ones, and returns their seconds."""
     import logging
 
     # The bench prints one table: no Trainer banners, no warnings about the loop it does not use.
@@ -362,23 +360,48 @@ def bench_training(state: dict, cfg: dict, args: argparse.Namespace) -> tuple[di
     torch.manual_seed(0)
     batches = [
         (torch.randint(0, cfg["vocab_size"], (b, t)), torch.randint(0, cfg["vocab_size"], (b, t)))
-        for _ in range(1 + args.train_steps)
+        for _ in range(args.train_warmup + args.train_steps)
     ]
-    runs: dict[str, Callable[[], list[float]]] = {TRAIN_BOOK: lambda: book_training_seconds(state, cfg, batches, 1)}
+    warmup = args.train_warmup
+    runs: dict[str, Callable[[], list[float]]] = {
+        TRAIN_BOOK: lambda: book_training_seconds(state, cfg, batches, warmup)
+    }
     lit_rows = dict(TRAIN_LIT)
     if args.compile:
-        lit_rows["gpt_lab bf16-mixed + compile (trainer=cpu_bf16 compile=true)"] = ("cpu_bf16", [], True)
+        lit_rows[TRAIN_COMPILED] = ("cpu_bf16", [], True)
     for name, spec in lit_rows.items():
         trainer_name, overrides, *compiled = spec
         runs[name] = lambda n=trainer_name, o=overrides, c=bool(compiled): lit_training_seconds(
-            state, cfg, n, o, batches, 1, c
+            state, cfg, n, o, batches, warmup, c
         )
-    names = list(runs)
+    return runs
+
+
+TRAIN_COMPILED = "gpt_lab bf16-mixed + compile (trainer=cpu_bf16 compile=true)"
+
+
+def training_row_in_child(name: str, args: argparse.Namespace) -> list[float]:
+    """Seconds per step of training row ``name``, run in a fresh interpreter (``--train-row``).
+
+    Every row starts alike: the allocator's defaults (gpt_lab's training changes them, see
+    gpt_lab/cpu_memory.py; the book's loop runs as its readers run it) and no other row's memory.
+    """
+    cmd = [sys.executable, __file__, "--train-row", name, "--threads", str(args.threads)]
+    cmd += ["--compile"] if args.compile else []
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"training row {name!r} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict]:
+    """Every row of ``training_runs`` in a child process, ``train_rounds`` rounds in rotating order."""
+    b, t = args.train_batch
+    names = [TRAIN_BOOK, *TRAIN_LIT, *([TRAIN_COMPILED] if args.compile else [])]
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.train_rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name] += runs[name]()
-            gc.collect()
+            times[name] += training_row_in_child(name, args)
         print(
             f"  round {r + 1}/{args.train_rounds}: "
             + ", ".join(f"{n.split(' (')[0]} {statistics.median(s):.2f} s" for n, s in times.items()),
@@ -386,7 +409,9 @@ def bench_training(state: dict, cfg: dict, args: argparse.Namespace) -> tuple[di
         )
     return {name: summary(s, b * t) for name, s in times.items()}, {
         "batch": [b, t],
+        "warmup_steps": args.train_warmup,
         "steps_per_round": args.train_steps,
+        "rows_in": "a fresh interpreter each",
     }
 
 
@@ -474,6 +499,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add a torch.compile training row (slow to compile)")
     parser.add_argument("--new-tokens", type=int, help="generated tokens (default 200, quick 50)")
     parser.add_argument("--reps", type=int, help="timed rounds per section (default 5, quick 3)")
+    parser.add_argument("--train-row", help=argparse.SUPPRESS)  # internal: one training row, seconds as JSON
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (50 if args.quick else 200)
     args.reps = args.reps or (3 if args.quick else 5)
@@ -483,7 +509,8 @@ def main() -> None:
     args.forward_batch = (2, 256) if args.quick else (8, 256)
     args.train_batch = (2, 256)  # chapter 5: batch 2, context 256
     args.train_rounds = 1 if args.quick else 3
-    args.train_steps = 2
+    args.train_warmup = 3  # steps 4 on run at the pace of the rest of a run (see training_runs)
+    args.train_steps = 3
     args.build_reps = 1 if args.quick else 2
     build_size = "gpt2_medium" if args.quick else "gpt2_xl"
 
@@ -492,6 +519,9 @@ def main() -> None:
     cfg = dict(GPT2_SMALL)
     torch.manual_seed(123)
     state = GPTModel(cfg).state_dict()  # the book's seed-123 weights, shared by every implementation
+    if args.train_row:  # a child of bench_training
+        print(json.dumps(training_runs(state, cfg, args)[args.train_row]()))
+        return
 
     machine = {
         "cpu": _cpu_name(),
@@ -523,7 +553,7 @@ def main() -> None:
     if "training" not in args.skip:
         b, t = args.train_batch
         print(f"training: chapter 5's step, batch {b} x {t}, {args.train_rounds} round(s)", flush=True)
-        results["training"], results["training_info"] = bench_training(state, cfg, args)
+        results["training"], results["training_info"] = bench_training(args)
         title = f"training step, batch {b} x {t}, dropout 0.1 (fwd + loss + bwd + AdamW + logging), tok/s"
         tables.append((title, results["training"]))
     if "build" not in args.skip:

@@ -1,4 +1,5 @@
-"""The speed options of task=train: trainer=cpu_bf16 (bf16 mixed precision) and compile=true.
+"""The speed options of task=train: trainer=cpu_bf16 (bf16 mixed precision, fast dropout), compile=true,
+and the CPU allocator setting every training run uses (gpt_lab.cpu_memory).
 
 Each is compared with the default fp32 eager run of the same tiny model and data: bf16 losses close
 to fp32's (not equal: bf16 did run), compiled losses equal to eager's to float32 rounding.
@@ -6,15 +7,19 @@ to fp32's (not equal: bf16 did run), compiled losses equal to eager's to float32
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from configs import TINY_RUN
 from omegaconf import DictConfig
 
 from gpt_lab.model import GPTModel
+from gpt_lab.precision import FastDropout, keep_mask
 from gpt_lab.tasks import run_task
 
 # The tests' tiny run, 4 optimizer steps, no sample text (generation is not under test here).
@@ -62,3 +67,113 @@ def test_compiled_training_equals_eager(compose_config: Callable[..., DictConfig
         }
     )  # TINY_RUN's sizes
     model.load_state_dict(state, strict=True)
+
+
+# --- trainer=cpu_bf16's dropout (gpt_lab.precision) -----------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_keep_mask_drops_each_lane_with_probability_p(p: float) -> None:
+    torch.manual_seed(0)
+    keep, kept = keep_mask((1 << 22,), p, torch.device("cpu"))
+    assert kept == 1.0 - round(p * 65536) / 65536
+    # Four draws come from one 64-bit number: each quarter (lane) drops with probability p on its own,
+    # and neighbours independently (both dropped: p squared). Binomial sd is < 0.0005 here.
+    lanes = (~keep).view(-1, 4).float()
+    assert lanes.mean(0).tolist() == pytest.approx([p] * 4, abs=0.002)
+    assert (lanes[:, 0] * lanes[:, 1]).mean().item() == pytest.approx(p * p, abs=0.002)
+    assert (lanes[:, 3] * lanes[:, 0].roll(-1)).mean().item() == pytest.approx(p * p, abs=0.002)
+
+
+def test_fast_dropout_scales_kept_values_and_their_gradient() -> None:
+    x = torch.full((1000, 100), 3.0, requires_grad=True)
+    torch.manual_seed(1)
+    with FastDropout():
+        y = F.dropout(x, 0.1, training=True)
+    torch.manual_seed(1)
+    keep, kept = keep_mask(x.shape, 0.1, x.device)  # the same draws
+    torch.testing.assert_close(y, torch.where(keep, 3.0 / kept, 0.0))
+    assert y.mean().item() == pytest.approx(3.0, rel=0.01)  # the expectation is kept
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.where(keep, 1.0 / kept, 0.0))
+
+
+def test_fast_dropout_leaves_eval_and_the_float32_default_alone() -> None:
+    x = torch.randn(64, 64)
+    layer = torch.nn.Dropout(0.1)
+    with FastDropout():
+        assert torch.equal(layer.eval()(x), x)
+        torch.manual_seed(2)
+        fast = layer.train()(x)
+    torch.manual_seed(2)
+    book = layer(x)  # outside the mode: torch's bernoulli masks, the book's
+    torch.manual_seed(2)
+    assert torch.equal(book, F.dropout(x, 0.1, training=True))
+    assert not torch.equal(fast, book)
+
+
+def _attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, kept: float):
+    """Causal attention with dropout mask ``keep``, in float64, written out."""
+    q, k, v = q.double(), k.double(), v.double()
+    t = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return (scores.softmax(-1) * keep / kept) @ v
+
+
+def test_fast_attention_dropout_matches_the_written_out_attention() -> None:
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 12, 8) for _ in range(3))
+    with FastDropout():
+        torch.manual_seed(4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.2, is_causal=True)
+    torch.manual_seed(4)
+    keep, kept = keep_mask((2, 3, 12, 12), 0.2, q.device)
+    torch.testing.assert_close(out.double(), _attention_reference(q, k, v, keep, kept), rtol=1e-5, atol=1e-5)
+    # bf16 inputs (as under autocast) give bf16 out, computed in float32 like PyTorch's CPU fallback.
+    with FastDropout():
+        tiny_p = F.scaled_dot_product_attention(
+            q.bfloat16(), k.bfloat16(), v.bfloat16(), dropout_p=1e-9, is_causal=True
+        )
+    assert tiny_p.dtype == torch.bfloat16
+    plain = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True)
+    torch.testing.assert_close(tiny_p, plain, rtol=0.02, atol=0.02)
+
+
+def test_trainer_cpu_bf16_runs_steps_under_autocast_and_fast_dropout(compose_config: Callable[..., DictConfig]) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_config("trainer=cpu_bf16")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert str(trainer.precision) == "bf16-mixed"
+    with trainer.precision_plugin.forward_context():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert isinstance(torch.overrides._get_current_function_mode(), FastDropout)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+_FAULTS_CHILD = """
+import resource, sys, torch
+from gpt_lab.cpu_memory import keep_freed_memory
+
+def faults_of_a_fresh_256_mib_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 20)  # allocated, written, freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of_a_fresh_256_mib_tensor()
+default = faults_of_a_fresh_256_mib_tensor()
+assert keep_freed_memory()
+faults_of_a_fresh_256_mib_tensor()
+kept = faults_of_a_fresh_256_mib_tensor()
+print(default, kept)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux)")
+def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in() -> None:
+    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], capture_output=True, text=True, check=True)
+    default, kept = map(int, out.stdout.split())
+    pages = (256 << 20) // 4096
+    assert default > pages // 2  # glibc's default: the 256 MiB are mapped afresh every time
+    assert kept < pages // 100  # kept: the second tensor reuses the first one's pages
