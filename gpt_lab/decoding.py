@@ -12,11 +12,16 @@ products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
   and lives only as long as the ``Decoder``.
 
 The split product needs every thread at once: when another process holds a core, each step waits
-for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s). So every
-``PROBE_EVERY`` steps the ``Decoder`` times one single-row product of its largest block layer both
-ways (split across the threads, and plain on one thread; about 1 ms each on GPT-2 small, a few
-steps' worth of nothing) and runs the next steps on the faster path. A core taken or freed by
-another process mid-generation is noticed within ``PROBE_EVERY`` steps.
+for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s for one
+thread). So every ``CHECK_EVERY`` steps the ``Decoder`` asks the kernel how busy the machine's
+cores were since the last check (``/proc/stat``, Linux) and subtracts its own process's CPU time:
+what is left is the other processes' use. When fewer cores than threads were free, the next steps
+run the plain path on one thread, otherwise the split one. The check costs a file read (tens of
+microseconds) and notices a core taken or freed mid-generation within ``CHECK_EVERY`` steps. (Timing
+the two paths against each other does not work: a short split burst is often lucky under load,
+because a thread that has just woken up preempts the busy process for a moment, and a long one
+costs as much as the collapse it is meant to avoid.) Where ``/proc/stat`` cannot be read the split
+path is used.
 
 Usage (``generate`` does this)::
 
@@ -33,9 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 
 import torch
@@ -79,16 +84,49 @@ def transposed_chunks(weight: torch.Tensor, k: int) -> torch.Tensor:
 
 
 PATHS = ("split", "plain")
-PROBE_EVERY = 16  # steps between two comparisons of the paths
+CHECK_EVERY = 8  # steps between two looks at the other processes' CPU use
+MIN_INTERVAL = 0.05  # seconds: /proc/stat counts in ticks of 10 ms; a shorter interval waits for more steps
 
 
-def faster_path(seconds_of: Callable[[str], float], reps: int = 3) -> str:
-    """The path of ``PATHS`` whose ``seconds_of(path)`` has the lower median over ``reps`` alternated timings."""
-    times: dict[str, list[float]] = {p: [] for p in PATHS}
-    for _ in range(reps):
-        for path in PATHS:
-            times[path].append(seconds_of(path))
-    return min(PATHS, key=lambda p: statistics.median(times[p]))
+def busy_cpu_seconds(cpus: set[int], stat: str | None = None) -> float | None:
+    """CPU seconds the ``cpus`` have spent busy since boot (every process, this one included), from
+    ``/proc/stat`` (or its text, ``stat``): user, nice, system, irq, softirq and steal time. None
+    where it cannot be read."""
+    if stat is None:
+        try:
+            with open("/proc/stat") as f:
+                stat = f.read()
+        except OSError:
+            return None
+    ticks = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CoreMonitor:
+    """How many of this process's CPUs other processes kept busy, between two ``sample()`` calls."""
+
+    def __init__(self) -> None:
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.last = self._now()
+
+    def _now(self) -> tuple[float, float | None, float]:
+        return time.monotonic(), busy_cpu_seconds(self.cpus), time.process_time()
+
+    def others(self) -> float | None:
+        """Cores' worth of other processes' CPU use since the last call that returned a number; None
+        if it cannot be known, or if less than ``MIN_INTERVAL`` has passed (ask again later)."""
+        now = self._now()
+        wall = now[0] - self.last[0]
+        if now[1] is None or self.last[1] is None or wall < MIN_INTERVAL:
+            return None
+        busy, own = now[1] - self.last[1], now[2] - self.last[2]
+        self.last = now
+        return max(0.0, busy - own) / wall
 
 
 class Decoder:
@@ -111,14 +149,18 @@ class Decoder:
         if self.head is not None:
             self.forwards.append((self.head, self._head))
         self.head_chunks: torch.Tensor | None = None
-        self.path = self.fixed_path or PATHS[0]
-        # The probe: the largest block layer, one row (a generation step's product).
-        self.probe = max(self.linears, key=lambda m: m.weight.numel(), default=None)
+        # Until the first look (after MIN_INTERVAL), the plain path: it never collapses, and on an
+        # idle machine those first steps (the prompt's included) cost a step's time or so.
+        self.path = self.fixed_path or "plain"
+        self.next_check = 1
+        self.monitor: CoreMonitor | None = None
 
     def __enter__(self) -> Decoder:
         weight = self.head.weight if self.head is not None else None
         if weight is not None and weight.device.type == "cpu":
             self.head_chunks = transposed_chunks(weight.detach(), self.threads)
+        if self.fixed_path is None and self.threads > 1:
+            self.monitor = CoreMonitor()
         return self
 
     def __exit__(
@@ -128,9 +170,9 @@ class Decoder:
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
-        """One generation step: the layers run the chosen product (re-chosen every ``PROBE_EVERY`` steps)."""
-        if self.fixed_path is None and self.steps % PROBE_EVERY == 0 and self.probe is not None:
-            self.path = faster_path(self._probe_seconds)
+        """One generation step: the layers run the chosen product (re-chosen every ``CHECK_EVERY`` steps)."""
+        if self.monitor is not None and self.steps >= self.next_check:
+            self._choose_path()
         self.steps += 1
         # An instance attribute shadows nn.Linear.forward; written straight into the instance dict
         # (nn.Module's __setattr__ bookkeeping costs ~0.5 ms a step over GPT-2's 73 layers).
@@ -148,23 +190,15 @@ class Decoder:
             for linear, _ in self.forwards:
                 del vars(linear)["forward"]  # back to nn.Linear.forward
 
-    def _probe_seconds(self, path: str) -> float:
-        """Seconds of one single-row product of the probe layer on ``path`` (about 1 ms on GPT-2 small)."""
-        weight, bias = self.probe.weight, self.probe.bias
-        if weight.device.type != "cpu":
-            return 0.0
-        x = weight.new_zeros(1, 1, weight.shape[1])
-        single = path == "plain" and self.threads > 1
-        if single:
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                start = time.perf_counter()
-                split_linear(x, weight, bias, self.threads if path == "split" else 1)
-                return time.perf_counter() - start
-        finally:
-            if single:
-                torch.set_num_threads(self.threads)
+    def _choose_path(self) -> None:
+        """Split while the other processes leave a core free for each thread, plain otherwise."""
+        others = self.monitor.others()
+        if others is None:  # too soon to tell: look again at the next step
+            return
+        free = len(self.monitor.cpus) - others
+        # Half a core of slack: a few ticks of daemons or of this process's own accounting.
+        self.path = "split" if free >= self.threads - 0.5 else "plain"
+        self.next_check = self.steps + CHECK_EVERY
 
     def _linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         if self.path == "split" and is_decode_call(x):
