@@ -7,6 +7,10 @@ loop). Timings live in scripts/bench.py, not here.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +20,7 @@ from torch import nn
 
 import gpt_lab.generate as generate_mod
 from gpt_lab.book_reference import GPT_CONFIG_124M
-from gpt_lab.decoding import PROBE_EVERY, Decoder, faster_path, is_decode_call, split_linear
+from gpt_lab.decoding import CHECK_EVERY, CoreMonitor, Decoder, busy_cpu_seconds, is_decode_call, split_linear
 from gpt_lab.generate import generate, generate_text_simple
 from gpt_lab.model import GPTModel
 
@@ -128,25 +132,61 @@ def test_head_copy_built_under_inference_mode_is_a_normal_tensor() -> None:
         assert not decoder.head_chunks.is_inference()
 
 
-def test_faster_path_takes_the_lower_median() -> None:
-    noisy = iter([1.0, 9.0, 1.0, 2.0, 7.0, 2.0])  # split, plain, split, ...: one outlier each
-    assert faster_path(lambda path: next(noisy)) == "split"
-    assert faster_path(lambda path: {"split": 5.0, "plain": 3.0}[path]) == "plain"  # a core is taken
+def test_busy_cpu_seconds_reads_the_kernels_tick_counts() -> None:
+    stat = (
+        "cpu  9 9 9 9 9 9 9 9 9 9\n"
+        "cpu0 100 1 20 5000 7 2 3 4 0 0\n"  # user nice system idle iowait irq softirq steal guest guest_nice
+        "cpu1 200 0 30 4000 0 0 0 0 0 0\n"
+        "intr 12345 0 0\n"
+    )
+    hz = os.sysconf("SC_CLK_TCK")
+    assert busy_cpu_seconds({0}, stat) == pytest.approx((100 + 1 + 20 + 2 + 3 + 4) / hz)  # idle, iowait left out
+    assert busy_cpu_seconds({0, 1}, stat) == pytest.approx((130 + 230) / hz)  # the "cpu" total line is not added
 
 
-def test_decoder_probes_every_few_steps_and_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
+def test_core_monitor_sees_a_busy_process_and_not_its_own_work() -> None:
+    monitor = CoreMonitor()
+    time.sleep(0.2)
+    monitor.others()  # starts the interval
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.6)
+        assert monitor.others() > 0.5  # one process held (most of) a core
+    finally:
+        busy.kill()
+        busy.wait()
+    monitor.others()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # this process's own work is not the others'
+        pass
+    assert monitor.others() < 0.5
+
+
+class ScriptedMonitor:
+    """Other processes' CPU use, as a test scripts it (None: too soon to tell)."""
+
+    def __init__(self, cpus: int, values: list[float | None]) -> None:
+        self.cpus, self.values = set(range(cpus)), iter(values)
+
+    def others(self) -> float | None:
+        return next(self.values)
+
+
+def test_decoder_runs_plain_until_it_looks_then_follows_the_other_processes(threads: int) -> None:
+    if threads < 2:
+        pytest.skip("the split path needs two threads")
     model = tiny_model()
-    cost = {"split": 1.0, "plain": 2.0}
     with torch.no_grad(), Decoder(model) as decoder:
-        monkeypatch.setattr(decoder, "_probe_seconds", lambda path: cost[path])
+        decoder.monitor = ScriptedMonitor(threads, [None, 0.1, 1.0])  # too soon, then idle, then a core taken
         paths = []
-        for i in range(2 * PROBE_EVERY):
-            if i == PROBE_EVERY // 2:
-                cost = {"split": 5.0, "plain": 2.0}  # another process takes a core mid-generation
+        for _ in range(2 + 2 * CHECK_EVERY):
             with decoder.step():
                 paths.append(decoder.path)
-    assert paths == ["split"] * PROBE_EVERY + ["plain"] * PROBE_EVERY
-    assert 0 < Decoder(model)._probe_seconds("split") < 10  # the real probe runs a product
+    # Step 0 (the prompt) plain; step 1 looks too soon; step 2 sees an idle machine; a core taken
+    # is seen CHECK_EVERY steps later.
+    assert paths == ["plain", "plain"] + ["split"] * CHECK_EVERY + ["plain"] * CHECK_EVERY
+    assert Decoder(model, path="split").path == "split"  # a fixed path never looks
     with pytest.raises(ValueError, match="path='fast'"):
         Decoder(tiny_model(), path="fast")
 
