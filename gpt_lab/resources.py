@@ -124,6 +124,31 @@ def check_components(cfg: DictConfig) -> list[str]:
         problems += call_problems
         if key.startswith("callbacks.") and not call_problems:
             problems += _check_construction(key, node)
+    return problems + _check_cpu_bf16(cfg)
+
+
+CPU_BF16_PLUGIN = "gpt_lab.precision.CPUBf16Mixed"
+
+
+def _check_cpu_bf16(cfg: DictConfig) -> list[str]:
+    """trainer=cpu_bf16 sets its precision with a plugin: Lightning refuses a precision beside it,
+    and the plugin's autocast is the CPU's."""
+    trainer = cfg.get("trainer")
+    plugins = OmegaConf.to_container(trainer.get("plugins") or [], resolve=True) if trainer is not None else []
+    if not any(isinstance(p, dict) and p.get("_target_") == CPU_BF16_PLUGIN for p in plugins or []):
+        return []
+    problems = []
+    if trainer.get("precision") is not None:
+        problems.append(
+            f"trainer.precision={trainer.precision} cannot be combined with trainer=cpu_bf16, whose precision is its "
+            f"plugin {CPU_BF16_PLUGIN} (bf16-mixed); for another precision use trainer=cpu "
+            f"trainer.precision={trainer.precision}"
+        )
+    if str(trainer.get("accelerator", "cpu")) != "cpu":
+        problems.append(
+            f"trainer.accelerator={trainer.accelerator} does not go with trainer=cpu_bf16, which is for the CPU; "
+            "on a GPU use trainer=gpu (bf16-mixed)"
+        )
     return problems
 
 

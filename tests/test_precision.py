@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from gpt_lab.model import GPTModel
 from gpt_lab.precision import FastDropout, keep_mask
+from gpt_lab.resources import check_components
 from gpt_lab.tasks import run_task
 
 # The tests' tiny run, 4 optimizer steps, no sample text (generation is not under test here).
@@ -150,6 +151,15 @@ def test_trainer_cpu_bf16_runs_steps_under_autocast_and_fast_dropout(compose_con
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert isinstance(torch.overrides._get_current_function_mode(), FastDropout)
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_cpu_bf16_refuses_a_second_precision_and_the_gpu(compose_config: Callable[..., DictConfig]) -> None:
+    assert check_components(compose_config("trainer=cpu_bf16")) == []
+    (problem,) = check_components(compose_config("trainer=cpu_bf16", "trainer.precision=bf16-true"))
+    assert "trainer.precision=bf16-true cannot be combined with trainer=cpu_bf16" in problem
+    assert "use trainer=cpu trainer.precision=bf16-true" in problem
+    (problem,) = check_components(compose_config("trainer=cpu_bf16", "trainer.accelerator=gpu"))
+    assert "trainer.accelerator=gpu does not go with trainer=cpu_bf16" in problem
 
 
 _FAULTS_CHILD = """
