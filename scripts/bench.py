@@ -306,9 +306,12 @@ def lit_training_seconds(
         trainer_cfg = compose("config", overrides=[f"trainer={trainer_name}", *overrides]).trainer
     lit = GPTLitModule(cfg, lr=4e-4, weight_decay=0.1)
     lit.model.load_state_dict(state)
-    if compile_model:
-        lit.model.compile()
     timer = StepTimer(warmup)
+    callbacks = [timer.callback]
+    if compile_model:  # as compile=true does: the callback compiles the model's forward at train start
+        from gpt_lab.tasks.train import CompileModel
+
+        callbacks.append(CompileModel())
     with tempfile.TemporaryDirectory() as tmp:
         trainer = instantiate(
             trainer_cfg,
@@ -316,7 +319,7 @@ def lit_training_seconds(
             max_steps=len(batches),
             logger=CSVLogger(tmp),
             log_every_n_steps=1,
-            callbacks=[timer.callback],
+            callbacks=callbacks,
             limit_val_batches=0,
             num_sanity_val_steps=0,
             enable_checkpointing=False,
