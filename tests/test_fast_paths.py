@@ -174,9 +174,14 @@ class ScriptedMonitor:
 
 
 def test_decoder_runs_plain_until_it_looks_then_follows_the_other_processes(threads: int) -> None:
-    if threads < 2:
-        pytest.skip("the split path needs two threads")
     model = tiny_model()
+    if threads == 1:  # nothing to split: one thread never looks and runs the plain path
+        with torch.no_grad(), Decoder(model) as decoder:
+            assert decoder.monitor is None
+            for _ in range(CHECK_EVERY + 2):
+                with decoder.step():
+                    assert decoder.path == "plain"
+        return
     with torch.no_grad(), Decoder(model) as decoder:
         decoder.monitor = ScriptedMonitor(threads, [None, 0.1, 1.0])  # too soon, then idle, then a core taken
         paths = []

@@ -48,6 +48,17 @@ def test_cpu_bf16_losses_close_to_fp32(compose_config: Callable[..., DictConfig]
     assert {t.dtype for t in state.values()} == {torch.float32}
 
 
+def test_training_on_the_cpu_keeps_freed_memory(
+    compose_config: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpt_lab.lit_module
+
+    calls = []
+    monkeypatch.setattr(gpt_lab.lit_module, "keep_freed_memory", lambda: calls.append("kept"))
+    _train(compose_config, tmp_path, "trainer.max_steps=1")
+    assert calls  # GPTLitModule.setup asked for it on the CPU (gpt_lab.cpu_memory)
+
+
 def test_compiled_training_equals_eager(compose_config: Callable[..., DictConfig], tmp_path: Path) -> None:
     # Without dropout: compiled code draws its random numbers with its own generator, not eager's.
     eager = _train(compose_config, tmp_path, "dropout=none")
