@@ -108,7 +108,7 @@ def busy_cpu_seconds(cpus: set[int], stat: str | None = None) -> float | None:
 
 
 class CoreMonitor:
-    """How many of this process's CPUs other processes kept busy, between two ``sample()`` calls."""
+    """How many of this process's CPUs other processes kept busy, between two ``others()`` calls."""
 
     def __init__(self) -> None:
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
@@ -132,7 +132,8 @@ class CoreMonitor:
 class Decoder:
     """The fast products for the generation steps of ``model`` (see the module's docstring).
 
-    ``path``: ``"auto"`` (timed choice, the default), ``"split"`` or ``"plain"`` (fixed).
+    ``path``: ``"auto"`` (chosen from the other processes' CPU use, the default), ``"split"`` or
+    ``"plain"`` (fixed).
     Works on any model built of ``nn.Linear`` layers; ``head`` names the output head (absent: no copy).
     """
 
@@ -160,7 +161,11 @@ class Decoder:
         if weight is not None and weight.device.type == "cpu":
             self.head_chunks = transposed_chunks(weight.detach(), self.threads)
         if self.fixed_path is None and self.threads > 1:
-            self.monitor = CoreMonitor()
+            monitor = CoreMonitor()
+            if monitor.last[1] is None:  # no /proc/stat: the split path, unwatched
+                self.path = "split"
+            else:
+                self.monitor = monitor
         return self
 
     def __exit__(
