@@ -41,7 +41,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     """A boolean mask of ``shape`` whose elements are False with probability ``p`` (to 1/65536), and
     the exact keep probability: one 64-bit random number gives four independent 16-bit draws."""
     n = math.prod(shape)
-    threshold = round(p * RESOLUTION)  # draws below it (of 0..65535) are dropped
+    threshold = min(round(p * RESOLUTION), RESOLUTION - 1)  # draws below it (of 0..65535) are dropped
     words = torch.randint(-(2**63), 2**63 - 1, (-(-n // LANES),), dtype=torch.int64, device=device)
     draws = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
     return draws >= threshold - RESOLUTION // 2, 1.0 - threshold / RESOLUTION
@@ -89,10 +89,10 @@ class FastDropout(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             p = _arg(args, kwargs, 4, "dropout_p", 0.0)
-            plain = _arg(args, kwargs, 3, "attn_mask", None) is None and not kwargs.get("enable_gqa", False)
+            plain = _arg(args, kwargs, 3, "attn_mask", None) is None and not _arg(args, kwargs, 7, "enable_gqa", False)
             if p > 0.0 and plain and q.device.type == "cpu":
                 causal = _arg(args, kwargs, 5, "is_causal", False)
-                return attention_with_dropout(q, k, v, p, causal, kwargs.get("scale"))
+                return attention_with_dropout(q, k, v, p, causal, _arg(args, kwargs, 6, "scale", None))
         return func(*args, **kwargs)
 
 
