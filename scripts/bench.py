@@ -194,7 +194,7 @@ def busy_process() -> subprocess.Popen:
 
 
 def bench_generation_under_load(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
-    """Greedy generation while ``busy_process()`` holds a core: gpt_lab's timed path choice, its plain
+    """Greedy generation while ``busy_process()`` holds a core: gpt_lab's path choice (gpt_lab.decoding), its plain
     single-thread path (``generate`` at ``torch.set_num_threads(1)``), and transformers."""
     n = args.load_tokens
     idx = torch.tensor([PROMPT_IDS])
