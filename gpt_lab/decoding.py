@@ -91,20 +91,21 @@ MIN_INTERVAL = 0.05  # seconds: /proc/stat counts in ticks of 10 ms; a shorter i
 def busy_cpu_seconds(cpus: set[int], stat: str | None = None) -> float | None:
     """CPU seconds the ``cpus`` have spent busy since boot (every process, this one included), from
     ``/proc/stat`` (or its text, ``stat``): user, nice, system, irq, softirq and steal time. None
-    where it cannot be read."""
+    where it cannot be read or does not list these CPUs (a container's own numbering)."""
     if stat is None:
         try:
             with open("/proc/stat") as f:
                 stat = f.read()
         except OSError:
             return None
-    ticks = 0
+    ticks, found = 0, 0
     for line in stat.splitlines():
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
             user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
             ticks += user + nice + system + irq + softirq + steal
-    return ticks / os.sysconf("SC_CLK_TCK")
+            found += 1
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
 class CoreMonitor:
