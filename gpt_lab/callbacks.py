@@ -273,11 +273,12 @@ class StopOnSignal(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stepped = trainer.global_step != self._step_at_batch_start  # not in the middle of an accumulation
+        if trainer.global_step == self._step_at_batch_start:  # in the middle of an accumulation: not here
+            return
         received = self.received is not None
         if trainer.world_size > 1:  # every process stops at the same step (SLURM signals each task)
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
-        if not (stepped and received):
+        if not received:
             return
         checkpoint = trainer.checkpoint_callback
         path = None

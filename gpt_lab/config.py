@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from gpt_lab.errors import ConfigError
+from gpt_lab.errors import ConfigError, describe_type, first_line
 from gpt_lab.tokenizer import N_VOCAB
 
 MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
@@ -154,7 +154,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     try:
         plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot resolve {err.full_key or 'the config'}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot resolve {err.full_key or 'the config'}: {first_line(err)}") from None
     plain.pop("hydra", None)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
@@ -283,10 +283,6 @@ def input_path(cfg: DictConfig, path: str | None) -> Path | None:
     return Path(cfg.paths.root_dir, str(path)).resolve()
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 def _unknown_key_message(err: ConfigKeyError) -> str:
     accepted = ""
     if dataclasses.is_dataclass(err.object_type):
@@ -305,14 +301,5 @@ def _wrong_type_message(err: ValidationError, plain: dict[str, Any]) -> str:
         hints = typing.get_type_hints(err.object_type)
         hint = hints.get(str(err.key))
         if hint is not None:
-            expected = _describe_type(hint)
+            expected = describe_type(hint)
     return f"{err.full_key}={value!r} is not {expected}"
-
-
-def _describe_type(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = len(args) < len(typing.get_args(hint))
-    base = args[0] if optional and len(args) == 1 else hint
-    words = {int: "an integer", float: "a number", bool: "a boolean (true or false)", str: "a string"}
-    text = words.get(base, "a mapping" if typing.get_origin(base) is dict else str(base))
-    return f"{text} or null" if optional else text

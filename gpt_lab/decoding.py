@@ -114,6 +114,7 @@ class CoreMonitor:
     def __init__(self) -> None:
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
         self.last = self._now()
+        self.readable = self.last[1] is not None  # False: no /proc/stat listing these CPUs
 
     def _now(self) -> tuple[float, float | None, float]:
         return time.monotonic(), busy_cpu_seconds(self.cpus), time.process_time()
@@ -141,11 +142,11 @@ class Decoder:
     def __init__(self, model: nn.Module, path: str = "auto", head: str = "out_head") -> None:
         if path not in ("auto", *PATHS):
             raise ValueError(f"path={path!r} must be 'auto', 'split' or 'plain'")
-        self.model = model
         self.fixed_path = None if path == "auto" else path
         self.steps = 0
         self.threads = torch.get_num_threads()
-        self.head = getattr(model, head, None) if isinstance(getattr(model, head, None), nn.Linear) else None
+        head_module = getattr(model, head, None)
+        self.head = head_module if isinstance(head_module, nn.Linear) else None
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not self.head]
         self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
         if self.head is not None:
@@ -163,7 +164,7 @@ class Decoder:
             self.head_chunks = transposed_chunks(weight.detach(), self.threads)
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
-            if monitor.last[1] is None:  # no /proc/stat: the split path, unwatched
+            if not monitor.readable:  # no /proc/stat: the split path, unwatched
                 self.path = "split"
             else:
                 self.monitor = monitor

@@ -1,6 +1,11 @@
-"""The mistakes a user can fix, at the bottom of the import graph: every module may raise them."""
+"""The mistakes a user can fix, at the bottom of the import graph: every module may raise them,
+and word them with ``first_line`` and ``describe_type``."""
 
 from __future__ import annotations
+
+import types
+import typing
+from typing import Any
 
 
 class UserError(Exception):
@@ -13,3 +18,37 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """The composed configuration does not fit the schema or its ranges."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def describe_type(hint: Any) -> str:
+    """A type annotation in words for an error message: ``int | None`` is "an integer or null"."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        words = []
+        for arg in typing.get_args(hint):
+            word = describe_type(arg)
+            if word and word not in words:
+                words.append(word)
+        return " or ".join(words)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    names = {
+        bool: "a boolean (true or false)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple) or hint in (list, tuple):
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))

@@ -146,10 +146,10 @@ class GPTLitModule(L.LightningModule):
             # FSDP: each process holds a shard; only the wrapped root module knows the global norm.
             norm = self.trainer.model.clip_grad_norm_(limit if clip else math.inf)
         else:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-            if clip:
-                self.clip_gradients(optimizer, gradient_clip_val=limit, gradient_clip_algorithm="norm")
+            params = [p for p in self.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+            if clip:  # with the norm just computed (clip_grad_norm_ would compute it again)
+                torch.nn.utils.clip_grads_with_norm_(params, limit, norm)
             elif gradient_clip_val:  # Lightning's own trainer.gradient_clip_val, unconditional
                 self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         self.log("train/grad_norm", norm.float())

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.errors import ConfigError
+from gpt_lab.errors import ConfigError, describe_type, first_line
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _check_call(key: str, node: dict[str, Any]) -> list[str]:
     try:
         target = get_object(target_name)
     except Exception as err:
-        return [f"{key}._target_={target_name} cannot be imported ({_first_line(err)})"]
+        return [f"{key}._target_={target_name} cannot be imported ({first_line(err)})"]
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
@@ -195,7 +195,7 @@ def _check_call(key: str, node: dict[str, Any]) -> list[str]:
             continue
         hint_type = hints.get(name)
         if hint_type is not None and not _matches(value, hint_type):
-            problems.append(f"{key}.{name}={value!r} is not {_describe(hint_type)} ({target_name}'s {name})")
+            problems.append(f"{key}.{name}={value!r} is not {describe_type(hint_type)} ({target_name}'s {name})")
     return problems
 
 
@@ -206,7 +206,7 @@ def _check_construction(key: str, node: dict[str, Any]) -> list[str]:
     try:
         instantiate(node)
     except Exception as err:
-        message = _first_line(err.__cause__ or err)
+        message = first_line(err.__cause__ or err)
         return [message if message.startswith(f"{key}.") else f"{key}: {message}"]
     return []
 
@@ -217,11 +217,6 @@ def _type_hints(target: Any) -> dict[str, Any]:
         return typing.get_type_hints(function)
     except Exception:  # annotations that only resolve under TYPE_CHECKING: check the keys, not the types
         return {}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -255,24 +250,3 @@ def _matches(value: Any, hint: Any) -> bool:
     if inspect.isclass(hint) and issubclass(hint, os.PathLike):
         return isinstance(value, str)
     return True  # a library type (Accelerator, timedelta, ...) a config cannot hold directly: not ours to judge
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        words = []
-        for arg in typing.get_args(hint):
-            word = _describe(arg)
-            if word and word not in words:
-                words.append(word)
-        return " or ".join(words)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    if hint in names:
-        return names[hint]
-    if origin in (list, tuple) or hint in (list, tuple):
-        return "a list"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))

@@ -1,4 +1,4 @@
-"""Which checkpoint a training run resumes from (``ckpt_path``), checked before anything heavy.
+"""Which checkpoint a training run resumes from (``ckpt_path``); ``gpt_lab.resume`` checks it.
 
 ``ckpt_path=last`` is the newest checkpoint of this run's own directory (``checkpoints/last.ckpt``,
 which ModelCheckpoint keeps pointing at the newest): re-running a command with the same
@@ -9,11 +9,8 @@ Lightning checkpoint file, relative to the directory the user ran from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from gpt_lab.config import input_path
@@ -22,8 +19,6 @@ from gpt_lab.errors import UserError
 log = logging.getLogger(__name__)
 
 LAST = "last"
-# The keys that fix the shapes of the weights: a checkpoint made with other values cannot be resumed.
-SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_weights")
 
 
 def resolve_ckpt_path(cfg: DictConfig, checkpoint_dir: str | Path | None) -> Path | None:
@@ -50,25 +45,3 @@ def resolve_ckpt_path(cfg: DictConfig, checkpoint_dir: str | Path | None) -> Pat
             "for the newest checkpoint of this run directory (hydra.run.dir=<the run>)"
         )
     return path
-
-
-def check_checkpoint_fits(path: Path, model_cfg: Mapping[str, Any], ckpt_path: str) -> None:
-    """Refuse a checkpoint made for another model shape, naming each key that differs."""
-    try:
-        # mmap: only the small hyper-parameter record is read, not the weights.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise UserError(f"ckpt_path={ckpt_path} ({path}) cannot be read as a Lightning checkpoint: {err}") from None
-    saved = (checkpoint.get("hyper_parameters") or {}).get("model_cfg")
-    if saved is None:
-        raise UserError(f"ckpt_path={ckpt_path} ({path}) is not a gpt_lab training checkpoint (no model_cfg in it)")
-    differences = [
-        f"model.{key}={model_cfg.get(key)} but the checkpoint has {saved.get(key)}"
-        for key in SHAPE_KEYS
-        if saved.get(key) != model_cfg.get(key)
-    ]
-    if differences:
-        raise UserError(
-            f"ckpt_path={ckpt_path} ({path}) was saved by a run of another model shape and cannot be resumed: "
-            f"{'; '.join(differences)}. Resume with that run's model settings, or start a new run directory"
-        )

@@ -518,13 +518,13 @@ def main() -> None:
     build_size = "gpt2_medium" if args.quick else "gpt2_xl"
 
     torch.set_num_threads(args.threads)
-    hf = have_transformers() and not args.no_hf
     cfg = dict(GPT2_SMALL)
     torch.manual_seed(123)
     state = GPTModel(cfg).state_dict()  # the book's seed-123 weights, shared by every implementation
-    if args.train_row:  # a child of bench_training
+    if args.train_row:  # a child of bench_training (it needs no transformers)
         print(json.dumps(training_runs(state, cfg, args)[args.train_row]()))
         return
+    hf = have_transformers() and not args.no_hf
 
     machine = {
         "cpu": _cpu_name(),

@@ -12,11 +12,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gpt_lab.run_dirs import register_resolver
 from gpt_lab.tasks import run_command_line, run_job
 
 os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
-register_resolver()  # ${unique_dir:...} in conf/hydra/default.yaml: one directory per run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

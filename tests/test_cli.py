@@ -1,4 +1,4 @@
-"""The real command line: a run's files, the chapter's output, clean errors, --help."""
+"""The real command line: a run's files, the chapter's output, clean errors."""
 
 from __future__ import annotations
 

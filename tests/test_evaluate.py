@@ -98,9 +98,7 @@ def test_evaluate_loss_matches_transformers_on_pretrained_weights(
     assert results["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
 
 
-def test_evaluate_text_shorter_than_context_uses_one_window(
-    evaluate_config: Callable[..., DictConfig], tmp_path: Path
-) -> None:
+def test_evaluate_text_shorter_than_context_uses_one_window(evaluate_config: Callable[..., DictConfig]) -> None:
     cfg = evaluate_config("model.context_length=128", "logger=none")
     results = evaluate.run(validate_config(cfg))
     assert results["eval_windows"] == 1

@@ -149,7 +149,7 @@ def test_busy_cpu_seconds_reads_the_kernels_tick_counts() -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
 def test_core_monitor_sees_a_busy_process_and_not_its_own_work() -> None:
     monitor = CoreMonitor()
-    if monitor.last[1] is None:
+    if not monitor.readable:
         pytest.skip("/proc/stat does not list this process's CPUs")
     time.sleep(0.1)
     monitor.others()  # starts the interval
@@ -195,7 +195,8 @@ def test_decoder_runs_plain_until_it_looks_then_follows_the_other_processes(thre
     # Step 0 (the prompt) plain; step 1 looks too soon; step 2 sees an idle machine; a core taken
     # is seen CHECK_EVERY steps later.
     assert paths == ["plain", "plain"] + ["split"] * CHECK_EVERY + ["plain"] * CHECK_EVERY
-    assert Decoder(model, path="split").path == "split"  # a fixed path never looks
+    with torch.no_grad(), Decoder(model, path="split") as fixed:  # a fixed path never looks
+        assert fixed.monitor is None and fixed.path == "split"
 
 
 def test_decoder_without_proc_stat_runs_the_split_path(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:

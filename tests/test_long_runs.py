@@ -157,6 +157,7 @@ def test_clipping_starts_at_the_end_of_warmup(tmp_path: Path, train: Callable[..
 
 def test_clipping_without_warmup_starts_at_the_first_step(tmp_path: Path, train: Callable[..., dict[str, Any]]) -> None:
     train(tmp_path, *RECORDER, "optim.clip_grad_norm=0.05", "trainer.max_steps=2")
+    assert len(StepRecorder.records) == 2
     assert all(r["before"] > 0.05 and r["after"] <= 0.05 * (1 + 1e-4) for r in StepRecorder.records)
 
 

@@ -118,9 +118,9 @@ def test_fast_dropout_leaves_eval_and_the_float32_default_alone() -> None:
         torch.manual_seed(2)
         fast = layer.train()(x)
     torch.manual_seed(2)
-    book = layer(x)  # outside the mode: torch's bernoulli masks, the book's
+    book = layer(x)  # outside the mode: the book's masks, bernoulli_ draws written out here
     torch.manual_seed(2)
-    assert torch.equal(book, F.dropout(x, 0.1, training=True))
+    assert torch.equal(book, x * torch.empty_like(x).bernoulli_(0.9).div_(0.9))
     assert not torch.equal(fast, book)
 
 
@@ -158,10 +158,15 @@ def test_trainer_cpu_bf16_runs_steps_under_autocast_and_fast_dropout(compose_con
     cfg = compose_config("trainer=cpu_bf16")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert str(trainer.precision) == "bf16-mixed"
+    ones = torch.ones(1000)
     with trainer.precision_plugin.forward_context():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        assert isinstance(torch.overrides._get_current_function_mode(), FastDropout)
+        torch.manual_seed(5)
+        dropped = F.dropout(ones, 0.1, training=True)
     assert not torch.is_autocast_enabled("cpu")
+    torch.manual_seed(5)
+    keep, kept = keep_mask(ones.shape, 0.1, ones.device)  # the fast masks' draws, not bernoulli_'s
+    torch.testing.assert_close(dropped, torch.where(keep, 1.0 / kept, 0.0))
 
 
 def test_cpu_bf16_refuses_a_second_precision_and_the_gpu(compose_config: Callable[..., DictConfig]) -> None:

@@ -321,5 +321,4 @@ def test_export_hf_state_dict_gives_transformers_the_same_logits(qkv_bias: bool)
     # And back: the inverse map returns the book's state dict.
     back = convert_hf_state_dict(export_hf_state_dict(ours.state_dict()))
     for key, value in ours.state_dict().items():
-        if qkv_bias or not key.endswith(("W_query.bias", "W_key.bias", "W_value.bias")):
-            torch.testing.assert_close(back[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0)

@@ -45,7 +45,8 @@ from gpt_lab.run_status import (
 from gpt_lab.sweep import finish_interrupted_sweep
 
 log = logging.getLogger(__name__)
-# Job processes of a launcher (joblib, submitit) evaluate hydra.sweep.dir too: ${unique_dir:...} must exist there.
+# ${unique_dir:...} in conf/hydra/default.yaml (one directory per run), registered on import: by
+# scripts/run.py, and by the job processes of a launcher (joblib, submitit), which evaluate hydra.sweep.dir too.
 register_resolver()
 
 
