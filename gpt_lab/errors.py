@@ -20,6 +20,13 @@ class ConfigError(UserError):
     """The composed configuration does not fit the schema or its ranges."""
 
 
+class InitFromError(UserError, ValueError):
+    """``init_from`` names a file that is missing, unreadable, or does not fit the chosen config.
+
+    A ``UserError``: the command line prints the message, without a traceback, and exits 2.
+    """
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none)."""
     text = str(err).strip().splitlines()

@@ -34,18 +34,18 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpt_lab.book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
-from gpt_lab.book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
 from gpt_lab.config import GPT2_SIZES  # noqa: E402
-from gpt_lab.generate import generate  # noqa: E402
-from gpt_lab.model import GPTModel  # noqa: E402
-from gpt_lab.pretrained import export_hf_state_dict  # noqa: E402
+from gpt_lab.generation.sampling import generate  # noqa: E402
+from gpt_lab.model.gpt import GPTModel  # noqa: E402
+from gpt_lab.model.hf import export_hf_state_dict  # noqa: E402
+from tests.book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
+from tests.book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
 
 SIZES = {name: {**GPT2_SMALL, **GPT2_SIZES[name]} for name in ("gpt2_medium", "gpt2_xl")}
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
-# --- The book's explicit code: gpt_lab/book_reference.py (formula LayerNorm and GELU, the ``mask``
+# --- The book's explicit code: tests/book_reference.py (formula LayerNorm and GELU, the ``mask``
 # buffer, softmax attention, the book's KV-cache variant), the reference the tests compare with too.
 
 
@@ -194,8 +194,9 @@ def busy_process() -> subprocess.Popen:
 
 
 def bench_generation_under_load(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
-    """Greedy generation while ``busy_process()`` holds a core: gpt_lab's path choice (gpt_lab.decoding), its plain
-    single-thread path (``generate`` at ``torch.set_num_threads(1)``), and transformers."""
+    """Greedy generation while ``busy_process()`` holds a core: gpt_lab's path choice
+    (gpt_lab.generation.decoding), its plain single-thread path (``generate`` at
+    ``torch.set_num_threads(1)``), and transformers."""
     n = args.load_tokens
     idx = torch.tensor([PROMPT_IDS])
     ours = GPTModel(cfg).eval()
@@ -300,7 +301,7 @@ def lit_training_seconds(
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
 
-    from gpt_lab.lit_module import GPTLitModule
+    from gpt_lab.training.lit_module import GPTLitModule
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         trainer_cfg = compose("config", overrides=[f"trainer={trainer_name}", *overrides]).trainer
@@ -422,7 +423,7 @@ _BUILD_CHILD = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
-from gpt_lab.model import GPTModel
+from gpt_lab.model.gpt import GPTModel
 sys.path.insert(0, {scripts!r})
 import bench
 

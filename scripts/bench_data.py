@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 PREPARE_CHILD = """
 import json, resource, sys, time
 import litdata  # imported before the clock starts: the figure is the work, not the imports
-from gpt_lab.corpus import prepare_corpus
+from gpt_lab.data.corpus_prepare import prepare_corpus
 started = time.perf_counter()
 meta = prepare_corpus(sys.argv[1], sys.argv[2], "/", 0.01, 123, num_workers=int(sys.argv[3]))
 seconds = time.perf_counter() - started
@@ -101,7 +101,7 @@ def prepare_in_child(source: Path, out: Path, workers: int) -> dict[str, Any]:
 
 
 def loader_tokens_per_s(data_dir: Path, context_length: int = 1024, batch_size: int = 8, batches: int = 300) -> float:
-    from gpt_lab.corpus_data import CorpusDataModule
+    from gpt_lab.data.corpus import CorpusDataModule
 
     dm = CorpusDataModule(str(data_dir), context_length=context_length, batch_size=batch_size)
     dm.setup()
@@ -118,8 +118,8 @@ def training_tokens_per_s(batch_size: int = 2, context_length: int = 256, steps:
     """gpt2_small (the book's config at chapter 5's context) forward + backward + AdamW, CPU, float32."""
     import torch
 
-    from gpt_lab.lit_module import batch_loss
-    from gpt_lab.model import GPTModel
+    from gpt_lab.model.gpt import GPTModel
+    from gpt_lab.training.lit_module import batch_loss
 
     cfg = {
         "vocab_size": 50257,
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from gpt_lab.corpus import usable_cores
+    from gpt_lab.data.corpus_prepare import usable_cores
 
     workers = args.workers or usable_cores()
     with tempfile.TemporaryDirectory(prefix="gpt_lab_bench_data_") as tmp:

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gpt_lab.tasks import run_command_line, run_job
+from gpt_lab.run.job import run_command_line, run_job
 
 os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
 

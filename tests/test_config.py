@@ -11,9 +11,9 @@ from omegaconf.errors import ValidationError
 
 from gpt_lab.config import GPT2_SIZES, validate_config
 from gpt_lab.errors import ConfigError
-from gpt_lab.model import GPTModel
-from gpt_lab.stats import count_params, count_params_tied
-from gpt_lab.tasks import task_function
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.stats import count_params, count_params_tied
+from gpt_lab.run.job import task_function
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -25,11 +25,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import validate_config
-from gpt_lab.corpus import META_FILE, prepare_corpus
-from gpt_lab.corpus_data import CorpusDataModule
+from gpt_lab.data.corpus import CorpusDataModule
+from gpt_lab.data.corpus_prepare import META_FILE, prepare_corpus
 from gpt_lab.errors import ConfigError, UserError
-from gpt_lab.model import GPTModel
-from gpt_lab.tasks import run_task
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.job import run_task
 from gpt_lab.tokenizer import get_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -189,7 +189,7 @@ def test_prepare_refuses_bad_sources_and_directories(tmp_path: Path) -> None:
 def test_single_document_validates_on_its_last_tokens_and_interrupted_prepare_leaves_no_meta(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gpt_lab.corpus as corpus_module
+    import gpt_lab.data.corpus_prepare as corpus_module
 
     doc = tmp_path / "book.txt"
     doc.write_text(_document(0, 400), encoding="utf-8")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_lab.data import DataError, GPTDatasetV1, TextDataModule, split_text
+from gpt_lab.data.text import DataError, GPTDatasetV1, TextDataModule, split_text
 from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer
 

@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from gpt_lab.config import validate_config
 from gpt_lab.errors import UserError
-from gpt_lab.model import GPTModel
-from gpt_lab.run_files import read_results
-from gpt_lab.tasks import evaluate, run_task
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.files import read_results
+from gpt_lab.run.job import run_task
+from gpt_lab.tasks import evaluate
 from gpt_lab.tokenizer import text_to_token_ids
 
 TEXT = (

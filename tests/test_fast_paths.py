@@ -1,4 +1,4 @@
-"""Correctness of the CPU decoding fast path (gpt_lab.decoding) that gpt_lab.generate drives.
+"""Correctness of the CPU decoding fast path (gpt_lab.generation.decoding) that gpt_lab.generation.sampling drives.
 
 Each fast product is compared with the plain computation (``nn.Linear``, the full forward, the book's
 loop). Timings live in scripts/bench.py, not here.
@@ -15,15 +15,22 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from book_reference import GPT_CONFIG_124M
 from configs import TINY as BOOK_TINY
 from torch import nn
 
-import gpt_lab.decoding as decoding
-import gpt_lab.generate as generate_mod
-from gpt_lab.book_reference import GPT_CONFIG_124M
-from gpt_lab.decoding import CHECK_EVERY, CoreMonitor, Decoder, busy_cpu_seconds, is_decode_call, split_linear
-from gpt_lab.generate import generate, generate_text_simple
-from gpt_lab.model import GPTModel
+import gpt_lab.generation.decoding as decoding
+import gpt_lab.generation.sampling as generate_mod
+from gpt_lab.generation.decoding import (
+    CHECK_EVERY,
+    CoreMonitor,
+    Decoder,
+    busy_cpu_seconds,
+    is_decode_call,
+    split_linear,
+)
+from gpt_lab.generation.sampling import generate, generate_text_simple
+from gpt_lab.model.gpt import GPTModel
 
 # An odd vocabulary: the head's split copy is zero-padded.
 TINY = {**BOOK_TINY, "vocab_size": 65, "n_heads": 2, "qkv_bias": True}

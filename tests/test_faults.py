@@ -24,8 +24,8 @@ import torch
 from configs import TINY, TINY_RUN
 from conftest import RUN_SCRIPT
 
-from gpt_lab.model import GPTModel
-from gpt_lab.run_dirs import unique_dir
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.dirs import unique_dir
 
 # A tiny model trained on a tiny text: seconds per run.
 TRAIN_WITH_SAMPLES = [
@@ -37,7 +37,7 @@ TRAIN_WITH_SAMPLES = [
 ]
 TRAIN = [*TRAIN_WITH_SAMPLES, "callbacks.sample_text=null"]
 STARTED_TRAINING = "Initial losses"  # logged to run.log by the first training batch's callback
-TEMP_FILES = ".*.tmp"  # what gpt_lab.run_files.atomic_write writes before renaming
+TEMP_FILES = ".*.tmp"  # what gpt_lab.storage.atomic_write writes before renaming
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_unique_dir_adds_a_suffix_when_the_name_is_taken(tmp_path: Path, monkeyp
 
 
 def test_processes_racing_for_one_name_each_get_their_own(tmp_path: Path) -> None:
-    code = "import sys; from gpt_lab.run_dirs import unique_dir; print(unique_dir(sys.argv[1]))"
+    code = "import sys; from gpt_lab.run.dirs import unique_dir; print(unique_dir(sys.argv[1]))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "same")], stdout=subprocess.PIPE, text=True)
         for _ in range(4)

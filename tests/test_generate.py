@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from book_reference import RefGPT, ref_greedy
 from configs import TINY
 
-from gpt_lab.book_reference import RefGPT, ref_greedy
-from gpt_lab.generate import generate, generate_text_simple, sample_next_token
-from gpt_lab.model import GPTModel
+from gpt_lab.generation.sampling import generate, generate_text_simple, sample_next_token
+from gpt_lab.model.gpt import GPTModel
 
 
 @pytest.fixture

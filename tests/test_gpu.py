@@ -13,7 +13,7 @@ import torch
 from configs import TINY_RUN
 from omegaconf import DictConfig
 
-from gpt_lab.tasks import run_task
+from gpt_lab.run.job import run_task
 
 pytestmark = pytest.mark.gpu
 

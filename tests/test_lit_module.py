@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from configs import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt_lab.generate import generate_text_simple
-from gpt_lab.lit_module import GPTLitModule, NonFiniteLossError
-from gpt_lab.loss import mean_loss
-from gpt_lab.stats import count_params
+from gpt_lab.generation.sampling import generate_text_simple
+from gpt_lab.model.stats import count_params
+from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
+from gpt_lab.training.loss import mean_loss
 
 
 def _loader(n: int = 8, t: int = 8, batch_size: int = 2, seed: int = 0) -> DataLoader:

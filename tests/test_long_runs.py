@@ -16,12 +16,12 @@ import torch
 from configs import TINY_RUN
 from omegaconf import DictConfig
 
-from gpt_lab.callbacks import flops_per_token
 from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError, UserError
-from gpt_lab.model import GPTModel
-from gpt_lab.run_status import RunInterrupted
-from gpt_lab.tasks import run_task
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.job import run_task
+from gpt_lab.run.status import RunInterrupted
+from gpt_lab.training.callbacks import flops_per_token
 
 CONTEXT = 16  # TINY_RUN's context length
 SMALL = [
@@ -268,7 +268,7 @@ def test_signal_writes_last_ckpt_and_the_resume_is_exact(
 def test_ckpt_path_last_starts_fresh_then_continues(
     tmp_path: Path, train: Callable[..., dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("WARNING", logger="gpt_lab.resume_last"):
+    with caplog.at_level("WARNING", logger="gpt_lab.training.resume_last"):
         first = train(tmp_path, "ckpt_path=last", "trainer.max_epochs=1")
     assert "no checkpoint in" in caplog.text and "starting a fresh run" in caplog.text
     assert first["global_step"] == 15  # 31 training windows: 15 full batches of 2
@@ -335,7 +335,7 @@ def test_appendix_d_preset_has_the_appendix_settings(compose_config: Callable[..
 
 
 def test_the_verdict_ships_with_the_package() -> None:
-    from gpt_lab.data import DataError, packaged_text
+    from gpt_lab.data.text import DataError, packaged_text
     from gpt_lab.tokenizer import get_tokenizer
 
     path = packaged_text("gpt_lab:the-verdict.txt")
@@ -348,7 +348,7 @@ def test_the_verdict_ships_with_the_package() -> None:
 
 
 def test_appendix_d_schedule_on_the_verdict_has_27_warmup_steps_of_135() -> None:
-    from gpt_lab.schedule import WarmupCosineFactor, warmup_cosine_lr
+    from gpt_lab.training.schedule import WarmupCosineFactor, warmup_cosine_lr
 
     factor = WarmupCosineFactor(peak=1e-3, initial_lr=1e-5, min_lr=1e-5, warmup_steps=None, warmup_ratio=0.2)
     factor.resolve(135)
@@ -398,7 +398,7 @@ def test_fsdp_config_builds_lightnings_strategy_wrapping_each_transformer_block(
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from gpt_lab.model import TransformerBlock
+    from gpt_lab.model.gpt import TransformerBlock
 
     cfg = compose_config("trainer=fsdp", "trainer.strategy.activation_checkpointing=true")
     assert (cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.devices) == ("gpu", "bf16-mixed", 2)

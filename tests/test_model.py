@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 import torch
+from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from configs import TINY
 from omegaconf import OmegaConf
 
-from gpt_lab.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from gpt_lab.config import GPT2_SIZES
-from gpt_lab.generate import generate, generate_text_simple
-from gpt_lab.model import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
-from gpt_lab.stats import count_params, count_params_tied, model_report, size_mb
+from gpt_lab.generation.sampling import generate, generate_text_simple
+from gpt_lab.model.gpt import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
+from gpt_lab.model.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
 
 EXACT = {**TINY, "drop_rate": 0.0, "qkv_bias": True}  # deterministic, and every parameter present

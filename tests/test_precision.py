@@ -1,5 +1,5 @@
 """The speed options of task=train: trainer=cpu_bf16 (bf16 mixed precision, fast dropout), compile=true,
-and the CPU allocator setting every training run uses (gpt_lab.cpu_memory).
+and the CPU allocator setting every training run uses (gpt_lab.training.cpu_memory).
 
 Each is compared with the default fp32 eager run of the same tiny model and data: bf16 losses close
 to fp32's (not equal: bf16 did run), compiled losses equal to eager's to float32 rounding.
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from configs import TINY_RUN
 from omegaconf import DictConfig
 
-from gpt_lab.model import GPTModel
-from gpt_lab.precision import FastDropout, keep_mask
-from gpt_lab.resources import check_components
-from gpt_lab.tasks import run_task
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.job import run_task
+from gpt_lab.run.preflight import check_components
+from gpt_lab.training.precision import FastDropout, keep_mask
 
 # The tests' tiny run, 4 optimizer steps, no sample text (generation is not under test here).
 TINY_TRAIN = ["task=train", *TINY_RUN, "trainer.max_steps=4", "callbacks.sample_text=null", "max_new_tokens=1"]
@@ -51,12 +51,12 @@ def test_cpu_bf16_losses_close_to_fp32(compose_config: Callable[..., DictConfig]
 def test_training_on_the_cpu_keeps_freed_memory(
     compose_config: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gpt_lab.lit_module
+    import gpt_lab.training.lit_module
 
     calls = []
-    monkeypatch.setattr(gpt_lab.lit_module, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(gpt_lab.training.lit_module, "keep_freed_memory", lambda: calls.append("kept"))
     _train(compose_config, tmp_path, "trainer.max_steps=1")
-    assert calls  # GPTLitModule.setup asked for it on the CPU (gpt_lab.cpu_memory)
+    assert calls  # GPTLitModule.setup asked for it on the CPU (gpt_lab.training.cpu_memory)
 
 
 def test_compiled_training_equals_eager(compose_config: Callable[..., DictConfig], tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_compiled_training_equals_eager(compose_config: Callable[..., DictConfig
     model.load_state_dict(state, strict=True)
 
 
-# --- trainer=cpu_bf16's dropout (gpt_lab.precision) -----------------------------------------------
+# --- trainer=cpu_bf16's dropout (gpt_lab.training.precision) -----------------------------------------------
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -180,7 +180,7 @@ def test_cpu_bf16_refuses_a_second_precision_and_the_gpu(compose_config: Callabl
 
 _FAULTS_CHILD = """
 import resource, sys, torch
-from gpt_lab.cpu_memory import keep_freed_memory
+from gpt_lab.training.cpu_memory import keep_freed_memory
 
 if sys.argv[1] == "keep":
     assert keep_freed_memory()

@@ -15,18 +15,13 @@ import torch
 import transformers
 from configs import TINY
 
-from gpt_lab.checkpoints import save_book_checkpoint
 from gpt_lab.config import GPT2_SIZES
-from gpt_lab.generate import generate
-from gpt_lab.model import GPTModel
-from gpt_lab.pretrained import (
-    InitFromError,
-    build_model,
-    convert_hf_state_dict,
-    export_hf_state_dict,
-    init_model_config,
-    load_pretrained,
-)
+from gpt_lab.errors import InitFromError
+from gpt_lab.generation.sampling import generate
+from gpt_lab.model.book_checkpoint import save_book_checkpoint
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.hf import convert_hf_state_dict, export_hf_state_dict
+from gpt_lab.model.weights import build_model, init_model_config, load_pretrained
 
 # The tiny model with the book's defaults that HF weights override (bias, tying, context 8 -> 24).
 CHOSEN = {**TINY, "name": "tiny", "tie_weights": False}
@@ -172,7 +167,7 @@ def test_build_model_refuses_gpt2_medium_weights_in_gpt2_small() -> None:
     medium = {**small, **GPT2_SIZES["gpt2_medium"], "qkv_bias": True}
     with torch.device("meta"):
         state = GPTModel(medium).state_dict()
-    from gpt_lab.pretrained import PretrainedWeights, resolve_model_config
+    from gpt_lab.model.weights import PretrainedWeights, resolve_model_config
 
     weights = PretrainedWeights(Path("gpt2-medium"), "huggingface", state, {"qkv_bias": True}, {"n_heads": 16})
     with pytest.raises(InitFromError) as err:
@@ -275,7 +270,7 @@ def test_build_model_from_a_real_gptlitmodule_checkpoint(tmp_path: Path) -> None
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from gpt_lab.lit_module import GPTLitModule
+    from gpt_lab.training.lit_module import GPTLitModule
 
     cfg = {**CHOSEN, "drop_rate": 0.0, "qkv_bias": True, "tie_weights": True}
     torch.manual_seed(0)

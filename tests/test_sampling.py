@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from gpt_lab.model import GPTModel
-from gpt_lab.prompting import TextPrinter
-from gpt_lab.tasks import run_task
+from gpt_lab.generation.prompts import TextPrinter
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.job import run_task
 from gpt_lab.tokenizer import get_tokenizer
 
 PROMPTS = "prompts=[Every effort moves you,Hello]"

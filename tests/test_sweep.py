@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt_lab.sweep import summarise_sweep, write_summary
+from gpt_lab.run.sweep import summarise_sweep, write_summary
 
 
 def _rows(sweep_dir: Path) -> list[dict[str, str]]:

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import DictConfig
 
 from gpt_lab.errors import ConfigError
-from gpt_lab.run_files import read_results
-from gpt_lab.tasks import run_task
+from gpt_lab.run.files import read_results
+from gpt_lab.run.job import run_task
 
 CALLS: list[DictConfig] = []
 
@@ -29,8 +29,10 @@ def test_task_target_names_the_function_that_runs(compose_config, tmp_path) -> N
 
 
 def test_task_target_that_names_nothing_is_a_config_error(compose_config, tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"task._target_=gpt_lab.tasks.dream.run \(task=generate\) is not a function"):
-        run_task(compose_config("model=tiny", "task._target_=gpt_lab.tasks.dream.run"))
+    with pytest.raises(
+        ConfigError, match=r"task._target_=gpt_lab.run.job.dream.run \(task=generate\) is not a function"
+    ):
+        run_task(compose_config("model=tiny", "task._target_=gpt_lab.run.job.dream.run"))
     assert read_results(tmp_path)["status"] == "failed"
 
 

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gpt_lab.tasks import run_task
+from gpt_lab.run.job import run_task
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def test_tensorboard_logger_none_writes_no_events(compose_config, tmp_path: Path
 
 TRACE_MEMORY_SCRIPT = """
 import resource, sys, torch
-from gpt_lab.model import GPTModel
-from gpt_lab.tensorboard import write_tensorboard
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.tensorboard import write_tensorboard
 cfg = dict(vocab_size=50257, context_length=256, emb_dim=512, n_heads=8, n_layers=8, drop_rate=0.1, qkv_bias=False)
 model = GPTModel(cfg).eval()
 idx = torch.tensor([[15496, 11, 314, 716]])

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from book_reference import RefGPT
 from configs import TINY_RUN
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.book_reference import RefGPT
 from gpt_lab.config import validate_config
-from gpt_lab.data import split_text
+from gpt_lab.data.text import split_text
 from gpt_lab.errors import UserError
-from gpt_lab.model import GPTModel
-from gpt_lab.tasks import run_task
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.job import run_task
 from gpt_lab.tokenizer import get_tokenizer
 
 CONTEXT = 16  # TINY_RUN's context length

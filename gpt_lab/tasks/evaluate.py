@@ -19,14 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gpt_lab.config import input_path
-from gpt_lab.corpus_data import build_corpus_datamodule
-from gpt_lab.data import DataError, GPTDatasetV1, packaged_text, read_text
-from gpt_lab.loss import mean_loss
-from gpt_lab.pretrained import build_model
-from gpt_lab.prompting import continue_prompt, encode_prompt
-from gpt_lab.stats import model_report
-from gpt_lab.tensorboard import flatten_hparams, write_run_tensorboard
+from gpt_lab.data.corpus import build_corpus_datamodule
+from gpt_lab.data.text import DataError, GPTDatasetV1, packaged_text, read_text
+from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.model.stats import model_report
+from gpt_lab.model.weights import build_model
+from gpt_lab.run.tensorboard import flatten_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+from gpt_lab.training.loss import mean_loss
 
 log = logging.getLogger(__name__)
 

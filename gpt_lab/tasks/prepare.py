@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gpt_lab.config import input_path
-from gpt_lab.corpus import CorpusError, is_url, prepare_corpus
+from gpt_lab.data.corpus_prepare import CorpusError, is_url, prepare_corpus
 
 log = logging.getLogger(__name__)
 

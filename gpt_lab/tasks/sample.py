@@ -17,11 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
-from gpt_lab.model import GPTModel
-from gpt_lab.pretrained import build_model
-from gpt_lab.prompting import continue_prompt, encode_prompt
-from gpt_lab.stats import model_report
-from gpt_lab.tensorboard import flatten_hparams, write_run_tensorboard
+from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.stats import model_report
+from gpt_lab.model.weights import build_model
+from gpt_lab.run.tensorboard import flatten_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)

@@ -19,22 +19,22 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.callbacks import InitialLossEvaluation, LossHistory, SampleText
-from gpt_lab.checkpoints import save_book_checkpoint
 from gpt_lab.config import input_path
-from gpt_lab.corpus_data import CorpusDataModule, build_corpus_datamodule
-from gpt_lab.data import DataError, TextDataModule, packaged_text
+from gpt_lab.data.corpus import CorpusDataModule, build_corpus_datamodule
+from gpt_lab.data.text import DataError, TextDataModule, packaged_text
 from gpt_lab.errors import UserError
-from gpt_lab.lit_module import GPTLitModule
-from gpt_lab.loss import mean_loss
-from gpt_lab.pretrained import init_model_config
-from gpt_lab.prompting import continue_prompt, encode_prompt
-from gpt_lab.resume import ResumedOptimizerSettings, check_resume
-from gpt_lab.resume_last import resolve_ckpt_path
-from gpt_lab.run_status import interruptible_fit
-from gpt_lab.stats import model_report
-from gpt_lab.tensorboard import flatten_hparams
+from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.model.book_checkpoint import save_book_checkpoint
+from gpt_lab.model.stats import model_report
+from gpt_lab.model.weights import init_model_config
+from gpt_lab.run.status import interruptible_fit
+from gpt_lab.run.tensorboard import flatten_hparams
 from gpt_lab.tokenizer import get_tokenizer
+from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.training.lit_module import GPTLitModule
+from gpt_lab.training.loss import mean_loss
+from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
+from gpt_lab.training.resume_last import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import FSDPStrategy
 
-from gpt_lab.model import TransformerBlock
+from gpt_lab.model.gpt import TransformerBlock
 
 
 def fsdp_strategy(activation_checkpointing: bool = False, **kwargs: Any) -> FSDPStrategy:

@@ -1,4 +1,4 @@
-"""Which checkpoint a training run resumes from (``ckpt_path``); ``gpt_lab.resume`` checks it.
+"""Which checkpoint a training run resumes from (``ckpt_path``); ``gpt_lab.training.resume`` checks it.
 
 ``ckpt_path=last`` is the newest checkpoint of this run's own directory (``checkpoints/last.ckpt``,
 which ModelCheckpoint keeps pointing at the newest): re-running a command with the same

@@ -16,9 +16,9 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gpt_lab.lit_module import GPTLitModule
-from gpt_lab.loss import mean_loss
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+from gpt_lab.training.lit_module import GPTLitModule
+from gpt_lab.training.loss import mean_loss
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from gpt_lab.errors import UserError
-from gpt_lab.generate import generate_stream
-from gpt_lab.model import GPTModel
+from gpt_lab.generation.sampling import generate_stream
+from gpt_lab.model.gpt import GPTModel
 
 
 def encode_prompt(tokenizer: tiktoken.Encoding, prompt: str) -> list[int]:

@@ -11,12 +11,12 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from gpt_lab.cpu_memory import keep_freed_memory
 from gpt_lab.errors import UserError
-from gpt_lab.generate import generate
-from gpt_lab.loss import batch_loss
-from gpt_lab.model import GPTModel, model_config_dict
-from gpt_lab.schedule import build_scheduler, resolve_schedule
+from gpt_lab.generation.sampling import generate
+from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.training.cpu_memory import keep_freed_memory
+from gpt_lab.training.loss import batch_loss
+from gpt_lab.training.schedule import build_scheduler, resolve_schedule
 
 
 class NonFiniteLossError(UserError):

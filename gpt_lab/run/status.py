@@ -1,6 +1,6 @@
 """How a run ends when a signal stops it: SIGINT and SIGTERM become ``RunInterrupted``.
 
-The command line (``gpt_lab.tasks.run_command_line``) installs the two handlers below. Outside
+The command line (``gpt_lab.run.job.run_command_line``) installs the two handlers below. Outside
 training, SIGTERM raises ``RunInterrupted`` where the program stands and SIGINT raises Python's
 ``KeyboardInterrupt``. During ``trainer.fit`` Lightning stops by itself: on SIGTERM its own handler
 (which it chains before ours) makes the loop raise ``SIGTERMException`` at the end of the batch;

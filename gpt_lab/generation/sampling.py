@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from gpt_lab.decoding import Decoder
-from gpt_lab.model import GPTModel
+from gpt_lab.generation.decoding import Decoder
+from gpt_lab.model.gpt import GPTModel
 
 
 def _check_args(idx: torch.Tensor, max_new_tokens: int, context_size: int) -> None:
@@ -115,7 +115,7 @@ def _steps(
     model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
     # GPTModel computes only the last position's logits on request (the output head is a third of
-    # the work per token), and its CPU steps run gpt_lab.decoding's faster products.
+    # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
     decoder = Decoder(model) if is_gpt_model and idx.device.type == "cpu" else None

@@ -7,10 +7,7 @@ file states it). ``build_model`` applies those to the chosen config, refuses a c
 cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
 ``GPTModel`` holding them.
 
-Hugging Face's GPT-2 (``GPT2LMHeadModel`` / ``GPT2Model``) differs from the book's model only in
-layout: its ``Conv1D`` layers store weights as (in, out), the transpose of ``nn.Linear``'s
-(out, in); query, key and value are one fused ``c_attn`` of width 3 * emb_dim; ``lm_head`` is
-tied to ``wte``; ``attn.bias`` / ``attn.masked_bias`` are causal-mask buffers, not weights.
+The Hugging Face layout and its conversion: gpt_lab.model.hf.
 """
 
 from __future__ import annotations
@@ -25,27 +22,15 @@ from typing import Any
 import torch
 
 from gpt_lab.config import GPT2_SIZES
-from gpt_lab.errors import UserError
-from gpt_lab.model import GPTModel, model_config_dict
+from gpt_lab.errors import InitFromError
+from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 BOOK_WEIGHT_FILES = ("model.pth",)
-# The one key map between the book's layout and Hugging Face's GPT-2, per transformer block (book
-# name → HF name): Conv1D layers that map one to one onto nn.Linear (transposed), the LayerNorms,
-# and the three projections fused, in this order, into c_attn.
-HF_LINEARS = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff.layers.2", "mlp.c_proj"))
-HF_NORMS = (("norm1", "ln_1"), ("norm2", "ln_2"))
-HF_QKV = ("att.W_query", "att.W_key", "att.W_value")
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
-
-
-class InitFromError(UserError, ValueError):
-    """``init_from`` names a file that is missing, unreadable, or does not fit the chosen config.
-
-    A ``UserError``: the command line prints the message, without a traceback, and exits 2.
-    """
 
 
 @dataclass
@@ -160,7 +145,7 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     elif any(k.removeprefix("transformer.") == "wte.weight" for k in raw):
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
-        stated = _read_hf_config(file.parent)
+        stated = read_hf_config(file.parent)
     else:
         sample = ", ".join(list(raw)[:5])
         raise InitFromError(
@@ -179,101 +164,7 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     return PretrainedWeights(file, fmt, state, _architecture_from_tensors(state, str(file)), stated)
 
 
-def _read_hf_config(directory: Path) -> dict[str, Any]:
-    """Checked facts from a Hugging Face ``config.json`` next to the weights (empty if there is none)."""
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        return {}
-    hf = json.loads(config_file.read_text())
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise InitFromError(
-            f"init_from: {config_file} uses activation_function={act!r}; GPTModel's GELU is the tanh "
-            "approximation GPT-2 was trained with ('gelu_new')"
-        )
-    eps = hf.get("layer_norm_epsilon", 1e-5)
-    if abs(eps - 1e-5) > 1e-12:
-        raise InitFromError(f"init_from: {config_file} has layer_norm_epsilon={eps}; GPTModel's LayerNorm uses 1e-5")
-    # Sizes show in the tensors' shapes; the head count does not, so it is checked from here.
-    return {"n_heads": hf["n_head"]} if "n_head" in hf else {}
-
-
 # ---------------------------------------------------------------------------------------------
-# Hugging Face layout → book layout
-
-
-def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], source: str = "weights") -> dict[str, torch.Tensor]:
-    """A Hugging Face GPT-2 state dict (``transformer.`` prefix optional) in the book's layout.
-
-    ``Conv1D`` weights (in, out) become ``nn.Linear`` weights (out, in); the fused ``c_attn``
-    (emb_dim, 3 * emb_dim) splits into ``W_query``, ``W_key``, ``W_value``. ``lm_head.weight``,
-    when present, becomes ``out_head.weight``; otherwise the head is ``wte`` (GPT-2 ties them).
-    """
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
-    # Causal-mask buffers that older transformers versions saved with the weights.
-    hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    out: dict[str, torch.Tensor] = {}
-
-    def take(key: str) -> torch.Tensor:
-        try:
-            return hf.pop(key)
-        except KeyError:
-            raise InitFromError(f"init_from={source}: Hugging Face GPT-2 weights without {key}") from None
-
-    out["tok_emb.weight"] = take("wte.weight")
-    out["pos_emb.weight"] = take("wpe.weight")
-    n_layers = len({k.split(".")[1] for k in hf if k.startswith("h.")})
-    for i in range(n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}."
-        qkv_w = take(h + "attn.c_attn.weight")  # (emb, 3 * emb), Conv1D layout
-        qkv_b = take(h + "attn.c_attn.bias")  # (3 * emb,)
-        if qkv_w.shape[1] % 3 != 0:
-            raise InitFromError(f"init_from={source}: {h}attn.c_attn.weight has shape {tuple(qkv_w.shape)}")
-        for name, w, bias in zip(HF_QKV, qkv_w.chunk(3, dim=1), qkv_b.chunk(3, dim=0), strict=True):
-            out[f"{b}{name}.weight"] = w.t().contiguous()
-            out[f"{b}{name}.bias"] = bias.contiguous()
-        for ours, theirs in HF_LINEARS:
-            out[f"{b}{ours}.weight"] = take(f"{h}{theirs}.weight").t().contiguous()
-            out[f"{b}{ours}.bias"] = take(f"{h}{theirs}.bias")
-        for ours, theirs in HF_NORMS:
-            out[f"{b}{ours}.scale"] = take(f"{h}{theirs}.weight")
-            out[f"{b}{ours}.shift"] = take(f"{h}{theirs}.bias")
-    out["final_norm.scale"] = take("ln_f.weight")
-    out["final_norm.shift"] = take("ln_f.bias")
-    out["out_head.weight"] = hf.pop("lm_head.weight", out["tok_emb.weight"])
-    if hf:
-        raise InitFromError(f"init_from={source}: unexpected Hugging Face GPT-2 entries {', '.join(sorted(hf)[:8])}")
-    return out
-
-
-def export_hf_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A book-layout state dict in Hugging Face ``GPT2LMHeadModel``'s layout (the inverse of
-    ``convert_hf_state_dict``): ``transformer.*`` keys and ``lm_head.weight``.
-
-    Without query/key/value biases (the book's default) ``c_attn``'s bias is zeros, which computes
-    the same. Load it into a model made with ``tie_word_embeddings=False`` unless ``out_head``
-    is the token embedding. Transposed weights are views of ``state``'s tensors (no copy of a
-    large model's weights; ``load_state_dict`` copies them): make them contiguous before saving.
-    """
-    out = {"transformer.wte.weight": state["tok_emb.weight"], "transformer.wpe.weight": state["pos_emb.weight"]}
-    for i in range(_n_blocks(state)):
-        b, h = f"trf_blocks.{i}.", f"transformer.h.{i}."
-        weights = [state[f"{b}{name}.weight"] for name in HF_QKV]  # each (emb, emb), nn.Linear layout
-        biases = [state.get(f"{b}{name}.bias", torch.zeros(len(w))) for name, w in zip(HF_QKV, weights, strict=True)]
-        out[h + "attn.c_attn.weight"] = torch.cat(weights).t()  # (emb, 3 * emb), Conv1D layout
-        out[h + "attn.c_attn.bias"] = torch.cat(biases)
-        for ours, theirs in HF_LINEARS:
-            out[f"{h}{theirs}.weight"] = state[f"{b}{ours}.weight"].t()
-            out[f"{h}{theirs}.bias"] = state[f"{b}{ours}.bias"]
-        for ours, theirs in HF_NORMS:
-            out[f"{h}{theirs}.weight"] = state[f"{b}{ours}.scale"]
-            out[f"{h}{theirs}.bias"] = state[f"{b}{ours}.shift"]
-    out["transformer.ln_f.weight"] = state["final_norm.scale"]
-    out["transformer.ln_f.bias"] = state["final_norm.shift"]
-    out["lm_head.weight"] = state["out_head.weight"]
-    return out
-
-
 def _architecture_from_tensors(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
     """What the tensors decide: context length, query/key/value biases, a tied output head."""
     if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
@@ -325,13 +216,13 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
         problems += shape_lines[:MAX_LISTED]
         if len(shape_lines) > MAX_LISTED:
             problems.append(f"  ... and {len(shape_lines) - MAX_LISTED} more")
-    n_found = _n_blocks(found)
+    n_found = n_blocks(found)
     if n_found != cfg["n_layers"]:
         problems.append(f"model.n_layers={cfg['n_layers']} but the weights have {n_found} transformer blocks")
     # Whole blocks missing or extra are the line above; list only the other keys.
     common = min(n_found, cfg["n_layers"])
-    missing = [k for k in expected if k not in found and _block_index(k) < common]
-    extra = [k for k in found if k not in expected and _block_index(k) < common]
+    missing = [k for k in expected if k not in found and block_index(k) < common]
+    extra = [k for k in found if k not in expected and block_index(k) < common]
     for what, keys in (("missing from the weights", missing), ("in the weights but not in the model", extra)):
         if keys:
             listed = ", ".join(keys[:MAX_LISTED]) + (f", ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else "")
@@ -350,19 +241,10 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     return cfg
 
 
-def _block_index(key: str) -> int:
-    """``i`` of ``trf_blocks.i.*``; -1 for keys outside the blocks."""
-    return int(key.split(".")[1]) if key.startswith("trf_blocks.") else -1
-
-
-def _n_blocks(state: Mapping[str, torch.Tensor]) -> int:
-    return 1 + max((_block_index(k) for k in state), default=-1)
-
-
 def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> str:
     """'these look like gpt2_medium weights: use model=gpt2_medium', when they do."""
     emb = int(state["tok_emb.weight"].shape[1])
-    n_layers = _n_blocks(state)
+    n_layers = n_blocks(state)
     for option, size in GPT2_SIZES.items():
         heads = size["n_heads"]
         if (size["emb_dim"], size["n_layers"]) == (emb, n_layers) and stated.get("n_heads", heads) == heads:

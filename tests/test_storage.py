@@ -12,9 +12,10 @@ import pytest
 import torch
 from configs import TINY
 
-from gpt_lab.model import GPTModel
-from gpt_lab.resume import ResumeError, check_resume
-from gpt_lab.run_files import StorageError, atomic_write, write_results
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.run.files import write_results
+from gpt_lab.storage import StorageError, atomic_write
+from gpt_lab.training.resume import ResumeError, check_resume
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_and_no_temporary(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ write it through a temporary file in the system's temp directory that is moved i
 the run directory is on another filesystem that move is a copy, so a full disk leaves a truncated
 checkpoint under its final name, and a kill leaves the temporary file behind in /tmp. Here
 ``torch.save`` streams into a temporary file beside the checkpoint, which is renamed into place
-once complete (``gpt_lab.run_files.atomic_write``). Remote URLs keep Lightning's path.
+once complete (``gpt_lab.storage.atomic_write``). Remote URLs keep Lightning's path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from gpt_lab.run_files import atomic_write
+from gpt_lab.storage import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,4 +1,4 @@
-"""The CPU decoding fast path that ``gpt_lab.generate`` drives; the book's classes know nothing of it.
+"""The CPU decoding fast path that ``gpt_lab.generation.sampling`` drives; the book's classes know nothing of it.
 
 A generation step feeds one token per sequence: every ``nn.Linear`` then multiplies a few rows by
 its weight, which is bound by reading the weight from memory. MKL runs ``F.linear`` on a single row

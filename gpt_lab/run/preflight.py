@@ -54,8 +54,8 @@ def count_params_on_meta(model_cfg: Mapping[str, Any]) -> int:
     """The parameter count of ``GPTModel(model_cfg)``, built on the meta device (no memory used)."""
     import torch
 
-    from gpt_lab.model import GPTModel
-    from gpt_lab.stats import count_params
+    from gpt_lab.model.gpt import GPTModel
+    from gpt_lab.model.stats import count_params
 
     with torch.device("meta"):
         return count_params(GPTModel(dict(model_cfg)))
@@ -127,7 +127,7 @@ def check_components(cfg: DictConfig) -> list[str]:
     return problems + _check_cpu_bf16(cfg)
 
 
-CPU_BF16_PLUGIN = "gpt_lab.precision.CPUBf16Mixed"
+CPU_BF16_PLUGIN = "gpt_lab.training.precision.CPUBf16Mixed"
 
 
 def _check_cpu_bf16(cfg: DictConfig) -> list[str]:

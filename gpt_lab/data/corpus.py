@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gpt_lab.config import input_path
-from gpt_lab.corpus import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
+from gpt_lab.data.corpus_prepare import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
 log = logging.getLogger(__name__)

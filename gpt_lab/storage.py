@@ -1,5 +1,4 @@
-"""The run's results file, ``results.json``, and ``atomic_write`` for every file a run finishes
-(TensorBoard events: gpt_lab/tensorboard.py).
+"""``atomic_write`` for every file a run finishes, and ``StorageError`` when the disk says no.
 
 results.json, the sweep summaries, model.pth and Lightning checkpoints go through ``atomic_write``:
 written beside their final name in the same directory, flushed to disk, then renamed over it, so a
@@ -12,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
-import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-RESULTS_FILE = "results.json"
 TEMP_SUFFIX = ".tmp"  # atomic_write's files: .<final name>.<pid>.<random>.tmp, beside the final name
 # What a full disk looks like to a write: no space, over the quota, over the file-size limit (ulimit -f).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -165,29 +161,3 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
-
-
-def write_results(output_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results`` as ``<output_dir>/results.json`` atomically (NaN and infinities become null)."""
-    path = Path(output_dir) / RESULTS_FILE
-    return write_text_atomic(path, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
-
-
-def read_results(output_dir: str | Path) -> dict[str, Any] | None:
-    """The results.json of a run directory, or None when the run left none."""
-    path = Path(output_dir) / RESULTS_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # a tensor or a NumPy value
-        return _json_safe(value.tolist())
-    return value

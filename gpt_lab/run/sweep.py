@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.run_files import atomic_write, write_text_atomic
+from gpt_lab.storage import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 

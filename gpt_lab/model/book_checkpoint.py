@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from gpt_lab.model import GPTModel
-from gpt_lab.run_files import atomic_write
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.storage import atomic_write
 
 
 def export_book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:

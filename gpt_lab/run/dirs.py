@@ -26,8 +26,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.run_files import RESULTS_FILE, pid_alive, read_results, remove_stale_temp_files
-from gpt_lab.run_status import USER_ERROR_EXIT_CODE, is_extra_process
+from gpt_lab.run.files import RESULTS_FILE, read_results
+from gpt_lab.run.status import USER_ERROR_EXIT_CODE, is_extra_process
+from gpt_lab.storage import pid_alive, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ def _load(path: Path) -> Mapping[str, Any]:
 
 
 def _expected_shapes(model_cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    from gpt_lab.model import GPTModel
+    from gpt_lab.model.gpt import GPTModel
 
     with torch.device("meta"):  # shapes only, no memory
         model = GPTModel(dict(model_cfg))

@@ -7,7 +7,7 @@ but runs through ``F.layer_norm``, ``F.gelu`` and ``F.scaled_dot_product_attenti
 
 Generation's extras are two optional arguments of ``GPTModel.forward``: a key/value cache
 (``kv_cache``) and ``last_only`` (logits of the last position only). The CPU decoding products live
-in ``gpt_lab.decoding``, which ``gpt_lab.generate`` drives; these classes know nothing of them.
+in ``gpt_lab.generation.decoding``, which ``gpt_lab.generation.sampling`` drives; these classes know nothing of them.
 
 Pure PyTorch: no Lightning, no Hydra.
 """
