@@ -79,6 +79,8 @@ class TaskConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
+    _target_: str = MISSING  # the LightningDataModule's from_config(cfg, context_length)
+    lit_module: str = MISSING  # the LightningModule class that trains on it (task=train)
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
     stride: int | None = MISSING  # null: the context length

@@ -8,7 +8,6 @@ _NAMES = {
     "count_windows": "gpt_lab.data.corpus",
     "BoundedLoader": "gpt_lab.data.corpus",
     "CorpusDataModule": "gpt_lab.data.corpus",
-    "build_corpus_datamodule": "gpt_lab.data.corpus",
     "CorpusError": "gpt_lab.data.corpus_prepare",
     "SourceScan": "gpt_lab.data.corpus_prepare",
     "is_url": "gpt_lab.data.corpus_prepare",

@@ -216,20 +216,20 @@ class CorpusDataModule(L.LightningDataModule):
         assert self.meta is not None, "call setup() first"
         return BoundedLoader(self._loader(split, shuffle=False, drop_last=False), self.eval_max_batches)
 
-
-def build_corpus_datamodule(cfg: Any, context_length: int) -> CorpusDataModule:
-    """The ``data=corpus`` module of a run: ``data.dir`` resolved against ``paths.root_dir`` (a URL stays)."""
-    if not cfg.data.dir:
-        raise CorpusError(
-            f"task={cfg.task.name} data=corpus needs data.dir: the directory task=prepare wrote, "
-            "e.g. data.dir=data/books"
+    @classmethod
+    def from_config(cls, cfg: Any, context_length: int) -> CorpusDataModule:
+        """The ``data=corpus`` module of a run: ``data.dir`` resolved against ``paths.root_dir`` (a URL stays)."""
+        if not cfg.data.dir:
+            raise CorpusError(
+                f"task={cfg.task.name} data=corpus needs data.dir: the directory task=prepare wrote, "
+                "e.g. data.dir=data/books"
+            )
+        data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
+        return cls(
+            data_dir,
+            context_length=context_length,
+            batch_size=cfg.data.batch_size,
+            seed=cfg.seed,
+            num_workers=cfg.data.loader_workers,
+            eval_max_batches=cfg.data.eval_max_batches,
         )
-    data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
-    return CorpusDataModule(
-        data_dir,
-        context_length=context_length,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.data.loader_workers,
-        eval_max_batches=cfg.data.eval_max_batches,
-    )

@@ -17,6 +17,7 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
@@ -249,3 +250,25 @@ class TextDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         # A mid-epoch checkpoint's loader state (restored later by Lightning) rewinds it further.
         self.generator.set_state(state_dict["generator_state"])
+
+    @classmethod
+    def from_config(cls, cfg: Any, context_length: int) -> TextDataModule:
+        """The run's text module over ``data.path`` (relative to ``paths.root_dir``, where the user ran from)."""
+        if not cfg.data.path:
+            raise DataError(f"task={cfg.task.name} needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
+        return cls(
+            path=packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path),
+            max_length=context_length,
+            batch_size=cfg.data.batch_size,
+            stride=cfg.data.stride,
+            train_ratio=cfg.data.train_ratio,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed,
+        )
+
+    def describe(self) -> str:
+        """One log line on what was read."""
+        return (
+            f"Data {self.path}: {self.n_train_tokens} training tokens in {len(self.train_dataset)} windows, "
+            f"{self.n_val_tokens} validation tokens in {len(self.val_dataset)} windows"
+        )

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gpt_lab.config import input_path
-from gpt_lab.data.corpus import build_corpus_datamodule
+from gpt_lab.data.corpus import CorpusDataModule
 from gpt_lab.data.text import DataError, GPTDatasetV1, packaged_text, read_text
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
 from gpt_lab.model.stats import model_report
@@ -116,14 +116,14 @@ def _run_corpus(cfg: DictConfig) -> dict[str, Any]:
     """``data=corpus``: loss and perplexity over the first ``data.eval_max_batches`` batches of the val split."""
     # The prepared directory is checked before the model is read. init_from's weights fix the context
     # length, so with them the windows are counted (again) once the model is built.
-    corpus = build_corpus_datamodule(cfg, 1 if cfg.init_from else cfg.model.context_length)
+    corpus = CorpusDataModule.from_config(cfg, 1 if cfg.init_from else cfg.model.context_length)
     corpus.setup("validate")
     tokenizer = get_tokenizer()
     prompt_ids = encode_prompt(tokenizer, cfg.prompt)
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
     if model.context_length != corpus.context_length:
-        corpus = build_corpus_datamodule(cfg, model.context_length)
+        corpus = CorpusDataModule.from_config(cfg, model.context_length)
         corpus.setup("validate")
     device = _device(cfg)
     model.to(device).eval()

@@ -1,61 +1,44 @@
-"""The train task (chapter 5): fit GPTLitModule on data.path with a Lightning Trainer from config.
+"""The train task: fit the LightningModule that ``data.lit_module`` names on the data module that
+``data._target_`` builds, with a Lightning Trainer from config. One task for every objective.
 
 Order of random draws as in the book: seed, build the model; seed again, then the data is drawn.
 Writes into the run directory: Lightning checkpoints (``checkpoints/``), TensorBoard events, and
-the trained weights as the book's ``model.pth``.
+what the objective's ``finish`` writes (chapter 5: the trained weights as the book's ``model.pth``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, get_method, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
-from gpt_lab.data.corpus import CorpusDataModule, build_corpus_datamodule
-from gpt_lab.data.text import DataError, TextDataModule, packaged_text
+from gpt_lab.data.text import DataError
 from gpt_lab.errors import UserError
-from gpt_lab.generation.prompts import continue_prompt, encode_prompt
-from gpt_lab.model.book_checkpoint import save_book_checkpoint
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
 from gpt_lab.run.status import interruptible_fit
 from gpt_lab.run.tensorboard import flatten_hparams
-from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
-from gpt_lab.training.lit_module import GPTLitModule
-from gpt_lab.training.loss import mean_loss
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
 from gpt_lab.training.resume_last import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
-BOOK_CHECKPOINT = "model.pth"
+# results.json fields that also go to TensorBoard's HPARAMS tab beside the run's settings.
+HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy")
 
 
-def build_datamodule(cfg: DictConfig, context_length: int) -> TextDataModule | CorpusDataModule:
-    """The run's data module over ``data.path`` (relative to ``paths.root_dir``, where the user ran from)."""
-    if cfg.data.name == "corpus":  # data=corpus: windows streamed from task=prepare's data.dir
-        return build_corpus_datamodule(cfg, context_length)
-    if not cfg.data.path:
-        raise DataError("task=train needs a text to train on: add data.path=/path/to/text.txt (UTF-8)")
-    return TextDataModule(
-        path=packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path),
-        max_length=context_length,
-        batch_size=cfg.data.batch_size,
-        stride=cfg.data.stride,
-        train_ratio=cfg.data.train_ratio,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-    )
+def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
+    """The run's data module: ``data._target_`` is its ``from_config(cfg, context_length)``."""
+    return get_method(cfg.data._target_)(cfg, context_length)
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -144,26 +127,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{err} (here init_from={cfg.init_from} fixes model.context_length={model_cfg['context_length']}: "
             "the length of its position embeddings)"
         ) from None
-    if isinstance(datamodule, TextDataModule):  # a corpus logs its own sizes
-        log.info(
-            "Data %s: %d training tokens in %d windows, %d validation tokens in %d windows",
-            datamodule.path,
-            datamodule.n_train_tokens,
-            len(datamodule.train_dataset),
-            datamodule.n_val_tokens,
-            len(datamodule.val_dataset),
-        )
+    if hasattr(datamodule, "describe"):
+        log.info(datamodule.describe())
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = GPTLitModule(
-        model_cfg,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        scheduler=OmegaConf.to_container(cfg.scheduler),
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-    )
-    if init_state:
-        lit.model.load_state_dict(init_state, strict=True)
+    lit = get_class(cfg.data.lit_module).from_config(cfg, model_cfg, init_state)
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
@@ -181,48 +149,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
 
-    # Final losses over the whole sets, in eval mode, like the initial ones.
-    train_loss = mean_loss(lit.model, datamodule.eval_dataloader("train"), lit.device)
-    val_loss = mean_loss(lit.model, datamodule.eval_dataloader("val"), lit.device)
-    if trainer.is_global_zero:
-        log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
-
-    _log_hparams(trainer, cfg, {"hp/train_loss": train_loss, "hp/val_loss": val_loss})
+    finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
+    _log_hparams(trainer, cfg, {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
 
     initial = _find(callbacks, InitialLossEvaluation)
     history = _find(callbacks, LossHistory)
     sampler = _find(callbacks, SampleText)
-    output_dir = Path(cfg.paths.output_dir)
-    results: dict[str, Any] = {"model_config": lit.model.cfg, **report}
-
-    tokenizer = get_tokenizer()
-    sample = continue_prompt(lit.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
-    results.update(prompt=cfg.prompt, **sample)
+    trainable = sum(p.numel() for p in lit.model.parameters() if p.requires_grad)
+    results: dict[str, Any] = {"model_config": lit.model.cfg, **report, "trainable_params": trainable}
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = None
     if checkpoint_cb is not None:
         checkpoint = getattr(checkpoint_cb, "last_model_path", "") or getattr(checkpoint_cb, "best_model_path", "")
-    book_path = output_dir / BOOK_CHECKPOINT
-    if trainer.is_global_zero:
-        save_book_checkpoint(lit.model, book_path)
     results.update(
-        data_path=str(datamodule.path),
-        train_tokens=datamodule.n_train_tokens,
-        val_tokens=datamodule.n_val_tokens,
         initial_train_loss=initial.train_loss if initial is not None else None,
         initial_val_loss=initial.val_loss if initial is not None else None,
-        train_loss=train_loss,
-        val_loss=val_loss,
-        tokens_seen=lit.tokens_seen,
+        **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,
         checkpoint=checkpoint or None,
-        book_checkpoint=str(book_path),
         loss_curve=history.epochs if history is not None else None,
         last_sample=sampler.last_text if sampler is not None else None,
         train_seconds=fit_seconds,
     )
-    if isinstance(datamodule, CorpusDataModule):
-        results.update(datamodule.split_sizes())
     return results

@@ -18,7 +18,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
-from gpt_lab.training.loss import mean_loss
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,8 @@ class InitialLossEvaluation(L.Callback):
             return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
-            self.train_loss = mean_loss(pl_module.model, _eval_loader(trainer, "train"), pl_module.device)
-            self.val_loss = mean_loss(pl_module.model, _eval_loader(trainer, "val"), pl_module.device)
+            self.train_loss = pl_module.mean_loss(_eval_loader(trainer, "train"))
+            self.val_loss = pl_module.mean_loss(_eval_loader(trainer, "val"))
         for logger in trainer.loggers:
             logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss}, step=0)
         if trainer.is_global_zero:

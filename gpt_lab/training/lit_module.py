@@ -1,10 +1,18 @@
 """The LightningModule around chapter 4's GPTModel: the book's loss, AdamW (with appendix D's
-schedule and gradient clipping when configured), greedy generation."""
+schedule and gradient clipping when configured), greedy generation.
+
+Every objective ``task=train`` runs (``data.lit_module`` names its class) follows the same small
+protocol: ``from_config(cfg, model_cfg, init_state)`` builds it, ``mean_loss(loader)`` is the loss
+the callbacks report before and after training, ``finish(trainer, datamodule, cfg)`` writes the
+objective's own files and returns its results.json fields.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,8 +23,12 @@ from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.training.cpu_memory import keep_freed_memory
-from gpt_lab.training.loss import batch_loss
+from gpt_lab.training.loss import batch_loss, mean_loss
 from gpt_lab.training.schedule import build_scheduler, resolve_schedule
+
+log = logging.getLogger(__name__)
+
+BOOK_CHECKPOINT = "model.pth"  # the trained weights, in the book's format, in the run directory
 
 
 class NonFiniteLossError(UserError):
@@ -83,6 +95,54 @@ class GPTLitModule(L.LightningModule):
         self.warmup_steps = 0  # the schedule's, set when training starts: clipping starts here
         self._resume_rng_state: torch.Tensor | None = None
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, model_cfg: Mapping[str, Any], init_state: Mapping[str, torch.Tensor] | None) -> Any:
+        """The module of a run: ``model_cfg`` built (seeded by the caller), starting from ``init_state``."""
+        lit = cls(
+            model_cfg,
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            scheduler=dict(cfg.scheduler),
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+        )
+        if init_state:
+            lit.model.load_state_dict(init_state, strict=True)
+        return lit
+
+    def mean_loss(self, batches: Any) -> float:
+        """The objective's mean loss over ``batches`` in eval mode (the book's ``calc_loss_loader``)."""
+        return mean_loss(self.model, batches, self.device)
+
+    def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
+        """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
+        from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+        from gpt_lab.model.book_checkpoint import save_book_checkpoint
+        from gpt_lab.tokenizer import get_tokenizer
+
+        train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
+        val_loss = self.mean_loss(datamodule.eval_dataloader("val"))
+        if trainer.is_global_zero:
+            log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
+        tokenizer = get_tokenizer()
+        sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
+        book_path = Path(cfg.paths.output_dir) / BOOK_CHECKPOINT
+        if trainer.is_global_zero:
+            save_book_checkpoint(self.model, book_path)
+        results = {
+            "prompt": cfg.prompt,
+            **sample,
+            "data_path": str(datamodule.path),
+            "train_tokens": datamodule.n_train_tokens,
+            "val_tokens": datamodule.n_val_tokens,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "tokens_seen": self.tokens_seen,
+            "book_checkpoint": str(book_path),
+        }
+        if hasattr(datamodule, "split_sizes"):
+            results.update(datamodule.split_sizes())
+        return results
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (b, t) → logits (b, t, vocab_size)."""
