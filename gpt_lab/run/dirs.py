@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, read_results
-from gpt_lab.run.status import is_rank_zero
+from gpt_lab.run.status import is_rank_zero, watch_sweep
 from gpt_lab.storage import pid_alive, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -142,3 +142,4 @@ class RunDirGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
             check_sweep_dir(Path(str(config.hydra.sweep.dir)))
+            watch_sweep(str(config.hydra.sweep.dir))  # an interrupted parallel sweep waits for its jobs there
