@@ -135,6 +135,19 @@ def test_config_launchers_compose(compose_config) -> None:
         (["data.batch_size=1.5"], "data.batch_size=1.5 is not an integer"),
         (["+model.n_head=4"], "unknown key model.n_head; model accepts name, vocab_size, .*n_heads"),
         (["+learning_rate=0.1"], "unknown key learning_rate; the top level accepts model, .*seed"),
+        # Issue 21 case 9: NaN and infinity fail every float range check.
+        (["scheduler.min_lr=nan"], r"scheduler\.min_lr=nan must be a finite number >= 0"),
+        (["scheduler.initial_lr=nan"], r"scheduler\.initial_lr=nan must be a finite number >= 0"),
+        (["scheduler.initial_lr=inf"], r"scheduler\.initial_lr=inf must be a finite number >= 0"),
+        (["optim.clip_grad_norm=nan"], r"optim\.clip_grad_norm=nan must be a finite number > 0"),
+        (["optim.clip_grad_norm=inf"], r"optim\.clip_grad_norm=inf must be a finite number > 0"),
+        (["optim.weight_decay=nan"], r"optim\.weight_decay=nan must be a finite number >= 0"),
+        (["model.drop_rate=nan"], r"model\.drop_rate=nan must be a rate in \[0, 1\)"),
+        (["data.train_ratio=nan"], r"data\.train_ratio=nan must be in \(0, 1\)"),
+        (["scheduler.warmup_ratio=nan"], r"scheduler\.warmup_ratio=nan must be in"),
+        # Issue 21: a run length Lightning refuses only after the model is built.
+        (["trainer.max_steps=-5"], r"trainer\.max_steps=-5 must be >= 0, or -1 for no limit"),
+        (["trainer.max_epochs=-2"], r"trainer\.max_epochs=-2 must be >= 0, or -1 for no limit"),
     ],
 )
 def test_config_schema_rejects_bad_values(compose_config, overrides: list[str], message: str) -> None:
