@@ -252,11 +252,8 @@ def _check_trainer_lengths(cfg: DictConfig) -> list[str]:
     problems = []
     for key in TRAINER_LENGTH_KEYS:
         value = (cfg.trainer or {}).get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"trainer.{key}={value!r} must be an integer (>= 0, or -1 for no limit)")
-        elif value < -1:
+        # Types are the pre-flight's (gpt_lab/run/preflight.py, from the Trainer's signature).
+        if isinstance(value, int) and not isinstance(value, bool) and value < -1:
             problems.append(f"trainer.{key}={value} must be >= 0, or -1 for no limit")
     return problems
 
