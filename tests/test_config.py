@@ -189,3 +189,30 @@ def test_config_validated_config_is_typed_and_resolved(compose_config, tmp_path)
     assert OmegaConf.to_container(cfg.logger)["tensorboard"]["save_dir"] == str(tmp_path)
     with pytest.raises(ValidationError):
         cfg.model.emb_dim = "wide"
+
+
+def test_config_unknown_group_option_is_refused_with_the_options(run_cli) -> None:
+    # Issue 21 case 6: `optional experiment` used to swallow a typo and run chapter 4's generation.
+    proc = run_cli("experiment=ch5", "model=tiny", "max_new_tokens=1")
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert message.startswith("gpt_lab: error: experiment=ch5 is not an option of the experiment group")
+    assert "appendix_d, ch05, pretrain" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_config_group_options_are_checked_in_every_group_and_sweep() -> None:
+    from gpt_lab.run.options import unknown_group_options
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    models = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert unknown_group_options(["model=gpt3", "seed=1", "model.emb_dim=8"]) == [
+        f"model=gpt3 is not an option of the model group; choose one of {', '.join(models)} (conf/model/)"
+    ]
+    problems = unknown_group_options(["-m", "+experiment=ch05,ch5", "dropout=nil", "experiment=null"])
+    assert [p.split(" is not")[0] for p in problems] == ["experiment=ch5", "dropout=nil", "experiment=null"]
+    # Every option of every group is accepted; Hydra's own groups and deletions are Hydra's to check.
+    everything = [
+        f"{d.name}={p.stem}" for d in conf.iterdir() if d.is_dir() and d.name != "hydra" for p in d.glob("*.yaml")
+    ]
+    assert len(everything) > 20 and unknown_group_options(everything) == []
+    assert unknown_group_options(["hydra/launcher=joblib", "~experiment", "--cfg", "job"]) == []
