@@ -216,3 +216,14 @@ def test_config_group_options_are_checked_in_every_group_and_sweep() -> None:
     ]
     assert len(everything) > 20 and unknown_group_options(everything) == []
     assert unknown_group_options(["hydra/launcher=joblib", "~experiment", "--cfg", "job"]) == []
+
+
+def test_config_key_of_another_group_option_is_refused_naming_it() -> None:
+    # Issue 21: `task=prepare data.source=books/` without data=corpus was Hydra's "Could not override", exit 1.
+    from gpt_lab.run.options import misplaced_group_keys
+
+    assert misplaced_group_keys(["task=prepare", "data.source=books/"]) == [
+        "data.source is a key of data=corpus, not of data=text: add data=corpus"
+    ]
+    assert misplaced_group_keys(["data=corpus", "data.source=b", "data.stride=4", "data.path=a"]) == []
+    assert misplaced_group_keys(["data.stride=4", "+data.source=b", "model.emb_dim=8", "trainer.max_steps=3"]) == []
