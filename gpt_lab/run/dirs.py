@@ -119,7 +119,7 @@ def lock_run_dir(run_dir: Path) -> None:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.seek(0)
-        holder = lock.read().strip() or "unknown"
+        holder = (lock.read().strip().splitlines() or ["unknown"])[0]
         lock.close()
         raise RunDirError(
             f"hydra.run.dir={run_dir} belongs to a run that is still running (pid {holder}, which holds "
