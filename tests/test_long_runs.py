@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import signal
 import time
@@ -489,3 +490,40 @@ def test_pretrain_preset_composes_for_corpus_runs(compose_config: Callable[..., 
     assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.optim.clip_grad_norm) == ("warmup_cosine", 2000, 1.0)
     assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000 and cfg.trainer.limit_val_batches == 50
     validate_config(cfg)  # every value fits the schema and its ranges
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared corpus of four short documents (one litdata chunk per split)."""
+    from gpt_lab.data.corpus_prepare import prepare_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "src").mkdir()
+    words = ["the", "cat", "dog", "sat", "ran", "on", "under", "mat", "door", "and", "a", "big", "small", "red"]
+    for i in range(4):
+        draw = random.Random(i)
+        (root / "src" / f"doc{i}.txt").write_text(" ".join(draw.choice(words) for _ in range(150)) + ".\n")
+    prepare_corpus("src", root / "prepared", root, val_fraction=0.25, seed=123, num_workers=1)
+    return root / "prepared"
+
+
+def test_mid_epoch_resume_of_a_corpus_run_with_dropout_is_bit_identical(
+    tmp_path: Path, compose_config: Callable[..., DictConfig], small_corpus: Path
+) -> None:
+    """Issue 21 case 10: the dropout masks after a mid-epoch resume are the uninterrupted run's: the
+    corpus loaders draw their base seeds from generators of their own, not from torch's global one."""
+    settings = [
+        *SMALL,
+        "data=corpus",
+        f"data.dir={small_corpus}",
+        "data.batch_size=2",
+        "dropout=book",
+        "++trainer.max_steps=6",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    run_task(compose_config(*settings, run_dir=tmp_path / "whole"))
+    mid = tmp_path / "whole" / "checkpoints" / "epoch00-step3.ckpt"
+    assert torch.load(mid, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    run_task(compose_config(*settings, f"ckpt_path={mid}", run_dir=tmp_path / "resumed"))
+    _assert_bit_identical(_weights(tmp_path / "resumed"), _weights(tmp_path / "whole"))

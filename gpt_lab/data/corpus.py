@@ -199,6 +199,10 @@ class CorpusDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             drop_last=drop_last,
             collate_fn=shift_windows,
+            # Each iterator draws its base seed from this generator, not from torch's global one, which
+            # the dropout masks draw from: a resumed run's masks are then the uninterrupted run's
+            # (issue 21 case 10; the window order is litdata's own, from ``seed`` and the epoch).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> Any:
