@@ -43,6 +43,7 @@ _NAMES = {
     "TensorBoardSettings": "gpt_lab.run.tensorboard",
     "tensorboard_settings": "gpt_lab.run.tensorboard",
     "flatten_hparams": "gpt_lab.run.tensorboard",
+    "run_hparams": "gpt_lab.run.tensorboard",
     "write_run_tensorboard": "gpt_lab.run.tensorboard",
     "write_tensorboard": "gpt_lab.run.tensorboard",
 }
