@@ -310,7 +310,7 @@ def test_warmup_longer_than_the_run_is_a_user_error(tmp_path: Path, train: Calla
             r"scheduler.warmup_ratio=-0.1 must be in \[0, 1\)",
         ),
         (["scheduler=warmup_cosine", "scheduler.warmup_steps=-2"], r"scheduler.warmup_steps=-2 must be >= 0"),
-        (["optim.clip_grad_norm=0"], r"optim.clip_grad_norm=0.0 must be > 0"),
+        (["optim.clip_grad_norm=0"], r"optim.clip_grad_norm=0.0 must be a finite number > 0"),
         (["callbacks.model_checkpoint.every_n_train_steps=0"], r"every_n_train_steps=0 must be a positive integer"),
         (["scheduler.name=linear"], r"scheduler.name=linear is not a schedule; choose one of constant, warmup_cosine"),
     ],
