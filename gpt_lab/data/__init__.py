@@ -8,6 +8,7 @@ _NAMES = {
     "count_windows": "gpt_lab.data.corpus",
     "BoundedLoader": "gpt_lab.data.corpus",
     "CorpusDataModule": "gpt_lab.data.corpus",
+    "CorpusEvaluation": "gpt_lab.data.corpus",
     "CorpusError": "gpt_lab.data.corpus_prepare",
     "SourceScan": "gpt_lab.data.corpus_prepare",
     "is_url": "gpt_lab.data.corpus_prepare",
@@ -31,6 +32,8 @@ _NAMES = {
     "read_text": "gpt_lab.data.text",
     "split_text": "gpt_lab.data.text",
     "TextDataModule": "gpt_lab.data.text",
+    "TextEvaluation": "gpt_lab.data.text",
+    "EvaluationWindows": "gpt_lab.data.text",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -12,6 +12,8 @@ _NAMES = {
     "StopOnSignal": "gpt_lab.training.callbacks",
     "AtomicCheckpointIO": "gpt_lab.training.checkpoint_io",
     "keep_freed_memory": "gpt_lab.training.cpu_memory",
+    "release_freed_memory": "gpt_lab.training.cpu_memory",
+    "freed_memory_kept": "gpt_lab.training.cpu_memory",
     "fsdp_strategy": "gpt_lab.training.fsdp",
     "NonFiniteLossError": "gpt_lab.training.lit_module",
     "GPTLitModule": "gpt_lab.training.lit_module",
