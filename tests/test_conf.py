@@ -1,6 +1,6 @@
-"""Every option of every config group in ``conf/`` composes, and every ``_target_`` (and
-``data.lit_module``) it holds names a class or function that exists, so a module moved or renamed
-without its YAML fails here and not in the middle of a sweep. Nothing is instantiated or run."""
+"""Every option of every config group in ``conf/`` composes and validates, and every ``_target_``
+(and ``data.lit_module``) it holds names a class or function that exists, so a module moved or
+renamed without its YAML fails here and not in the middle of a sweep. Nothing is instantiated or run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from gpt_lab.config import validate_config
+from gpt_lab.run.job import task_function
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Keys whose value names a Python object by its dotted path.
@@ -62,14 +67,26 @@ def test_option_composes_and_its_targets_exist(option: str, compose_config: Call
     group, name = option.split("=")
     if not group.startswith("hydra/"):
         assert cfg.hydra.runtime.choices[group] == name
+        validated = validate_config(compose_config(option))  # the schema and its ranges accept the option
+        if group == "model":
+            assert validated.model.name == name
+        if group == "task":
+            assert validated.task.name == name and callable(task_function(validated))
     found = dict(targets(cfg))
     assert found, "the composed config names Python objects (the task, the trainer, ...)"
     for key, dotted in found.items():
         assert isinstance(dotted, str) and "${" not in dotted, f"{option}: {key}={dotted!r} is not a dotted path"
         try:
-            locate(dotted)
+            located = locate(dotted)
         except Exception as err:  # whatever the import raised: the message says it
             pytest.fail(f"{option}: {key}={dotted} cannot be located: {err}")
+        if key == "hydra.launcher._target_":
+            assert issubclass(located, Launcher), f"{option}: {dotted} is not a Hydra launcher"
+        if key == "hydra.sweeper._target_":
+            assert issubclass(located, Sweeper), f"{option}: {dotted} is not a Hydra sweeper"
+    if group == "hydra/launcher":  # the plugin each option is for (joblib, submitit's SLURM and local executors)
+        expected = {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher", "slurm_local": "LocalLauncher"}
+        assert found["hydra.launcher._target_"].endswith(expected[name])
 
 
 def test_locate_refuses_a_stale_target() -> None:
