@@ -165,7 +165,7 @@ class GPTLitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # On the CPU every step frees and re-allocates the same large tensors (logits, gradients):
-        # keep their pages in the process instead of faulting them in again (gpt_lab/cpu_memory.py).
+        # keep their pages in the process instead of faulting them in again (gpt_lab/training/cpu_memory.py).
         if self.trainer.strategy.root_device.type == "cpu":
             keep_freed_memory()
 
