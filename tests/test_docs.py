@@ -13,10 +13,13 @@
   is dropped; a command that shows Hydra refusing an override is marked with the HTML comment
   ``<!-- docs-test: compose-error -->`` on the line before its code block, and must then fail to
   compose. ``--help`` and ``--cfg`` are Hydra's flags (the rest of the line still composes).
+- Every ``python`` code block parses, and every name it imports from gpt_lab exists (nothing runs).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
 import itertools
 import re
 import shlex
@@ -48,17 +51,10 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-c
 # --- reading the pages ----------------------------------------------------------------------------
 
 
-@dataclass
-class CodeBlock:
-    page: Path
-    line: int  # of the opening fence, 1-based
-    text: str
-    expect_compose_error: bool
-
-
 def split_page(text: str) -> tuple[list[str], list[tuple[int, str, bool]]]:
     """The page's prose lines (code blocks blanked, so line numbers stay) and its fenced blocks
-    as (line, text, marked compose-error)."""
+    as (line, text, marked compose-error); a block's text starts with its fence's info string
+    (``python``, ``bash``, ...) on its own line."""
     prose, blocks = [], []
     lines = text.splitlines()
     i = 0
@@ -71,7 +67,7 @@ def split_page(text: str) -> tuple[list[str], list[tuple[int, str, bool]]]:
         start, marker = i, fence.group(1)
         marked = start > 0 and lines[start - 1].strip() == COMPOSE_ERROR_MARK
         i += 1
-        body = []
+        body = [lines[start].strip()[len(marker) :].strip()]  # the info string
         while i < len(lines) and not lines[i].strip().startswith(marker):
             body.append(lines[i])
             i += 1
@@ -194,7 +190,7 @@ def commands() -> list[Command]:
             for offset, logical in command_lines(text):
                 args = run_py_args(logical)
                 if args is not None:
-                    out.append(Command(f"{page_id(page)}:{line + 1 + offset}", args, marked))
+                    out.append(Command(f"{page_id(page)}:{line + offset}", args, marked))
     return out
 
 
@@ -216,6 +212,15 @@ def jobs(args: list[str]) -> list[list[str]]:
         for o in parsed
     ]
     return [list(job) for job in itertools.product(*choices)]
+
+
+def python_blocks() -> list:
+    return [
+        pytest.param(text.partition("\n")[2], id=f"{page_id(page)}:{line}")
+        for page in PAGES
+        for line, text, _ in split_page(page.read_text(encoding="utf-8"))[1]
+        if text.partition("\n")[0] == "python"
+    ]
 
 
 # --- the tests ------------------------------------------------------------------------------------
@@ -249,6 +254,16 @@ def test_documented_command_composes(command: Command, compose_config: Callable[
                 compose_config(*overrides, return_hydra_config=True)
         else:
             compose_config(*overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("code", python_blocks())
+def test_python_example_imports_exist(code: str) -> None:
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gpt_lab":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
 
 
 # --- the checker checks itself --------------------------------------------------------------------
