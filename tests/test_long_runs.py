@@ -432,9 +432,33 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, train: Callable[..., dict[str, A
     assert results["global_step"] == 4 and results["train_loss"] < results["initial_train_loss"]
 
 
-def test_pretrain_preset_composes_for_corpus_runs(compose_config: Callable[..., DictConfig]) -> None:
-    cfg = compose_config("experiment=pretrain", "data.dir=data/books")
-    assert (cfg.model.name, cfg.model.context_length, cfg.data.name) == ("gpt2_small", 1024, "corpus")
-    assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.optim.clip_grad_norm) == ("warmup_cosine", 2000, 1.0)
-    assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000 and cfg.trainer.limit_val_batches == 50
-    validate_config(cfg)  # every value fits the schema and its ranges
+def test_pretrain_preset_runs_nanogpts_gpt2_schedule(compose_config: Callable[..., DictConfig]) -> None:
+    """experiment=pretrain builds what conf/experiment/pretrain.yaml says it takes from the book and
+    nanoGPT's GPT-2 recipe, checked on the built objects: the book's gpt2_small, AdamW (weight decay
+    0.1) at nanoGPT's rates (2,000 warmup steps from 0 to 6e-4, cosine to 6e-5 over the run),
+    clipping at 1.0, 4 batches of 8 windows per step, a step checkpoint every 1,000 steps."""
+    from hydra.utils import get_class, instantiate
+
+    from gpt_lab.run.preflight import count_params_on_meta
+    from gpt_lab.training.schedule import resolve_schedule
+
+    cfg = validate_config(compose_config("experiment=pretrain", "data.dir=data/books"))
+    assert (cfg.task.name, cfg.data.name) == ("train", "corpus")
+    assert count_params_on_meta(cfg.model) == 163_009_536  # exercise 4.2's gpt2_small, context 1024
+    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
+    assert lit.hparams.clip_grad_norm == 1.0
+    optimizers = lit.configure_optimizers()
+    assert optimizers["optimizer"].defaults["weight_decay"] == 0.1
+    schedule = optimizers["lr_scheduler"]["scheduler"]
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    total = trainer.max_steps
+    assert resolve_schedule(schedule, total) == 2000
+    steps = [0, 1000, 1999, 2000, 51000, total - 1]
+    factor = schedule.lr_lambdas[0]
+    expected = [_appendix_d_lr(s, 6e-4, total, 2000, 0.0, 6e-5) for s in steps]
+    assert [6e-4 * factor(s) for s in steps] == pytest.approx(expected, rel=1e-9)
+    assert expected[3] == pytest.approx(6e-4) and expected[-1] == pytest.approx(6e-5, rel=1e-3)
+    assert (trainer.accumulate_grad_batches, cfg.data.batch_size) == (4, 8)
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+    assert checkpoint._every_n_train_steps == 1000  # (Lightning keeps it private)
+    assert cfg.trainer.limit_val_batches == 50  # data=corpus's bounded validation
