@@ -104,7 +104,7 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/schedule.py); peak is ``optim.lr``."""
+    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/training/schedule.py); peak is ``optim.lr``."""
 
     name: str = MISSING  # constant | warmup_cosine (appendix D)
     warmup_steps: int | None = MISSING  # wins over warmup_ratio when set
