@@ -138,9 +138,9 @@ def test_padding_to_the_longest_training_text_and_truncation(tmp_path: Path, cap
     ("content", "kwargs", "message"),
     [
         (None, {}, "does not exist"),
-        ("", {}, "is empty"),
-        ("label,body\nx,y\n", {"header": True}, "no column data.text_column=text"),
-        ("a\tone\na\ttwo\na\tthree\na\tfour\n", {}, "one class only"),
+        ("", {}, r"is empty"),
+        ("label,body\nx,y\n", {"header": True}, r"no column data.text_column=text"),
+        ("a\tone\na\ttwo\na\tthree\na\tfour\n", {}, r"one class only"),
         ("a\tone\nb\t \na\tthree\n", {}, r"line 2 has an empty text"),
     ],
 )
@@ -157,7 +157,7 @@ def test_label_in_validation_that_training_never_saw_is_a_data_error(tmp_path: P
     for split, body in (("train", "a\tx\nb\ty\n"), ("val", "c\tz\n"), ("test", "a\tw\n")):
         files[split] = tmp_path / f"{split}.tsv"
         files[split].write_text(body, encoding="utf-8")
-    with pytest.raises(DataError, match="the val split has label.*'c'.*never"):
+    with pytest.raises(DataError, match=r"the val split has label.*'c'.*never"):
         _module(tmp_path, split_paths=files, batch_size=1)
 
 
@@ -301,7 +301,7 @@ def test_classify_with_a_language_model_is_a_user_error(tmp_path: Path) -> None:
     from gpt_lab.model.finetune import save_finetuned
 
     save_finetuned(GPTModel(TINY), tmp_path, {"finetune": "all"})
-    with pytest.raises(NotAClassifierError, match="no classification head"):
+    with pytest.raises(NotAClassifierError, match=r"no classification head"):
         classify(tmp_path, "hello")
     assert issubclass(NotAClassifierError, UserError)
 

@@ -13,7 +13,9 @@ FIGURES = {"loss": "loss-plot.png", "accuracy": "accuracy-plot.png", "confusion"
 
 
 def class_metrics(preds: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
-    """``{"precision": {class: p}, "recall": {...}, "f1": {...}, "confusion_matrix": rows = true, cols = predicted}``."""
+    """``{"precision": {class: p}, "recall": {...}, "f1": {...}, "confusion_matrix": [[...]]}``.
+
+    The confusion matrix's rows are the true classes, its columns the predicted ones."""
     from torchmetrics.classification import (
         MulticlassConfusionMatrix,
         MulticlassF1Score,
@@ -64,8 +66,7 @@ def plot_values(
     ax2.plot(examples_seen, train_values, alpha=0)  # invisible: aligns the second axis' ticks
     ax2.set_xlabel("Examples seen")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -96,8 +97,6 @@ def save_figures(
     class_names: Sequence[str],
 ) -> dict[str, Path]:
     """Write the loss and accuracy figures (when there is a curve) and the test confusion matrix."""
-    from gpt_lab.storage import atomic_write
-
     out: dict[str, Path] = {}
     if eval_history:
         out["loss"] = plot_values(
@@ -117,10 +116,16 @@ def save_figures(
             "accuracy",
             out_dir / FIGURES["accuracy"],
         )
-    fig = confusion_figure(test_metrics["confusion_matrix"], class_names)
     path = out_dir / FIGURES["confusion"]
+    _save(confusion_figure(test_metrics["confusion_matrix"], class_names), path)
+    out["confusion"] = path
+    return out
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG, complete under its name or absent (written beside, renamed), then closed."""
+    from gpt_lab.storage import atomic_write
+
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     _pyplot().close(fig)
-    out["confusion"] = path
-    return out
