@@ -329,6 +329,22 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_long_run(cfg)
     problems += _check_finetune(cfg)
     problems += _check_classification(cfg)
+    problems += _check_trainer_lengths(cfg)
+    return problems
+
+
+# Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).
+TRAINER_LENGTH_KEYS = ("max_steps", "max_epochs")
+
+
+def _check_trainer_lengths(cfg: DictConfig) -> list[str]:
+    """``trainer.max_steps`` / ``max_epochs``: an integer >= 0, or -1 (no limit); null where Lightning allows it."""
+    problems = []
+    for key in TRAINER_LENGTH_KEYS:
+        value = (cfg.trainer or {}).get(key)
+        # Types are the pre-flight's (gpt_lab/run/preflight.py, from the Trainer's signature).
+        if isinstance(value, int) and not isinstance(value, bool) and value < -1:
+            problems.append(f"trainer.{key}={value} must be >= 0, or -1 for no limit")
     return problems
 
 
@@ -347,13 +363,13 @@ def _check_long_run(cfg: DictConfig) -> list[str]:
     for key in ("initial_lr", "min_lr"):
         if s[key] is None:
             continue
-        if s[key] < 0:
-            problems.append(f"scheduler.{key}={s[key]} must be >= 0")
+        if not 0 <= s[key] < math.inf:  # NaN fails too
+            problems.append(f"scheduler.{key}={s[key]} must be a finite number >= 0, or null for 0")
         elif s.name != "constant" and s[key] > lr:
             problems.append(f"scheduler.{key}={s[key]} must not exceed the peak learning rate optim.lr={lr}")
     clip = cfg.optim.clip_grad_norm
-    if clip is not None and clip <= 0:
-        problems.append(f"optim.clip_grad_norm={clip} must be > 0 (or null: no clipping)")
+    if clip is not None and not 0 < clip < math.inf:  # NaN fails too
+        problems.append(f"optim.clip_grad_norm={clip} must be a finite number > 0 (or null: no clipping)")
     checkpoint = (cfg.callbacks or {}).get("model_checkpoint") or {}
     every = checkpoint.get("every_n_train_steps")
     if every is not None and (not isinstance(every, int) or every <= 0):
