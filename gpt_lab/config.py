@@ -175,8 +175,6 @@ def _check_classification(cfg: DictConfig) -> list[str]:
     m = d.max_length
     if m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
         problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
-    if cfg.task.name == "classify" and not cfg.text and not cfg.text_file:
-        problems.append("task=classify needs text='some text' or text_file=texts.txt (one text per line)")
     return problems
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def _texts(cfg: DictConfig) -> list[str]:
+    if not cfg.text and not cfg.text_file:
+        raise UserError("task=classify needs text='some text' or text_file=texts.txt (one text per line)")
     texts = [str(cfg.text)] if cfg.text else []
     if cfg.text_file:
         path = input_path(cfg, cfg.text_file)
