@@ -66,6 +66,7 @@ class ModelConfig:
     drop_rate_shortcut: float | None = MISSING
     qkv_bias: bool = MISSING
     tie_weights: bool = MISSING
+    causal_mask: bool = MISSING  # false: no causal mask (chapter 6's bonus table; conf/causal_mask)
 
 
 @dataclass

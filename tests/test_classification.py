@@ -180,7 +180,10 @@ def test_pooling_reads_the_configured_position() -> None:
         )
 
 
-def test_causal_mask_off_lets_every_position_see_the_whole_text() -> None:
+def test_causal_mask_off_lets_every_position_see_the_whole_text(compose_config) -> None:
+    cfg = validate_config(compose_config("model=tiny", "causal_mask=off"))
+    assert cfg.model.causal_mask is False and GPTModel(cfg.model).trf_blocks[0].att.causal is False
+    assert GPTModel(validate_config(compose_config("model=tiny")).model).trf_blocks[0].att.causal is True
     torch.manual_seed(0)
     att = MultiHeadAttention(8, 8, context_length=6, dropout=0.0, num_heads=2, causal=False)
     x = torch.randn(1, 5, 8)
@@ -297,13 +300,16 @@ def test_lora_classifier_resumes_exactly_from_last_checkpoint(tmp_path: Path, cl
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
 
 
-def test_classify_with_a_language_model_is_a_user_error(tmp_path: Path) -> None:
+def test_classify_with_a_language_model_or_without_text_is_a_user_error(tmp_path: Path, compose_config) -> None:
     from gpt_lab.model.finetune import save_finetuned
 
     save_finetuned(GPTModel(TINY), tmp_path, {"finetune": "all"})
     with pytest.raises(NotAClassifierError, match=r"no classification head"):
         classify(tmp_path, "hello")
     assert issubclass(NotAClassifierError, UserError)
+    cfg = compose_config("task=classify", f"init_from={tmp_path}", run_dir=tmp_path / "run")
+    with pytest.raises(UserError, match=r"task=classify needs text="):
+        run_task(cfg)
 
 
 @pytest.mark.parametrize(
