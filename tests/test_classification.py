@@ -341,3 +341,12 @@ def test_cli_one_class_file_exits_2_with_one_paragraph(tmp_path: Path, run_cli) 
     done = run_cli("experiment=ch06", *TINY_RUN, "data.path=one.tsv", "hydra.run.dir=out")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "one class only" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_preset_group_choices_count_for_command_line_keys() -> None:
+    from gpt_lab.run.options import misplaced_group_keys
+
+    # experiment=ch06 picks data=classification, so its keys are not "keys of another option".
+    assert misplaced_group_keys(["experiment=ch06", "data.label_column=section"]) == []
+    assert misplaced_group_keys(["experiment=ch06_lora", "data.balance=false"]) == []
+    assert misplaced_group_keys(["data.label_column=section"])  # data=text has no such key
