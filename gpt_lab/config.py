@@ -33,7 +33,7 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus")
+DATA_NAMES = ("text", "corpus", "classification")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -66,6 +66,7 @@ class ModelConfig:
     drop_rate_shortcut: float | None = MISSING
     qkv_bias: bool = MISSING
     tie_weights: bool = MISSING
+    causal_mask: bool = MISSING  # false: no causal mask (chapter 6's bonus table; conf/causal_mask)
 
 
 @dataclass
@@ -93,6 +94,18 @@ class DataConfig:
     overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
     loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
     eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
+    # Issue 18, data=classification only (conf/data/classification.yaml sets them).
+    train_path: str | None = None  # three files already split (instead of data.path)
+    val_path: str | None = None
+    test_path: str | None = None
+    val_ratio: float | None = None  # the book's 0.1 (train_ratio 0.7; the test split is the rest)
+    balance: bool | None = None  # undersample every class to the smallest one's size (the book's SMS data)
+    label_column: str | None = None  # column names of files with a header
+    text_column: str | None = None
+    header: bool | None = None  # null: a header when the first row names both columns; false: label<TAB>text
+    class_names: list[str] | None = None  # the classes in index order (null: the training labels, sorted)
+    max_length: int | str | None = None  # padded length: null = the longest training text, N, or "context"
+    pad: bool | None = None  # false: pad each batch to its longest text only (batch 1: no padding)
 
 
 @dataclass
@@ -135,6 +148,37 @@ class LoRAConfig:
     scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
 
 
+POOLINGS = ("last", "last_nonpad", "first", "mean")
+
+
+@dataclass
+class ClassifierConfig:
+    """``cfg.classifier``: chapter 6's classification head (conf/classifier/default.yaml)."""
+
+    pooling: str = MISSING  # last (the book) | last_nonpad | first | mean
+    initial_eval_batches: int | None = MISSING  # batches behind the accuracy and loss before training (book: 10)
+    epoch_eval_batches: int | None = MISSING  # batches behind each epoch's accuracy (book: 5)
+
+
+def _check_classification(cfg: DictConfig) -> list[str]:
+    problems = []
+    c, d = cfg.classifier, cfg.data
+    if c.pooling not in POOLINGS:
+        problems.append(f"classifier.pooling={c.pooling} is not a pooling; choose one of {', '.join(POOLINGS)}")
+    for key in ("initial_eval_batches", "epoch_eval_batches"):
+        if c[key] is not None and c[key] < 1:
+            problems.append(f"classifier.{key}={c[key]} must be >= 1, or null for the whole split")
+    if d.val_ratio is not None and not (0.0 < d.val_ratio < 1.0 and d.train_ratio + d.val_ratio < 1.0):
+        problems.append(
+            f"data.val_ratio={d.val_ratio} must be in (0, 1) and leave a test split: data.train_ratio + "
+            f"data.val_ratio = {d.train_ratio + d.val_ratio:g} must be below 1"
+        )
+    m = d.max_length
+    if m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
+        problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
+    return problems
+
+
 def _check_finetune(cfg: DictConfig) -> list[str]:
     problems = []
     if cfg.finetune.name not in FINETUNE_NAMES:
@@ -173,6 +217,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # issue 18
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # issue 18
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # issue 18
+    text: str | None = MISSING  # task=classify: one text to classify (issue 18)
+    text_file: str | None = MISSING  # task=classify: a UTF-8 file, one text per line (issue 18)
     seed: int = MISSING
     prompt: str = MISSING
     prompts: list[str] = MISSING  # several prompts in one run (replaces prompt)
@@ -280,6 +327,7 @@ def check_config(cfg: DictConfig) -> list[str]:
         )
     problems += _check_long_run(cfg)
     problems += _check_finetune(cfg)
+    problems += _check_classification(cfg)
     problems += _check_trainer_lengths(cfg)
     return problems
 

@@ -8,6 +8,7 @@ what the objective's ``finish`` writes (chapter 5: the trained weights as the bo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
@@ -39,6 +40,15 @@ HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "t
 def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
     """The run's data module: ``data._target_`` is its ``from_config(cfg, context_length)``."""
     return get_method(cfg.data._target_)(cfg, context_length)
+
+
+def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
+    """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
+    ``datamodule`` when it takes one (a classifier's class names come from the data)."""
+    from_config = get_class(cfg.data.lit_module).from_config
+    if "datamodule" in inspect.signature(from_config).parameters:
+        return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
+    return from_config(cfg, model_cfg, init_state)
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -128,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info(datamodule.describe())
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = get_class(cfg.data.lit_module).from_config(cfg, model_cfg, init_state)
+    lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 

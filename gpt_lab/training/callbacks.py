@@ -156,6 +156,8 @@ class SampleText(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if not getattr(pl_module, "generates_text", True):  # e.g. a classifier: its head outputs classes
+            return
         text = self.sample(pl_module)
         self.last_text = text
         log.info("Sample at step %d: %s", trainer.global_step, text.replace("\n", " "))
