@@ -33,7 +33,7 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus")
+DATA_NAMES = ("text", "corpus", "instructions")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -93,6 +93,16 @@ class DataConfig:
     overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
     loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
     eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
+    # Issue 19, data=instructions (conf/data/instructions.yaml sets them; None: not used by this data option).
+    prompt_style: str | None = None  # alpaca | phi3 (gpt_lab/generation/prompt_styles.py)
+    mask_prompt: bool | None = None  # exercise 7.2: only the response tokens are targets
+    max_length: int | None = None  # the book's allowed_max_length: items are cut to it (null: the context length)
+    fields: dict[str, str] | None = None  # the file's names for instruction / input / output
+    test_ratio: float | None = None  # after the train_ratio share, this share tests; the rest validates
+    shuffle: bool | None = None  # shuffle the entries (seeded by `seed`) before splitting; the book does not
+    train_path: str | None = None  # one file per split instead of data.path
+    val_path: str | None = None
+    test_path: str | None = None
 
 
 @dataclass
@@ -121,6 +131,21 @@ class PathsConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """Issue 19, ``task=judge``: an Ollama-compatible server scores responses from 0 to 100 (the book's prompt)."""
+
+    url: str = MISSING  # the server, e.g. http://localhost:11434 (its /api/chat endpoint is used)
+    model: str = MISSING  # the judging model the server runs (the book: llama3)
+    responses: str | None = MISSING  # a responses file (test-responses.json) or the run directory holding one
+    response_key: str = MISSING  # the entry key holding the response to score (the book: model_response)
+    prompt_style: str = MISSING  # how the entry's instruction and input are shown to the judge
+    seed: int = MISSING
+    temperature: float = MISSING
+    num_ctx: int = MISSING  # the judging model's context window (Ollama's option)
+    timeout: float = MISSING  # seconds to wait for one reply
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -144,6 +169,12 @@ class Config:
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
     compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
+    # Issue 19: task=respond's instruction and input (conf/task/respond.yaml), the prompt style of weights
+    # that carry none, and task=judge's settings (conf/task/judge.yaml). None: not used by this task.
+    instruction: str | None = None
+    input: str | None = None
+    prompt_style: str | None = None
+    judge: JudgeConfig | None = None
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -239,6 +270,47 @@ def check_config(cfg: DictConfig) -> list[str]:
             f"a checkpoint's weights give init_from={cfg.ckpt_path}"
         )
     problems += _check_long_run(cfg)
+    problems += _check_instructions(cfg)
+    return problems
+
+
+def _check_instructions(cfg: DictConfig) -> list[str]:
+    """Issue 19: data=instructions, task=respond and task=judge."""
+    # Prompt style names are checked against their registry (gpt_lab/generation/prompt_styles.py, a later
+    # layer) where they are used, before any model is built.
+    problems = []
+    d = cfg.data
+    if d.max_length is not None and d.max_length < 1:
+        problems.append(f"data.max_length={d.max_length} must be a positive integer, or null for the context length")
+    if d.test_ratio is not None:
+        if not 0.0 < d.test_ratio < 1.0:
+            problems.append(f"data.test_ratio={d.test_ratio} must be in (0, 1)")
+        elif d.train_ratio + d.test_ratio >= 1.0:
+            problems.append(
+                f"data.train_ratio={d.train_ratio} plus data.test_ratio={d.test_ratio} must be below 1, leaving "
+                "entries to validate"
+            )
+    for name, value in (d.fields or {}).items():
+        if name not in ("instruction", "input", "output"):
+            problems.append(f"data.fields.{name} is not a field; map instruction, input or output")
+        elif not value:
+            problems.append(f"data.fields.{name} is empty; give the file's name for {name}")
+    if cfg.task.name == "respond" and not cfg.instruction:
+        problems.append("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
+    j = cfg.judge
+    if j is not None:
+        if not j.url.startswith(("http://", "https://")):
+            problems.append(f"judge.url={j.url} must be an http:// or https:// address, e.g. http://localhost:11434")
+        if not j.model:
+            problems.append("judge.model is empty; name the judging model, e.g. judge.model=llama3")
+        if not 0 <= j.seed <= MAX_SEED:
+            problems.append(f"judge.seed={j.seed} must be in [0, {MAX_SEED}]")
+        if not 0 <= j.temperature < math.inf:
+            problems.append(f"judge.temperature={j.temperature} must be >= 0 (the book's 0: the same score every time)")
+        if j.num_ctx < 1:
+            problems.append(f"judge.num_ctx={j.num_ctx} must be a positive integer (the book's 2048)")
+        if not 0 < j.timeout < math.inf:
+            problems.append(f"judge.timeout={j.timeout} must be a positive number of seconds")
     return problems
 
 
