@@ -174,6 +174,7 @@ class Config:
     instruction: str | None = None
     input: str | None = None
     prompt_style: str | None = None
+    max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
 
 
@@ -295,6 +296,8 @@ def _check_instructions(cfg: DictConfig) -> list[str]:
             problems.append(f"data.fields.{name} is not a field; map instruction, input or output")
         elif not value:
             problems.append(f"data.fields.{name} is empty; give the file's name for {name}")
+    if cfg.max_response_tokens is not None and cfg.max_response_tokens < 1:
+        problems.append(f"max_response_tokens={cfg.max_response_tokens} must be a positive integer (the book's 256)")
     if cfg.task.name == "respond" and not cfg.instruction:
         problems.append("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
     j = cfg.judge

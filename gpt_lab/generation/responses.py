@@ -17,6 +17,7 @@ from gpt_lab.generation.sampling import generate
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
+BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
 RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
 MODEL_META_FILE = "model.json"  # beside model.pth: what using the model needs (its prompt style, ...)
 

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_lab.generation.prompt_styles import get_prompt_style
-from gpt_lab.generation.responses import MODEL_META_FILE, answer, generate_responses
+from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, MODEL_META_FILE, answer, generate_responses
 from gpt_lab.model.gpt import model_config_dict
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
@@ -50,7 +50,7 @@ class InstructionLitModule(GPTLitModule):
     def from_config(cls, cfg: Any, model_cfg: Any, init_state: Any) -> InstructionLitModule:
         lit = super().from_config(cfg, model_cfg, init_state)
         lit.prompt_style = get_prompt_style(cfg.data.prompt_style).name
-        lit.response_tokens = cfg.max_new_tokens
+        lit.response_tokens = cfg.max_response_tokens or BOOK_RESPONSE_TOKENS
         lit.temperature, lit.top_k = cfg.temperature, cfg.top_k
         return lit
 
