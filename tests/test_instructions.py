@@ -347,3 +347,42 @@ def test_instruction_run_bad_input_is_one_paragraph_exit_2(tmp_path: Path, run_c
     assert done.returncode == 2, done.stderr
     assert "data.path=" in done.stderr and "its test split" in done.stderr and "is empty" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ch07_with_lora_trains_the_books_7_898_384_parameters(compose_config: Callable[..., DictConfig]) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.training.instruction_module import InstructionLitModule
+
+    cfg = validate_config(compose_config("experiment=ch07", "finetune=lora"))
+    with torch.device("meta"):  # gpt2_medium, qkv bias, rank 16 on every Linear: exercise 7.4's count
+        lit = InstructionLitModule.from_config(cfg, OmegaConf.to_container(cfg.model), None)
+    assert sum(p.numel() for p in lit.model.parameters() if not p.requires_grad) == 406_286_336
+    assert sum(p.numel() for p in lit.model.parameters() if p.requires_grad) == 7_898_384
+
+
+def test_ch07_lora_run_saves_merged_weights_that_respond_reads(
+    tmp_path: Path, compose_config: Callable[..., DictConfig], entries_file: Path
+) -> None:
+    out = tmp_path / "lora"
+    results = run_task(
+        compose_config(*SMALL, f"data.path={entries_file}", "finetune=lora", "lora.rank=2", "trainer.max_steps=2",
+                       "data.prompt_style=phi3", run_dir=out)
+    )  # fmt: skip
+    assert 0 < results["trainable_params"] < results["total_params"]
+    meta = json.loads((out / "model.json").read_text())
+    assert (meta["prompt_style"], meta["finetune"]) == ("phi3", "lora")
+    state = torch.load(out / "model.pth", weights_only=True)
+    assert not any("lora" in k for k in state)  # adapters merged into the book's layout
+    answer = run_task(
+        compose_config("task=respond", f"init_from={out}", "instruction=Say hi.", "max_response_tokens=2")
+    )
+    assert answer["prompt_style"] == "phi3" and answer["prompt"] == "<|user|>\nSay hi."
+
+
+def test_an_experiment_that_picks_data_instructions_accepts_its_keys_on_the_command_line() -> None:
+    from gpt_lab.run.options import misplaced_group_keys
+
+    assert misplaced_group_keys(["experiment=ch07", "data.prompt_style=phi3", "data.mask_prompt=true"]) == []
+    assert misplaced_group_keys(["data.mask_prompt=true"]) == [
+        "data.mask_prompt is a key of data=instructions, not of data=text: add data=instructions"
+    ]

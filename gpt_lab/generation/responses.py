@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,12 +13,12 @@ import torch
 from gpt_lab.errors import InitFromError
 from gpt_lab.generation.prompt_styles import PromptStyleError, extract_response, format_prompt, get_prompt_style
 from gpt_lab.generation.sampling import generate
+from gpt_lab.model.finetune import MODEL_FILE, read_meta
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
 BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
 RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
-MODEL_META_FILE = "model.json"  # beside model.pth: what using the model needs (its prompt style, ...)
 
 
 def answer(
@@ -99,25 +98,18 @@ def generate_responses(
     return out
 
 
-def model_meta_path(path: str | Path) -> Path:
-    """The ``model.json`` of a run directory, or the one beside a weights file."""
+def saved_meta(path: str | Path) -> dict[str, Any] | None:
+    """The ``model.json`` saved with the weights at ``path`` (a run directory or its model.pth); None if none."""
     path = Path(path)
-    return path / MODEL_META_FILE if path.is_dir() else path.with_name(MODEL_META_FILE)
+    return read_meta(path / MODEL_FILE if path.is_dir() else path)
 
 
 def saved_prompt_style(path: str | Path) -> str | None:
     """The prompt style saved with the weights at ``path`` (a run directory or its model.pth); None if none."""
-    meta_path = model_meta_path(path)
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InitFromError(f"init_from={path}: {meta_path} is not readable JSON ({err})") from None
-    style = meta.get("prompt_style") if isinstance(meta, dict) else None
+    style = (saved_meta(path) or {}).get("prompt_style")
     if style is None:
         return None
     try:
-        return get_prompt_style(style, key=f"prompt_style in {meta_path}").name
+        return get_prompt_style(style, key=f"prompt_style in the model.json of {path}").name
     except PromptStyleError as err:
         raise InitFromError(str(err)) from None

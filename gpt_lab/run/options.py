@@ -73,6 +73,24 @@ def _default_option(conf_dir: Path, group: str) -> str | None:
     return None
 
 
+def _overridden_groups(conf_dir: Path, group: str, option: str | None) -> dict[str, str]:
+    """The options ``group=option``'s defaults list chooses for other groups (``- override /data: instructions``)."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / group / f"{option}.yaml"
+    if not option or not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    picked = {}
+    for entry in (node.get("defaults") or []) if isinstance(node, dict) else []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                name = key.removeprefix("override ").strip().lstrip("/")
+                if isinstance(value, str):
+                    picked[name] = value
+    return picked
+
+
 def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list[str]:
     """One message per ``group.key=value`` whose key the chosen option of ``group`` lacks but another has."""
     overrides = _overrides(args)
@@ -82,6 +100,9 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
         key, _, value = text.lstrip("+").partition("=")
         if key in groups and "," not in value:
             chosen[key] = value
+    for group, option in list(chosen.items()):  # experiment=ch07 picks data=instructions ("override /data: ...")
+        for other, picked in _overridden_groups(conf_dir, group, option).items():
+            chosen.setdefault(other, picked)
     problems = []
     for text in overrides:
         if text.startswith(("+", "~")):

@@ -9,7 +9,6 @@ without one (a book ``model.pth``, a Hugging Face directory) are built with ``mo
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,25 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.errors import InitFromError, UserError
 from gpt_lab.generation.prompt_styles import PROMPT_STYLES, PromptStyleError, get_prompt_style
-from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, model_meta_path, saved_prompt_style
+from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, saved_meta, saved_prompt_style
+from gpt_lab.model.finetune import load_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def _saved_model_config(init_from: Any) -> dict[str, Any] | None:
-    meta_path = model_meta_path(init_from)
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InitFromError(f"init_from={init_from}: {meta_path} is not readable JSON ({err})") from None
-    model = meta.get("model") if isinstance(meta, dict) else None
-    return dict(model) if isinstance(model, dict) else None
 
 
 def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
@@ -63,8 +51,12 @@ def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
             f"prompt_style=alpaca (the book's), or another of {', '.join(sorted(PROMPT_STYLES))}, the style the "
             "model was fine-tuned with"
         )
-    model_cfg = _saved_model_config(init_from) or OmegaConf.to_container(cfg.model)
-    return build_model(model_cfg, init_from).eval(), style
+    meta = saved_meta(init_from)
+    if meta is not None and isinstance(meta.get("model"), dict):
+        model, _ = load_finetuned(init_from)  # the saved config: no model=... to repeat
+    else:
+        model = build_model(OmegaConf.to_container(cfg.model), init_from)
+    return model.eval(), style
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -18,12 +18,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_lab.generation.prompt_styles import get_prompt_style
-from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, MODEL_META_FILE, answer, generate_responses
-from gpt_lab.model.gpt import model_config_dict
+from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, generate_responses
+from gpt_lab.model.finetune import save_finetuned
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
-from gpt_lab.training.lit_module import BOOK_CHECKPOINT, GPTLitModule
+from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.loss import mean_loss
 from gpt_lab.training.loss_plot import plot_losses
 
@@ -86,13 +86,9 @@ class InstructionLitModule(GPTLitModule):
         self.epoch_responses = list(checkpoint.get("epoch_responses", []))
 
     def save_model(self, run_dir: Path) -> Path:
-        """``model.pth`` in the book's layout and ``model.json`` beside it: the model's config and prompt style."""
-        from gpt_lab.model.book_checkpoint import save_book_checkpoint
-
-        path = save_book_checkpoint(self.model, run_dir / BOOK_CHECKPOINT)
-        meta = {"kind": "language_model", "prompt_style": self.prompt_style, "model": model_config_dict(self.model.cfg)}
-        write_text_atomic(run_dir / MODEL_META_FILE, json.dumps(meta, indent=2) + "\n")
-        return path
+        """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style."""
+        meta = {"prompt_style": self.prompt_style, "finetune": self.hparams.finetune, "lora": self.hparams.lora}
+        return save_finetuned(self.model, run_dir, meta)
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """Final losses, the model and its prompt style, the loss plot, then the test split answered."""
