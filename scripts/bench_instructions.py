@@ -51,7 +51,22 @@ ROWS_LIT = {
     "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)": ("cpu_bf16", []),
 }
 BATCH = 8  # the chapter's
-WORDS = "the a model text answer question write sentence word list give name describe explain".split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "text",
+    "answer",
+    "question",
+    "write",
+    "sentence",
+    "word",
+    "list",
+    "give",
+    "name",
+    "describe",
+    "explain",
+]
 
 
 def generated_entries(n: int, seed: int = 0) -> list[dict[str, str]]:
