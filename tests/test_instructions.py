@@ -386,3 +386,25 @@ def test_an_experiment_that_picks_data_instructions_accepts_its_keys_on_the_comm
     assert misplaced_group_keys(["data.mask_prompt=true"]) == [
         "data.mask_prompt is a key of data=instructions, not of data=text: add data=instructions"
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.prompt_style=chatml"], r"data.prompt_style=chatml is not a prompt style; choose one of alpaca, phi3"),
+        (["data.max_length=100"], r"data.max_length=100 exceeds the model's context length 64"),
+        (["data.train_path=a.json"], r"give either data.path .* not both"),
+        (["data.path=null"], r"data=instructions needs entries: data.path="),
+        (
+            ["data.test_ratio=0.2", "data.train_ratio=0.8"],
+            r"data.train_ratio=0.8 plus data.test_ratio=0.2 must be below 1",
+        ),
+        (["+data.fields.answer=a"], r"data.fields.answer is not a field"),
+    ],
+)
+def test_bad_instruction_settings_are_user_errors(
+    compose_config: Callable[..., DictConfig], entries_file: Path, overrides: list[str], message: str
+) -> None:
+    cfg = compose_config(*SMALL, f"data.path={entries_file}", *overrides)
+    with pytest.raises(UserError, match=message):
+        run_task(cfg)
