@@ -34,6 +34,16 @@ _NAMES = {
     "TextDataModule": "gpt_lab.data.text",
     "TextEvaluation": "gpt_lab.data.text",
     "EvaluationWindows": "gpt_lab.data.text",
+    "InstructionDataError": "gpt_lab.data.instructions",
+    "read_entries": "gpt_lab.data.instructions",
+    "split_sizes": "gpt_lab.data.instructions",
+    "split_entries": "gpt_lab.data.instructions",
+    "encode_text": "gpt_lab.data.instructions",
+    "encode_entry": "gpt_lab.data.instructions",
+    "collate_instructions": "gpt_lab.data.instructions",
+    "InstructionCollator": "gpt_lab.data.instructions",
+    "InstructionDataset": "gpt_lab.data.instructions",
+    "InstructionDataModule": "gpt_lab.data.instructions",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -35,6 +35,8 @@ _NAMES = {
     "WarmupCosineFactor": "gpt_lab.training.schedule",
     "build_scheduler": "gpt_lab.training.schedule",
     "resolve_schedule": "gpt_lab.training.schedule",
+    "InstructionLitModule": "gpt_lab.training.instruction_module",
+    "plot_losses": "gpt_lab.training.loss_plot",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -70,11 +70,13 @@ class LossHistory(L.Callback):
     After each validation it logs ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933`` (the
     training loss is the mean of the steps since the previous validation); at each epoch's end it
     appends ``{epoch, step, tokens_seen, train_loss, val_loss}`` to ``epochs`` (mean training
-    loss of the epoch, latest validation loss).
+    loss of the epoch, latest validation loss). Each validation appends the same fields (its step's
+    epoch, the training mean since the previous one) to ``evaluations``: the book's loss plot.
     """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float | int | None]] = []
+        self.evaluations: list[dict[str, float | int | None]] = []
         self._window: list[float] = []
         self._epoch: list[float] = []
 
@@ -92,6 +94,15 @@ class LossHistory(L.Callback):
         val = trainer.callback_metrics.get("val/loss")
         train = sum(self._window) / len(self._window) if self._window else float("nan")
         self._window = []
+        self.evaluations.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "step": trainer.global_step,
+                "tokens_seen": getattr(pl_module, "tokens_seen", None),
+                "train_loss": train,
+                "val_loss": float(val) if val is not None else None,
+            }
+        )
         log.info(
             "Ep %d (Step %06d): Train loss %.3f, Val loss %.3f",
             trainer.current_epoch + 1,
@@ -114,10 +125,16 @@ class LossHistory(L.Callback):
         self._epoch = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs), "window": list(self._window), "epoch": list(self._epoch)}
+        return {
+            "epochs": list(self.epochs),
+            "evaluations": list(self.evaluations),
+            "window": list(self._window),
+            "epoch": list(self._epoch),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+        self.evaluations = list(state_dict.get("evaluations", []))
         # The losses since the last report and in this epoch so far: a mid-epoch resume reports the same means.
         self._window = list(state_dict.get("window", []))
         self._epoch = list(state_dict.get("epoch", []))
