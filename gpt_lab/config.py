@@ -33,7 +33,8 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus")
+DATA_NAMES = ("text", "corpus", "preferences")
+DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -93,6 +94,11 @@ class DataConfig:
     overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
     loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
     eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
+    # Issue 20, data=preferences (conf/data/preferences.yaml sets them).
+    prompt_style: str | None = None  # alpaca | phi3; null: the style saved with init_from's run, else alpaca
+    max_length: int | None = None  # tokens per sequence (prompt + response), at most the context; null: the context
+    chosen_key: str | None = None  # the file's field holding the preferred response
+    rejected_key: str | None = None  # the file's field holding the other response
 
 
 @dataclass
@@ -121,6 +127,15 @@ class PathsConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+
+    beta: float = MISSING  # the book's 0.1
+    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -144,6 +159,7 @@ class Config:
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
     compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
+    dpo: DPOConfig | None = None  # issue 20: data=preferences only
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -239,6 +255,31 @@ def check_config(cfg: DictConfig) -> list[str]:
             f"a checkpoint's weights give init_from={cfg.ckpt_path}"
         )
     problems += _check_long_run(cfg)
+    problems += _check_preferences(cfg)
+    return problems
+
+
+def _check_preferences(cfg: DictConfig) -> list[str]:
+    """Issue 20: data=preferences and the dpo.* keys."""
+    problems = []
+    d, dpo = cfg.data, cfg.dpo
+    if d.max_length is not None and d.max_length < 2:
+        problems.append(f"data.max_length={d.max_length} must be >= 2 (prompt and response tokens), or null")
+    if d.name != "preferences":
+        return problems
+    if dpo is None:
+        return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
+    if not dpo.beta > 0 or not math.isfinite(dpo.beta):
+        problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
+    if dpo.logprob not in DPO_LOGPROBS:
+        problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
+    if dpo.test_responses is not None and dpo.test_responses < 0:
+        problems.append(f"dpo.test_responses={dpo.test_responses} must be >= 0, or null for the whole test split")
+    if cfg.task.name == "train" and not cfg.init_from:
+        problems.append(
+            "data=preferences (DPO) needs a starting model: init_from=<instruction-tuned run directory or weights> "
+            "(the policy starts from it and a frozen copy of it is the reference)"
+        )
     return problems
 
 
