@@ -35,7 +35,7 @@ EOT = 50256
 MODEL = {"vocab_size": 50257, "context_length": 64, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
 MODEL_OVERRIDES = ("model=tiny", "model.emb_dim=16", "model.n_heads=2", "model.n_layers=1")
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-WORDS = "red blue green cat dog sun moon tree river stone".split()
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone"]
 
 
 def _entries(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -128,7 +128,8 @@ def test_encode_pair_cuts_to_the_context_and_says_so() -> None:
 
 
 def test_collate_masks_the_prompt_and_the_padding() -> None:
-    # Prompt [1, 2, 3]; chosen [4, 5, EOT]; rejected [6, EOT]. Second pair: prompt [7], chosen [8, EOT], rejected [9, 9, 9, EOT].
+    # Pair 0: prompt [1, 2, 3], chosen [4, 5, EOT], rejected [6, EOT].
+    # Pair 1: prompt [7], chosen [8, EOT], rejected [9, 9, 9, EOT].
     pairs = [PreferencePair([1, 2, 3], [4, 5, EOT], [6, EOT]), PreferencePair([7], [8, EOT], [9, 9, 9, EOT])]
     inputs, targets = collate_preferences(pairs)
     x = -100
