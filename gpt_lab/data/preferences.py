@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
+from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.text import DataError, ResumableDataLoader
 from gpt_lab.tokenizer import get_tokenizer
 
@@ -224,9 +225,11 @@ class PreferenceDataModule(L.LightningDataModule):
         rejected_key: str = "rejected",
         num_workers: int = 0,
         seed: int = 123,
+        eval_max_batches: int | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.eval_max_batches = eval_max_batches
         self.max_length = max_length
         self.batch_size = batch_size
         self.prompt_style = prompt_style
@@ -321,9 +324,11 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Every pair of ``split`` in order (initial and final metrics)."""
-        return self._loader(split, shuffle=False)
+    def eval_dataloader(self, split: str) -> DataLoader | BoundedLoader:
+        """The pairs of ``split`` in order, the first ``eval_max_batches`` batches (None: all): the initial
+        and final metrics."""
+        loader = self._loader(split, shuffle=False)
+        return loader if self.eval_max_batches is None else BoundedLoader(loader, self.eval_max_batches)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator_state": self.generator.get_state()}
@@ -366,4 +371,5 @@ class PreferenceDataModule(L.LightningDataModule):
             rejected_key=d.rejected_key or "rejected",
             num_workers=d.num_workers or 0,
             seed=cfg.seed,
+            eval_max_batches=d.eval_max_batches,
         )
