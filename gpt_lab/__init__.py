@@ -43,6 +43,11 @@ _API = {
     "generate_text_simple": "gpt_lab.generation.sampling",
     "GPTLitModule": "gpt_lab.training.lit_module",
     "TextDataModule": "gpt_lab.data.text",
+    "apply_lora": "gpt_lab.model.lora",
+    "merge_lora": "gpt_lab.model.lora",
+    "select_trainable": "gpt_lab.model.finetune",
+    "save_finetuned": "gpt_lab.model.finetune",
+    "load_finetuned": "gpt_lab.model.finetune",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -119,6 +119,44 @@ class SchedulerConfig:
     min_lr: float | None = MISSING  # null: 0
 
 
+# --- Issue 18: fine-tuning (what trains) and appendix E's LoRA ---------------------------------
+FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt_lab.model.finetune's
+LORA_SCALINGS = ("rank", "alpha")
+
+
+@dataclass
+class FinetuneConfig:
+    """``cfg.finetune``: what trains (``conf/finetune/<name>.yaml``; gpt_lab/model/finetune.py)."""
+
+    name: str = MISSING  # all | last_block | last_two_blocks | head | lora
+
+
+@dataclass
+class LoRAConfig:
+    """``cfg.lora``: appendix E's adapters, used by ``finetune=lora``."""
+
+    rank: int = MISSING
+    alpha: float = MISSING
+    targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
+    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+
+
+def _check_finetune(cfg: DictConfig) -> list[str]:
+    problems = []
+    if cfg.finetune.name not in FINETUNE_NAMES:
+        problems.append(f"finetune={cfg.finetune.name} is not a choice; choose one of {', '.join(FINETUNE_NAMES)}")
+    lora = cfg.lora
+    if lora.rank <= 0:
+        problems.append(f"lora.rank={lora.rank} must be a positive integer")
+    if not lora.alpha > 0:
+        problems.append(f"lora.alpha={lora.alpha} must be a positive number")
+    if lora.scaling not in LORA_SCALINGS:
+        problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
+    if not lora.targets or any(not t for t in lora.targets):
+        problems.append(f"lora.targets={list(lora.targets)} must name Linear layers, e.g. [all] or [W_query,W_value]")
+    return problems
+
+
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING  # the directory the user ran from: relative inputs resolve here
@@ -148,6 +186,8 @@ class Config:
     logger: dict[str, Any] | None = field(default_factory=dict)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # issue 18
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # issue 18
     seed: int = MISSING
     prompt: str = MISSING
     prompts: list[str] = MISSING  # several prompts in one run (replaces prompt)
@@ -255,6 +295,8 @@ def check_config(cfg: DictConfig) -> list[str]:
             f"a checkpoint's weights give init_from={cfg.ckpt_path}"
         )
     problems += _check_long_run(cfg)
+    problems += _check_finetune(cfg)
+    problems += _check_trainer_lengths(cfg)
     problems += _check_preferences(cfg)
     return problems
 
@@ -283,6 +325,21 @@ def _check_preferences(cfg: DictConfig) -> list[str]:
     return problems
 
 
+# Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).
+TRAINER_LENGTH_KEYS = ("max_steps", "max_epochs")
+
+
+def _check_trainer_lengths(cfg: DictConfig) -> list[str]:
+    """``trainer.max_steps`` / ``max_epochs``: an integer >= 0, or -1 (no limit); null where Lightning allows it."""
+    problems = []
+    for key in TRAINER_LENGTH_KEYS:
+        value = (cfg.trainer or {}).get(key)
+        # Types are the pre-flight's (gpt_lab/run/preflight.py, from the Trainer's signature).
+        if isinstance(value, int) and not isinstance(value, bool) and value < -1:
+            problems.append(f"trainer.{key}={value} must be >= 0, or -1 for no limit")
+    return problems
+
+
 def _check_long_run(cfg: DictConfig) -> list[str]:
     """The schedule, clipping and step checkpoints (warmup against the run's length is checked at fit start)."""
     problems = []
@@ -298,13 +355,13 @@ def _check_long_run(cfg: DictConfig) -> list[str]:
     for key in ("initial_lr", "min_lr"):
         if s[key] is None:
             continue
-        if s[key] < 0:
-            problems.append(f"scheduler.{key}={s[key]} must be >= 0")
+        if not 0 <= s[key] < math.inf:  # NaN fails too
+            problems.append(f"scheduler.{key}={s[key]} must be a finite number >= 0, or null for 0")
         elif s.name != "constant" and s[key] > lr:
             problems.append(f"scheduler.{key}={s[key]} must not exceed the peak learning rate optim.lr={lr}")
     clip = cfg.optim.clip_grad_norm
-    if clip is not None and clip <= 0:
-        problems.append(f"optim.clip_grad_norm={clip} must be > 0 (or null: no clipping)")
+    if clip is not None and not 0 < clip < math.inf:  # NaN fails too
+        problems.append(f"optim.clip_grad_norm={clip} must be a finite number > 0 (or null: no clipping)")
     checkpoint = (cfg.callbacks or {}).get("model_checkpoint") or {}
     every = checkpoint.get("every_n_train_steps")
     if every is not None and (not isinstance(every, int) or every <= 0):

@@ -13,7 +13,9 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt_lab.run.job import run_command_line, run_job
+from gpt_lab.run.options import check_group_options
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("GPT_LAB_ROOT", str(Path(__file__).resolve().parents[1]))
 
 
@@ -25,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_group_options(conf_dir=CONF_DIR)  # experiment=ch5: one paragraph listing the options, exit 2
     run_command_line(main)  # SIGINT / SIGTERM: exit 130 / 143, an interrupted sweep's summary written

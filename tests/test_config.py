@@ -135,6 +135,19 @@ def test_config_launchers_compose(compose_config) -> None:
         (["data.batch_size=1.5"], "data.batch_size=1.5 is not an integer"),
         (["+model.n_head=4"], "unknown key model.n_head; model accepts name, vocab_size, .*n_heads"),
         (["+learning_rate=0.1"], "unknown key learning_rate; the top level accepts model, .*seed"),
+        # Issue 21 case 9: NaN and infinity fail every float range check.
+        (["scheduler.min_lr=nan"], r"scheduler\.min_lr=nan must be a finite number >= 0"),
+        (["scheduler.initial_lr=nan"], r"scheduler\.initial_lr=nan must be a finite number >= 0"),
+        (["scheduler.initial_lr=inf"], r"scheduler\.initial_lr=inf must be a finite number >= 0"),
+        (["optim.clip_grad_norm=nan"], r"optim\.clip_grad_norm=nan must be a finite number > 0"),
+        (["optim.clip_grad_norm=inf"], r"optim\.clip_grad_norm=inf must be a finite number > 0"),
+        (["optim.weight_decay=nan"], r"optim\.weight_decay=nan must be a finite number >= 0"),
+        (["model.drop_rate=nan"], r"model\.drop_rate=nan must be a rate in \[0, 1\)"),
+        (["data.train_ratio=nan"], r"data\.train_ratio=nan must be in \(0, 1\)"),
+        (["scheduler.warmup_ratio=nan"], r"scheduler\.warmup_ratio=nan must be in"),
+        # Issue 21: a run length Lightning refuses only after the model is built.
+        (["trainer.max_steps=-5"], r"trainer\.max_steps=-5 must be >= 0, or -1 for no limit"),
+        (["trainer.max_epochs=-2"], r"trainer\.max_epochs=-2 must be >= 0, or -1 for no limit"),
     ],
 )
 def test_config_schema_rejects_bad_values(compose_config, overrides: list[str], message: str) -> None:
@@ -176,3 +189,41 @@ def test_config_validated_config_is_typed_and_resolved(compose_config, tmp_path)
     assert OmegaConf.to_container(cfg.logger)["tensorboard"]["save_dir"] == str(tmp_path)
     with pytest.raises(ValidationError):
         cfg.model.emb_dim = "wide"
+
+
+def test_config_unknown_group_option_is_refused_with_the_options(run_cli) -> None:
+    # Issue 21 case 6: `optional experiment` used to swallow a typo and run chapter 4's generation.
+    proc = run_cli("experiment=ch5", "model=tiny", "max_new_tokens=1")
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert message.startswith("gpt_lab: error: experiment=ch5 is not an option of the experiment group")
+    assert "appendix_d, ch05, pretrain" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_config_group_options_are_checked_in_every_group_and_sweep() -> None:
+    from gpt_lab.run.options import unknown_group_options
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    models = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert unknown_group_options(["model=gpt3", "seed=1", "model.emb_dim=8"]) == [
+        f"model=gpt3 is not an option of the model group; choose one of {', '.join(models)} (conf/model/)"
+    ]
+    problems = unknown_group_options(["-m", "+experiment=ch05,ch5", "dropout=nil", "experiment=null"])
+    assert [p.split(" is not")[0] for p in problems] == ["experiment=ch5", "dropout=nil", "experiment=null"]
+    # Every option of every group is accepted; Hydra's own groups and deletions are Hydra's to check.
+    everything = [
+        f"{d.name}={p.stem}" for d in conf.iterdir() if d.is_dir() and d.name != "hydra" for p in d.glob("*.yaml")
+    ]
+    assert len(everything) > 20 and unknown_group_options(everything) == []
+    assert unknown_group_options(["hydra/launcher=joblib", "~experiment", "--cfg", "job"]) == []
+
+
+def test_config_key_of_another_group_option_is_refused_naming_it() -> None:
+    # Issue 21: `task=prepare data.source=books/` without data=corpus was Hydra's "Could not override", exit 1.
+    from gpt_lab.run.options import misplaced_group_keys
+
+    assert misplaced_group_keys(["task=prepare", "data.source=books/"]) == [
+        "data.source is a key of data=corpus, not of data=text: add data=corpus"
+    ]
+    assert misplaced_group_keys(["data=corpus", "data.source=b", "data.stride=4", "data.path=a"]) == []
+    assert misplaced_group_keys(["data.stride=4", "+data.source=b", "model.emb_dim=8", "trainer.max_steps=3"]) == []

@@ -19,15 +19,15 @@ import hashlib
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, read_results
-from gpt_lab.run.status import USER_ERROR_EXIT_CODE, is_extra_process
+from gpt_lab.run.status import is_rank_zero
 from gpt_lab.storage import pid_alive, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,16 @@ def register_resolver() -> None:
         OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
 
 
+class RunDirError(UserError):
+    """The run or sweep directory holds another run's files, or a run that is still going."""
+
+
 def _refuse(message: str) -> None:
-    print(f"gpt_lab: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(USER_ERROR_EXIT_CODE)
+    # Hydra would print an exception raised by its callback with a traceback: the command line's own
+    # error printer (gpt_lab.run.job.exit_with_error) prints it and ends the process here.
+    from gpt_lab.run.job import exit_with_error
+
+    raise exit_with_error(RunDirError(message))
 
 
 def resumes_run(config: DictConfig, run_dir: Path) -> bool:
@@ -129,9 +136,9 @@ class RunDirGuard(Callback):
     """Checks the run or sweep directory before Hydra creates it and writes ``.hydra/`` into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not is_extra_process():
+        if is_rank_zero():
             check_run_dir(config, Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not is_extra_process():
+        if is_rank_zero():
             check_sweep_dir(Path(str(config.hydra.sweep.dir)))

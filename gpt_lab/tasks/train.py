@@ -24,11 +24,10 @@ from gpt_lab.data.text import DataError
 from gpt_lab.errors import UserError
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
-from gpt_lab.run.status import interruptible_fit
 from gpt_lab.run.tensorboard import flatten_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
-from gpt_lab.training.resume_last import resolve_ckpt_path
+from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,6 @@ def _drop_lr_monitor_without_logger(callbacks: list[Any], loggers: list[Any]) ->
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    started_at = time.time()  # tells this run's checkpoints from older ones in the same directory
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
@@ -145,8 +143,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
-    with interruptible_fit(trainer, started_at):  # SIGTERM / SIGINT: RunInterrupted(step, checkpoint)
-        trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
+    # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).
+    trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
 
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
@@ -159,9 +157,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"model_config": lit.model.cfg, **report, "trainable_params": trainable}
 
     checkpoint_cb = trainer.checkpoint_callback
-    checkpoint = None
-    if checkpoint_cb is not None:
-        checkpoint = getattr(checkpoint_cb, "last_model_path", "") or getattr(checkpoint_cb, "best_model_path", "")
+    checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
     initial_fields = (
         initial.initial_results() if initial is not None else {"initial_train_loss": None, "initial_val_loss": None}
     )
@@ -170,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,
-        checkpoint=checkpoint or None,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
         loss_curve=history.epochs if history is not None else None,
         last_sample=sampler.last_text if sampler is not None else None,
         train_seconds=fit_seconds,

@@ -6,18 +6,20 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from gpt_lab.errors import RunInterrupted
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
+from gpt_lab.training.resume_last import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -228,24 +230,17 @@ class Throughput(L.Callback):
             pl_module.log("train/mfu", flops_per_token(model, inputs.shape[1]) * tokens_per_sec / self._peak_flops)
 
 
-class TrainingInterrupted(SystemExit):
-    """Training stopped on SIGTERM or SIGINT after writing a checkpoint; exits with 128 + the signal
-    number (143, 130) unless caught. ``signum``, ``step`` and ``checkpoint`` say where it stopped."""
-
-    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-        self.step = step
-        self.checkpoint = checkpoint
-
-
 class StopOnSignal(L.Callback):
     """SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) during training: finish the
-    current optimizer step, write ``checkpoints/last.ckpt`` there through the ModelCheckpoint
-    callback, and raise ``TrainingInterrupted``. Stopping only where an optimizer step has just
-    ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step); a second
-    signal stops at once, without a checkpoint. Handlers are installed for the training loop only
-    and the previous ones put back after it.
+    current optimizer step, write a checkpoint there through the ModelCheckpoint callback, and
+    raise ``RunInterrupted`` (signal, step, checkpoint). Stopping only where an optimizer step has
+    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step).
+
+    A repeated SIGTERM changes nothing (schedulers and ``kill`` send it more than once; the stop is
+    on its way); a second SIGINT (Ctrl-C again) stops at once, without a checkpoint. The handlers
+    are this callback's from the training loop's start to its end; the previous ones are put back
+    after it. ``RunInterrupted`` is a ``SystemExit`` with code 128 + the signal: uncaught (a
+    script's own Trainer), the process ends with status 143 / 130 and no traceback.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -254,18 +249,23 @@ class StopOnSignal(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._step_at_batch_start = 0
+        self._trainer: L.Trainer | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # the second signal: stop now
-        self.received = signum
-        log.warning(
-            "Received %s: stopping after this optimizer step, with a checkpoint (send it again to stop at once)",
-            signal.Signals(signum).name,
-        )
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = signum
+            log.warning(
+                "Received %s: stopping after this optimizer step, with a checkpoint (Ctrl-C / SIGINT stops at once)",
+                name,
+            )
+        elif signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+            raise RunInterrupted(signum, self._trainer.global_step if self._trainer is not None else None)
+        else:
+            log.warning("Received %s again: still stopping after this optimizer step", name)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
+        self.received, self._trainer = None, trainer
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -274,7 +274,7 @@ class StopOnSignal(L.Callback):
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        self._previous = {}
+        self._previous, self._trainer = {}, None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -297,14 +297,19 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        checkpoint = trainer.checkpoint_callback
-        path = None
-        if checkpoint is not None:
-            # ModelCheckpoint saves on the exception raised below: here, where a step checkpoint
-            # would be taken. Off otherwise, as an exception in mid-step leaves no exact state.
-            checkpoint.save_on_exception = True
-            last = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
-            path = str(Path(checkpoint.dirpath, last)) if checkpoint.dirpath else None
         signum = self.received or signal.SIGTERM
-        log.warning("Stopping at step %d on %s; checkpoint %s", trainer.global_step, signal.Signals(signum).name, path)
-        raise TrainingInterrupted(signum, trainer.global_step, path)
+        stop = RunInterrupted(signum, trainer.global_step)
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint):
+            # The checkpoint callback's own save on an exception, here, where a step checkpoint would be
+            # taken (off otherwise: an exception in mid-step leaves no exact state). It skips a step saved already.
+            save_on_exception, callback.save_on_exception = callback.save_on_exception, True
+            try:
+                callback.on_exception(trainer, pl_module, stop)
+            finally:
+                callback.save_on_exception = save_on_exception
+            if trainer.is_global_zero:
+                newest = newest_checkpoint(callback.dirpath)
+                stop.checkpoint = str(newest) if newest is not None else None
+        log.warning("Stopping at step %d on %s; checkpoint %s", stop.step, stop.signal_name, stop.checkpoint)
+        raise stop

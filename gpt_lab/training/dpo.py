@@ -36,6 +36,7 @@ from torch import nn
 
 from gpt_lab.data.preferences import IGNORE_INDEX
 from gpt_lab.errors import UserError
+from gpt_lab.model.finetune import load_base_state
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
@@ -158,18 +159,21 @@ class DPOLitModule(GPTLitModule):
                 "data=preferences (DPO) trains an instruction-tuned model against a frozen copy of itself: give "
                 "init_from=<instruction-tuned run directory or weights>, e.g. from experiment=ch07"
             )
+        finetune = cfg.finetune.name
         lit = cls(
             model_cfg,
             lr=cfg.optim.lr,
             weight_decay=cfg.optim.weight_decay,
             beta=cfg.dpo.beta,
             logprob=cfg.dpo.logprob,
-            shared_reference=False,
+            shared_reference=finetune == "lora",
             scheduler=dict(cfg.scheduler),
             clip_grad_norm=cfg.optim.clip_grad_norm,
             max_new_tokens=cfg.max_new_tokens,
+            finetune=finetune,
+            lora=cfg.lora,
         )
-        lit.model.load_state_dict(init_state, strict=True)
+        load_base_state(lit.model, init_state)  # with finetune=lora the adapters keep their start (B = 0)
         lit.attach_reference(init_state)
         return lit
 

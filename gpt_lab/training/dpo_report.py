@@ -113,7 +113,7 @@ def initial_metrics(trainer: L.Trainer) -> dict[str, dict[str, float]]:
 
 
 def finish_dpo(lit: DPOLitModule, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
-    from gpt_lab.model.book_checkpoint import save_book_checkpoint
+    from gpt_lab.model.finetune import save_finetuned
 
     out_dir = Path(cfg.paths.output_dir)
     final = {split: lit.eval_metrics(datamodule.eval_dataloader(split)) for split in ("train", "val")}
@@ -144,7 +144,14 @@ def finish_dpo(lit: DPOLitModule, trainer: L.Trainer, datamodule: Any, cfg: Any)
     )
     if trainer.is_global_zero:
         results["plot"] = str(plot_dpo_curves(rows, out_dir / PLOT_FILE))
-        results["book_checkpoint"] = str(save_book_checkpoint(lit.model, out_dir / "model.pth"))
+        # model.pth (adapters merged, the book's layout) and model.json with the prompt style: init_from=<this run>.
+        meta = {
+            "finetune": lit.hparams.finetune,
+            "lora": lit.hparams.lora,
+            "prompt_style": datamodule.prompt_style,
+            "objective": "dpo",
+        }
+        results["book_checkpoint"] = str(save_finetuned(lit.model, out_dir, meta))
         n = write_test_responses(lit, datamodule, cfg, out_dir / RESPONSES_FILE)
         results["test_responses"] = str(out_dir / RESPONSES_FILE) if n else None
     return results

@@ -83,7 +83,8 @@ def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, A
     if not differences:  # also the truth for checkpoints without hyper-parameters
         expected = _expected_shapes(model_cfg)
         state = checkpoint["state_dict"]
-        model_keys = [k for k in state if k.startswith("model.")]
+        # LoRA adapters (finetune=lora) are not part of the model's shape: this run adds its own.
+        model_keys = [k for k in state if k.startswith("model.") and not k.endswith((".lora_A", ".lora_B"))]
         if not model_keys:
             raise ResumeError(f"ckpt_path={path} is a Lightning checkpoint without GPTLitModule's model.* weights")
         for key in sorted(set(expected) | set(model_keys)):

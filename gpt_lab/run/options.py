@@ -1,0 +1,157 @@
+"""Config group options on the command line: a name no group has is a user error that lists the options.
+
+Hydra fails a missing option of a group with status 1 and a page of search paths, and an
+``optional`` default (``optional experiment``) hides a typo completely. ``check_group_options``
+looks at the command line's overrides before Hydra composes anything: every ``group=option``
+(also ``+group=``, ``++group=``, and each value of a sweep ``group=a,b``) must name a YAML file of
+``conf/<group>/`` (``~group`` deselects one). Hydra's own groups (``hydra/launcher=...``, which plugins extend)
+are left to Hydra, and so is a command line that adds config directories (``--config-dir``,
+``hydra.searchpath``). A key that only another option of a group has (``task=prepare
+data.source=books/`` without ``data=corpus``) is refused the same way, naming that option.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from gpt_lab.errors import ConfigError
+from gpt_lab.run.status import USER_ERROR_EXIT_CODE
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def group_options(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """``{group: [option, ...]}`` for every group folder under ``conf_dir`` (``a/b`` for nested ones)."""
+    groups: dict[str, list[str]] = {}
+    for folder in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options:
+            groups[folder.relative_to(conf_dir).as_posix()] = options
+    return groups
+
+
+def _option_keys(conf_dir: Path, group: str, option: str, seen: frozenset[str] = frozenset()) -> set[str] | None:
+    """The keys ``group=option`` gives its group's node (with those of the options its defaults list
+    pulls in, e.g. data=corpus's ``text@data``); None when that cannot be told from its YAML alone."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / group / f"{option}.yaml"
+    if not path.is_file() or option in seen:
+        return None
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    if not isinstance(node, dict):
+        return None
+    if path.read_text(encoding="utf-8").lstrip().startswith("# @package _global_"):
+        own = node.get(group.split("/")[-1])
+        keys = set(own) if isinstance(own, dict) else set()
+    else:
+        keys = {k for k in node if k != "defaults"}
+    for entry in node.get("defaults") or []:
+        name = entry if isinstance(entry, str) else None
+        if name is None or name == "_self_":
+            continue
+        other, _, package = name.partition("@")
+        if package in ("", group.split("/")[-1], "_group_"):
+            more = _option_keys(conf_dir, group, other.strip(), seen | {option})
+            if more is None:
+                return None
+            keys |= more
+    return keys
+
+
+def _default_option(conf_dir: Path, group: str) -> str | None:
+    """The option conf/config.yaml's defaults list picks for ``group`` (None: none, or not a plain name)."""
+    from omegaconf import OmegaConf
+
+    for entry in OmegaConf.to_container(OmegaConf.load(conf_dir / "config.yaml")).get("defaults") or []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if key.removeprefix("optional ").strip() == group and isinstance(value, str):
+                    return value
+    return None
+
+
+def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """One message per ``group.key=value`` whose key the chosen option of ``group`` lacks but another has."""
+    overrides = _overrides(args)
+    groups = group_options(conf_dir)
+    chosen: dict[str, str | None] = {}
+    for text in overrides:
+        key, _, value = text.lstrip("+").partition("=")
+        if key in groups and "," not in value:
+            chosen[key] = value
+    problems = []
+    for text in overrides:
+        if text.startswith(("+", "~")):
+            continue  # an explicit addition: the schema says whether the key exists
+        group, _, key = text.partition("=")[0].partition(".")
+        key = key.split(".")[0]
+        if group not in groups or not key or group.startswith("hydra"):
+            continue
+        option = chosen.get(group, _default_option(conf_dir, group))
+        keys = _option_keys(conf_dir, group, option) if option else None
+        if keys is None or key in keys:
+            continue
+        owners = [o for o in groups[group] if key in (_option_keys(conf_dir, group, o) or ())]
+        if owners:
+            problems.append(
+                f"{group}.{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of "
+                f"{group}={option}: add {group}={owners[0]}"
+            )
+    return problems
+
+
+def _overrides(args: Iterable[str]) -> list[str]:
+    """The overrides among ``args``: ``key=value`` words (Hydra's own flags start with ``-``)."""
+    return [a for a in args if "=" in a and not a.startswith("-")]
+
+
+def unknown_group_options(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """One message per ``group=option`` in ``args`` (a command line) that names no option of ``group``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = list(args)
+    overrides = _overrides(args)
+    if any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp")) for a in args) or any(
+        o.lstrip("+~").startswith("hydra.searchpath") for o in overrides
+    ):
+        return []  # options may come from another directory: Hydra decides
+    groups = group_options(conf_dir)
+    problems = []
+    for text in overrides:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([text])
+        except Exception:
+            continue  # not valid override syntax: Hydra's own message says why
+        group = override.key_or_group.split("@")[0]
+        if group not in groups or group.startswith("hydra") or override.is_delete():
+            continue
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:
+                continue  # glob() / range(): Hydra expands them against the options itself
+        else:
+            value = override.value()
+            if not isinstance(value, str | None):
+                continue  # a list of options (a multi-select default): Hydra checks it
+            values = [override.get_value_element_as_str()]
+        for value in values:
+            if value not in groups[group]:  # null too: ~group deselects a group
+                problems.append(
+                    f"{group}={value} is not an option of the {group} group; choose one of "
+                    f"{', '.join(groups[group])} (conf/{group}/)"
+                )
+    return problems
+
+
+def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> None:
+    """Refuse (one paragraph on stderr, exit status 2) a command line naming an option no group has,
+    or a key of a group option it did not choose."""
+    args = sys.argv[1:] if args is None else args
+    problems = unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
+    if problems:
+        print(f"gpt_lab: error: {ConfigError('; '.join(problems))}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT_CODE)
