@@ -264,6 +264,36 @@ def test_eval_metrics_against_a_written_out_computation(logprob: str) -> None:
     assert got["loss"] != pytest.approx(LN2, abs=1e-4)  # the check above is not the trivial start
 
 
+LORA = {"rank": 2, "alpha": 4, "targets": ["all"], "scaling": "rank"}
+
+
+def test_lora_reference_is_the_frozen_copy_exactly() -> None:
+    """finetune=lora keeps no second model: the base with its adapters off gives the frozen copy's numbers,
+    bit for bit, before and after the adapters have moved."""
+    torch.manual_seed(0)
+    state = GPTModel({**MODEL, "qkv_bias": False}).state_dict()
+    full = DPOLitModule({**MODEL, "qkv_bias": False}, lr=1e-3, weight_decay=0.0)
+    full.model.load_state_dict(state)
+    full.attach_reference(state)
+    lora = DPOLitModule(
+        {**MODEL, "qkv_bias": False}, lr=1e-3, weight_decay=0.0, shared_reference=True, finetune="lora", lora=LORA
+    )
+    lora.model.load_state_dict(state, strict=False)  # the base weights; the adapters keep B = 0
+    lora.attach_reference(state)
+    assert lora.reference is None
+    _, _, (inputs, targets) = _batch()
+    copy_ref = full._reference_logprobs(inputs, targets)
+    assert torch.equal(lora._reference_logprobs(inputs, targets), copy_ref)
+    assert torch.equal(lora.pair_losses((inputs, targets)).loss, torch.full((3,), LN2))  # B = 0: policy == base
+    with torch.no_grad():  # the adapters after some training
+        for name, param in lora.model.named_parameters():
+            if name.endswith("lora_B"):
+                param.normal_(0, 0.1)
+    assert torch.equal(lora._reference_logprobs(inputs, targets), copy_ref)
+    assert not torch.equal(response_logprobs(lora.model(inputs), targets), copy_ref)  # the policy has moved
+    assert all(layer.lora_enabled for layer in lora.model.modules() if hasattr(layer, "lora_enabled"))
+
+
 def test_reference_stays_frozen_in_eval_mode_and_out_of_checkpoints() -> None:
     lit = _module()
     lit.train()
@@ -356,6 +386,21 @@ def test_dpo_run_writes_metrics_plot_and_both_responses(
     assert {"train/loss", "train/reward_margin", "val/loss", "val/reward_margin", "val/chosen_reward"} <= tags
     first = events.Scalars("val/reward_margin")[0]
     assert (first.step, first.value) == (0, 0.0)
+
+
+def test_dpo_with_lora_trains_the_adapters_against_the_base(
+    dpo_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    out = tmp_path / "lora"
+    results = run_task(dpo_config(out, "finetune=lora", "lora.rank=2", "logger=none", "dpo.test_responses=1"))
+    assert results["dpo_reference"] == "lora_base"
+    assert abs(results["initial_val_loss"] - LN2) < 1e-7 and results["initial_val_reward_margin"] == 0.0
+    assert 0 < results["trainable_params"] < results["total_params"] // 10
+    assert results["train_reward_margin"] > 0
+    meta = json.loads((out / "model.json").read_text())
+    assert (meta["prompt_style"], meta["finetune"]) == ("alpaca", "lora")
+    responses = json.loads((out / "test-responses.json").read_text())
+    assert set(responses[0]) >= {"model_response", "reference_response"}
 
 
 def test_dpo_resumes_with_ckpt_path_last(dpo_config: Callable[..., DictConfig], tmp_path: Path) -> None:
