@@ -169,6 +169,19 @@ def test_read_maps_field_names(tmp_path: Path) -> None:
     assert (entry["chosen"], entry["rejected"], entry["input"]) == ("b", "c", "")
 
 
+def test_prompt_style_is_carried_over_from_the_init_from_run(tmp_path: Path) -> None:
+    from gpt_lab.data.preferences import carried_prompt_style
+
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "model.pth").write_bytes(b"")
+    (run / "model.json").write_text(json.dumps({"kind": "language_model", "prompt_style": "phi3"}))
+    assert carried_prompt_style(None, run) == "phi3"
+    assert carried_prompt_style(None, run / "model.pth") == "phi3"
+    assert carried_prompt_style("alpaca", run) == "alpaca"  # given wins (with a warning)
+    assert carried_prompt_style(None, tmp_path / "book.pth") == "alpaca"  # nothing saved: the book's
+
+
 def test_identical_pairs_are_warned_counted_and_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     entries = _entries(20)
     for i in (0, 3):

@@ -68,6 +68,30 @@ PROMPT_STYLES = ("alpaca", "phi3")
 # --- end of stand-in ---
 
 
+def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
+    """The prompt style to train with: ``data.prompt_style`` when given, else the one saved with the
+    ``init_from`` run (its ``model.json``), else alpaca (the book's)."""
+    from gpt_lab.model.finetune import META_FILE, MODEL_FILE, read_meta
+
+    saved = None
+    if init_from is not None and init_from.exists():
+        meta = read_meta(init_from / MODEL_FILE if init_from.is_dir() else init_from)
+        saved = (meta or {}).get("prompt_style")
+    if given and saved and given != saved:
+        log.warning(
+            "data.prompt_style=%s, but init_from=%s was instruction-tuned with %s (its %s): the prompts will "
+            "not read as the model learned them",
+            given,
+            init_from,
+            saved,
+            META_FILE,
+        )
+    style = given or saved or "alpaca"
+    if not given:
+        log.info("Prompt style %s (%s)", style, f"from init_from's {META_FILE}" if saved else "the default")
+    return style
+
+
 def read_preference_entries(path: Path, chosen_key: str = "chosen", rejected_key: str = "rejected") -> list[dict]:
     """The entries of a JSON list or JSONL file, each with ``instruction``, ``input``, ``chosen``, ``rejected``.
 
@@ -366,7 +390,7 @@ class PreferenceDataModule(L.LightningDataModule):
             path=input_path(cfg, d.path),
             max_length=max_length,
             batch_size=d.batch_size,
-            prompt_style=d.prompt_style or "alpaca",
+            prompt_style=carried_prompt_style(d.prompt_style, input_path(cfg, cfg.init_from)),
             chosen_key=d.chosen_key or "chosen",
             rejected_key=d.rejected_key or "rejected",
             num_workers=d.num_workers or 0,
