@@ -33,7 +33,8 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus", "classification", "instructions")
+DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
+DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -109,12 +110,15 @@ class DataConfig:
     header: bool | None = None  # null: a header when the first row names both columns; false: label<TAB>text
     class_names: list[str] | None = None  # the classes in index order (null: the training labels, sorted)
     pad: bool | None = None  # false: pad each batch to its longest text only (batch 1: no padding)
-    # data=instructions (and preferences).
-    prompt_style: str | None = None  # alpaca | phi3 (gpt_lab/generation/prompt_styles.py)
+    # data=instructions and data=preferences.
+    prompt_style: str | None = None  # alpaca | phi3 (generation/prompt_styles.py); preferences: null = init_from's
     mask_prompt: bool | None = None  # exercise 7.2: only the response tokens are targets
     fields: dict[str, str] | None = None  # the file's names for instruction / input / output
     test_ratio: float | None = None  # after the train_ratio share, this share tests; the rest validates
     shuffle: bool | None = None  # shuffle the entries (seeded by `seed`) before splitting; the book does not
+    # data=preferences only.
+    chosen_key: str | None = None  # the file's field holding the preferred response
+    rejected_key: str | None = None  # the file's field holding the other response
 
 
 @dataclass
@@ -227,6 +231,15 @@ class JudgeConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+
+    beta: float = MISSING  # the book's 0.1
+    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -262,6 +275,7 @@ class Config:
     prompt_style: str | None = None
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
+    dpo: DPOConfig | None = None  # issue 20: data=preferences only
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -361,6 +375,31 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_classification(cfg)
     problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
+    problems += _check_preferences(cfg)
+    return problems
+
+
+def _check_preferences(cfg: DictConfig) -> list[str]:
+    """Issue 20: data=preferences and the dpo.* keys."""
+    problems = []
+    d, dpo = cfg.data, cfg.dpo
+    if d.name != "preferences":
+        return problems
+    if d.max_length is not None and d.max_length < 2:
+        problems.append(f"data.max_length={d.max_length} must be >= 2 (prompt and response tokens), or null")
+    if dpo is None:
+        return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
+    if not dpo.beta > 0 or not math.isfinite(dpo.beta):
+        problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
+    if dpo.logprob not in DPO_LOGPROBS:
+        problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
+    if dpo.test_responses is not None and dpo.test_responses < 0:
+        problems.append(f"dpo.test_responses={dpo.test_responses} must be >= 0, or null for the whole test split")
+    if cfg.task.name == "train" and not cfg.init_from:
+        problems.append(
+            "data=preferences (DPO) needs a starting model: init_from=<instruction-tuned run directory or weights> "
+            "(the policy starts from it and a frozen copy of it is the reference)"
+        )
     return problems
 
 

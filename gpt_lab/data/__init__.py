@@ -1,4 +1,5 @@
-"""What the models read: chapter 5's text windows, corpus preparation (litdata chunks) and streaming."""
+"""What the models read: chapter 5's text windows, corpus preparation (litdata chunks) and streaming,
+and the fine-tuning data (preference pairs)."""
 
 from gpt_lab import lazy_exports
 
@@ -25,6 +26,13 @@ _NAMES = {
     "read_meta": "gpt_lab.data.corpus_prepare",
     "write_meta": "gpt_lab.data.corpus_prepare",
     "prepare_corpus": "gpt_lab.data.corpus_prepare",
+    "PreferenceDataError": "gpt_lab.data.preferences",
+    "PreferencePair": "gpt_lab.data.preferences",
+    "read_preference_entries": "gpt_lab.data.preferences",
+    "split_preference_entries": "gpt_lab.data.preferences",
+    "encode_pair": "gpt_lab.data.preferences",
+    "collate_preferences": "gpt_lab.data.preferences",
+    "PreferenceDataModule": "gpt_lab.data.preferences",
     "DataError": "gpt_lab.data.text",
     "packaged_text": "gpt_lab.data.text",
     "GPTDatasetV1": "gpt_lab.data.text",

@@ -34,7 +34,7 @@ from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 log = logging.getLogger(__name__)
 
 # results.json fields that also go to TensorBoard's HPARAMS tab beside the run's settings.
-HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy")
+HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "val_reward_margin")
 
 
 def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
@@ -170,9 +170,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
+    initial_fields = (
+        initial.initial_results() if initial is not None else {"initial_train_loss": None, "initial_val_loss": None}
+    )
     results.update(
-        initial_train_loss=initial.train_loss if initial is not None else None,
-        initial_val_loss=initial.val_loss if initial is not None else None,
+        **initial_fields,
         **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,
