@@ -1,4 +1,4 @@
-"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/corpus.py).
+"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/data/corpus_prepare.py).
 
 A window is ``context_length + 1`` consecutive tokens of one litdata chunk (litdata's
 ``TokensLoader`` cuts each chunk into such blocks; the last partial block of a chunk is not used);

@@ -10,6 +10,7 @@ what the objective's ``finish`` writes (chapter 5: the trained weights as the bo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -38,7 +39,7 @@ from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 log = logging.getLogger(__name__)
 
 # results.json fields that also go to TensorBoard's HPARAMS tab beside the run's settings.
-HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy")
+HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "val_reward_margin")
 
 
 def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
@@ -89,6 +90,15 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer
     if problems:
         raise ConfigError("; ".join(problems))
     return trainer
+
+
+def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
+    """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
+    ``datamodule`` when it takes one (a classifier's class names come from the data)."""
+    from_config = get_class(cfg.data.lit_module).from_config
+    if "datamodule" in inspect.signature(from_config).parameters:
+        return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
+    return from_config(cfg, model_cfg, init_state)
 
 
 def _find(callbacks: list[Any], kind: type) -> Any:
@@ -174,7 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info(datamodule.describe())
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = get_class(cfg.data.lit_module).from_config(cfg, model_cfg, init_state)
+    lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
@@ -200,9 +210,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
+    initial_fields = (
+        initial.initial_results() if initial is not None else {"initial_train_loss": None, "initial_val_loss": None}
+    )
     results.update(
-        initial_train_loss=initial.train_loss if initial is not None else None,
-        initial_val_loss=initial.val_loss if initial is not None else None,
+        **initial_fields,
         **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,
