@@ -34,14 +34,13 @@ from omegaconf import DictConfig
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PAGES = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
 # TODO(integrator): these pages are written on other branches (corpus: prep; classification, instructions,
-# preferences: the fine-tuning engineers; runs: mech). Links to them are skipped until they land; remove
+# preferences: the fine-tuning engineers). Links to them are skipped until they land; remove
 # this set once they exist on main, so that a missing page fails.
 PAGES_FROM_OTHER_BRANCHES = {
     "docs/corpus.md",
     "docs/classification.md",
     "docs/instructions.md",
     "docs/preferences.md",
-    "docs/runs.md",
 }
 COMPOSE_ERROR_MARK = "<!-- docs-test: compose-error -->"
 HYDRA_FLAGS = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--resolve"}
