@@ -600,3 +600,12 @@ def test_trainer_loggers_and_callbacks_are_built_before_the_model_and_their_erro
     ):
         assert part in message, message
     assert "\n" not in message
+
+
+def test_ckpt_path_last_never_starts_afresh_over_checkpoints_that_do_not_load(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch00-step4.ckpt").write_bytes(b"half a checkpoint, copied by hand")
+    with pytest.raises(UserError, match=r"holds checkpoints, but none loads \(epoch00-step4.ckpt\)"):
+        train(tmp_path, "ckpt_path=last", "trainer.max_steps=2")
