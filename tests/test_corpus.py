@@ -584,3 +584,36 @@ def test_prepare_stopped_by_a_signal_reports_it_and_leaves_no_process(tmp_path: 
     assert f"interrupted by {signum}" in stderr and "Traceback" not in stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["status"], results["signal"]) == ("interrupted", signum)
+
+
+def test_resume_refuses_other_data_or_other_batches_with_a_paragraph(corpus: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 21 case 4 and its tracebacks: a checkpoint resumes only on its data, in its batch size."""
+    every = ["callbacks.model_checkpoint.every_n_epochs=null", "++callbacks.model_checkpoint.every_n_train_steps=2"]
+    base = ["task=train", "dropout=none", "++trainer.max_steps=2", "callbacks.sample_text=null", *every]
+    run_task(_config(corpus["root"], tmp_path / "corpus_run", *base, "data.dir=prepared"))
+    corpus_ckpt = next((tmp_path / "corpus_run" / "checkpoints").glob("*step2*.ckpt"))
+    story = tmp_path / "story.txt"
+    story.write_text(" ".join(_document(i, 200) for i in range(3)), encoding="utf-8")
+    text = [*base, "data=text", f"data.path={story}", "data.batch_size=2"]
+    run_task(_config(tmp_path, tmp_path / "text_run", *text))
+    text_ckpt = next((tmp_path / "text_run" / "checkpoints").glob("*step2*.ckpt"))
+    other_dir = tmp_path / "copy"
+    shutil.copytree(corpus["dir"], other_dir)
+
+    def refused(*overrides: str) -> str:
+        with pytest.raises(UserError) as err:
+            run_task(_config(corpus["root"], tmp_path / f"r{len(list(tmp_path.iterdir()))}", *base, *overrides))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    message = refused("data.dir=prepared", "data.batch_size=2", f"ckpt_path={corpus_ckpt}")
+    assert f"trained with data.batch_size={BATCH}, and this run asks for data.batch_size=2" in message
+    assert f"Resume with data.batch_size={BATCH}" in message and f"init_from={corpus_ckpt}" in message
+    message = refused(f"data.dir={other_dir}", f"ckpt_path={corpus_ckpt}")
+    assert f"trained on data.dir={corpus['dir']}, and this run reads data.dir={other_dir}" in message
+    message = refused("data=text", f"data.path={story}", "data.batch_size=2", f"ckpt_path={corpus_ckpt}")
+    assert f"trained with data=corpus data.dir={corpus['dir']}, and this run reads data=text" in message
+    message = refused("data.dir=prepared", f"ckpt_path={text_ckpt}")  # was KeyError: 'current_epoch'
+    assert f"trained with data=text data.path={story}, and this run reads data=corpus" in message
+    message = refused("data=text", f"data.path={story}", "data.batch_size=3", f"ckpt_path={text_ckpt}")
+    assert "trained with data.batch_size=2, and this run asks for data.batch_size=3" in message

@@ -27,7 +27,7 @@ from gpt_lab.model.weights import init_model_config
 from gpt_lab.run.status import interruptible_fit
 from gpt_lab.run.tensorboard import flatten_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
-from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
+from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume, check_resume_data
 from gpt_lab.training.resume_last import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
+    if resume is not None:
+        check_resume_data(resume, datamodule)  # the same data, in the same batches, or a paragraph
     try:
         datamodule.setup("fit")
     except DataError as err:
