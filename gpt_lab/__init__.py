@@ -43,6 +43,16 @@ _API = {
     "generate_text_simple": "gpt_lab.generation.sampling",
     "GPTLitModule": "gpt_lab.training.lit_module",
     "TextDataModule": "gpt_lab.data.text",
+    "apply_lora": "gpt_lab.model.lora",
+    "merge_lora": "gpt_lab.model.lora",
+    "select_trainable": "gpt_lab.model.finetune",
+    "save_finetuned": "gpt_lab.model.finetune",
+    "load_finetuned": "gpt_lab.model.finetune",
+    "format_prompt": "gpt_lab.generation.prompt_styles",
+    "generate_response": "gpt_lab.generation.responses",
+    "read_entries": "gpt_lab.data.instructions",
+    "InstructionDataModule": "gpt_lab.data.instructions",
+    "InstructionLitModule": "gpt_lab.training.instruction_module",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -59,3 +59,41 @@ def describe_type(hint: Any) -> str:
     if origin is dict or hint is dict:
         return "a mapping"
     return getattr(hint, "__name__", str(hint))
+
+
+class RunInterrupted(SystemExit):
+    """SIGINT or SIGTERM stopped the run: the one exception of an interruption, wherever it happens.
+
+    ``signum`` is the signal, ``step`` the optimizer steps done (training; None elsewhere),
+    ``checkpoint`` the checkpoint written where it stopped (or None). Raised by the command line's
+    signal handlers outside training (``gpt_lab.run.status``) and by ``StopOnSignal`` in training,
+    at an optimizer-step boundary, after the checkpoint is written. A ``SystemExit`` whose code is
+    the shell's 128 + signal (130 for SIGINT, 143 for SIGTERM): ``except Exception`` (a job runner's,
+    Hydra's, Lightning's) lets it through, and a script that does not catch it (a notebook's own
+    Trainer with ``StopOnSignal``) ends with that status and no traceback.
+    """
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None) -> None:
+        super().__init__(128 + int(signum))
+        self.signum = int(signum)
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a launcher's worker process sends it back pickled
+        return (type(self), (self.signum, self.step, self.checkpoint))
+
+    def __str__(self) -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        saved = f", checkpoint {self.checkpoint}" if self.checkpoint else ""
+        return f"interrupted by {self.signal_name}{where}{saved}"
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum

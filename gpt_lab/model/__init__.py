@@ -31,6 +31,16 @@ _NAMES = {
     "build_model": "gpt_lab.model.weights",
     "init_model_config": "gpt_lab.model.weights",
     "model_from_weights": "gpt_lab.model.weights",
+    "LoRALinear": "gpt_lab.model.lora",
+    "apply_lora": "gpt_lab.model.lora",
+    "merge_lora": "gpt_lab.model.lora",
+    "merged_state_dict": "gpt_lab.model.lora",
+    "lora_disabled": "gpt_lab.model.lora",
+    "lora_scale": "gpt_lab.model.lora",
+    "select_trainable": "gpt_lab.model.finetune",
+    "load_base_state": "gpt_lab.model.finetune",
+    "save_finetuned": "gpt_lab.model.finetune",
+    "load_finetuned": "gpt_lab.model.finetune",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -29,7 +29,7 @@ def model_config_dict(cfg: Any) -> dict[str, Any]:
     """The model config as a plain dict, from the book's dict, an OmegaConf node or a dataclass.
 
     Fills the optional keys: ``drop_rate_emb/attn/shortcut`` default to ``drop_rate``,
-    ``tie_weights`` to False.
+    ``tie_weights`` to False, ``num_classes`` to None (the vocabulary head) and ``causal_mask`` to True.
     """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out = dataclasses.asdict(cfg)
@@ -44,6 +44,10 @@ def model_config_dict(cfg: Any) -> dict[str, Any]:
         if out.get(f"drop_rate_{where}") is None:
             out[f"drop_rate_{where}"] = out["drop_rate"]
     out["tie_weights"] = bool(out.get("tie_weights") or False)
+    # Chapter 6: a classification head Linear(emb_dim, num_classes) (with bias) replaces the vocabulary head.
+    out["num_classes"] = None if out.get("num_classes") is None else int(out["num_classes"])
+    # The bonus table's "no causal mask" row: every position attends to every other (off = the book's model).
+    out["causal_mask"] = True if out.get("causal_mask") is None else bool(out["causal_mask"])
     if out["emb_dim"] % out["n_heads"] != 0:
         raise ValueError(f"model.n_heads={out['n_heads']} must divide model.emb_dim={out['emb_dim']}")
     return out
@@ -121,6 +125,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float,
         num_heads: int,
         qkv_bias: bool = False,
+        causal: bool = True,
     ) -> None:
         super().__init__()
         if d_out % num_heads != 0:
@@ -134,6 +139,7 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
+        self.causal = causal  # False: no mask at all (the chapter's "no causal mask" experiment)
         self.register_load_state_dict_pre_hook(_drop_book_mask)
 
     def forward(
@@ -154,7 +160,7 @@ class MultiHeadAttention(nn.Module):
             v_buf[:, :, start : start + t] = v
             k, v = k_buf[:, :, : start + t], v_buf[:, :, : start + t]
         mask = None
-        if start > 0 and t > 1:
+        if start > 0 and t > 1 and self.causal:
             # New queries sit at positions start..start+t-1 and may see every key up to their own.
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
         ctx = F.scaled_dot_product_attention(
@@ -163,7 +169,8 @@ class MultiHeadAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout.p if self.training else 0.0,
-            is_causal=bool(start == 0 and t > 1),  # bool(): sizes are tensors under torch.jit.trace (graph)
+            # bool(): sizes are tensors under torch.jit.trace (graph)
+            is_causal=bool(self.causal and start == 0 and t > 1),
         )
         ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
         return self.out_proj(ctx)
@@ -183,6 +190,7 @@ class TransformerBlock(nn.Module):
             num_heads=cfg["n_heads"],
             dropout=cfg.get("drop_rate_attn", cfg["drop_rate"]),
             qkv_bias=cfg["qkv_bias"],
+            causal=cfg.get("causal_mask", True),
         )
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"])
@@ -204,7 +212,10 @@ class GPTModel(nn.Module):
     """Chapter 4's GPT model. ``cfg``: the book's dict (or an OmegaConf node / dataclass).
 
     Extra keys: ``drop_rate_emb``, ``drop_rate_attn``, ``drop_rate_shortcut`` (each defaults to
-    ``drop_rate``) and ``tie_weights`` (``out_head.weight`` is ``tok_emb.weight``).
+    ``drop_rate``), ``tie_weights`` (``out_head.weight`` is ``tok_emb.weight``), ``num_classes``
+    (the output head is ``Linear(emb_dim, num_classes)`` with a bias: a chapter-6 classifier, as
+    saved; training one builds the vocabulary head and replaces it, as the book does) and
+    ``causal_mask`` (False: attention sees every position).
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -218,7 +229,10 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg["drop_rate_emb"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
-        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        if cfg["num_classes"] is None:
+            self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        else:
+            self.out_head = nn.Linear(cfg["emb_dim"], cfg["num_classes"])
         if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
 

@@ -23,8 +23,10 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import InitFromError
+from gpt_lab.model.finetune import read_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
+from gpt_lab.model.lora import lora_scale, merge_lora_state
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class PretrainedWeights:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] = field(default_factory=dict)
     stated: dict[str, Any] = field(default_factory=dict)
+    # A fine-tuned model's model.json (gpt_lab.model.finetune): class names, pooling, prompt style, ...
+    meta: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,19 +133,25 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         raise InitFromError(f"init_from={file}: expected a state dict, found a {type(raw).__name__}")
 
     stated: dict[str, Any] = {}
+    meta = None
     if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):  # Lightning checkpoint
         fmt = "lightning"
         prefix = "model."
         state = {k.removeprefix(prefix): v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
         if not state:
             raise InitFromError(f"init_from={file}: a Lightning checkpoint without GPTLitModule's model.* weights")
-        hparams = _find_model_config(raw.get("hyper_parameters") or {})
+        hyper = raw.get("hyper_parameters") or {}
+        hparams = _find_model_config(hyper)
         if hparams is not None:
             stated = {"n_heads": hparams["n_heads"]}
+        state = _merge_checkpoint_lora(state, hyper, file)
     elif "model_state_dict" in raw and isinstance(raw["model_state_dict"], Mapping):  # book, chapter 5
         fmt, state = "book", dict(raw["model_state_dict"])
     elif "tok_emb.weight" in raw:
         fmt, state = "book", dict(raw)
+        meta = read_meta(file)  # a fine-tuned model's model.json, when one sits beside it
+        if meta and isinstance(meta.get("model"), Mapping):
+            stated = {k: meta["model"][k] for k in ("n_heads",) if k in meta["model"]}
     elif any(k.removeprefix("transformer.") == "wte.weight" for k in raw):
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
@@ -161,7 +171,23 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
             raise InitFromError(f"init_from={file}: entry {key} is a {type(value).__name__}, not a tensor")
         if value.is_floating_point() and value.dtype != torch.float32:
             state[key] = value.float()
-    return PretrainedWeights(file, fmt, state, _architecture_from_tensors(state, str(file)), stated)
+    config = _architecture_from_tensors(state, str(file))
+    if meta and isinstance(meta.get("model"), Mapping) and "causal_mask" in meta["model"]:
+        config["causal_mask"] = bool(meta["model"]["causal_mask"])  # the tensors cannot show it
+    return PretrainedWeights(file, fmt, state, config, stated, meta)
+
+
+def _merge_checkpoint_lora(state: dict[str, torch.Tensor], hyper: Mapping[str, Any], file: Path) -> dict[str, Any]:
+    """A LoRA run's Lightning checkpoint holds ``*.lora_A`` / ``*.lora_B``: fold them into the weights."""
+    if not any(k.endswith(".lora_A") for k in state):
+        return state
+    lora = hyper.get("lora") if isinstance(hyper, Mapping) else None
+    if not isinstance(lora, Mapping) or "rank" not in lora or "alpha" not in lora:
+        raise InitFromError(
+            f"init_from={file}: the checkpoint holds LoRA adapters but not the lora settings that scale them"
+        )
+    scale = lora_scale(int(lora["rank"]), float(lora["alpha"]), str(lora.get("scaling") or "rank"))
+    return merge_lora_state(state, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,10 +198,13 @@ def _architecture_from_tensors(state: Mapping[str, torch.Tensor], source: str) -
     tok = state["tok_emb.weight"]
     head = state.get("out_head.weight")
     tied = head is None or head is tok or (head.shape == tok.shape and torch.equal(head, tok))
+    # A head with another number of rows than the vocabulary is chapter 6's classification head.
+    classes = int(head.shape[0]) if head is not None and head.shape[0] != tok.shape[0] else None
     return {
         "context_length": int(state["pos_emb.weight"].shape[0]),
         "qkv_bias": "trf_blocks.0.att.W_query.bias" in state,
         "tie_weights": bool(tied),
+        "num_classes": classes,
     }
 
 

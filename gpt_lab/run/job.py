@@ -40,7 +40,7 @@ from gpt_lab.run.status import (
     RunInterrupted,
     as_interruption,
     install_signal_handlers,
-    is_extra_process,
+    is_rank_zero,
 )
 from gpt_lab.run.sweep import finish_interrupted_sweep
 from gpt_lab.storage import StorageError
@@ -59,14 +59,14 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     failure too.
     """
     started = time.perf_counter()
-    # A DDP child, before it has imported Lightning, knows its rank from the environment only.
-    output_dir = None if is_extra_process() else _output_dir(cfg)
+    # Only rank 0 of a multi-process run (DDP) records the run.
+    output_dir = _output_dir(cfg) if is_rank_zero() else None
     info = {**(run_info or {}), **_process_info()}
     info.setdefault("model", OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False))
 
     def record(status: str, **fields: Any) -> dict[str, Any]:
         entry = {"status": status, **info, **fields, "wall_time_s": time.perf_counter() - started}
-        if output_dir is not None and is_rank_zero():
+        if output_dir is not None:
             write_results(output_dir, entry)
         return entry
 
@@ -87,7 +87,7 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         except StorageError as write_err:  # e.g. the disk is still full: the "running" file stays, intact
             log.error("gpt_lab: could not record the run's end in results.json: %s", write_err)
         if interrupted is not None and interrupted is not err:
-            raise interrupted from None
+            raise interrupted from None  # a KeyboardInterrupt under Python's own SIGINT handler
         raise
     return record("completed", **results)
 
@@ -115,23 +115,13 @@ def task_function(cfg: DictConfig) -> Callable[[DictConfig], dict[str, Any]]:
         ) from None
 
 
-def is_rank_zero() -> bool:
-    """False in the extra processes of a multi-process run (DDP under Lightning, torchrun or SLURM):
-    they share rank 0's run directory, and only rank 0 writes results.json.
-
-    Lightning's ``rank_zero_only.rank`` says which process this is. Only a task that runs Lightning
-    starts several processes per run, and it has imported Lightning by then; a run that has not
-    (generation, a config error) is a single process and need not pay for the import.
-    """
-    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
-    return rank_zero is None or rank_zero.rank_zero_only.rank == 0
-
-
 def run_command_line(hydra_main: Callable[[], Any]) -> None:
     """scripts/run.py's whole body: run the ``@hydra.main`` function, signals turned into exit statuses.
 
     SIGINT / SIGTERM anywhere (in a job, between a sweep's jobs) end the process with status 130 /
-    143; an interrupted sweep first writes its summary, the jobs it did not reach marked "not run".
+    143. A sweep whose jobs run in processes of their own (``hydra/launcher=parallel``) first passes
+    the signal on to them and waits for them to record their stop (``gpt_lab.run.status``); an
+    interrupted sweep then writes its summary, the jobs it did not reach marked "not run".
     """
     install_signal_handlers()
     try:
@@ -142,6 +132,15 @@ def run_command_line(hydra_main: Callable[[], Any]) -> None:
         finish_interrupted_sweep(interrupted.signal_name)
         print(f"gpt_lab: {interrupted}", file=sys.stderr, flush=True)
         raise SystemExit(interrupted.exit_code) from None
+    except (UserError, StorageError) as err:  # a Hydra callback's refusal (gpt_lab.run.dirs.RunDirGuard)
+        raise exit_with_error(err) from None
+
+
+def exit_with_error(err: UserError | StorageError) -> SystemExit:
+    """Print ``err`` as the one paragraph ``gpt_lab: error: ...`` on stderr (the one place that prints
+    a user error); return the ``SystemExit`` to raise: status 2 for a user error, 1 for a full disk."""
+    print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
+    return SystemExit(USER_ERROR_EXIT_CODE if isinstance(err, UserError) else EXIT_FAILURE)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
@@ -168,9 +167,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     try:
         return run_task(cfg, run_info)
     except (UserError, StorageError) as err:
-        print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
+        stop = exit_with_error(err)
         if not multirun:
-            raise SystemExit(USER_ERROR_EXIT_CODE if isinstance(err, UserError) else EXIT_FAILURE) from None
+            raise stop from None
     except Exception:
         if not multirun:
             raise  # a bug: Hydra prints where it happened

@@ -1,142 +1,167 @@
-"""How a run ends when a signal stops it: SIGINT and SIGTERM become ``RunInterrupted``.
+"""How a run ends when a signal stops it, and which process of a run records it.
 
-The command line (``gpt_lab.run.job.run_command_line``) installs the two handlers below. Outside
-training, SIGTERM raises ``RunInterrupted`` where the program stands and SIGINT raises Python's
-``KeyboardInterrupt``. During ``trainer.fit`` Lightning stops by itself: on SIGTERM its own handler
-(which it chains before ours) makes the loop raise ``SIGTERMException`` at the end of the batch;
-on SIGINT it catches the ``KeyboardInterrupt``. Either way it calls the callbacks' ``on_exception``
-(where the step checkpoint is written) and leaves ``fit`` with a ``SystemExit``, which would end
-the process with status 0 or 1. ``interruptible_fit`` turns that into ``RunInterrupted`` with the
-step reached and the checkpoint written, which ``run_task`` records in results.json as
-``"status": "interrupted"`` and the command line maps to exit status 128 + signal (130, 143).
+An interruption is one exception, ``gpt_lab.errors.RunInterrupted`` (signal, step, checkpoint),
+raised in one of two places:
+- during training, by ``gpt_lab.training.callbacks.StopOnSignal``, which owns SIGTERM and SIGINT
+  from the training loop's start to its end: it finishes the optimizer step, writes the checkpoint
+  and raises it (a second SIGINT raises it at once, without a checkpoint);
+- everywhere else (start-up, validation before the loop, between a sweep's jobs), by the two
+  handlers the command line installs here (``install_signal_handlers``), where the program stands.
+Lightning passes any exception other than ``KeyboardInterrupt`` through ``fit`` after calling its
+callbacks' ``on_exception``; ``run_task`` records it in results.json (``"status": "interrupted"``)
+and the command line (``gpt_lab.run.job.run_command_line``) ends with its exit status 130 / 143.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
+from gpt_lab.errors import RunInterrupted
+
+__all__ = [
+    "EXIT_FAILURE",
+    "USER_ERROR_EXIT_CODE",
+    "RunInterrupted",
+    "as_interruption",
+    "install_signal_handlers",
+    "is_rank_zero",
+    "stop_job_processes",
+    "watch_sweep",
+]
+
 EXIT_FAILURE = 1  # a failure that is not the user's input: a bug, a full disk
 USER_ERROR_EXIT_CODE = 2  # a mistake in the command line or its inputs (gpt_lab.config.UserError)
-# The signal seen most recently, and whether Lightning's fit is handling SIGTERM itself.
-_received: int | None = None
-_in_fit = False
+# The variables Lightning reads a process's rank from (lightning.fabric.utilities.rank_zero), plus
+# NODE_RANK, which its DDP launcher sets for the processes of the other nodes.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+_LIGHTNING_RANK = "lightning.fabric.utilities.rank_zero"
 
 
-def is_extra_process() -> bool:
-    """A process of a multi-process run other than rank 0, known from the environment alone.
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its run, as Lightning counts ranks (``rank_zero_only.rank``).
 
-    Lightning's DDP children (which re-run the command line with rank 0's ``hydra.run.dir``),
-    torchrun workers and SLURM tasks have these set before they import anything.
+    The extra processes of a multi-process run (Lightning's DDP children, torchrun workers, SLURM
+    tasks) share rank 0's run directory: only rank 0 checks it and writes results.json. Lightning
+    is imported to ask it only when it is imported already or the environment names a rank, so a
+    single-process run that never trains (generation) does not pay for the import.
     """
-    return any(int(os.environ.get(key) or 0) != 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    if _LIGHTNING_RANK not in sys.modules and not any(os.environ.get(key) for key in _RANK_VARIABLES):
+        return True
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-
-class RunInterrupted(BaseException):
-    """SIGINT or SIGTERM stopped the run, at ``step`` (training), with ``checkpoint`` written (or None).
-
-    A ``BaseException`` like ``KeyboardInterrupt``: the ``except Exception`` of a job runner
-    (Hydra's, or a sweep's "record the failure and go on") must not swallow it.
-    """
-
-    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None) -> None:
-        self.signum = int(signum)
-        self.step = step
-        self.checkpoint = checkpoint
-        where = f" at step {step}" if step is not None else ""
-        super().__init__(f"interrupted by {self.signal_name}{where}")
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK") or 0) == 0
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM raises ``RunInterrupted``; SIGINT raises ``KeyboardInterrupt`` (both remember the signal).
+    """SIGTERM and SIGINT raise ``RunInterrupted`` where the program stands (training has its own).
 
     Only the main thread may set handlers; elsewhere (a thread-based launcher) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    global _received
-    _received = signum
-    if not _in_fit:  # during fit Lightning's handler (called just before this one) stops the loop cleanly
-        raise RunInterrupted(signum)
+def _interrupt(signum: int, frame: Any) -> None:
+    stop_job_processes(signum)
+    raise RunInterrupted(signum)
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
-    global _received
-    _received = signum
-    raise KeyboardInterrupt
+# How long an interrupted sweep waits for its job processes to write their checkpoints and results.
+JOB_STOP_TIMEOUT_S = 120.0
+# The processes a parallel launcher runs jobs in: joblib's loky workers (hydra/launcher=parallel).
+_JOB_PROCESS_MARK = b"popen_loky"
+
+
+def stop_job_processes(signum: int, timeout: float = JOB_STOP_TIMEOUT_S) -> list[int]:
+    """Pass ``signum`` on to the parallel launcher's job processes and wait until their jobs recorded the stop.
+
+    Each job then stops like a run of its own: ``StopOnSignal`` writes the checkpoint and its
+    results.json records the stop. It must happen before this process raises: the launcher,
+    interrupted, kills its workers. A job is done when its process ended or its results.json (in the
+    sweep directory) no longer says "running". Read from ``/proc`` (Linux); elsewhere, and in a
+    process with no such children (a single run, whose DataLoader workers must not be signalled),
+    nothing is sent. A repeated SIGTERM changes nothing in a job; a SIGINT from a terminal reached
+    them already, so only SIGTERM is passed on. Returns the pids signalled.
+    """
+    jobs = [pid for pid in _child_pids() if _JOB_PROCESS_MARK in _cmdline(pid)]
+    if not jobs:
+        return []
+    if signum == signal.SIGTERM:
+        for pid in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    sweep_dir = _sweep
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {pid for pid in jobs if _alive(pid)}
+        if not alive or sweep_dir is None or not _running_jobs(sweep_dir) & alive:
+            break
+        time.sleep(0.05)
+    return jobs
+
+
+def watch_sweep(sweep_dir: str | Path | None) -> None:
+    """The sweep directory this process launches jobs into (``RunDirGuard`` at a multirun's start)."""
+    global _sweep
+    _sweep = Path(sweep_dir) if sweep_dir is not None else None
+
+
+_sweep: Path | None = None
+
+
+def _running_jobs(sweep_dir: Path) -> set[int]:
+    """The pids that results.json files under ``sweep_dir`` name as "running"."""
+    pids = set()
+    for path in sweep_dir.glob("**/results.json"):
+        with contextlib.suppress(OSError, ValueError):
+            results = json.loads(path.read_text(encoding="utf-8"))
+            if results.get("status") == "running" and isinstance(results.get("pid"), int):
+                pids.add(results["pid"])
+    return pids
+
+
+def _child_pids() -> list[int]:
+    pids: set[int] = set()
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(pid) for pid in children.read_text().split())
+    return sorted(pids)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Still running: an ended child is a zombie (Z) until its parent reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def as_interruption(err: BaseException) -> RunInterrupted | None:
-    """``err`` as a ``RunInterrupted`` when a signal caused it (a bare KeyboardInterrupt is SIGINT), else None."""
+    """``err`` as a ``RunInterrupted`` when a signal caused it, else None.
+
+    A bare ``KeyboardInterrupt`` is SIGINT under Python's own handler (a script or notebook that
+    calls ``run_task`` without the command line's handlers).
+    """
     if isinstance(err, RunInterrupted):
         return err
     if isinstance(err, KeyboardInterrupt):
         return RunInterrupted(signal.SIGINT)
     return None
-
-
-@contextlib.contextmanager
-def interruptible_fit(trainer: Any, started_at: float) -> Iterator[None]:
-    """Around ``trainer.fit``: Lightning's exit after SIGTERM/SIGINT becomes ``RunInterrupted``.
-
-    ``started_at`` (``time.time()`` when the run began) tells this run's checkpoints from older
-    ones in the same directory. A SIGTERM that came while the Trainer was starting, before
-    Lightning took over the signal, stops the run as soon as ``fit`` returns.
-    """
-    global _in_fit, _received
-    _received, _in_fit = None, True
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as err:
-        signum_seen = getattr(err, "signum", None)  # callbacks.StopOnSignal's TrainingInterrupted names its signal
-        if signum_seen is not None:
-            checkpoint = getattr(err, "checkpoint", None) or latest_checkpoint(trainer, started_at)
-            raise RunInterrupted(signum_seen, trainer.global_step, checkpoint) from None
-        if not (isinstance(err, KeyboardInterrupt) or trainer.interrupted):
-            raise
-        sigterm = _received == signal.SIGTERM or trainer.received_sigterm
-        signum = signal.SIGTERM if sigterm else signal.SIGINT
-        raise RunInterrupted(signum, trainer.global_step, latest_checkpoint(trainer, started_at)) from None
-    finally:
-        _in_fit = False
-    if _received == signal.SIGTERM:
-        raise RunInterrupted(signal.SIGTERM, trainer.global_step, latest_checkpoint(trainer, started_at))
-
-
-def latest_checkpoint(trainer: Any, started_at: float) -> str | None:
-    """The newest checkpoint this run wrote (``last.ckpt`` or the callback's last/best), or None."""
-    callback = trainer.checkpoint_callback
-    if callback is None:
-        return None
-    candidates = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
-    if getattr(callback, "dirpath", None):
-        candidates.insert(0, str(Path(callback.dirpath) / "last.ckpt"))
-    newest: tuple[float, str] | None = None
-    for name in filter(None, candidates):
-        path = Path(name)
-        try:
-            mtime = path.stat().st_mtime  # follows last.ckpt when it is a link
-        except OSError:
-            continue
-        if mtime >= started_at and (newest is None or mtime > newest[0]):
-            newest = (mtime, str(path))
-    return newest[1] if newest else None

@@ -6,18 +6,20 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from gpt_lab.errors import RunInterrupted
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
+from gpt_lab.training.resume_last import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,14 @@ class InitialLossEvaluation(L.Callback):
     def __init__(self) -> None:
         self.train_loss: float | None = None
         self.val_loss: float | None = None
+        # By split, everything an objective with ``eval_metrics(batches) -> dict`` reports (DPO: rewards).
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def _measure(self, pl_module: L.LightningModule, loader: Any) -> dict[str, float]:
+        """The objective's metrics over ``loader``: its ``eval_metrics`` when it has one, else its mean loss."""
+        if callable(getattr(pl_module, "eval_metrics", None)):
+            return dict(pl_module.eval_metrics(loader))
+        return {"loss": pl_module.mean_loss(loader)}
 
     # At the first batch rather than at on_train_start: after every start-up check of the module's own
     # on_train_start (the schedule against the run's length), which should fail before this long pass.
@@ -47,19 +57,29 @@ class InitialLossEvaluation(L.Callback):
             return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
-            self.train_loss = pl_module.mean_loss(_eval_loader(trainer, "train"))
-            self.val_loss = pl_module.mean_loss(_eval_loader(trainer, "val"))
+            self.metrics = {split: self._measure(pl_module, _eval_loader(trainer, split)) for split in ("train", "val")}
+        self.train_loss, self.val_loss = self.metrics["train"]["loss"], self.metrics["val"]["loss"]
+        extra = {f"val/{k}": v for k, v in self.metrics["val"].items() if k != "loss"}
         for logger in trainer.loggers:
-            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss}, step=0)
+            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss, **extra}, step=0)
         if trainer.is_global_zero:
             log.info("Initial losses: training %.4f, validation %.4f", self.train_loss, self.val_loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss}
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "metrics": self.metrics}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_loss = state_dict.get("train_loss")
         self.val_loss = state_dict.get("val_loss")
+        self.metrics = dict(state_dict.get("metrics") or {})
+
+    def initial_results(self) -> dict[str, float | None]:
+        """results.json fields: ``initial_train_loss``, ``initial_val_loss`` and any other metric by split
+        (``initial_val_reward_margin``, ...)."""
+        out: dict[str, float | None] = {"initial_train_loss": self.train_loss, "initial_val_loss": self.val_loss}
+        for split, metrics in self.metrics.items():
+            out.update({f"initial_{split}_{k}": v for k, v in metrics.items() if k != "loss"})
+        return out
 
 
 class LossHistory(L.Callback):
@@ -68,11 +88,13 @@ class LossHistory(L.Callback):
     After each validation it logs ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933`` (the
     training loss is the mean of the steps since the previous validation); at each epoch's end it
     appends ``{epoch, step, tokens_seen, train_loss, val_loss}`` to ``epochs`` (mean training
-    loss of the epoch, latest validation loss).
+    loss of the epoch, latest validation loss). Each validation appends the same fields (its step's
+    epoch, the training mean since the previous one) to ``evaluations``: the book's loss plot.
     """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float | int | None]] = []
+        self.evaluations: list[dict[str, float | int | None]] = []
         self._window: list[float] = []
         self._epoch: list[float] = []
 
@@ -90,6 +112,15 @@ class LossHistory(L.Callback):
         val = trainer.callback_metrics.get("val/loss")
         train = sum(self._window) / len(self._window) if self._window else float("nan")
         self._window = []
+        self.evaluations.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "step": trainer.global_step,
+                "tokens_seen": getattr(pl_module, "tokens_seen", None),
+                "train_loss": train,
+                "val_loss": float(val) if val is not None else None,
+            }
+        )
         log.info(
             "Ep %d (Step %06d): Train loss %.3f, Val loss %.3f",
             trainer.current_epoch + 1,
@@ -112,10 +143,16 @@ class LossHistory(L.Callback):
         self._epoch = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs), "window": list(self._window), "epoch": list(self._epoch)}
+        return {
+            "epochs": list(self.epochs),
+            "evaluations": list(self.evaluations),
+            "window": list(self._window),
+            "epoch": list(self._epoch),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+        self.evaluations = list(state_dict.get("evaluations", []))
         # The losses since the last report and in this epoch so far: a mid-epoch resume reports the same means.
         self._window = list(state_dict.get("window", []))
         self._epoch = list(state_dict.get("epoch", []))
@@ -153,6 +190,8 @@ class SampleText(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if not getattr(pl_module, "generates_text", True):  # e.g. a classifier: its head outputs classes
             return
         text = self.sample(pl_module)
         self.last_text = text
@@ -210,24 +249,17 @@ class Throughput(L.Callback):
             pl_module.log("train/mfu", flops_per_token(model, inputs.shape[1]) * tokens_per_sec / self._peak_flops)
 
 
-class TrainingInterrupted(SystemExit):
-    """Training stopped on SIGTERM or SIGINT after writing a checkpoint; exits with 128 + the signal
-    number (143, 130) unless caught. ``signum``, ``step`` and ``checkpoint`` say where it stopped."""
-
-    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-        self.step = step
-        self.checkpoint = checkpoint
-
-
 class StopOnSignal(L.Callback):
     """SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) during training: finish the
-    current optimizer step, write ``checkpoints/last.ckpt`` there through the ModelCheckpoint
-    callback, and raise ``TrainingInterrupted``. Stopping only where an optimizer step has just
-    ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step); a second
-    signal stops at once, without a checkpoint. Handlers are installed for the training loop only
-    and the previous ones put back after it.
+    current optimizer step, write a checkpoint there through the ModelCheckpoint callback, and
+    raise ``RunInterrupted`` (signal, step, checkpoint). Stopping only where an optimizer step has
+    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step).
+
+    A repeated SIGTERM changes nothing (schedulers and ``kill`` send it more than once; the stop is
+    on its way); a second SIGINT (Ctrl-C again) stops at once, without a checkpoint. The handlers
+    are this callback's from the training loop's start to its end; the previous ones are put back
+    after it. ``RunInterrupted`` is a ``SystemExit`` with code 128 + the signal: uncaught (a
+    script's own Trainer), the process ends with status 143 / 130 and no traceback.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -236,18 +268,23 @@ class StopOnSignal(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._step_at_batch_start = 0
+        self._trainer: L.Trainer | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # the second signal: stop now
-        self.received = signum
-        log.warning(
-            "Received %s: stopping after this optimizer step, with a checkpoint (send it again to stop at once)",
-            signal.Signals(signum).name,
-        )
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = signum
+            log.warning(
+                "Received %s: stopping after this optimizer step, with a checkpoint (Ctrl-C / SIGINT stops at once)",
+                name,
+            )
+        elif signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+            raise RunInterrupted(signum, self._trainer.global_step if self._trainer is not None else None)
+        else:
+            log.warning("Received %s again: still stopping after this optimizer step", name)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
+        self.received, self._trainer = None, trainer
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -256,7 +293,7 @@ class StopOnSignal(L.Callback):
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        self._previous = {}
+        self._previous, self._trainer = {}, None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -279,14 +316,19 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        checkpoint = trainer.checkpoint_callback
-        path = None
-        if checkpoint is not None:
-            # ModelCheckpoint saves on the exception raised below: here, where a step checkpoint
-            # would be taken. Off otherwise, as an exception in mid-step leaves no exact state.
-            checkpoint.save_on_exception = True
-            last = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
-            path = str(Path(checkpoint.dirpath, last)) if checkpoint.dirpath else None
         signum = self.received or signal.SIGTERM
-        log.warning("Stopping at step %d on %s; checkpoint %s", trainer.global_step, signal.Signals(signum).name, path)
-        raise TrainingInterrupted(signum, trainer.global_step, path)
+        stop = RunInterrupted(signum, trainer.global_step)
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint):
+            # The checkpoint callback's own save on an exception, here, where a step checkpoint would be
+            # taken (off otherwise: an exception in mid-step leaves no exact state). It skips a step saved already.
+            save_on_exception, callback.save_on_exception = callback.save_on_exception, True
+            try:
+                callback.on_exception(trainer, pl_module, stop)
+            finally:
+                callback.save_on_exception = save_on_exception
+            if trainer.is_global_zero:
+                newest = newest_checkpoint(callback.dirpath)
+                stop.checkpoint = str(newest) if newest is not None else None
+        log.warning("Stopping at step %d on %s; checkpoint %s", stop.step, stop.signal_name, stop.checkpoint)
+        raise stop

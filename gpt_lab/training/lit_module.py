@@ -21,8 +21,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
+from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
 from gpt_lab.model.gpt import GPTModel, model_config_dict
-from gpt_lab.training.cpu_memory import keep_freed_memory
 from gpt_lab.training.loss import batch_loss, mean_loss
 from gpt_lab.training.schedule import build_scheduler, resolve_schedule
 
@@ -75,9 +75,12 @@ class GPTLitModule(L.LightningModule):
         max_new_tokens: int = 50,
         scheduler: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
+        finetune: str = "all",
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         cfg = _primitive(model_config_dict(model_cfg))
+        lora_cfg = lora_settings(lora)
         self.save_hyperparameters(
             {
                 "model_cfg": cfg,
@@ -86,9 +89,13 @@ class GPTLitModule(L.LightningModule):
                 "max_new_tokens": max_new_tokens,
                 "scheduler": _primitive(dict(scheduler or {"name": "constant"})),
                 "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+                "finetune": finetune,
+                "lora": lora_cfg,
             }
         )
         self.model = GPTModel(cfg)
+        # What trains (finetune=): LoRA adapters are added here, so a checkpoint's keys match on resume.
+        self.trainable_params = select_trainable(self.model, finetune, lora_cfg)
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
         self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
         self.tokens_seen = 0
@@ -105,9 +112,11 @@ class GPTLitModule(L.LightningModule):
             weight_decay=cfg.optim.weight_decay,
             scheduler=dict(cfg.scheduler),
             clip_grad_norm=cfg.optim.clip_grad_norm,
+            finetune=cfg.finetune.name,
+            lora=cfg.lora,
         )
         if init_state:
-            lit.model.load_state_dict(init_state, strict=True)
+            load_base_state(lit.model, init_state)
         return lit
 
     def mean_loss(self, batches: Any) -> float:
@@ -118,6 +127,7 @@ class GPTLitModule(L.LightningModule):
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
+        from gpt_lab.model.finetune import save_finetuned
         from gpt_lab.tokenizer import get_tokenizer
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
@@ -128,7 +138,11 @@ class GPTLitModule(L.LightningModule):
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
         book_path = Path(cfg.paths.output_dir) / BOOK_CHECKPOINT
         if trainer.is_global_zero:
-            save_book_checkpoint(self.model, book_path)
+            if self.hparams.finetune == "all":
+                save_book_checkpoint(self.model, book_path)
+            else:  # a fine-tuned model: adapters merged, and model.json saying how it was made
+                meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
+                save_finetuned(self.model, cfg.paths.output_dir, meta)
         results = {
             "prompt": cfg.prompt,
             **sample,
@@ -147,12 +161,6 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (b, t) → logits (b, t, vocab_size)."""
         return self.model(idx)
-
-    def setup(self, stage: str) -> None:
-        # On the CPU every step frees and re-allocates the same large tensors (logits, gradients):
-        # keep their pages in the process instead of faulting them in again (gpt_lab/cpu_memory.py).
-        if self.trainer.strategy.root_device.type == "cpu":
-            keep_freed_memory()
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
@@ -181,8 +189,9 @@ class GPTLitModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        # parameters() yields a tied weight once; the book decays every parameter.
-        params = list(self.model.parameters())
+        # parameters() yields a tied weight once; the book decays every parameter. Frozen ones
+        # (finetune=last_block, lora, ...) stay out of the optimizer.
+        params = [p for p in self.model.parameters() if p.requires_grad]
         fused = all(p.device.type in _fused_adamw_devices() for p in params)
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None

@@ -1,0 +1,237 @@
+"""Appendix E's LoRA: a trainable low-rank update beside each frozen ``nn.Linear``.
+
+``LoRALinear`` is an ``nn.Linear`` (same ``weight`` / ``bias`` names, so book checkpoints and our
+own still map key for key) with two more parameters, ``lora_A`` (in_features, rank), Kaiming-uniform
+with a = √5 as appendix E, and ``lora_B`` (rank, out_features), zeros — so a freshly wrapped model
+computes exactly what the base model computes:
+
+    y = x W^T + b + scale * (x @ A @ B),   scale = alpha / rank  (scaling="rank", the book's appendix)
+                                           scale = alpha         (scaling="alpha", the chapter's bonus script)
+
+``apply_lora`` freezes the model and wraps the target Linears (by default every one, the output
+head included, as appendix E), in module order, so ``torch.manual_seed`` before it reproduces the
+book's draws. ``merge_lora`` folds the adapters into plain ``nn.Linear`` weights (export);
+``merged_state_dict`` gives the same weights without touching the model; ``lora_disabled``
+switches the adapters off for a block of code (the base model: DPO's reference).
+
+Pure PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt_lab.config import LORA_SCALINGS as SCALINGS
+from gpt_lab.errors import ConfigError
+
+# Short names for groups of the model's Linears (lora.targets); anything else is a glob matched
+# against a Linear's qualified name (trf_blocks.11.att.W_query) or its last part (W_query).
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": ("*",),
+    "attention": ("*.att.W_query", "*.att.W_key", "*.att.W_value", "*.att.out_proj"),
+    "feedforward": ("*.ff.layers.*",),
+    "head": ("out_head",),
+}
+
+
+def lora_scale(rank: int, alpha: float, scaling: str = "rank") -> float:
+    """The factor of ``x @ A @ B``: ``alpha / rank`` (appendix E) or ``alpha`` (the bonus script)."""
+    if scaling not in SCALINGS:
+        raise ConfigError(f"lora.scaling={scaling} is not a scaling; choose one of {', '.join(SCALINGS)}")
+    return alpha / rank if scaling == "rank" else float(alpha)
+
+
+class LoRALinear(nn.Linear):
+    """``nn.Linear`` plus ``scale * (x @ lora_A @ lora_B)``; ``lora_enabled=False`` drops the update."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        alpha: float,
+        bias: bool = True,
+        scaling: str = "rank",
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if rank <= 0:
+            raise ConfigError(f"lora.rank={rank} must be a positive integer")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = scaling
+        self.scale = lora_scale(rank, alpha, scaling)
+        self.lora_enabled = True
+        self.lora_A = nn.Parameter(torch.empty(in_features, rank, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(rank, out_features, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # appendix E's draw (fan_in = rank for (in, rank))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, alpha: float, scaling: str = "rank") -> LoRALinear:
+        """A ``LoRALinear`` sharing ``linear``'s weight and bias (same tensors, no copy)."""
+        weight = linear.weight
+        with torch.device("meta"):  # the base weights are about to be replaced: draw nothing for them
+            new = cls.__new__(cls)
+            nn.Linear.__init__(new, linear.in_features, linear.out_features, bias=linear.bias is not None)
+        new.weight = weight
+        new.bias = linear.bias
+        new.rank, new.alpha, new.scaling = rank, alpha, scaling
+        if rank <= 0:
+            raise ConfigError(f"lora.rank={rank} must be a positive integer")
+        new.scale = lora_scale(rank, alpha, scaling)
+        new.lora_enabled = True
+        kw = {"device": weight.device, "dtype": weight.dtype}
+        new.lora_A = nn.Parameter(torch.empty(linear.in_features, rank, **kw))
+        new.lora_B = nn.Parameter(torch.zeros(rank, linear.out_features, **kw))
+        if not weight.is_meta:
+            nn.init.kaiming_uniform_(new.lora_A, a=math.sqrt(5))
+        new.train(linear.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if not self.lora_enabled:
+            return out
+        return out + self.scale * ((x @ self.lora_A) @ self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update folded into ``weight`` (out_features, in_features): ``scale * (A @ B)^T``."""
+        return self.scale * (self.lora_A @ self.lora_B).T
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling}"
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    last = name.rpartition(".")[2]
+    for target in targets:
+        for pattern in TARGET_GROUPS.get(target, (target,)):
+            if fnmatchcase(name, pattern) or fnmatchcase(last, pattern):
+                return True
+    return False
+
+
+def _set_child(model: nn.Module, name: str, child: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, child)
+
+
+def apply_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    targets: Sequence[str] = ("all",),
+    scaling: str = "rank",
+) -> int:
+    """Freeze every parameter of ``model`` and wrap each target ``nn.Linear`` as a ``LoRALinear``.
+
+    ``targets``: ``all`` (every Linear, the head included: appendix E), ``attention``,
+    ``feedforward``, ``head``, or globs over the Linears' names (``W_query``, ``trf_blocks.11.*``).
+    Linears are wrapped in module order (the book's ``replace_linear_with_lora`` order), so the
+    ``lora_A`` draws follow the caller's seed. Returns the number of trainable parameters (the
+    adapters). Wrapping a model twice is refused.
+    """
+    if not isinstance(rank, int) or rank <= 0:
+        raise ConfigError(f"lora.rank={rank} must be a positive integer")
+    if not alpha > 0:  # NaN too
+        raise ConfigError(f"lora.alpha={alpha} must be a positive number")
+    lora_scale(rank, alpha, scaling)  # checks the name
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model already holds LoRA adapters; merge_lora(model) first to add new ones")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(name, targets)]
+    if not chosen:
+        linears = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ConfigError(
+            f"lora.targets={list(targets)} matches none of the model's Linear layers; use all, attention, "
+            f"feedforward, head, or names such as {', '.join(sorted(set(linears)))}"
+        )
+    for name in chosen:
+        _set_child(model, name, LoRALinear.from_linear(model.get_submodule(name), rank, alpha, scaling))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """Every ``LoRALinear`` of ``model`` with its qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def has_lora(model: nn.Module) -> bool:
+    return next(lora_layers(model), None) is not None
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put a plain ``nn.Linear`` in its place.
+
+    The merged model computes the same function (to float32 round-off) without the extra
+    products. A merged weight is a new tensor, so a head tied to the token embedding is untied
+    (``model.cfg["tie_weights"]`` is updated). Returns ``model``.
+    """
+    for name, layer in list(lora_layers(model)):
+        plain = nn.Linear(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device="meta",
+        )
+        requires_grad = layer.weight.requires_grad
+        plain.weight = nn.Parameter(layer.weight + layer.delta_weight().to(layer.weight.dtype), requires_grad)
+        plain.bias = layer.bias
+        plain.train(layer.training)
+        _set_child(model, name, plain)
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, dict) and cfg.get("tie_weights") and hasattr(model, "out_head"):
+        cfg["tie_weights"] = model.out_head.weight is model.tok_emb.weight
+    return model
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with every adapter folded into its ``weight`` and the ``lora_*`` keys
+    dropped: what ``merge_lora(model).state_dict()`` would give, without changing ``model``."""
+    state = model.state_dict()
+    for name, layer in lora_layers(model):
+        prefix = f"{name}." if name else ""
+        state[prefix + "weight"] = layer.weight.detach() + layer.delta_weight().to(layer.weight.dtype)
+        state.pop(prefix + "lora_A")
+        state.pop(prefix + "lora_B")
+    return state
+
+
+def merge_lora_state(state: Mapping[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A state dict holding ``<name>.lora_A`` / ``<name>.lora_B`` with each adapter folded into
+    ``<name>.weight`` (``scale``: ``lora_scale(rank, alpha, scaling)`` of the run that trained it)."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".lora_A")]:
+        base = key.removesuffix("lora_A")
+        a, b = out.pop(key), out.pop(base + "lora_B")
+        out[base + "weight"] = state[base + "weight"] + scale * (a @ b).T.to(state[base + "weight"].dtype)
+    return out
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every adapter of ``model`` is off: the model computes its base function."""
+    layers = [layer for _, layer in lora_layers(model)]
+    before = [layer.lora_enabled for layer in layers]
+    for layer in layers:
+        layer.lora_enabled = False
+    try:
+        yield model
+    finally:
+        for layer, enabled in zip(layers, before, strict=True):
+            layer.lora_enabled = enabled
