@@ -617,3 +617,28 @@ def test_resume_refuses_other_data_or_other_batches_with_a_paragraph(corpus: dic
     assert f"trained with data=text data.path={story}, and this run reads data=corpus" in message
     message = refused("data=text", f"data.path={story}", "data.batch_size=3", f"ckpt_path={text_ckpt}")
     assert "trained with data.batch_size=2, and this run asks for data.batch_size=3" in message
+
+
+class RemoveDirectory(L.Callback):
+    """Deletes ``path`` after the first training step (a corpus removed under a running job)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 1:
+            shutil.rmtree(self.path)
+
+
+def test_training_on_a_corpus_removed_meanwhile_fails_with_a_paragraph(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):  # long documents: two chunks of many batches each
+        (src / f"doc{i}.txt").write_text(_document(i, 1500), encoding="utf-8")
+    prepare_corpus("src", tmp_path / "data", tmp_path, 0.34, 123, num_workers=2)
+    remove = ["+callbacks.remove._target_=test_corpus.RemoveDirectory", f"+callbacks.remove.path={tmp_path / 'data'}"]
+    cfg = _config(tmp_path, tmp_path / "run", "task=train", "data.dir=data", "++trainer.max_steps=500", *remove)
+    with pytest.raises(UserError, match=r"data\.dir=.*data changed while this run read it \(.* is gone\)") as err:
+        run_task(cfg)
+    assert "download" not in str(err.value) and "ckpt_path=last" in str(err.value)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "failed"
