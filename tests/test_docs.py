@@ -14,6 +14,9 @@
   ``<!-- docs-test: compose-error -->`` on the line before its code block, and must then fail to
   compose. ``--help`` and ``--cfg`` are Hydra's flags (the rest of the line still composes).
 - Every ``python`` code block parses, and every name it imports from gpt_lab exists (nothing runs).
+- Inline code that is a repository path (``gpt_lab/run/job.py``, ``conf/trainer/cpu.yaml``) names a
+  file that exists, and inline code that is a dotted name under gpt_lab (``gpt_lab.training.callbacks.
+  StopOnSignal``) names an object that exists (paths with placeholders in angle brackets are left out).
 """
 
 from __future__ import annotations
@@ -223,6 +226,19 @@ def python_blocks() -> list:
     ]
 
 
+def code_references() -> list:
+    """(page, reference) for every inline code span that is a repository path or a gpt_lab dotted name."""
+    found = set()
+    for page in PAGES:
+        prose, _ = split_page(page.read_text(encoding="utf-8"))
+        for span in re.findall(r"`([^`]+)`", "\n".join(prose)):
+            if re.fullmatch(r"(gpt_lab|tests|scripts|conf|docs)/[\w./-]+", span) or re.fullmatch(
+                r"gpt_lab(\.\w+)+", span
+            ):
+                found.add((page_id(page), span))
+    return [pytest.param(ref, id=f"{where}:{ref}") for where, ref in sorted(found)]
+
+
 # --- the tests ------------------------------------------------------------------------------------
 
 
@@ -272,6 +288,24 @@ def test_python_example_imports_exist(code: str) -> None:
             module = importlib.import_module(node.module)
             for alias in node.names:
                 assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+
+
+@pytest.mark.parametrize("reference", code_references())
+def test_code_reference_exists(reference: str) -> None:
+    if "/" in reference:
+        assert (PROJECT_DIR / reference).exists(), f"{reference} is not in the repository"
+        return
+    parts = reference.split(".")
+    for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            assert hasattr(obj, name), f"{reference}: {'.'.join(parts[:i])} has no {name}"
+            obj = getattr(obj, name)
+        return
+    pytest.fail(f"{reference}: no such module")
 
 
 # --- the checker checks itself --------------------------------------------------------------------
