@@ -11,7 +11,7 @@ PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
-.PHONY: run test lint bench bench-data lock clean
+.PHONY: run test lint bench bench-finetune bench-data lock clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ lock:
 
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
+
+# One fine-tuning step (chapter 6 / appendix E shapes): gpt_lab's LoRA beside transformers + peft, fp32 and bf16.
+bench-finetune: $(VENV)/.bench-installed
+	$(PY) scripts/bench_finetune.py $(ARGS)
 
 # Corpus preparation and streaming throughput, peak memory (see docs/corpus.md).
 bench-data: $(VENV)/.installed

@@ -61,13 +61,22 @@ def test_every_group_has_options() -> None:
     assert {"hydra/launcher", "hydra/sweeper"} <= groups
 
 
+# Options that are only valid with an input the user must name (DPO starts from a tuned model).
+REQUIRED_INPUTS = {
+    "experiment=dpo": ["init_from=outputs/ch07-run"],
+    "task=respond": ["init_from=outputs/ch07-run", "instruction=Rewrite the sentence using a simile."],
+}
+
+
 @pytest.mark.parametrize("option", group_options())
 def test_option_composes_and_its_targets_exist(option: str, compose_config: Callable[..., DictConfig]) -> None:
     cfg = compose_config(option, return_hydra_config=True)
     group, name = option.split("=")
     if not group.startswith("hydra/"):
         assert cfg.hydra.runtime.choices[group] == name
-        validated = validate_config(compose_config(option))  # the schema and its ranges accept the option
+        validated = validate_config(
+            compose_config(option, *REQUIRED_INPUTS.get(option, []))
+        )  # the schema and its ranges accept the option
         if group == "model":
             assert validated.model.name == name
         if group == "task":

@@ -82,6 +82,10 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
         key, _, value = text.lstrip("+").partition("=")
         if key in groups and "," not in value:
             chosen[key] = value
+    # A preset chooses options too (experiment=ch06: data=classification); the command line wins.
+    for group, option in list(chosen.items()):
+        for other, picked in _preset_choices(conf_dir, group, option).items():
+            chosen.setdefault(other, picked)
     problems = []
     for text in overrides:
         if text.startswith(("+", "~")):
@@ -101,6 +105,33 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
                 f"{group}={option}: add {group}={owners[0]}"
             )
     return problems
+
+
+def _preset_choices(
+    conf_dir: Path, group: str, option: str | None, seen: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """``{group: option}`` that ``conf/<group>/<option>.yaml`` picks with ``override /group: option``
+    in its defaults list, following the presets it includes (``ch06_lora`` includes ``ch06``)."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / group / f"{option}.yaml"
+    if not option or option in seen or not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    picks: dict[str, str] = {}
+    included: list[str] = []
+    for entry in (node.get("defaults") or []) if isinstance(node, dict) else []:
+        if isinstance(entry, str) and entry != "_self_":
+            included.append(entry.strip())
+        elif isinstance(entry, dict):
+            for key, value in entry.items():
+                name = str(key).removeprefix("override").strip().lstrip("/")
+                if isinstance(value, str):
+                    picks[name] = value
+    for other in included:  # the preset's own overrides win over those it includes
+        for key, value in _preset_choices(conf_dir, group, other, seen | {option}).items():
+            picks.setdefault(key, value)
+    return picks
 
 
 def _overrides(args: Iterable[str]) -> list[str]:

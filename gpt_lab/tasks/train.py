@@ -8,6 +8,7 @@ what the objective's ``finish`` writes (chapter 5: the trained weights as the bo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
@@ -24,20 +25,30 @@ from gpt_lab.data.text import DataError
 from gpt_lab.errors import UserError
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
-from gpt_lab.run.tensorboard import flatten_hparams
+from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.training.cpu_memory import freed_memory_kept
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
 # results.json fields that also go to TensorBoard's HPARAMS tab beside the run's settings.
-HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy")
+HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "val_reward_margin")
 
 
 def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
     """The run's data module: ``data._target_`` is its ``from_config(cfg, context_length)``."""
     return get_method(cfg.data._target_)(cfg, context_length)
+
+
+def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
+    """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
+    ``datamodule`` when it takes one (a classifier's class names come from the data)."""
+    from_config = get_class(cfg.data.lit_module).from_config
+    if "datamodule" in inspect.signature(from_config).parameters:
+        return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
+    return from_config(cfg, model_cfg, init_state)
 
 
 def _instantiate_all(group: Any) -> list[Any]:
@@ -85,10 +96,8 @@ class CompileModel(L.Callback):
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
-    keys = ("model", "data", "optim", "seed", "init_from")
-    tree = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-    tree["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
-    params = flatten_hparams(tree)
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
+    params = run_hparams(cfg, ("model", "data", "optim", "seed", "init_from"), trainer=trainer_cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics)
@@ -129,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info(datamodule.describe())
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = get_class(cfg.data.lit_module).from_config(cfg, model_cfg, init_state)
+    lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
@@ -143,8 +152,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
+    # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
+    # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).
-    trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
+    with freed_memory_kept(trainer.strategy.root_device.type == "cpu"):
+        trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
 
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
@@ -158,9 +170,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
+    initial_fields = (
+        initial.initial_results() if initial is not None else {"initial_train_loss": None, "initial_val_loss": None}
+    )
     results.update(
-        initial_train_loss=initial.train_loss if initial is not None else None,
-        initial_val_loss=initial.val_loss if initial is not None else None,
+        **initial_fields,
         **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,

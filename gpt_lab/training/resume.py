@@ -81,7 +81,9 @@ def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, A
             if key in saved_model and saved_model[key] != model_cfg.get(key):
                 differences.append(f"model.{key}={model_cfg.get(key)} (checkpoint: {saved_model[key]})")
     if not differences:  # also the truth for checkpoints without hyper-parameters
-        expected = _expected_shapes(model_cfg)
+        # A classifier's checkpoint (issue 18) holds the head its class names give, not the vocabulary's.
+        classes = hparams.get("class_names") if isinstance(hparams, Mapping) else None
+        expected = _expected_shapes({**model_cfg, "num_classes": len(classes)} if classes else model_cfg)
         state = checkpoint["state_dict"]
         # LoRA adapters (finetune=lora) are not part of the model's shape: this run adds its own.
         model_keys = [k for k in state if k.startswith("model.") and not k.endswith((".lora_A", ".lora_B"))]
