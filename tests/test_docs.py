@@ -1,5 +1,7 @@
 """The documentation cannot silently rot: README.md and docs/*.md are checked against the project.
 
+- README.md is a landing page of at most 12 KB that links every docs/*.md page.
+
 - Every relative link resolves to a file in the repository, and every ``#anchor`` (on the same page
   or another) names a heading of that page, slugged as GitHub does (lower case; characters other
   than letters, digits, spaces, ``-`` and ``_`` dropped; spaces become ``-``; the n-th repeat of a
@@ -10,9 +12,10 @@
   a placeholder in angle brackets (``init_from=outputs/<run>/model.pth``) is composed with the
   brackets removed (``outputs/run/model.pth``: composing never opens a path); shell around the
   command (``$``, ``&``, ``|``, ``;``, parentheses, a trailing ``# comment``, ``\\`` continuations)
-  is dropped; a command that shows Hydra refusing an override is marked with the HTML comment
-  ``<!-- docs-test: compose-error -->`` on the line before its code block, and must then fail to
-  compose. ``--help`` and ``--cfg`` are Hydra's flags (the rest of the line still composes).
+  is dropped; a code block that shows a command being refused because its config cannot be composed
+  (an option no group has) is marked with the HTML comment ``<!-- docs-test: compose-error -->`` on
+  the line before it, and its commands must then fail to compose. ``--help`` and ``--cfg`` are
+  Hydra's flags (the rest of the line still composes).
 - Every ``python`` code block parses, and every name it imports from gpt_lab exists (nothing runs).
 - Inline code that is a repository path (``gpt_lab/run/job.py``, ``conf/trainer/cpu.yaml``) names a
   file that exists, and inline code that is a dotted name under gpt_lab (``gpt_lab.training.callbacks.
