@@ -350,3 +350,10 @@ def test_preset_group_choices_count_for_command_line_keys() -> None:
     assert misplaced_group_keys(["experiment=ch06", "data.label_column=section"]) == []
     assert misplaced_group_keys(["experiment=ch06_lora", "data.balance=false"]) == []
     assert misplaced_group_keys(["data.label_column=section"])  # data=text has no such key
+
+
+@pytest.mark.gpu
+def test_ch06_lora_run_on_the_gpu(tmp_path: Path, classify_run) -> None:
+    r = classify_run(tmp_path / "gpu", "trainer=gpu", "finetune=lora", "lora.rank=2", "optim.lr=1e-3")
+    assert r["status"] == "completed" and 0.0 <= r["test_accuracy"] <= 1.0
+    assert classify(tmp_path / "gpu", ["win a prize now"])[0]["label"] in ("ham", "spam")
