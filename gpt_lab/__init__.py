@@ -48,6 +48,7 @@ _API = {
     "select_trainable": "gpt_lab.model.finetune",
     "save_finetuned": "gpt_lab.model.finetune",
     "load_finetuned": "gpt_lab.model.finetune",
+    "classify": "gpt_lab.model.classifier",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

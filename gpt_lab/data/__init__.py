@@ -31,6 +31,11 @@ _NAMES = {
     "read_text": "gpt_lab.data.text",
     "split_text": "gpt_lab.data.text",
     "TextDataModule": "gpt_lab.data.text",
+    "ClassificationDataModule": "gpt_lab.data.classification",
+    "read_labelled": "gpt_lab.data.classification",
+    "balance_examples": "gpt_lab.data.classification",
+    "split_examples": "gpt_lab.data.classification",
+    "pandas_sample_positions": "gpt_lab.data.classification",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)
