@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch. GPU users: see README ("Installing the CUDA build").
+# The CPU build of PyTorch. GPU users: see docs/install.md ("The CUDA build of PyTorch").
 TORCH ?= torch==2.13.0
 # The exact versions the suite passed with (`make lock` writes it); CONSTRAINTS= installs the newest instead.
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
-# Without its dependencies: see pyproject.toml and README ("Pretraining on a corpus").
+# Without its dependencies: see pyproject.toml and docs/install.md ("litdata without its dependencies").
 LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
@@ -31,7 +31,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Speed against the book's code and Hugging Face transformers (same weights; see README, Performance).
+# Speed against the book's code and Hugging Face transformers (same weights; see docs/performance.md).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,bench]"
 	touch $@
@@ -59,7 +59,7 @@ bench: $(VENV)/.bench-installed
 bench-finetune: $(VENV)/.bench-installed
 	$(PY) scripts/bench_finetune.py $(ARGS)
 
-# Corpus preparation and streaming throughput, peak memory (see README, Pretraining on a corpus).
+# Corpus preparation and streaming throughput, peak memory (see docs/corpus.md).
 bench-data: $(VENV)/.installed
 	$(PY) scripts/bench_data.py $(ARGS)
 

@@ -49,6 +49,11 @@ _API = {
     "save_finetuned": "gpt_lab.model.finetune",
     "load_finetuned": "gpt_lab.model.finetune",
     "classify": "gpt_lab.model.classifier",
+    "format_prompt": "gpt_lab.generation.prompt_styles",
+    "generate_response": "gpt_lab.generation.responses",
+    "read_entries": "gpt_lab.data.instructions",
+    "InstructionDataModule": "gpt_lab.data.instructions",
+    "InstructionLitModule": "gpt_lab.training.instruction_module",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -33,7 +33,8 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus", "classification")
+DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
+DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -94,18 +95,30 @@ class DataConfig:
     overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
     loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
     eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
-    # Issue 18, data=classification only (conf/data/classification.yaml sets them).
-    train_path: str | None = None  # three files already split (instead of data.path)
+    # Fine-tuning data (issues 18, 19, 20; conf/data/<option>.yaml sets those it uses).
+    train_path: str | None = None  # one file per split instead of data.path
     val_path: str | None = None
     test_path: str | None = None
+    # The padded / allowed length: null = the longest training text (classification) or the context
+    # length (instructions), an integer, or "context" (classification: the bonus table's "pad to 1024").
+    max_length: int | str | None = None
+    # data=classification only.
     val_ratio: float | None = None  # the book's 0.1 (train_ratio 0.7; the test split is the rest)
     balance: bool | None = None  # undersample every class to the smallest one's size (the book's SMS data)
     label_column: str | None = None  # column names of files with a header
     text_column: str | None = None
     header: bool | None = None  # null: a header when the first row names both columns; false: label<TAB>text
     class_names: list[str] | None = None  # the classes in index order (null: the training labels, sorted)
-    max_length: int | str | None = None  # padded length: null = the longest training text, N, or "context"
     pad: bool | None = None  # false: pad each batch to its longest text only (batch 1: no padding)
+    # data=instructions and data=preferences.
+    prompt_style: str | None = None  # alpaca | phi3 (generation/prompt_styles.py); preferences: null = init_from's
+    mask_prompt: bool | None = None  # exercise 7.2: only the response tokens are targets
+    fields: dict[str, str] | None = None  # the file's names for instruction / input / output
+    test_ratio: float | None = None  # after the train_ratio share, this share tests; the rest validates
+    shuffle: bool | None = None  # shuffle the entries (seeded by `seed`) before splitting; the book does not
+    # data=preferences only.
+    chosen_key: str | None = None  # the file's field holding the preferred response
+    rejected_key: str | None = None  # the file's field holding the other response
 
 
 @dataclass
@@ -117,7 +130,7 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/schedule.py); peak is ``optim.lr``."""
+    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/training/schedule.py); peak is ``optim.lr``."""
 
     name: str = MISSING  # constant | warmup_cosine (appendix D)
     warmup_steps: int | None = MISSING  # wins over warmup_ratio when set
@@ -174,7 +187,7 @@ def _check_classification(cfg: DictConfig) -> list[str]:
             f"data.val_ratio = {d.train_ratio + d.val_ratio:g} must be below 1"
         )
     m = d.max_length
-    if m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
+    if d.name == "classification" and m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
         problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
     return problems
 
@@ -200,6 +213,30 @@ class PathsConfig:
     root_dir: str = MISSING  # the directory the user ran from: relative inputs resolve here
     project_dir: str = MISSING  # the project (holds conf/ and outputs/)
     output_dir: str = MISSING  # this run's Hydra directory: everything the run writes goes here
+
+
+@dataclass
+class JudgeConfig:
+    """Issue 19, ``task=judge``: an Ollama-compatible server scores responses from 0 to 100 (the book's prompt)."""
+
+    url: str = MISSING  # the server, e.g. http://localhost:11434 (its /api/chat endpoint is used)
+    model: str = MISSING  # the judging model the server runs (the book: llama3)
+    responses: str | None = MISSING  # a responses file (test-responses.json) or the run directory holding one
+    response_key: str = MISSING  # the entry key holding the response to score (the book: model_response)
+    prompt_style: str = MISSING  # how the entry's instruction and input are shown to the judge
+    seed: int = MISSING
+    temperature: float = MISSING
+    num_ctx: int = MISSING  # the judging model's context window (Ollama's option)
+    timeout: float = MISSING  # seconds to wait for one reply
+
+
+@dataclass
+class DPOConfig:
+    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+
+    beta: float = MISSING  # the book's 0.1
+    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
 
 
 @dataclass
@@ -231,6 +268,14 @@ class Config:
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
     compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
+    # Issue 19: task=respond's instruction and input (conf/task/respond.yaml), the prompt style of weights
+    # that carry none, and task=judge's settings (conf/task/judge.yaml). None: not used by this task.
+    instruction: str | None = None
+    input: str | None = None
+    prompt_style: str | None = None
+    max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
+    judge: JudgeConfig | None = None
+    dpo: DPOConfig | None = None  # issue 20: data=preferences only
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -328,7 +373,33 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_long_run(cfg)
     problems += _check_finetune(cfg)
     problems += _check_classification(cfg)
+    problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
+    problems += _check_preferences(cfg)
+    return problems
+
+
+def _check_preferences(cfg: DictConfig) -> list[str]:
+    """Issue 20: data=preferences and the dpo.* keys."""
+    problems = []
+    d, dpo = cfg.data, cfg.dpo
+    if d.name != "preferences":
+        return problems
+    if d.max_length is not None and d.max_length < 2:
+        problems.append(f"data.max_length={d.max_length} must be >= 2 (prompt and response tokens), or null")
+    if dpo is None:
+        return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
+    if not dpo.beta > 0 or not math.isfinite(dpo.beta):
+        problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
+    if dpo.logprob not in DPO_LOGPROBS:
+        problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
+    if dpo.test_responses is not None and dpo.test_responses < 0:
+        problems.append(f"dpo.test_responses={dpo.test_responses} must be >= 0, or null for the whole test split")
+    if cfg.task.name == "train" and not cfg.init_from:
+        problems.append(
+            "data=preferences (DPO) needs a starting model: init_from=<instruction-tuned run directory or weights> "
+            "(the policy starts from it and a frozen copy of it is the reference)"
+        )
     return problems
 
 
@@ -344,6 +415,49 @@ def _check_trainer_lengths(cfg: DictConfig) -> list[str]:
         # Types are the pre-flight's (gpt_lab/run/preflight.py, from the Trainer's signature).
         if isinstance(value, int) and not isinstance(value, bool) and value < -1:
             problems.append(f"trainer.{key}={value} must be >= 0, or -1 for no limit")
+    return problems
+
+
+def _check_instructions(cfg: DictConfig) -> list[str]:
+    """Issue 19: data=instructions, task=respond and task=judge."""
+    # Prompt style names are checked against their registry (gpt_lab/generation/prompt_styles.py, a later
+    # layer) where they are used, before any model is built.
+    problems = []
+    d = cfg.data
+    m = d.max_length
+    if d.name != "classification" and m is not None and not (isinstance(m, int) and m > 0):
+        problems.append(f"data.max_length={m} must be a positive integer, or null for the context length")
+    if d.test_ratio is not None:
+        if not 0.0 < d.test_ratio < 1.0:
+            problems.append(f"data.test_ratio={d.test_ratio} must be in (0, 1)")
+        elif d.train_ratio + d.test_ratio >= 1.0:
+            problems.append(
+                f"data.train_ratio={d.train_ratio} plus data.test_ratio={d.test_ratio} must be below 1, leaving "
+                "entries to validate"
+            )
+    for name, value in (d.fields or {}).items():
+        if name not in ("instruction", "input", "output"):
+            problems.append(f"data.fields.{name} is not a field; map instruction, input or output")
+        elif not value:
+            problems.append(f"data.fields.{name} is empty; give the file's name for {name}")
+    if cfg.max_response_tokens is not None and cfg.max_response_tokens < 1:
+        problems.append(f"max_response_tokens={cfg.max_response_tokens} must be a positive integer (the book's 256)")
+    if cfg.task.name == "respond" and not cfg.instruction:
+        problems.append("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
+    j = cfg.judge
+    if j is not None:
+        if not j.url.startswith(("http://", "https://")):
+            problems.append(f"judge.url={j.url} must be an http:// or https:// address, e.g. http://localhost:11434")
+        if not j.model:
+            problems.append("judge.model is empty; name the judging model, e.g. judge.model=llama3")
+        if not 0 <= j.seed <= MAX_SEED:
+            problems.append(f"judge.seed={j.seed} must be in [0, {MAX_SEED}]")
+        if not 0 <= j.temperature < math.inf:
+            problems.append(f"judge.temperature={j.temperature} must be >= 0 (the book's 0: the same score every time)")
+        if j.num_ctx < 1:
+            problems.append(f"judge.num_ctx={j.num_ctx} must be a positive integer (the book's 2048)")
+        if not 0 < j.timeout < math.inf:
+            problems.append(f"judge.timeout={j.timeout} must be a positive number of seconds")
     return problems
 
 

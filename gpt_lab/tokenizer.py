@@ -19,6 +19,8 @@ import tiktoken.load
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256
 N_VOCAB = 50257
+# A target that does not count in the loss (PyTorch's cross_entropy default): chapter 7's padding.
+IGNORE_INDEX = -100
 
 # GPT-2's pre-tokenisation pattern, as tiktoken writes it for its "gpt2" encoding.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

@@ -388,7 +388,7 @@ def training_row_in_child(name: str, args: argparse.Namespace) -> list[float]:
     """Seconds per step of training row ``name``, run in a fresh interpreter (``--train-row``).
 
     Every row starts alike: the allocator's defaults (gpt_lab's training changes them, see
-    gpt_lab/cpu_memory.py; the book's loop runs as its readers run it) and no other row's memory.
+    gpt_lab/training/cpu_memory.py; the book's loop runs as its readers run it) and no other row's memory.
     """
     cmd = [sys.executable, __file__, "--train-row", name, "--threads", str(args.threads)]
     cmd += ["--compile"] if args.compile else []
@@ -499,10 +499,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "bench.json")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers even if installed")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["generation", "load", "forward", "training", "build"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["generation", "load", "forward", "training", "instruction", "build"]
+    )
     parser.add_argument("--compile", action="store_true", help="add a torch.compile training row (slow to compile)")
     parser.add_argument("--new-tokens", type=int, help="generated tokens (default 200, quick 50)")
     parser.add_argument("--reps", type=int, help="timed rounds per section (default 5, quick 3)")
+    parser.add_argument(
+        "--instruction-data", type=Path, help="chapter 7's instruction-data.json for the instruction rows"
+    )
     parser.add_argument("--train-row", help=argparse.SUPPRESS)  # internal: one training row, seconds as JSON
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (50 if args.quick else 200)
@@ -560,6 +565,17 @@ def main() -> None:
         results["training"], results["training_info"] = bench_training(args)
         title = f"training step, batch {b} x {t}, dropout 0.1 (fwd + loss + bwd + AdamW + logging), tok/s"
         tables.append((title, results["training"]))
+    if "instruction" not in args.skip:  # chapter 7's step: scripts/bench_instructions.py
+        import bench_instructions
+
+        inst = argparse.Namespace(
+            data=args.instruction_data, steps=3, warmup=2, rounds=args.train_rounds, threads=args.threads
+        )
+        for size in ["gpt2_small"] if args.quick else ["gpt2_small", "gpt2_medium"]:
+            print(f"instruction: chapter 7's step, {size}, batch 8 padded per batch", flush=True)
+            results[f"instruction_{size}"] = bench_instructions.bench_instruction(size, inst, hf)
+            title = f"instruction fine-tuning step, {size}, batch 8 padded per batch (no dropout, qkv bias), tok/s"
+            tables.append((title, results[f"instruction_{size}"]))
     if "build" not in args.skip:
         print(f"build: {build_size} in a fresh interpreter", flush=True)
         results["build"] = bench_build(build_size, args)
@@ -625,9 +641,12 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
     bf16, fp32 = "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)", "gpt_lab fp32 (Lightning, trainer=cpu)"
     ratio("training", bf16, TRAIN_BOOK, 2.5, "training step, trainer=cpu_bf16 vs the book's fp32 loop")
     ratio("training", fp32, TRAIN_BOOK, 1.0, "training step, fp32 (default) vs the book's fp32 loop")
+    hf_row = "transformers fp32 (GPT2LMHeadModel, sdpa)"  # scripts/bench_instructions.py's rows
+    for size in ("gpt2_small", "gpt2_medium"):
+        ratio(f"instruction_{size}", fp32, hf_row, 1.0, f"instruction step, {size}, fp32 vs transformers")
     true16 = "gpt_lab bf16-true (Lightning, precision=bf16-true)"
     rows = results.get("training", {})
-    if true16 in rows and TRAIN_BOOK in rows:  # not a target: bf16-true is not recommended (README)
+    if true16 in rows and TRAIN_BOOK in rows:  # not a target: bf16-true is not recommended (docs/performance.md)
         value = rows[true16]["median"] / rows[TRAIN_BOOK]["median"]
         out.append(
             {

@@ -1,4 +1,4 @@
-"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/corpus.py).
+"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/data/corpus_prepare.py).
 
 A window is ``context_length + 1`` consecutive tokens of one litdata chunk (litdata's
 ``TokensLoader`` cuts each chunk into such blocks; the last partial block of a chunk is not used);
@@ -23,6 +23,7 @@ import torch
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus_prepare import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
+from gpt_lab.data.text import EvaluationWindows
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ class CorpusDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             drop_last=drop_last,
             collate_fn=shift_windows,
+            # Each iterator draws its base seed from this generator, not from torch's global one, which
+            # the dropout masks draw from: a resumed run's masks are then the uninterrupted run's
+            # (issue 21 case 10; the window order is litdata's own, from ``seed`` and the epoch).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> Any:
@@ -217,6 +222,11 @@ class CorpusDataModule(L.LightningDataModule):
         return BoundedLoader(self._loader(split, shuffle=False, drop_last=False), self.eval_max_batches)
 
     @classmethod
+    def evaluation_data(cls, cfg: Any) -> CorpusEvaluation:
+        """``task=evaluate``'s data: the prepared directory checked before the model is built."""
+        return CorpusEvaluation(cfg)
+
+    @classmethod
     def from_config(cls, cfg: Any, context_length: int) -> CorpusDataModule:
         """The ``data=corpus`` module of a run: ``data.dir`` resolved against ``paths.root_dir`` (a URL stays)."""
         if not cfg.data.dir:
@@ -232,4 +242,29 @@ class CorpusDataModule(L.LightningDataModule):
             seed=cfg.seed,
             num_workers=cfg.data.loader_workers,
             eval_max_batches=cfg.data.eval_max_batches,
+        )
+
+
+class CorpusEvaluation:
+    """``task=evaluate data=corpus``: the first ``data.eval_max_batches`` batches of the val split."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        # The directory is checked before the model is read; init_from's weights fix the context length,
+        # so with them the windows are counted once the model is built.
+        CorpusDataModule.from_config(cfg, 1 if cfg.init_from else cfg.model.context_length).setup("validate")
+
+    def windows(self, context_length: int) -> EvaluationWindows:
+        corpus = CorpusDataModule.from_config(self.cfg, context_length)
+        corpus.setup("validate")
+        batches = corpus.eval_dataloader("val")
+        n_windows = min(corpus.windows["val"], len(batches) * corpus.batch_size)
+        data = self.cfg.data
+        return EvaluationWindows(
+            batches,
+            windows=n_windows,
+            tokens=n_windows * context_length,
+            fields=corpus.split_sizes(),
+            hparams={"dir": data.dir, "batch_size": data.batch_size, "eval_max_batches": data.eval_max_batches},
+            description=f"{corpus.data_dir}: {n_windows:,} validation windows of {context_length}",
         )

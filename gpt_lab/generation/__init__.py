@@ -17,6 +17,19 @@ _NAMES = {
     "sample_next_token": "gpt_lab.generation.sampling",
     "generate": "gpt_lab.generation.sampling",
     "generate_stream": "gpt_lab.generation.sampling",
+    "PromptStyle": "gpt_lab.generation.prompt_styles",
+    "PromptStyleError": "gpt_lab.generation.prompt_styles",
+    "PROMPT_STYLES": "gpt_lab.generation.prompt_styles",
+    "register_prompt_style": "gpt_lab.generation.prompt_styles",
+    "get_prompt_style": "gpt_lab.generation.prompt_styles",
+    "format_prompt": "gpt_lab.generation.prompt_styles",
+    "format_response": "gpt_lab.generation.prompt_styles",
+    "format_example": "gpt_lab.generation.prompt_styles",
+    "extract_response": "gpt_lab.generation.prompt_styles",
+    "answer": "gpt_lab.generation.responses",
+    "generate_response": "gpt_lab.generation.responses",
+    "generate_responses": "gpt_lab.generation.responses",
+    "saved_prompt_style": "gpt_lab.generation.responses",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

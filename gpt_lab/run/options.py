@@ -83,8 +83,9 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
         if key in groups and "," not in value:
             chosen[key] = value
     # A preset chooses options too (experiment=ch06: data=classification); the command line wins.
-    for group, option in _preset_choices(conf_dir, "experiment", chosen.get("experiment")).items():
-        chosen.setdefault(group, option)
+    for group, option in list(chosen.items()):
+        for other, picked in _preset_choices(conf_dir, group, option).items():
+            chosen.setdefault(other, picked)
     problems = []
     for text in overrides:
         if text.startswith(("+", "~")):

@@ -25,15 +25,16 @@ from gpt_lab.data.text import DataError
 from gpt_lab.errors import UserError
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
-from gpt_lab.run.tensorboard import flatten_hparams
+from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.training.cpu_memory import freed_memory_kept
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
 # results.json fields that also go to TensorBoard's HPARAMS tab beside the run's settings.
-HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy")
+HPARAM_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "val_reward_margin")
 
 
 def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataModule:
@@ -95,10 +96,8 @@ class CompileModel(L.Callback):
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
-    keys = ("model", "data", "optim", "seed", "init_from")
-    tree = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-    tree["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
-    params = flatten_hparams(tree)
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
+    params = run_hparams(cfg, ("model", "data", "optim", "seed", "init_from"), trainer=trainer_cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics)
@@ -153,8 +152,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
+    # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
+    # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).
-    trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
+    with freed_memory_kept(trainer.strategy.root_device.type == "cpu"):
+        trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
 
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
@@ -168,9 +170,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
+    initial_fields = (
+        initial.initial_results() if initial is not None else {"initial_train_loss": None, "initial_val_loss": None}
+    )
     results.update(
-        initial_train_loss=initial.train_loss if initial is not None else None,
-        initial_val_loss=initial.val_loss if initial is not None else None,
+        **initial_fields,
         **finished,
         global_step=trainer.global_step,
         epochs=trainer.current_epoch,

@@ -11,7 +11,14 @@ _NAMES = {
     "Throughput": "gpt_lab.training.callbacks",
     "StopOnSignal": "gpt_lab.training.callbacks",
     "AtomicCheckpointIO": "gpt_lab.training.checkpoint_io",
+    "DPOLitModule": "gpt_lab.training.dpo",
+    "DPOOutput": "gpt_lab.training.dpo",
+    "dpo_loss": "gpt_lab.training.dpo",
+    "response_logprobs": "gpt_lab.training.dpo",
+    "plot_dpo_curves": "gpt_lab.training.dpo_report",
     "keep_freed_memory": "gpt_lab.training.cpu_memory",
+    "release_freed_memory": "gpt_lab.training.cpu_memory",
+    "freed_memory_kept": "gpt_lab.training.cpu_memory",
     "fsdp_strategy": "gpt_lab.training.fsdp",
     "NonFiniteLossError": "gpt_lab.training.lit_module",
     "GPTLitModule": "gpt_lab.training.lit_module",
@@ -35,6 +42,8 @@ _NAMES = {
     "WarmupCosineFactor": "gpt_lab.training.schedule",
     "build_scheduler": "gpt_lab.training.schedule",
     "resolve_schedule": "gpt_lab.training.schedule",
+    "InstructionLitModule": "gpt_lab.training.instruction_module",
+    "plot_losses": "gpt_lab.training.loss_plot",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -41,6 +41,14 @@ class InitialLossEvaluation(L.Callback):
     def __init__(self) -> None:
         self.train_loss: float | None = None
         self.val_loss: float | None = None
+        # By split, everything an objective with ``eval_metrics(batches) -> dict`` reports (DPO: rewards).
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def _measure(self, pl_module: L.LightningModule, loader: Any) -> dict[str, float]:
+        """The objective's metrics over ``loader``: its ``eval_metrics`` when it has one, else its mean loss."""
+        if callable(getattr(pl_module, "eval_metrics", None)):
+            return dict(pl_module.eval_metrics(loader))
+        return {"loss": pl_module.mean_loss(loader)}
 
     # At the first batch rather than at on_train_start: after every start-up check of the module's own
     # on_train_start (the schedule against the run's length), which should fail before this long pass.
@@ -49,19 +57,29 @@ class InitialLossEvaluation(L.Callback):
             return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
-            self.train_loss = pl_module.mean_loss(_eval_loader(trainer, "train"))
-            self.val_loss = pl_module.mean_loss(_eval_loader(trainer, "val"))
+            self.metrics = {split: self._measure(pl_module, _eval_loader(trainer, split)) for split in ("train", "val")}
+        self.train_loss, self.val_loss = self.metrics["train"]["loss"], self.metrics["val"]["loss"]
+        extra = {f"val/{k}": v for k, v in self.metrics["val"].items() if k != "loss"}
         for logger in trainer.loggers:
-            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss}, step=0)
+            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss, **extra}, step=0)
         if trainer.is_global_zero:
             log.info("Initial losses: training %.4f, validation %.4f", self.train_loss, self.val_loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss}
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "metrics": self.metrics}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_loss = state_dict.get("train_loss")
         self.val_loss = state_dict.get("val_loss")
+        self.metrics = dict(state_dict.get("metrics") or {})
+
+    def initial_results(self) -> dict[str, float | None]:
+        """results.json fields: ``initial_train_loss``, ``initial_val_loss`` and any other metric by split
+        (``initial_val_reward_margin``, ...)."""
+        out: dict[str, float | None] = {"initial_train_loss": self.train_loss, "initial_val_loss": self.val_loss}
+        for split, metrics in self.metrics.items():
+            out.update({f"initial_{split}_{k}": v for k, v in metrics.items() if k != "loss"})
+        return out
 
 
 class LossHistory(L.Callback):
@@ -70,11 +88,13 @@ class LossHistory(L.Callback):
     After each validation it logs ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933`` (the
     training loss is the mean of the steps since the previous validation); at each epoch's end it
     appends ``{epoch, step, tokens_seen, train_loss, val_loss}`` to ``epochs`` (mean training
-    loss of the epoch, latest validation loss).
+    loss of the epoch, latest validation loss). Each validation appends the same fields (its step's
+    epoch, the training mean since the previous one) to ``evaluations``: the book's loss plot.
     """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float | int | None]] = []
+        self.evaluations: list[dict[str, float | int | None]] = []
         self._window: list[float] = []
         self._epoch: list[float] = []
 
@@ -92,6 +112,15 @@ class LossHistory(L.Callback):
         val = trainer.callback_metrics.get("val/loss")
         train = sum(self._window) / len(self._window) if self._window else float("nan")
         self._window = []
+        self.evaluations.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "step": trainer.global_step,
+                "tokens_seen": getattr(pl_module, "tokens_seen", None),
+                "train_loss": train,
+                "val_loss": float(val) if val is not None else None,
+            }
+        )
         log.info(
             "Ep %d (Step %06d): Train loss %.3f, Val loss %.3f",
             trainer.current_epoch + 1,
@@ -114,10 +143,16 @@ class LossHistory(L.Callback):
         self._epoch = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs), "window": list(self._window), "epoch": list(self._epoch)}
+        return {
+            "epochs": list(self.epochs),
+            "evaluations": list(self.evaluations),
+            "window": list(self._window),
+            "epoch": list(self._epoch),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+        self.evaluations = list(state_dict.get("evaluations", []))
         # The losses since the last report and in this epoch so far: a mid-epoch resume reports the same means.
         self._window = list(state_dict.get("window", []))
         self._epoch = list(state_dict.get("epoch", []))

@@ -1,0 +1,115 @@
+"""An instruction-tuned model's answers: the book's generation and response extraction (chapter 7)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+import torch
+
+from gpt_lab.errors import InitFromError
+from gpt_lab.generation.prompt_styles import PromptStyleError, extract_response, format_prompt, get_prompt_style
+from gpt_lab.generation.sampling import generate
+from gpt_lab.model.finetune import MODEL_FILE, read_meta
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.tokenizer import ENDOFTEXT_ID
+
+BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
+RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
+
+
+def answer(
+    model: GPTModel,
+    tokenizer: tiktoken.Encoding,
+    entry: Mapping[str, Any],
+    style: str,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+) -> dict[str, Any]:
+    """The model's answer to ``entry`` (instruction and input), the book's way, timed.
+
+    The prompt is tokenized with special-looking text as ordinary text (as in training); generation
+    is greedy unless ``temperature > 0``, stops at end-of-text and slides the window past the
+    context. Returns ``prompt``, ``output_ids`` / ``output_text`` (prompt and continuation),
+    ``response`` (the book's extraction), ``new_tokens`` and the speed.
+    """
+    prompt = format_prompt(entry, style)
+    ids = tokenizer.encode(prompt, disallowed_special=())
+    device = model.out_head.weight.device
+    started = time.perf_counter()
+    out = generate(
+        model,
+        torch.tensor([ids], device=device),
+        max_new_tokens,
+        model.context_length,
+        temperature=temperature,
+        top_k=top_k,
+        eos_id=ENDOFTEXT_ID,
+    )[0].tolist()
+    seconds = time.perf_counter() - started
+    text = tokenizer.decode(out)
+    new_tokens = len(out) - len(ids)
+    return {
+        "prompt": prompt,
+        "output_ids": out,
+        "output_text": text,
+        "response": extract_response(text, prompt, style),
+        "new_tokens": new_tokens,
+        "generation_seconds": seconds,
+        "generation_tokens_per_second": new_tokens / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def generate_response(
+    model: GPTModel,
+    tokenizer: tiktoken.Encoding,
+    entry: Mapping[str, Any],
+    style: str,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+) -> str:
+    """The model's response to ``entry``: the generated text after the prompt, marker removed, stripped."""
+    return answer(model, tokenizer, entry, style, max_new_tokens, temperature, top_k)["response"]
+
+
+def generate_responses(
+    model: GPTModel,
+    tokenizer: tiktoken.Encoding,
+    entries: Iterable[Mapping[str, Any]],
+    style: str,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Each entry with its answer added under ``model_response`` (the book's layout), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    entries = list(entries)
+    out = []
+    for entry in tqdm(entries, desc="Test responses", unit="entry", disable=not progress):
+        response = generate_response(model, tokenizer, entry, style, max_new_tokens, temperature, top_k)
+        out.append({**entry, RESPONSE_KEY: response})
+    return out
+
+
+def saved_meta(path: str | Path) -> dict[str, Any] | None:
+    """The ``model.json`` saved with the weights at ``path`` (a run directory or its model.pth); None if none."""
+    path = Path(path)
+    return read_meta(path / MODEL_FILE if path.is_dir() else path)
+
+
+def saved_prompt_style(path: str | Path) -> str | None:
+    """The prompt style saved with the weights at ``path`` (a run directory or its model.pth); None if none."""
+    style = (saved_meta(path) or {}).get("prompt_style")
+    if style is None:
+        return None
+    try:
+        return get_prompt_style(style, key=f"prompt_style in the model.json of {path}").name
+    except PromptStyleError as err:
+        raise InitFromError(str(err)) from None
