@@ -197,7 +197,12 @@ def test_config_unknown_group_option_is_refused_with_the_options(run_cli) -> Non
     assert proc.returncode == 2
     message = proc.stderr.strip()
     assert message.startswith("gpt_lab: error: experiment=ch5 is not an option of the experiment group")
-    assert "appendix_d, ch05, pretrain" in message and "\n" not in message and "Traceback" not in message
+    assert (
+        "appendix_d, ch05, " in message
+        and "pretrain (conf/experiment/)" in message
+        and "\n" not in message
+        and "Traceback" not in message
+    )
 
 
 def test_config_group_options_are_checked_in_every_group_and_sweep() -> None:
