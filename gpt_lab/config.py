@@ -385,8 +385,8 @@ def _check_preferences(cfg: DictConfig) -> list[str]:
     d, dpo = cfg.data, cfg.dpo
     if d.name != "preferences":
         return problems
-    if d.max_length is not None and d.max_length < 2:
-        problems.append(f"data.max_length={d.max_length} must be >= 2 (prompt and response tokens), or null")
+    if isinstance(d.max_length, str) or (d.max_length is not None and d.max_length < 2):
+        problems.append(f"data.max_length={d.max_length} must be an integer >= 2 (prompt and response tokens), or null")
     if dpo is None:
         return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
     if not dpo.beta > 0 or not math.isfinite(dpo.beta):
