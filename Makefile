@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch. GPU users: see README ("Installing the CUDA build").
+# The CPU build of PyTorch. GPU users: see docs/install.md ("The CUDA build of PyTorch").
 TORCH ?= torch==2.13.0
 # The exact versions the suite passed with (`make lock` writes it); CONSTRAINTS= installs the newest instead.
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
-# Without its dependencies: see pyproject.toml and README ("Pretraining on a corpus").
+# Without its dependencies: see pyproject.toml and docs/install.md ("litdata without its dependencies").
 LITDATA ?= litdata>=0.2.76,<0.3
 ARGS ?=
 
-.PHONY: run test lint bench bench-data lock clean
+.PHONY: run test lint bench bench-finetune bench-data lock clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Speed against the book's code and Hugging Face transformers (same weights; see README, Performance).
+# Speed against the book's code and Hugging Face transformers (same weights; see docs/performance.md).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,bench]"
 	touch $@
@@ -55,7 +55,11 @@ lock:
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
 
-# Corpus preparation and streaming throughput, peak memory (see README, Pretraining on a corpus).
+# One fine-tuning step (chapter 6 / appendix E shapes): gpt_lab's LoRA beside transformers + peft, fp32 and bf16.
+bench-finetune: $(VENV)/.bench-installed
+	$(PY) scripts/bench_finetune.py $(ARGS)
+
+# Corpus preparation and streaming throughput, peak memory (see docs/corpus.md).
 bench-data: $(VENV)/.installed
 	$(PY) scripts/bench_data.py $(ARGS)
 

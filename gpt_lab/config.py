@@ -33,7 +33,8 @@ MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anyth
 SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
-DATA_NAMES = ("text", "corpus", "instructions")
+DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
+DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -66,6 +67,7 @@ class ModelConfig:
     drop_rate_shortcut: float | None = MISSING
     qkv_bias: bool = MISSING
     tie_weights: bool = MISSING
+    causal_mask: bool = MISSING  # false: no causal mask (chapter 6's bonus table; conf/causal_mask)
 
 
 @dataclass
@@ -93,16 +95,30 @@ class DataConfig:
     overwrite: bool | None = None  # task=prepare may replace another corpus in data.dir
     loader_workers: int | None = None  # litdata StreamingDataLoader worker processes (0: the main process)
     eval_max_batches: int | None = None  # batches of the initial/final losses and task=evaluate (None: all)
-    # Issue 19, data=instructions (conf/data/instructions.yaml sets them; None: not used by this data option).
-    prompt_style: str | None = None  # alpaca | phi3 (gpt_lab/generation/prompt_styles.py)
-    mask_prompt: bool | None = None  # exercise 7.2: only the response tokens are targets
-    max_length: int | None = None  # the book's allowed_max_length: items are cut to it (null: the context length)
-    fields: dict[str, str] | None = None  # the file's names for instruction / input / output
-    test_ratio: float | None = None  # after the train_ratio share, this share tests; the rest validates
-    shuffle: bool | None = None  # shuffle the entries (seeded by `seed`) before splitting; the book does not
+    # Fine-tuning data (issues 18, 19, 20; conf/data/<option>.yaml sets those it uses).
     train_path: str | None = None  # one file per split instead of data.path
     val_path: str | None = None
     test_path: str | None = None
+    # The padded / allowed length: null = the longest training text (classification) or the context
+    # length (instructions), an integer, or "context" (classification: the bonus table's "pad to 1024").
+    max_length: int | str | None = None
+    # data=classification only.
+    val_ratio: float | None = None  # the book's 0.1 (train_ratio 0.7; the test split is the rest)
+    balance: bool | None = None  # undersample every class to the smallest one's size (the book's SMS data)
+    label_column: str | None = None  # column names of files with a header
+    text_column: str | None = None
+    header: bool | None = None  # null: a header when the first row names both columns; false: label<TAB>text
+    class_names: list[str] | None = None  # the classes in index order (null: the training labels, sorted)
+    pad: bool | None = None  # false: pad each batch to its longest text only (batch 1: no padding)
+    # data=instructions and data=preferences.
+    prompt_style: str | None = None  # alpaca | phi3 (generation/prompt_styles.py); preferences: null = init_from's
+    mask_prompt: bool | None = None  # exercise 7.2: only the response tokens are targets
+    fields: dict[str, str] | None = None  # the file's names for instruction / input / output
+    test_ratio: float | None = None  # after the train_ratio share, this share tests; the rest validates
+    shuffle: bool | None = None  # shuffle the entries (seeded by `seed`) before splitting; the book does not
+    # data=preferences only.
+    chosen_key: str | None = None  # the file's field holding the preferred response
+    rejected_key: str | None = None  # the file's field holding the other response
 
 
 @dataclass
@@ -114,7 +130,7 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/schedule.py); peak is ``optim.lr``."""
+    """``cfg.scheduler``: the learning rate per optimizer step (gpt_lab/training/schedule.py); peak is ``optim.lr``."""
 
     name: str = MISSING  # constant | warmup_cosine (appendix D)
     warmup_steps: int | None = MISSING  # wins over warmup_ratio when set
@@ -143,6 +159,37 @@ class LoRAConfig:
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
     scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+
+
+POOLINGS = ("last", "last_nonpad", "first", "mean")
+
+
+@dataclass
+class ClassifierConfig:
+    """``cfg.classifier``: chapter 6's classification head (conf/classifier/default.yaml)."""
+
+    pooling: str = MISSING  # last (the book) | last_nonpad | first | mean
+    initial_eval_batches: int | None = MISSING  # batches behind the accuracy and loss before training (book: 10)
+    epoch_eval_batches: int | None = MISSING  # batches behind each epoch's accuracy (book: 5)
+
+
+def _check_classification(cfg: DictConfig) -> list[str]:
+    problems = []
+    c, d = cfg.classifier, cfg.data
+    if c.pooling not in POOLINGS:
+        problems.append(f"classifier.pooling={c.pooling} is not a pooling; choose one of {', '.join(POOLINGS)}")
+    for key in ("initial_eval_batches", "epoch_eval_batches"):
+        if c[key] is not None and c[key] < 1:
+            problems.append(f"classifier.{key}={c[key]} must be >= 1, or null for the whole split")
+    if d.val_ratio is not None and not (0.0 < d.val_ratio < 1.0 and d.train_ratio + d.val_ratio < 1.0):
+        problems.append(
+            f"data.val_ratio={d.val_ratio} must be in (0, 1) and leave a test split: data.train_ratio + "
+            f"data.val_ratio = {d.train_ratio + d.val_ratio:g} must be below 1"
+        )
+    m = d.max_length
+    if d.name == "classification" and m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
+        problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
+    return problems
 
 
 def _check_finetune(cfg: DictConfig) -> list[str]:
@@ -184,6 +231,15 @@ class JudgeConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+
+    beta: float = MISSING  # the book's 0.1
+    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -198,6 +254,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # issue 18
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # issue 18
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # issue 18
+    text: str | None = MISSING  # task=classify: one text to classify (issue 18)
+    text_file: str | None = MISSING  # task=classify: a UTF-8 file, one text per line (issue 18)
     seed: int = MISSING
     prompt: str = MISSING
     prompts: list[str] = MISSING  # several prompts in one run (replaces prompt)
@@ -216,6 +275,7 @@ class Config:
     prompt_style: str | None = None
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
+    dpo: DPOConfig | None = None  # issue 20: data=preferences only
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -312,8 +372,34 @@ def check_config(cfg: DictConfig) -> list[str]:
         )
     problems += _check_long_run(cfg)
     problems += _check_finetune(cfg)
+    problems += _check_classification(cfg)
     problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
+    problems += _check_preferences(cfg)
+    return problems
+
+
+def _check_preferences(cfg: DictConfig) -> list[str]:
+    """Issue 20: data=preferences and the dpo.* keys."""
+    problems = []
+    d, dpo = cfg.data, cfg.dpo
+    if d.name != "preferences":
+        return problems
+    if isinstance(d.max_length, str) or (d.max_length is not None and d.max_length < 2):
+        problems.append(f"data.max_length={d.max_length} must be an integer >= 2 (prompt and response tokens), or null")
+    if dpo is None:
+        return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
+    if not dpo.beta > 0 or not math.isfinite(dpo.beta):
+        problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
+    if dpo.logprob not in DPO_LOGPROBS:
+        problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
+    if dpo.test_responses is not None and dpo.test_responses < 0:
+        problems.append(f"dpo.test_responses={dpo.test_responses} must be >= 0, or null for the whole test split")
+    if cfg.task.name == "train" and not cfg.init_from:
+        problems.append(
+            "data=preferences (DPO) needs a starting model: init_from=<instruction-tuned run directory or weights> "
+            "(the policy starts from it and a frozen copy of it is the reference)"
+        )
     return problems
 
 
@@ -338,8 +424,9 @@ def _check_instructions(cfg: DictConfig) -> list[str]:
     # layer) where they are used, before any model is built.
     problems = []
     d = cfg.data
-    if d.max_length is not None and d.max_length < 1:
-        problems.append(f"data.max_length={d.max_length} must be a positive integer, or null for the context length")
+    m = d.max_length
+    if d.name != "classification" and m is not None and not (isinstance(m, int) and m > 0):
+        problems.append(f"data.max_length={m} must be a positive integer, or null for the context length")
     if d.test_ratio is not None:
         if not 0.0 < d.test_ratio < 1.0:
             problems.append(f"data.test_ratio={d.test_ratio} must be in (0, 1)")

@@ -388,7 +388,7 @@ def training_row_in_child(name: str, args: argparse.Namespace) -> list[float]:
     """Seconds per step of training row ``name``, run in a fresh interpreter (``--train-row``).
 
     Every row starts alike: the allocator's defaults (gpt_lab's training changes them, see
-    gpt_lab/cpu_memory.py; the book's loop runs as its readers run it) and no other row's memory.
+    gpt_lab/training/cpu_memory.py; the book's loop runs as its readers run it) and no other row's memory.
     """
     cmd = [sys.executable, __file__, "--train-row", name, "--threads", str(args.threads)]
     cmd += ["--compile"] if args.compile else []
@@ -646,7 +646,7 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
         ratio(f"instruction_{size}", fp32, hf_row, 1.0, f"instruction step, {size}, fp32 vs transformers")
     true16 = "gpt_lab bf16-true (Lightning, precision=bf16-true)"
     rows = results.get("training", {})
-    if true16 in rows and TRAIN_BOOK in rows:  # not a target: bf16-true is not recommended (README)
+    if true16 in rows and TRAIN_BOOK in rows:  # not a target: bf16-true is not recommended (docs/performance.md)
         value = rows[true16]["median"] / rows[TRAIN_BOOK]["median"]
         out.append(
             {

@@ -1,5 +1,6 @@
-"""Shared fixtures: compose the project's Hydra config in-process, run the CLI in a subprocess;
-tests marked ``gpu`` are skipped where no CUDA device is present."""
+"""Shared fixtures: compose the project's Hydra config in-process, run the CLI in a subprocess, the
+book's seed-123 gpt2_small (built once per suite); tests marked ``gpu`` are skipped where no CUDA
+device is present."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt_lab.model.gpt import GPTModel
 from gpt_lab.run.job import quiet_known_warnings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -36,6 +38,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _quiet_known_warnings() -> None:
     """The warnings a run silences at start-up, silenced in every test too (pytest resets filters per test)."""
     quiet_known_warnings()
+
+
+@pytest.fixture(scope="session")
+def book_model() -> GPTModel:
+    """Chapter 4's gpt2_small as the book builds it (``torch.manual_seed(123)``, then the model, in
+    eval mode): the golden output's model, built once per suite. Tests only read it (generation
+    restores the mode it found); a test that changes weights builds its own."""
+    import torch
+    from book_reference import GPT_CONFIG_124M
+
+    torch.manual_seed(123)
+    return GPTModel(GPT_CONFIG_124M).eval()
 
 
 @pytest.fixture

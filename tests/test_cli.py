@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from book_reference import GPT_CONFIG_124M
+
 from gpt_lab.run.job import run_task
+from gpt_lab.tasks import sample
 
 # The chapter's golden generation: what the book's own code prints for seed 123.
 BOOK_OUTPUT_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
@@ -39,8 +43,27 @@ def test_cli_run_writes_the_run_directory_and_nothing_else(run_cli, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing outside the run directory
 
 
-def test_cli_default_run_reproduces_chapter_4(compose_config, tmp_path: Path) -> None:
+def test_cli_default_run_reproduces_chapter_4(compose_config, tmp_path: Path, book_model, monkeypatch) -> None:
+    """The default run builds gpt2_small right after seeding 123, as the book does, and prints its output.
+
+    The suite's one build of that model (``book_model``) stands in for the task's: the task must ask
+    for it with the random generator exactly as ``torch.manual_seed(123)`` leaves it, which is what
+    makes its weights the book's.
+    """
+    torch.manual_seed(123)
+    fresh_seed_123 = torch.get_rng_state()
+    builds = []
+
+    def build_model(model_cfg, init_from):
+        builds.append(torch.equal(torch.get_rng_state(), fresh_seed_123))
+        assert init_from is None
+        assert {k: model_cfg[k] for k in GPT_CONFIG_124M} == GPT_CONFIG_124M
+        assert not model_cfg["tie_weights"]
+        return book_model
+
+    monkeypatch.setattr(sample, "build_model", build_model)
     results = run_task(compose_config("logger=none"))  # no graph trace: just the book's numbers
+    assert builds == [True]
     assert results["output_ids"] == BOOK_OUTPUT_IDS
     assert results["output_text"] == BOOK_OUTPUT_TEXT
     assert (results["total_params"], results["total_params_tied"]) == (163_009_536, 124_412_160)

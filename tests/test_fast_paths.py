@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M
 from configs import TINY as BOOK_TINY
 from torch import nn
 
@@ -153,25 +149,53 @@ def test_busy_cpu_seconds_reads_the_kernels_tick_counts() -> None:
     assert busy_cpu_seconds({7}, stat) is None  # CPUs it does not list: unknown, not idle
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
-def test_core_monitor_sees_a_busy_process_and_not_its_own_work() -> None:
+class ScriptedClock:
+    """The three readings ``CoreMonitor`` takes, as a test scripts them: wall time, the machine's busy
+    CPU seconds (``/proc/stat``), this process's CPU time."""
+
+    def __init__(self, readings: list[tuple[float, float | None, float]]) -> None:
+        self.readings = iter(readings)
+        self.now: tuple[float, float | None, float] = (0.0, 0.0, 0.0)
+
+    def advance(self) -> None:
+        self.now = next(self.readings)
+
+    def monotonic(self) -> float:
+        return self.now[0]
+
+    def process_time(self) -> float:
+        return self.now[2]
+
+    def busy(self, cpus: set[int], stat: str | None = None) -> float | None:
+        return self.now[1]
+
+
+def test_core_monitor_counts_other_processes_not_its_own_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other processes' cores = (busy CPU seconds of the machine - this process's CPU seconds) / wall seconds."""
+    clock = ScriptedClock(
+        [
+            (10.0, 100.0, 5.0),  # the first reading (at construction)
+            (10.02, 100.1, 5.01),  # 20 ms later: too soon to tell (MIN_INTERVAL), the interval goes on
+            (10.5, 101.0, 5.5),  # 0.5 s: 1.0 busy s, 0.5 of them this process's: 1 core's worth of others
+            (11.5, 102.0, 6.5),  # 1 s: the machine's busy time is all this process's own: nobody else
+            (12.0, 102.1, 6.9),  # own time counted above the kernel's ticks (rounding): clamped to 0
+            (13.0, None, 7.0),  # /proc/stat unreadable: unknown
+        ]
+    )
+    monkeypatch.setattr(decoding, "time", clock)
+    monkeypatch.setattr(decoding, "busy_cpu_seconds", clock.busy)
+    clock.advance()
     monitor = CoreMonitor()
-    if not monitor.readable:
-        pytest.skip("/proc/stat does not list this process's CPUs")
-    time.sleep(0.1)
-    monitor.others()  # starts the interval
-    end = time.monotonic() + 0.5
-    while time.monotonic() < end:  # this process's own work
-        pass
-    background = monitor.others()  # whatever else the machine runs, without this process's work
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.6)
-        with_busy = monitor.others()
-    finally:
-        busy.kill()
-        busy.wait()
-    assert with_busy - background > 0.5  # one more process held (most of) a core
+    assert monitor.readable
+    answers = []
+    for _ in range(5):
+        clock.advance()
+        answers.append(monitor.others())
+    assert answers[0] is None
+    assert answers[1] == pytest.approx((101.0 - 100.0 - (5.5 - 5.0)) / (10.5 - 10.0))  # 1.0
+    assert answers[2] == pytest.approx(0.0)
+    assert answers[3] == 0.0
+    assert answers[4] is None
 
 
 class ScriptedMonitor:
@@ -237,14 +261,12 @@ def test_each_decoding_path_gives_the_book_loops_tokens(
 
 
 @pytest.mark.slow
-def test_golden_gpt2_small_with_fast_paths() -> None:
+def test_golden_gpt2_small_with_fast_paths(book_model: GPTModel) -> None:
     """The chapter's output through the cached fast path, with 2 threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch.manual_seed(123)
-        model = GPTModel(GPT_CONFIG_124M).eval()
-        out = generate(model, torch.tensor([[15496, 11, 314, 716]]), 10, 1024)
+        out = generate(book_model, torch.tensor([[15496, 11, 314, 716]]), 10, 1024)
     finally:
         torch.set_num_threads(before)
     assert out[0].tolist() == [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import shutil
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,7 +16,7 @@ from typing import Any, ClassVar
 import lightning as L
 import pytest
 import torch
-from configs import TINY_RUN
+from configs import TINY, TINY_RUN
 from omegaconf import DictConfig
 
 from gpt_lab.config import validate_config
@@ -228,14 +231,18 @@ def test_exact_resume_from_epoch_end_and_mid_epoch_checkpoints(
 
 
 class SignalAtBatch(L.Callback):
-    """Sends this process ``signum`` at the start of training batch ``batch`` (counted over the run)."""
+    """Sends this process ``signum`` at the start of training batch ``batch`` (counted over the run),
+    ``times`` times, ``gap_s`` seconds apart."""
 
-    def __init__(self, batch: int, signum: int = signal.SIGTERM) -> None:
-        self.batch, self.signum, self.seen = batch, signum, 0
+    def __init__(self, batch: int, signum: int = signal.SIGTERM, times: int = 1, gap_s: float = 0.02) -> None:
+        self.batch, self.signum, self.times, self.gap_s, self.seen = batch, signum, times, gap_s, 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if self.seen == self.batch:
-            os.kill(os.getpid(), self.signum)
+            for i in range(self.times):
+                if i:
+                    time.sleep(self.gap_s)
+                os.kill(os.getpid(), self.signum)
         self.seen += 1
 
 
@@ -263,6 +270,68 @@ def test_signal_writes_last_ckpt_and_the_resume_is_exact(
     resumed = train(run, *HARD, "ckpt_path=last")
     assert resumed["global_step"] == 24
     _assert_bit_identical(_weights(run), _weights(tmp_path / "whole"))
+
+
+def test_two_sigterms_20_ms_apart_stop_at_the_step_with_a_checkpoint(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    """Issue 21 case 7: a repeated SIGTERM (schedulers send more than one) is still SIGTERM, exit 143,
+    and still stops at the optimizer step's end with its checkpoint; only a second SIGINT stops at once."""
+    run = tmp_path / "run"
+    signal_at = ["+callbacks.signal._target_=test_long_runs.SignalAtBatch", "+callbacks.signal.batch=7"]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(run, *HARD, *signal_at, "+callbacks.signal.times=2", "+callbacks.signal.gap_s=0.02")
+    assert (stopped.value.signum, stopped.value.step, stopped.value.exit_code) == (signal.SIGTERM, 4, 143)
+    assert stopped.value.checkpoint == str(run / "checkpoints" / "last.ckpt")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    with pytest.raises(RunInterrupted) as at_once:  # Ctrl-C twice: mid-step, nothing saved
+        train(
+            tmp_path / "twice",
+            *HARD,
+            *signal_at,
+            f"+callbacks.signal.signum={int(signal.SIGINT)}",
+            "+callbacks.signal.times=2",
+        )
+    assert (at_once.value.signum, at_once.value.step, at_once.value.checkpoint) == (signal.SIGINT, 3, None)
+    assert not list((tmp_path / "twice" / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("link", ["dangling", "missing"])
+def test_ckpt_path_last_resumes_the_newest_checkpoint_whatever_last_ckpt_is(
+    tmp_path: Path, train: Callable[..., dict[str, Any]], link: str
+) -> None:
+    """Issue 21 case 1: a SIGKILL while Lightning rotates checkpoints (new file written, old one removed,
+    last.ckpt removed and linked again) leaves last.ckpt pointing at the removed file, or no last.ckpt."""
+    every_2 = ["callbacks.model_checkpoint.every_n_train_steps=2", *RECORDER]
+    train(tmp_path, *every_2, "trainer.max_steps=6")
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch00-step6.ckpt", "last.ckpt"]
+    (ckpts / "last.ckpt").unlink()
+    if link == "dangling":
+        (ckpts / "last.ckpt").symlink_to("epoch00-step4.ckpt")  # the file the rotation removed
+    resumed = train(tmp_path, *every_2, "trainer.max_steps=8", "ckpt_path=last")
+    assert [r["step"] for r in StepRecorder.records] == [6, 7]  # continued at step 6, not from 0
+    assert resumed["global_step"] == 8
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_a_moved_run_directory_keeps_updating_its_last_ckpt(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    """Issue 21 case 3: Lightning forgets which last.ckpt is its own when the directory moved, and
+    would write last-v1.ckpt beside it; every later ckpt_path=last would restart from the move."""
+    every_2 = ["callbacks.model_checkpoint.every_n_train_steps=2", *RECORDER]
+    train(tmp_path / "before", *every_2, "trainer.max_steps=4")
+    moved = tmp_path / "after"
+    shutil.move(tmp_path / "before", moved)
+    train(moved, *every_2, "trainer.max_steps=6", "ckpt_path=last")
+    assert [r["step"] for r in StepRecorder.records] == [4, 5]
+    names = sorted(p.name for p in (moved / "checkpoints").glob("*.ckpt"))
+    assert "last-v1.ckpt" not in names and "last.ckpt" in names
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    again = train(moved, *every_2, "trainer.max_steps=8", "ckpt_path=last")
+    assert [r["step"] for r in StepRecorder.records] == [6, 7] and again["global_step"] == 8
 
 
 def test_ckpt_path_last_starts_fresh_then_continues(
@@ -310,7 +379,7 @@ def test_warmup_longer_than_the_run_is_a_user_error(tmp_path: Path, train: Calla
             r"scheduler.warmup_ratio=-0.1 must be in \[0, 1\)",
         ),
         (["scheduler=warmup_cosine", "scheduler.warmup_steps=-2"], r"scheduler.warmup_steps=-2 must be >= 0"),
-        (["optim.clip_grad_norm=0"], r"optim.clip_grad_norm=0.0 must be > 0"),
+        (["optim.clip_grad_norm=0"], r"optim.clip_grad_norm=0.0 must be a finite number > 0"),
         (["callbacks.model_checkpoint.every_n_train_steps=0"], r"every_n_train_steps=0 must be a positive integer"),
         (["scheduler.name=linear"], r"scheduler.name=linear is not a schedule; choose one of constant, warmup_cosine"),
     ],
@@ -322,16 +391,33 @@ def test_bad_long_run_settings_are_config_errors(
         validate_config(config(tmp_path, *overrides))
 
 
-def test_appendix_d_preset_has_the_appendix_settings(compose_config: Callable[..., DictConfig]) -> None:
-    cfg = compose_config("experiment=appendix_d")
-    # chapter 5's run ...
-    assert (cfg.task.name, cfg.model.name, cfg.model.context_length, cfg.seed) == ("train", "gpt2_small", 256, 123)
-    assert (cfg.data.batch_size, cfg.data.stride or cfg.model.context_length, cfg.data.train_ratio) == (2, 256, 0.9)
-    assert cfg.data.path == "gpt_lab:the-verdict.txt"
-    # ... plus appendix D's schedule and clipping
-    assert (cfg.trainer.max_epochs, cfg.optim.lr, cfg.optim.clip_grad_norm) == (15, 0.001, 1.0)
-    s = cfg.scheduler
-    assert (s.name, s.warmup_ratio, s.initial_lr, s.min_lr) == ("warmup_cosine", 0.2, 1e-5, 1e-5)
+def test_appendix_d_preset_runs_the_appendix_schedule(compose_config: Callable[..., DictConfig]) -> None:
+    """experiment=appendix_d builds the appendix's run (BOOK_FIGURES.md): chapter 5's loaders for 15
+    epochs = 135 optimizer steps, 27 of them warmup, and the learning rates its notebook computes."""
+    from hydra.utils import get_class, instantiate
+
+    from gpt_lab.tasks.train import build_datamodule
+    from gpt_lab.training.schedule import resolve_schedule
+
+    cfg = validate_config(compose_config("experiment=appendix_d"))
+    assert cfg.task.name == "train" and cfg.seed == 123
+    data = build_datamodule(cfg, cfg.model.context_length)
+    data.setup("fit")
+    assert [tuple(x.shape) for x, _ in data.train_dataloader()] == [(2, 256)] * 9  # chapter 5's loaders
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    total = trainer.max_epochs * 9 // trainer.accumulate_grad_batches
+    assert total == 135
+    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
+    assert lit.hparams.clip_grad_norm == 1.0
+    schedule = lit.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert resolve_schedule(schedule, total) == 27
+    used = []
+    for _ in range(total):  # what the optimizer would use at each step (no gradients: nothing moves)
+        used.append(schedule.optimizer.param_groups[0]["lr"])
+        schedule.optimizer.step()
+        schedule.step()
+    expected = [_appendix_d_lr(s, 1e-3, 135, 27, 1e-5, 1e-5) for s in range(135)]
+    assert used == pytest.approx(expected, rel=1e-9)
 
 
 def test_the_verdict_ships_with_the_package() -> None:
@@ -415,9 +501,111 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, train: Callable[..., dict[str, A
     assert results["global_step"] == 4 and results["train_loss"] < results["initial_train_loss"]
 
 
-def test_pretrain_preset_composes_for_corpus_runs(compose_config: Callable[..., DictConfig]) -> None:
-    cfg = compose_config("experiment=pretrain", "data.dir=data/books")
-    assert (cfg.model.name, cfg.model.context_length, cfg.data.name) == ("gpt2_small", 1024, "corpus")
-    assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.optim.clip_grad_norm) == ("warmup_cosine", 2000, 1.0)
-    assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000 and cfg.trainer.limit_val_batches == 50
-    validate_config(cfg)  # every value fits the schema and its ranges
+def test_pretrain_preset_runs_nanogpts_gpt2_schedule(compose_config: Callable[..., DictConfig]) -> None:
+    """experiment=pretrain builds what conf/experiment/pretrain.yaml says it takes from the book and
+    nanoGPT's GPT-2 recipe, checked on the built objects: the book's gpt2_small, AdamW (weight decay
+    0.1) at nanoGPT's rates (2,000 warmup steps from 0 to 6e-4, cosine to 6e-5 over the run),
+    clipping at 1.0, 4 batches of 8 windows per step, a step checkpoint every 1,000 steps."""
+    from hydra.utils import get_class, instantiate
+
+    from gpt_lab.run.preflight import count_params_on_meta
+    from gpt_lab.training.schedule import resolve_schedule
+
+    cfg = validate_config(compose_config("experiment=pretrain", "data.dir=data/books"))
+    assert (cfg.task.name, cfg.data.name) == ("train", "corpus")
+    assert count_params_on_meta(cfg.model) == 163_009_536  # exercise 4.2's gpt2_small, context 1024
+    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
+    assert lit.hparams.clip_grad_norm == 1.0
+    optimizers = lit.configure_optimizers()
+    assert optimizers["optimizer"].defaults["weight_decay"] == 0.1
+    schedule = optimizers["lr_scheduler"]["scheduler"]
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    total = trainer.max_steps
+    assert resolve_schedule(schedule, total) == 2000
+    steps = [0, 1000, 1999, 2000, 51000, total - 1]
+    factor = schedule.lr_lambdas[0]
+    expected = [_appendix_d_lr(s, 6e-4, total, 2000, 0.0, 6e-5) for s in steps]
+    assert [6e-4 * factor(s) for s in steps] == pytest.approx(expected, rel=1e-9)
+    assert expected[3] == pytest.approx(6e-4) and expected[-1] == pytest.approx(6e-5, rel=1e-3)
+    assert (trainer.accumulate_grad_batches, cfg.data.batch_size) == (4, 8)
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+    assert checkpoint._every_n_train_steps == 1000  # (Lightning keeps it private)
+    assert cfg.trainer.limit_val_batches == 50  # data=corpus's bounded validation
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared corpus of four short documents (one litdata chunk per split)."""
+    from gpt_lab.data.corpus_prepare import prepare_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "src").mkdir()
+    words = ["the", "cat", "dog", "sat", "ran", "on", "under", "mat", "door", "and", "a", "big", "small", "red"]
+    for i in range(4):
+        draw = random.Random(i)
+        (root / "src" / f"doc{i}.txt").write_text(" ".join(draw.choice(words) for _ in range(150)) + ".\n")
+    prepare_corpus("src", root / "prepared", root, val_fraction=0.25, seed=123, num_workers=1)
+    return root / "prepared"
+
+
+def test_mid_epoch_resume_of_a_corpus_run_with_dropout_is_bit_identical(
+    tmp_path: Path, compose_config: Callable[..., DictConfig], small_corpus: Path
+) -> None:
+    """Issue 21 case 10: the dropout masks after a mid-epoch resume are the uninterrupted run's: the
+    corpus loaders draw their base seeds from generators of their own, not from torch's global one."""
+    settings = [
+        *SMALL,
+        "data=corpus",
+        f"data.dir={small_corpus}",
+        "data.batch_size=2",
+        "dropout=book",
+        "++trainer.max_steps=6",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    run_task(compose_config(*settings, run_dir=tmp_path / "whole"))
+    mid = tmp_path / "whole" / "checkpoints" / "epoch00-step3.ckpt"
+    assert torch.load(mid, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    run_task(compose_config(*settings, f"ckpt_path={mid}", run_dir=tmp_path / "resumed"))
+    _assert_bit_identical(_weights(tmp_path / "resumed"), _weights(tmp_path / "whole"))
+
+
+def test_trainer_loggers_and_callbacks_are_built_before_the_model_and_their_errors_name_the_keys(
+    tmp_path: Path, config: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: Hydra's instantiation errors become one config error naming every bad key, raised
+    before the model (or the data, or a checkpoint) is read."""
+    import gpt_lab.tasks.train
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was built before the Trainer")
+
+    monkeypatch.setattr(gpt_lab.tasks.train, "init_model_config", no_model)
+    bad = config(
+        tmp_path,
+        "+trainer.max_epoch=3",
+        "+callbacks.sampler._target_=gpt_lab.training.callbacks.SampleText",
+        "+callbacks.sampler.max_new_tokens=-1",
+        "+callbacks.extra._target_=gpt_lab.training.callbacks.NoSuchCallback",
+        "+trainer.gradient_clip_val=abc",
+    )
+    with pytest.raises(ConfigError) as refused:
+        run_task(bad)
+    message = str(refused.value)
+    for part in (
+        "trainer.max_epoch is not an argument of lightning.Trainer",
+        "callbacks.sampler: callbacks.sample_text.max_new_tokens=-1 must be >= 0",
+        "callbacks.extra._target_=gpt_lab.training.callbacks.NoSuchCallback cannot be imported",
+        "trainer.gradient_clip_val='abc' is not",
+    ):
+        assert part in message, message
+    assert "\n" not in message
+
+
+def test_ckpt_path_last_never_starts_afresh_over_checkpoints_that_do_not_load(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch00-step4.ckpt").write_bytes(b"half a checkpoint, copied by hand")
+    with pytest.raises(UserError, match=r"holds checkpoints, but none loads \(epoch00-step4.ckpt\)"):
+        train(tmp_path, "ckpt_path=last", "trainer.max_steps=2")

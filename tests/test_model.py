@@ -29,12 +29,6 @@ BOOK_SIZES = {  # exercise 4.2: total, with the head tied, MB
 }
 
 
-@pytest.fixture(scope="module")
-def book_model() -> GPTModel:
-    torch.manual_seed(123)
-    return GPTModel(GPT_CONFIG_124M).eval()
-
-
 def test_golden_generation_matches_book(book_model: GPTModel) -> None:
     tok = get_tokenizer()
     idx = torch.tensor([tok.encode("Hello, I am")])

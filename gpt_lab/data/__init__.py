@@ -1,4 +1,5 @@
-"""What the models read: chapter 5's text windows, corpus preparation (litdata chunks) and streaming."""
+"""What the models read: chapter 5's text windows, corpus preparation (litdata chunks) and streaming,
+and the fine-tuning data (preference pairs)."""
 
 from gpt_lab import lazy_exports
 
@@ -8,6 +9,7 @@ _NAMES = {
     "count_windows": "gpt_lab.data.corpus",
     "BoundedLoader": "gpt_lab.data.corpus",
     "CorpusDataModule": "gpt_lab.data.corpus",
+    "CorpusEvaluation": "gpt_lab.data.corpus",
     "CorpusError": "gpt_lab.data.corpus_prepare",
     "SourceScan": "gpt_lab.data.corpus_prepare",
     "is_url": "gpt_lab.data.corpus_prepare",
@@ -24,6 +26,13 @@ _NAMES = {
     "read_meta": "gpt_lab.data.corpus_prepare",
     "write_meta": "gpt_lab.data.corpus_prepare",
     "prepare_corpus": "gpt_lab.data.corpus_prepare",
+    "PreferenceDataError": "gpt_lab.data.preferences",
+    "PreferencePair": "gpt_lab.data.preferences",
+    "read_preference_entries": "gpt_lab.data.preferences",
+    "split_preference_entries": "gpt_lab.data.preferences",
+    "encode_pair": "gpt_lab.data.preferences",
+    "collate_preferences": "gpt_lab.data.preferences",
+    "PreferenceDataModule": "gpt_lab.data.preferences",
     "DataError": "gpt_lab.data.text",
     "packaged_text": "gpt_lab.data.text",
     "GPTDatasetV1": "gpt_lab.data.text",
@@ -31,6 +40,13 @@ _NAMES = {
     "read_text": "gpt_lab.data.text",
     "split_text": "gpt_lab.data.text",
     "TextDataModule": "gpt_lab.data.text",
+    "ClassificationDataModule": "gpt_lab.data.classification",
+    "read_labelled": "gpt_lab.data.classification",
+    "balance_examples": "gpt_lab.data.classification",
+    "split_examples": "gpt_lab.data.classification",
+    "pandas_sample_positions": "gpt_lab.data.classification",
+    "TextEvaluation": "gpt_lab.data.text",
+    "EvaluationWindows": "gpt_lab.data.text",
     "InstructionDataError": "gpt_lab.data.instructions",
     "read_entries": "gpt_lab.data.instructions",
     "split_sizes": "gpt_lab.data.instructions",

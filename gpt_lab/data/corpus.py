@@ -1,4 +1,4 @@
-"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/corpus.py).
+"""``data=corpus``: windows streamed from a corpus that ``task=prepare`` wrote (gpt_lab/data/corpus_prepare.py).
 
 A window is ``context_length + 1`` consecutive tokens of one litdata chunk (litdata's
 ``TokensLoader`` cuts each chunk into such blocks; the last partial block of a chunk is not used);
@@ -10,6 +10,7 @@ continues with the same batches). Under DDP each rank reads different windows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus_prepare import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
+from gpt_lab.data.text import EvaluationWindows
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,55 @@ def split_chunks(data_dir: str, split: str) -> list[dict[str, Any]]:
 def count_windows(chunks: list[dict[str, Any]], block_size: int) -> int:
     """Windows of ``block_size`` tokens litdata's TokensLoader cuts from these chunks (none spans two)."""
     return sum(chunk["dim"] // block_size for chunk in chunks)
+
+
+def _missing_part(data_dir: str) -> str | None:
+    """What of a local prepared ``data_dir`` is gone (None: all there, or not a local directory)."""
+    if is_url(data_dir):
+        return None
+    for split in SPLITS:
+        index = Path(data_dir, split, INDEX_FILE)
+        if not index.is_file():
+            return str(index)
+        try:
+            chunks = json.loads(index.read_text(encoding="utf-8"))["chunks"]
+        except (OSError, ValueError, KeyError):
+            return str(index)
+        for chunk in chunks:
+            if not Path(data_dir, split, chunk["filename"]).is_file():
+                return str(Path(data_dir, split, chunk["filename"]))
+    return None
+
+
+@functools.cache
+def _checked_loader_class() -> type:
+    """litdata's ``StreamingDataLoader`` that says so when the corpus it reads is removed under it.
+
+    litdata waits for a missing local chunk as for a download and then blames a download thread;
+    this loader turns that into a ``CorpusError`` naming the missing file. It stays litdata's
+    loader otherwise (Lightning saves and restores its position).
+    """
+    from litdata import StreamingDataLoader
+
+    class CheckedStreamingDataLoader(StreamingDataLoader):
+        def __init__(self, data_dir: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.gpt_lab_data_dir = data_dir
+
+        def __iter__(self) -> Iterator[Any]:
+            try:
+                yield from super().__iter__()
+            except Exception:
+                missing = _missing_part(self.gpt_lab_data_dir)
+                if missing is None:
+                    raise
+                raise CorpusError(
+                    f"data.dir={self.gpt_lab_data_dir} changed while this run read it ({missing} is gone): a "
+                    "prepared corpus must stay in place while it trains; put it back (or prepare it again with "
+                    "task=prepare, the same sources and settings give the same chunks) and resume with ckpt_path=last"
+                ) from None
+
+    return CheckedStreamingDataLoader
 
 
 class BoundedLoader:
@@ -191,14 +242,17 @@ class CorpusDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> Any:
-        from litdata import StreamingDataLoader
-
-        return StreamingDataLoader(
+        return _checked_loader_class()(
+            self.data_dir,
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             drop_last=drop_last,
             collate_fn=shift_windows,
+            # Each iterator draws its base seed from this generator, not from torch's global one, which
+            # the dropout masks draw from: a resumed run's masks are then the uninterrupted run's
+            # (issue 21 case 10; the window order is litdata's own, from ``seed`` and the epoch).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> Any:
@@ -217,6 +271,11 @@ class CorpusDataModule(L.LightningDataModule):
         return BoundedLoader(self._loader(split, shuffle=False, drop_last=False), self.eval_max_batches)
 
     @classmethod
+    def evaluation_data(cls, cfg: Any) -> CorpusEvaluation:
+        """``task=evaluate``'s data: the prepared directory checked before the model is built."""
+        return CorpusEvaluation(cfg)
+
+    @classmethod
     def from_config(cls, cfg: Any, context_length: int) -> CorpusDataModule:
         """The ``data=corpus`` module of a run: ``data.dir`` resolved against ``paths.root_dir`` (a URL stays)."""
         if not cfg.data.dir:
@@ -232,4 +291,29 @@ class CorpusDataModule(L.LightningDataModule):
             seed=cfg.seed,
             num_workers=cfg.data.loader_workers,
             eval_max_batches=cfg.data.eval_max_batches,
+        )
+
+
+class CorpusEvaluation:
+    """``task=evaluate data=corpus``: the first ``data.eval_max_batches`` batches of the val split."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        # The directory is checked before the model is read; init_from's weights fix the context length,
+        # so with them the windows are counted once the model is built.
+        CorpusDataModule.from_config(cfg, 1 if cfg.init_from else cfg.model.context_length).setup("validate")
+
+    def windows(self, context_length: int) -> EvaluationWindows:
+        corpus = CorpusDataModule.from_config(self.cfg, context_length)
+        corpus.setup("validate")
+        batches = corpus.eval_dataloader("val")
+        n_windows = min(corpus.windows["val"], len(batches) * corpus.batch_size)
+        data = self.cfg.data
+        return EvaluationWindows(
+            batches,
+            windows=n_windows,
+            tokens=n_windows * context_length,
+            fields=corpus.split_sizes(),
+            hparams={"dir": data.dir, "batch_size": data.batch_size, "eval_max_batches": data.eval_max_batches},
+            description=f"{corpus.data_dir}: {n_windows:,} validation windows of {context_length}",
         )

@@ -140,6 +140,59 @@ def split_text(text: str, train_ratio: float) -> tuple[str, str]:
     return text[:split_idx], text[split_idx:]
 
 
+class EvaluationWindows:
+    """What ``task=evaluate`` reads, once the model's context length is known (one per data module):
+    ``batches`` (``(inputs, targets)`` in order), how many ``windows`` and target ``tokens`` they
+    hold, the results.json ``fields`` and TensorBoard ``hparams`` describing the data, a log line."""
+
+    def __init__(
+        self,
+        batches: Any,
+        windows: int,
+        tokens: int,
+        fields: dict[str, Any],
+        hparams: dict[str, Any],
+        description: str,
+    ) -> None:
+        self.batches, self.windows, self.tokens = batches, windows, tokens
+        self.fields, self.hparams, self.description = fields, hparams, description
+
+
+class TextEvaluation:
+    """``task=evaluate data=text``: the book's windows over the whole of ``data.path`` (no split)."""
+
+    def __init__(self, cfg: Any) -> None:
+        if not cfg.data.path:
+            raise DataError("task=evaluate needs a text file: add data.path=/path/to/text.txt")
+        path = packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path)
+        assert path is not None
+        self.path, self.cfg = path, cfg
+        self.ids = torch.tensor(text_to_token_ids(read_text(path), get_tokenizer()), dtype=torch.long)
+        if len(self.ids) < 2:
+            raise DataError(f"data.path={cfg.data.path} holds {len(self.ids)} token(s); evaluation needs at least 2")
+
+    def windows(self, context_length: int) -> EvaluationWindows:
+        # A text shorter than one context still gets one (shorter) window.
+        max_length = min(context_length, len(self.ids) - 1)
+        stride = self.cfg.data.stride or max_length
+        windows = GPTDatasetV1(self.ids, max_length, stride)
+        batches = DataLoader(windows, batch_size=self.cfg.data.batch_size, shuffle=False, drop_last=False)
+        return EvaluationWindows(
+            batches,
+            windows=len(windows),
+            tokens=windows.target_ids.numel(),
+            fields={"data_path": str(self.path)},
+            hparams={
+                "path": self.cfg.data.path,
+                "batch_size": self.cfg.data.batch_size,
+                "stride": self.cfg.data.stride,
+            },
+            description=(
+                f"{self.path}: {len(self.ids):,} tokens, {len(windows):,} windows of {max_length} (stride {stride})"
+            ),
+        )
+
+
 class TextDataModule(L.LightningDataModule):
     """Training and validation windows over the UTF-8 text at ``path``.
 
@@ -265,6 +318,11 @@ class TextDataModule(L.LightningDataModule):
             num_workers=cfg.data.num_workers,
             seed=cfg.seed,
         )
+
+    @classmethod
+    def evaluation_data(cls, cfg: Any) -> TextEvaluation:
+        """``task=evaluate``'s data: read and checked before the model is built."""
+        return TextEvaluation(cfg)
 
     def describe(self) -> str:
         """One log line on what was read."""

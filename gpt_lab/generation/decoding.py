@@ -21,7 +21,10 @@ microseconds) and notices a core taken or freed mid-generation within ``CHECK_EV
 the two paths against each other does not work: a short split burst is often lucky under load,
 because a thread that has just woken up preempts the busy process for a moment, and a long one
 costs as much as the collapse it is meant to avoid.) Where ``/proc/stat`` cannot be read the split
-path is used.
+path is used. Choosing once per ``generate`` call instead (the first look decides) tied under a
+steady load but is stuck with a wrong first look, or with a load that starts mid-call, for the whole
+call; it needs the same ``/proc/stat`` reading, so the re-check stays (docs/performance.md, "The CPU
+decoding path").
 
 Usage (``generate`` does this)::
 

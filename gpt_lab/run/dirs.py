@@ -10,7 +10,9 @@ those processes inherit.
 ``RunDirGuard`` (a Hydra callback) refuses, before Hydra writes anything, a run aimed with
 ``hydra.run.dir=...`` at a directory that holds another run's results.json, unless the run
 resumes that run (``ckpt_path=last`` or a checkpoint inside that directory); and a sweep aimed
-with ``hydra.sweep.dir=...`` at a directory that already holds a sweep.
+with ``hydra.sweep.dir=...`` at a directory that already holds a sweep. A run holds an advisory
+lock on its directory (``.run.lock``, ``fcntl.flock``) while its process lives: a resume of a run
+that is still going is refused, whatever pid its results.json names.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, read_results
-from gpt_lab.run.status import is_rank_zero
-from gpt_lab.storage import pid_alive, remove_stale_temp_files
+from gpt_lab.run.status import is_rank_zero, watch_sweep
+from gpt_lab.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,51 @@ def resumes_run(config: DictConfig, run_dir: Path) -> bool:
     return path.is_relative_to(run_dir.resolve())
 
 
+LOCK_FILE = ".run.lock"
+# The run directories this process holds (their lock files stay open until the process ends).
+_held: dict[str, Any] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an advisory lock (``fcntl.flock``) on ``run_dir/.run.lock`` for the rest of this process.
+
+    The operating system releases it when the process ends, however it ends (SIGKILL, a crash), so
+    a lock that cannot be taken means a live run: another process of this machine, or of another
+    one sharing the directory where the filesystem supports flock. Raises ``RunDirError`` naming
+    the pid that holds it. Where flock is unavailable (not POSIX), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    key = str(run_dir.resolve())
+    if key in _held:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the process's life)
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = (lock.read().strip().splitlines() or ["unknown"])[0]
+        lock.close()
+        raise RunDirError(
+            f"hydra.run.dir={run_dir} belongs to a run that is still running (pid {holder}, which holds "
+            f"{LOCK_FILE}); wait for it to end or stop it before resuming it"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+    lock.flush()
+    _held[key] = lock
+
+
 def check_run_dir(config: DictConfig, run_dir: Path) -> None:
-    """Refuse (exit 2) a run whose directory holds another run's results.json, unless it resumes it."""
+    """Refuse (exit 2) a run whose directory holds another run's results.json, unless it resumes it;
+    refuse a resume while that run is still alive (its lock is held); else lock the directory."""
     results_path = run_dir / RESULTS_FILE
     if not results_path.is_file():
+        lock_run_dir(run_dir)
         return
     try:
         previous: dict[str, Any] = read_results(run_dir) or {}
@@ -102,13 +145,7 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
         previous = {}
     status = previous.get("status", "unknown")
     if resumes_run(config, run_dir):
-        pid = previous.get("pid")
-        alive = isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)
-        if status == "running" and previous.get("host") == socket.gethostname() and alive:
-            _refuse(
-                f"hydra.run.dir={run_dir} belongs to a run that is still running (pid {pid}); "
-                "wait for it to end or stop it before resuming it"
-            )
+        lock_run_dir(run_dir)  # a live run holds it; a pid in results.json proves nothing (pids are reused)
         for path in remove_stale_temp_files(run_dir):
             log.info("Removed %s, left by a writer that was killed", path)
         return
@@ -137,8 +174,12 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
-            check_run_dir(config, Path(str(config.hydra.run.dir)))
+            try:
+                check_run_dir(config, Path(str(config.hydra.run.dir)))
+            except RunDirError as err:
+                _refuse(str(err))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
             check_sweep_dir(Path(str(config.hydra.sweep.dir)))
+            watch_sweep(str(config.hydra.sweep.dir))  # an interrupted parallel sweep waits for its jobs there

@@ -15,7 +15,6 @@ interrupted sweep still writes its summary.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import logging
@@ -26,7 +25,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -121,10 +119,9 @@ def run_command_line(hydra_main: Callable[[], Any]) -> None:
     """scripts/run.py's whole body: run the ``@hydra.main`` function, signals turned into exit statuses.
 
     SIGINT / SIGTERM anywhere (in a job, between a sweep's jobs) end the process with status 130 /
-    143. A sweep whose jobs run in processes of their own (``hydra/launcher=parallel``) passes the
-    signal on to them and waits for them to record their stop (each job writes its checkpoint and
-    its results.json); an interrupted sweep then writes its summary, the jobs it did not reach
-    marked "not run".
+    143. A sweep whose jobs run in processes of their own (``hydra/launcher=parallel``) first passes
+    the signal on to them and waits for them to record their stop (``gpt_lab.run.status``); an
+    interrupted sweep then writes its summary, the jobs it did not reach marked "not run".
     """
     install_signal_handlers()
     try:
@@ -132,7 +129,6 @@ def run_command_line(hydra_main: Callable[[], Any]) -> None:
     except (RunInterrupted, KeyboardInterrupt) as err:
         interrupted = as_interruption(err)
         assert interrupted is not None
-        stop_child_processes(interrupted.signum)
         finish_interrupted_sweep(interrupted.signal_name)
         print(f"gpt_lab: {interrupted}", file=sys.stderr, flush=True)
         raise SystemExit(interrupted.exit_code) from None
@@ -145,50 +141,6 @@ def exit_with_error(err: UserError | StorageError) -> SystemExit:
     a user error); return the ``SystemExit`` to raise: status 2 for a user error, 1 for a full disk."""
     print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
     return SystemExit(USER_ERROR_EXIT_CODE if isinstance(err, UserError) else EXIT_FAILURE)
-
-
-# How long an interrupted sweep waits for its job processes to write their checkpoints and results.
-CHILD_STOP_TIMEOUT_S = 120.0
-
-
-def stop_child_processes(signum: int, timeout: float = CHILD_STOP_TIMEOUT_S) -> list[int]:
-    """Send ``signum`` to this process's live child processes and wait (at most ``timeout``) for them to end.
-
-    A parallel launcher's job processes (joblib's workers) are stopped like the command line: each
-    one's ``StopOnSignal`` writes the checkpoint and raises, and its results.json records the stop.
-    Children read from ``/proc`` (Linux); elsewhere nothing is sent. Returns the pids signalled.
-    """
-    children = _child_pids()
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-    deadline = time.monotonic() + timeout
-    waiting = list(children)
-    while waiting and time.monotonic() < deadline:
-        waiting = [pid for pid in waiting if _alive(pid)]
-        if waiting:
-            time.sleep(0.1)
-    if waiting:
-        log.warning("gpt_lab: job processes %s still running %.0f s after the signal", waiting, timeout)
-    return children
-
-
-def _child_pids() -> list[int]:
-    """The live child processes of this one, from ``/proc/<pid>/task/*/children``."""
-    pids: set[int] = set()
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        with contextlib.suppress(OSError, ValueError):
-            pids.update(int(pid) for pid in children.read_text().split())
-    return sorted(pids)
-
-
-def _alive(pid: int) -> bool:
-    """A child that has ended (a zombie until reaped) is not alive."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpt_lab.errors import ConfigError
-from gpt_lab.run.status import USER_ERROR_EXIT_CODE
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -73,24 +72,6 @@ def _default_option(conf_dir: Path, group: str) -> str | None:
     return None
 
 
-def _overridden_groups(conf_dir: Path, group: str, option: str | None) -> dict[str, str]:
-    """The options ``group=option``'s defaults list chooses for other groups (``- override /data: instructions``)."""
-    from omegaconf import OmegaConf
-
-    path = conf_dir / group / f"{option}.yaml"
-    if not option or not path.is_file():
-        return {}
-    node = OmegaConf.to_container(OmegaConf.load(path))
-    picked = {}
-    for entry in (node.get("defaults") or []) if isinstance(node, dict) else []:
-        if isinstance(entry, dict):
-            for key, value in entry.items():
-                name = key.removeprefix("override ").strip().lstrip("/")
-                if isinstance(value, str):
-                    picked[name] = value
-    return picked
-
-
 def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list[str]:
     """One message per ``group.key=value`` whose key the chosen option of ``group`` lacks but another has."""
     overrides = _overrides(args)
@@ -100,8 +81,9 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
         key, _, value = text.lstrip("+").partition("=")
         if key in groups and "," not in value:
             chosen[key] = value
-    for group, option in list(chosen.items()):  # experiment=ch07 picks data=instructions ("override /data: ...")
-        for other, picked in _overridden_groups(conf_dir, group, option).items():
+    # A preset chooses options too (experiment=ch06: data=classification); the command line wins.
+    for group, option in list(chosen.items()):
+        for other, picked in _preset_choices(conf_dir, group, option).items():
             chosen.setdefault(other, picked)
     problems = []
     for text in overrides:
@@ -122,6 +104,33 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
                 f"{group}={option}: add {group}={owners[0]}"
             )
     return problems
+
+
+def _preset_choices(
+    conf_dir: Path, group: str, option: str | None, seen: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """``{group: option}`` that ``conf/<group>/<option>.yaml`` picks with ``override /group: option``
+    in its defaults list, following the presets it includes (``ch06_lora`` includes ``ch06``)."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / group / f"{option}.yaml"
+    if not option or option in seen or not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    picks: dict[str, str] = {}
+    included: list[str] = []
+    for entry in (node.get("defaults") or []) if isinstance(node, dict) else []:
+        if isinstance(entry, str) and entry != "_self_":
+            included.append(entry.strip())
+        elif isinstance(entry, dict):
+            for key, value in entry.items():
+                name = str(key).removeprefix("override").strip().lstrip("/")
+                if isinstance(value, str):
+                    picks[name] = value
+    for other in included:  # the preset's own overrides win over those it includes
+        for key, value in _preset_choices(conf_dir, group, other, seen | {option}).items():
+            picks.setdefault(key, value)
+    return picks
 
 
 def _overrides(args: Iterable[str]) -> list[str]:
@@ -174,5 +183,6 @@ def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR
     args = sys.argv[1:] if args is None else args
     problems = unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
     if problems:
-        print(f"gpt_lab: error: {ConfigError('; '.join(problems))}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT_CODE)
+        from gpt_lab.run.job import exit_with_error  # the one printer of a user error (exit status 2)
+
+        raise exit_with_error(ConfigError("; ".join(problems)))

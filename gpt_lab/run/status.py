@@ -14,10 +14,14 @@ and the command line (``gpt_lab.run.job.run_command_line``) ends with its exit s
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from gpt_lab.errors import RunInterrupted
@@ -29,6 +33,8 @@ __all__ = [
     "as_interruption",
     "install_signal_handlers",
     "is_rank_zero",
+    "stop_job_processes",
+    "watch_sweep",
 ]
 
 EXIT_FAILURE = 1  # a failure that is not the user's input: a bug, a full disk
@@ -66,7 +72,86 @@ def install_signal_handlers() -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    stop_job_processes(signum)
     raise RunInterrupted(signum)
+
+
+# How long an interrupted sweep waits for its job processes to write their checkpoints and results.
+JOB_STOP_TIMEOUT_S = 120.0
+# The processes a parallel launcher runs jobs in: joblib's loky workers (hydra/launcher=parallel).
+_JOB_PROCESS_MARK = b"popen_loky"
+
+
+def stop_job_processes(signum: int, timeout: float = JOB_STOP_TIMEOUT_S) -> list[int]:
+    """Pass ``signum`` on to the parallel launcher's job processes and wait until their jobs recorded the stop.
+
+    Each job then stops like a run of its own: ``StopOnSignal`` writes the checkpoint and its
+    results.json records the stop. It must happen before this process raises: the launcher,
+    interrupted, kills its workers. A job is done when its process ended or its results.json (in the
+    sweep directory) no longer says "running". Read from ``/proc`` (Linux); elsewhere, and in a
+    process with no such children (a single run, whose DataLoader workers must not be signalled),
+    nothing is sent. A repeated SIGTERM changes nothing in a job; a SIGINT from a terminal reached
+    them already, so only SIGTERM is passed on. Returns the pids signalled.
+    """
+    jobs = [pid for pid in _child_pids() if _JOB_PROCESS_MARK in _cmdline(pid)]
+    if not jobs:
+        return []
+    if signum == signal.SIGTERM:
+        for pid in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    sweep_dir = _sweep
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {pid for pid in jobs if _alive(pid)}
+        if not alive or sweep_dir is None or not _running_jobs(sweep_dir) & alive:
+            break
+        time.sleep(0.05)
+    return jobs
+
+
+def watch_sweep(sweep_dir: str | Path | None) -> None:
+    """The sweep directory this process launches jobs into (``RunDirGuard`` at a multirun's start)."""
+    global _sweep
+    _sweep = Path(sweep_dir) if sweep_dir is not None else None
+
+
+_sweep: Path | None = None
+
+
+def _running_jobs(sweep_dir: Path) -> set[int]:
+    """The pids that results.json files under ``sweep_dir`` name as "running"."""
+    pids = set()
+    for path in sweep_dir.glob("**/results.json"):
+        with contextlib.suppress(OSError, ValueError):
+            results = json.loads(path.read_text(encoding="utf-8"))
+            if results.get("status") == "running" and isinstance(results.get("pid"), int):
+                pids.add(results["pid"])
+    return pids
+
+
+def _child_pids() -> list[int]:
+    pids: set[int] = set()
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(pid) for pid in children.read_text().split())
+    return sorted(pids)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Still running: an ended child is a zombie (Z) until its parent reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def as_interruption(err: BaseException) -> RunInterrupted | None:

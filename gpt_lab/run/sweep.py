@@ -45,7 +45,19 @@ COLUMNS = (
 )
 MODEL_SIZE_KEYS = ("emb_dim", "n_layers", "n_heads", "context_length")
 # Shown too when at least one job has them (training and evaluation runs).
-OPTIONAL_COLUMNS = ("train_loss", "val_loss", "loss", "perplexity", "step", "error")
+OPTIONAL_COLUMNS = (
+    "train_loss",
+    "val_loss",
+    "loss",
+    "perplexity",
+    "train_accuracy",  # classification runs (issue 18): the book's table, with the time per row
+    "val_accuracy",
+    "test_accuracy",
+    "trainable_params",
+    "train_seconds",
+    "step",
+    "error",
+)
 
 
 class SweepSummary(Callback):

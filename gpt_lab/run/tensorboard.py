@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -61,6 +61,21 @@ def flatten_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict[str, bool
         else:
             flat[name] = str(value)
     return flat
+
+
+def run_hparams(cfg: DictConfig, keys: Iterable[str] = (), **given: Any) -> dict[str, bool | int | float | str]:
+    """The one builder of a run's TensorBoard hyper-parameters (HPARAMS tab), for every task.
+
+    ``keys`` are read from ``cfg`` (a config node as a plain tree), ``given`` adds or replaces entries
+    with values the task knows better (the model as built, its data settings); the whole is
+    flattened to ``{"model/emb_dim": 768, ...}`` (``flatten_hparams``).
+    """
+    tree: dict[str, Any] = {}
+    for key in keys:
+        value = cfg.get(key)
+        tree[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    tree.update(given)
+    return flatten_hparams(tree)
 
 
 def write_run_tensorboard(

@@ -3,7 +3,7 @@
     python scripts/run.py task=prepare data=corpus data.source=<file|dir|glob> data.dir=<dir>
 
 Writes ``data.dir/train/``, ``data.dir/val/`` (litdata token chunks) and, last, ``data.dir/meta.json``
-(see gpt_lab/corpus.py). Preparing the same sources again does nothing.
+(see gpt_lab/data/corpus_prepare.py). Preparing the same sources again does nothing.
 """
 
 from __future__ import annotations

@@ -21,10 +21,13 @@ from gpt_lab.generation.prompts import continue_prompt, encode_prompt
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
-from gpt_lab.run.tensorboard import flatten_hparams, write_run_tensorboard
+from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
+
+# The run's settings in TensorBoard's HPARAMS tab: the model's keys and the generation settings.
+HPARAM_KEYS = ("task", "model", "seed", "prompt", "prompts", "max_new_tokens", "temperature", "top_k", "init_from")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg,
         model,
         torch.tensor([prompt_ids[0]]),
-        hparams=_hparams(cfg),
+        hparams=run_hparams(cfg, HPARAM_KEYS),
         metrics={
             "generation/tokens_per_second": speed,
             "model/total_params": float(report["total_params"]),
@@ -101,9 +104,3 @@ def _log_to_files(message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def _hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
-    """The run's hyper-parameters as primitives: the model's keys and the generation settings."""
-    keys = ("task", "model", "seed", "prompt", "prompts", "max_new_tokens", "temperature", "top_k", "init_from")
-    return flatten_hparams({k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys})

@@ -41,6 +41,14 @@ class InitialLossEvaluation(L.Callback):
     def __init__(self) -> None:
         self.train_loss: float | None = None
         self.val_loss: float | None = None
+        # By split, everything an objective with ``eval_metrics(batches) -> dict`` reports (DPO: rewards).
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def _measure(self, pl_module: L.LightningModule, loader: Any) -> dict[str, float]:
+        """The objective's metrics over ``loader``: its ``eval_metrics`` when it has one, else its mean loss."""
+        if callable(getattr(pl_module, "eval_metrics", None)):
+            return dict(pl_module.eval_metrics(loader))
+        return {"loss": pl_module.mean_loss(loader)}
 
     # At the first batch rather than at on_train_start: after every start-up check of the module's own
     # on_train_start (the schedule against the run's length), which should fail before this long pass.
@@ -49,19 +57,29 @@ class InitialLossEvaluation(L.Callback):
             return  # resumed, or measured already: before the first run's first step
         # Evaluation must not move the random streams the training run draws from.
         with isolate_rng():
-            self.train_loss = pl_module.mean_loss(_eval_loader(trainer, "train"))
-            self.val_loss = pl_module.mean_loss(_eval_loader(trainer, "val"))
+            self.metrics = {split: self._measure(pl_module, _eval_loader(trainer, split)) for split in ("train", "val")}
+        self.train_loss, self.val_loss = self.metrics["train"]["loss"], self.metrics["val"]["loss"]
+        extra = {f"val/{k}": v for k, v in self.metrics["val"].items() if k != "loss"}
         for logger in trainer.loggers:
-            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss}, step=0)
+            logger.log_metrics({"train/loss_initial": self.train_loss, "val/loss": self.val_loss, **extra}, step=0)
         if trainer.is_global_zero:
             log.info("Initial losses: training %.4f, validation %.4f", self.train_loss, self.val_loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss}
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "metrics": self.metrics}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_loss = state_dict.get("train_loss")
         self.val_loss = state_dict.get("val_loss")
+        self.metrics = dict(state_dict.get("metrics") or {})
+
+    def initial_results(self) -> dict[str, float | None]:
+        """results.json fields: ``initial_train_loss``, ``initial_val_loss`` and any other metric by split
+        (``initial_val_reward_margin``, ...)."""
+        out: dict[str, float | None] = {"initial_train_loss": self.train_loss, "initial_val_loss": self.val_loss}
+        for split, metrics in self.metrics.items():
+            out.update({f"initial_{split}_{k}": v for k, v in metrics.items() if k != "loss"})
+        return out
 
 
 class LossHistory(L.Callback):
@@ -173,6 +191,8 @@ class SampleText(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if not getattr(pl_module, "generates_text", True):  # e.g. a classifier: its head outputs classes
+            return
         text = self.sample(pl_module)
         self.last_text = text
         log.info("Sample at step %d: %s", trainer.global_step, text.replace("\n", " "))
@@ -194,7 +214,14 @@ class Throughput(L.Callback):
     """Logs ``train/tokens_per_sec`` every step (all processes together; also on the progress bar)
     and ``train/mfu`` (model FLOPs utilisation) where Lightning knows the device's peak FLOPs (CUDA
     GPUs; not CPUs). A step is timed from batch start to batch end (forward, backward, optimizer),
-    so data loading and validation are left out."""
+    so data loading and validation are left out.
+
+    Kept beside Lightning's ``ThroughputMonitor`` (issue 17) for what that one does not give: a
+    value from the first step (it reports rolling rates only once ``window_size`` batches, default
+    100, have passed: measured on chapter 5's run, ``experiment=ch05``, 90 optimizer steps, it
+    logged 0 points where this logged 90), the ``train/tokens_per_sec`` name the dashboards use
+    (it logs ``train/items_per_sec`` given a ``length_fn``), and MFU from the model's FLOPs per
+    token without a ``flops_per_batch`` on the module."""
 
     _PRECISION_DTYPES: ClassVar[dict[str, torch.dtype]] = {"bf16": torch.bfloat16, "16": torch.float16}
 

@@ -23,7 +23,6 @@ from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
 from gpt_lab.model.gpt import GPTModel, model_config_dict
-from gpt_lab.training.cpu_memory import keep_freed_memory
 from gpt_lab.training.loss import batch_loss, mean_loss
 from gpt_lab.training.schedule import build_scheduler, resolve_schedule
 
@@ -162,12 +161,6 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (b, t) → logits (b, t, vocab_size)."""
         return self.model(idx)
-
-    def setup(self, stage: str) -> None:
-        # On the CPU every step frees and re-allocates the same large tensors (logits, gradients):
-        # keep their pages in the process instead of faulting them in again (gpt_lab/cpu_memory.py).
-        if self.trainer.strategy.root_device.type == "cpu":
-            keep_freed_memory()
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch

@@ -15,7 +15,7 @@ value to float32 and draws ``bernoulli_`` masks. ``FastDropout`` writes that att
 instead, as the book's ``MultiHeadAttention`` computes it under autocast: scores and products in
 bf16, the softmax in float32, the fast mask. Against the float32 fallback the attention output
 differs by about bf16's rounding of the scores (the chapter-5 run's losses stay within 0.03 of
-float32's: README, "The chapter-5 run"); attention forward and backward take 0.14 s a step
+float32's: docs/training.md, "The same run in bf16"); attention forward and backward take 0.14 s a step
 instead of 0.21 s.
 
 The float32 default (``trainer=cpu``) is untouched: its dropout draws exactly the book's masks.

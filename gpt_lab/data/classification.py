@@ -1,0 +1,452 @@
+"""Chapter 6's data: labelled texts from CSV / TSV files, balanced, shuffled and split as the book does.
+
+One file (``data.path``) is read, optionally balanced by undersampling (``data.balance``), shuffled
+with ``seed`` and split 0.7 / 0.1 / rest with ``int()`` truncation — the book's pandas procedure
+(``sample(n, random_state=123)``, ``sample(frac=1, random_state=123)``) reproduced with numpy's
+``RandomState``, which is what pandas draws with — or three files already split
+(``data.train_path``, ``data.val_path``, ``data.test_path``). Files with a header name their
+columns (``data.label_column``, ``data.text_column``); header-less files are the SMS Spam
+Collection's layout, ``label<TAB>text``. The three splits are written as CSV into the run
+directory (``train.csv``, ``validation.csv``, ``test.csv``).
+
+Texts are GPT-2 tokens right-padded with ``<|endoftext|>`` (50256) to the longest training text
+(or ``data.max_length``; ``context`` for the model's context length); longer validation / test
+texts are truncated to it, and texts longer than the model's context are truncated with a warning
+that says how many.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gpt_lab.config import input_path
+from gpt_lab.data.text import DataError, ResumableDataLoader, _own_generator
+from gpt_lab.storage import atomic_write
+from gpt_lab.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+PAD_TOKEN_ID = 50256  # <|endoftext|>, the book's padding
+SPLIT_FILES = {"train": "train.csv", "val": "validation.csv", "test": "test.csv"}  # the book's names
+
+
+@dataclass
+class Example:
+    text: str
+    label: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _delimiter(path: Path, sample: str) -> str:
+    if path.suffix.lower() in (".tsv", ".tab") or (path.suffix.lower() != ".csv" and "\t" in sample):
+        return "\t"
+    return ","
+
+
+def read_labelled(
+    path: Path,
+    key: str,
+    label_column: str = "label",
+    text_column: str = "text",
+    header: bool | None = None,
+) -> list[Example]:
+    """The labelled texts of a CSV / TSV file (``key``: the config key naming it, for messages).
+
+    ``header``: None looks at the first row (a header when it holds both column names), True
+    requires one, False reads ``label<TAB>text`` rows (the SMS Spam Collection; fields past the
+    second are joined back with tabs). Tab-separated for .tsv files (and files with a tab in their
+    first 4 KiB that are not .csv), comma-separated otherwise; quotes follow CSV rules in both,
+    as pandas' ``read_csv`` (the book's reader) applies them.
+    """
+    if not path.exists():
+        raise DataError(f"{key}={path} does not exist; give a CSV or TSV file of labelled texts")
+    if not path.is_file():
+        raise DataError(f"{key}={path} is not a file; give a CSV or TSV file of labelled texts")
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{key}={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise DataError(f"{key}={path} cannot be read: {err.strerror or err}") from None
+    if not content.strip():
+        raise DataError(f"{key}={path} is empty; it needs one labelled text per line")
+    delimiter = _delimiter(path, content[:4096])
+    # CSV quoting rules for both delimiters, as pandas' reader (which the book uses) applies them.
+    rows = [r for r in csv.reader(io.StringIO(content), delimiter=delimiter) if any(cell.strip() for cell in r)]
+    first = [cell.strip() for cell in rows[0]]
+    has_header = header if header is not None else (label_column in first and text_column in first)
+    if has_header:
+        missing = [c for c in (label_column, text_column) if c not in first]
+        if missing:
+            which = " and ".join(f"data.{'label' if c == label_column else 'text'}_column={c}" for c in missing)
+            raise DataError(
+                f"{key}={path} has no column {which}; its header names {', '.join(first)} (set "
+                "data.label_column / data.text_column to the right names, or data.header=false for "
+                "label<TAB>text lines)"
+            )
+        li, ti = first.index(label_column), first.index(text_column)
+        body, start = rows[1:], 2
+    else:
+        li, ti = 0, 1
+        body, start = rows, 1
+    examples = []
+    for n, row in enumerate(body, start=start):
+        if len(row) <= max(li, ti):
+            raise DataError(
+                f"{key}={path} line {n} has {len(row)} field(s), no {'text' if len(row) > li else 'label'}; "
+                f"every line needs a label and a text ({'header' if has_header else 'label<TAB>text'} layout)"
+            )
+        label = row[li].strip()
+        text = "\t".join(row[ti:]) if not has_header and delimiter == "\t" else row[ti]
+        if not label:
+            raise DataError(f"{key}={path} line {n} has an empty label; every text needs one")
+        if not text.strip():
+            raise DataError(f"{key}={path} line {n} has an empty text (label {label!r}); remove the line or fill it")
+        examples.append(Example(text, label))
+    if not examples:
+        raise DataError(f"{key}={path} holds a header but no labelled texts")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's procedure
+
+
+def pandas_sample_positions(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """The row positions pandas' ``df.sample(n, random_state=seed)`` picks, in its order.
+
+    pandas draws ``RandomState(seed).choice(n_rows, n, replace=False)``, which is the first ``n``
+    entries of ``RandomState(seed).permutation(n_rows)`` (``sample(frac=1)``: all of them).
+    """
+    return np.random.RandomState(seed).permutation(n_rows)[:n]
+
+
+def balance_examples(examples: Sequence[Example], class_names: Sequence[str], seed: int) -> list[Example]:
+    """The book's undersampling: every class cut to the smallest one's size, class by class.
+
+    For two classes this is ``create_balanced_dataset``: the larger class sampled
+    (``sample(n, random_state=seed)``) followed by every row of the smaller one, in file order.
+    """
+    by_class = {name: [e for e in examples if e.label == name] for name in class_names}
+    smallest = min(len(rows) for rows in by_class.values())
+    out: list[Example] = []
+    for name in class_names:
+        rows = by_class[name]
+        if len(rows) > smallest:
+            rows = [rows[i] for i in pandas_sample_positions(len(rows), smallest, seed)]
+        out.extend(rows)
+    return out
+
+
+def split_examples(
+    examples: Sequence[Example], train_ratio: float, val_ratio: float, seed: int
+) -> dict[str, list[Example]]:
+    """Shuffle (``sample(frac=1, random_state=seed)``) and cut at ``int(n * 0.7)`` and ``+ int(n * 0.1)``."""
+    shuffled = [examples[i] for i in pandas_sample_positions(len(examples), len(examples), seed)]
+    train_end = int(len(shuffled) * train_ratio)
+    val_end = train_end + int(len(shuffled) * val_ratio)
+    return {"train": shuffled[:train_end], "val": shuffled[train_end:val_end], "test": shuffled[val_end:]}
+
+
+def write_split_csv(path: Path, examples: Sequence[Example]) -> None:
+    """A split as CSV with a ``label,text`` header (the file reads back as data.train_path=...)."""
+    with atomic_write(path, mode="w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["label", "text"])
+        writer.writerows([e.label, e.text] for e in examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+
+
+class LabelledTextDataset(Dataset):
+    """Token ids padded / truncated to ``length`` (``pad``) or kept as they are, with class indices."""
+
+    def __init__(self, ids: list[list[int]], labels: list[int], length: int | None) -> None:
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.ids = [seq[:length] if length else seq for seq in ids]
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], torch.Tensor]:
+        return self.ids[i], self.labels[i]
+
+
+def pad_collate(
+    batch: list[tuple[list[int], torch.Tensor]], length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with 50256 to ``length`` (None: the batch's longest text) → (ids (b, t), labels (b,))."""
+    width = length or max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), PAD_TOKEN_ID, dtype=torch.long)
+    for row, (seq, _) in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids, torch.stack([label for _, label in batch])
+
+
+class _Collate:
+    """A picklable ``pad_collate`` bound to a length (DataLoader workers)."""
+
+    def __init__(self, length: int | None) -> None:
+        self.length = length
+
+    def __call__(self, batch: list[tuple[list[int], torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_collate(batch, self.length)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train / validation / test loaders of labelled texts (chapter 6). See the module docstring.
+
+    ``class_names`` (from ``data.class_names`` or the training labels, sorted) fix the class
+    indices; ``max_length``: the padded length (None: the longest training text; "context":
+    ``context_length``); ``pad=False`` pads each batch to its own longest text instead (with
+    batch size 1: no padding at all, the bonus table's row).
+    """
+
+    def __init__(
+        self,
+        context_length: int,
+        path: Path | None = None,
+        split_paths: dict[str, Path] | None = None,
+        batch_size: int = 8,
+        train_ratio: float = 0.7,
+        val_ratio: float = 0.1,
+        balance: bool = False,
+        label_column: str = "label",
+        text_column: str = "text",
+        header: bool | None = None,
+        class_names: Sequence[str] | None = None,
+        max_length: int | str | None = None,
+        pad: bool = True,
+        num_workers: int = 0,
+        seed: int = 123,
+        output_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        if (path is None) == (not split_paths):
+            raise DataError(
+                "data=classification needs either data.path (one file, split 0.7 / 0.1 / rest) or all three "
+                "of data.train_path, data.val_path, data.test_path (files already split)"
+            )
+        self.context_length = context_length
+        self.path = path
+        self.split_paths = dict(split_paths or {})
+        self.batch_size = batch_size
+        self.train_ratio, self.val_ratio = train_ratio, val_ratio
+        self.balance = balance
+        self.label_column, self.text_column, self.header = label_column, text_column, header
+        self.class_names = list(class_names) if class_names else None
+        self.max_length_setting = max_length
+        self.pad = pad
+        self.num_workers = num_workers
+        self.seed = seed
+        self.output_dir = output_dir
+        self.generator = torch.Generator().manual_seed(seed)
+        self.splits: dict[str, list[Example]] = {}
+        self.datasets: dict[str, LabelledTextDataset] = {}
+        self.max_length: int | None = None
+        self.truncated: dict[str, int] = {}
+
+    # -- reading and splitting -----------------------------------------------------------------
+    def _read(self, path: Path, key: str) -> list[Example]:
+        return read_labelled(path, key, self.label_column, self.text_column, self.header)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, balance, split, write the splits, tokenize (once; later calls do nothing)."""
+        if self.datasets:
+            return
+        if self.path is not None:
+            examples = self._read(self.path, "data.path")
+            names = self._class_names(examples, f"data.path={self.path}")
+            if self.balance:
+                before = Counter(e.label for e in examples)
+                examples = balance_examples(examples, names, self.seed)
+                log.info("Balanced %s to %d texts per class", dict(before), len(examples) // len(names))
+            self.splits = split_examples(examples, self.train_ratio, self.val_ratio, self.seed)
+            for split, rows in self.splits.items():
+                if not rows:
+                    raise DataError(
+                        f"the {split} split of data.path={self.path} is empty ({len(examples)} texts, "
+                        f"data.train_ratio={self.train_ratio}, data.val_ratio={self.val_ratio}); use more texts"
+                    )
+        else:
+            keys = {"train": "data.train_path", "val": "data.val_path", "test": "data.test_path"}
+            self.splits = {split: self._read(self.split_paths[split], keys[split]) for split in SPLIT_FILES}
+            names = self._class_names(self.splits["train"], f"data.train_path={self.split_paths['train']}")
+            if self.balance:
+                log.warning("data.balance=true is ignored with files already split (data.train_path, ...)")
+        self.class_names = names
+        for split in ("val", "test"):
+            unseen = sorted({e.label for e in self.splits[split]} - set(names))
+            if unseen:
+                raise DataError(
+                    f"the {split} split has label(s) {', '.join(map(repr, unseen))} that the training split never "
+                    f"has (its classes: {', '.join(names)}); a classifier cannot predict a class it never saw"
+                )
+        if self.output_dir is not None:
+            for split, rows in self.splits.items():
+                write_split_csv(Path(self.output_dir) / SPLIT_FILES[split], rows)
+        self._tokenize()
+
+    def _class_names(self, examples: Sequence[Example], where: str) -> list[str]:
+        found = sorted({e.label for e in examples})
+        if self.class_names:
+            unknown = [name for name in found if name not in self.class_names]
+            if unknown:
+                raise DataError(
+                    f"{where} has label(s) {', '.join(map(repr, unknown))} missing from "
+                    f"data.class_names={self.class_names}"
+                )
+            found = list(self.class_names)
+        if len(found) < 2:
+            raise DataError(
+                f"{where} has one class only ({found[0]!r}); a classifier needs texts of at least two labels"
+            )
+        return found
+
+    def _tokenize(self) -> None:
+        tokenizer = get_tokenizer()
+        index = {name: i for i, name in enumerate(self.class_names)}
+        encoded = {
+            split: [tokenizer.encode(e.text, allowed_special={"<|endoftext|>"}) for e in rows]
+            for split, rows in self.splits.items()
+        }
+        setting = self.max_length_setting
+        if setting == "context":
+            length = self.context_length
+        elif setting is None:
+            length = max(len(ids) for ids in encoded["train"])  # the book: the longest training text
+        else:
+            length = int(setting)
+        if length > self.context_length:
+            if setting is not None:
+                raise DataError(
+                    f"data.max_length={setting} is longer than model.context_length={self.context_length}; "
+                    "use at most the context length (data.max_length=context)"
+                )
+            too_long = {s: sum(len(ids) > self.context_length for ids in seqs) for s, seqs in encoded.items()}
+            log.warning(
+                "Truncating %d training, %d validation and %d test text(s) longer than the model's context of %d "
+                "tokens (the longest training text has %d)",
+                too_long["train"],
+                too_long["val"],
+                too_long["test"],
+                self.context_length,
+                length,
+            )
+            length = self.context_length
+        self.max_length = length
+        self.truncated = {s: sum(len(ids) > length for ids in seqs) for s, seqs in encoded.items()}
+        for split, seqs in encoded.items():
+            labels = [index[e.label] for e in self.splits[split]]
+            self.datasets[split] = LabelledTextDataset(seqs, labels, length)
+        if len(self.datasets["train"]) < self.batch_size:
+            raise DataError(
+                f"data.batch_size={self.batch_size} is larger than the {len(self.datasets['train'])} training "
+                "texts: every batch would be dropped (drop_last); lower data.batch_size"
+            )
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _collate(self) -> _Collate:
+        return _Collate(self.max_length if self.pad else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return ResumableDataLoader(
+            self.datasets["train"],
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,  # the book's training loader
+            num_workers=self.num_workers,
+            generator=self.generator,
+            collate_fn=self._collate(),
+        )
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every text of ``split`` ("train", "val" or "test") in order."""
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            generator=_own_generator(),
+            collate_fn=self._collate(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator_state": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state_dict["generator_state"])
+
+    # -- reporting ------------------------------------------------------------------------------
+    def split_sizes(self) -> dict[str, Any]:
+        return {"split_sizes": {split: len(rows) for split, rows in self.splits.items()}}
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{split} {len(rows)}" for split, rows in self.splits.items())
+        counts = Counter(e.label for e in self.splits["train"])
+        padded = f"padded to {self.max_length} tokens" if self.pad else "padded per batch"
+        return (
+            f"Labelled texts: {sizes}; classes {', '.join(f'{n} ({counts[n]})' for n in self.class_names)} "
+            f"in training; {padded}"
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Any, context_length: int) -> ClassificationDataModule:
+        d = cfg.data
+        split_keys = {"train": d.train_path, "val": d.val_path, "test": d.test_path}
+        given = {k: v for k, v in split_keys.items() if v}
+        if given and len(given) < 3:
+            missing = [f"data.{k}_path" for k in split_keys if k not in given]
+            raise DataError(f"files already split need all three paths: {', '.join(missing)} not given")
+        if given and d.path:
+            raise DataError(
+                f"give either data.path={d.path} (split here) or data.train_path / val_path / test_path, not both"
+            )
+        if not given and not d.path:
+            raise DataError(
+                f"task={cfg.task.name} data=classification needs labelled texts: data.path=sms.tsv (one file, "
+                "split 0.7 / 0.1 / rest) or data.train_path=, data.val_path=, data.test_path= (already split)"
+            )
+        return cls(
+            context_length=context_length,
+            path=input_path(cfg, d.path) if d.path else None,
+            split_paths={k: input_path(cfg, v) for k, v in given.items()} or None,
+            batch_size=d.batch_size,
+            train_ratio=d.train_ratio,
+            val_ratio=d.val_ratio,
+            balance=bool(d.balance),
+            label_column=d.label_column,
+            text_column=d.text_column,
+            header=d.header,
+            class_names=list(d.class_names) if d.class_names else None,
+            max_length=d.max_length,
+            pad=bool(d.pad),
+            num_workers=d.num_workers or 0,
+            seed=cfg.seed,
+            output_dir=Path(cfg.paths.output_dir),
+        )
