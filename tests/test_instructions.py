@@ -383,9 +383,8 @@ def test_an_experiment_that_picks_data_instructions_accepts_its_keys_on_the_comm
     from gpt_lab.run.options import misplaced_group_keys
 
     assert misplaced_group_keys(["experiment=ch07", "data.prompt_style=phi3", "data.mask_prompt=true"]) == []
-    assert misplaced_group_keys(["data.mask_prompt=true"]) == [
-        "data.mask_prompt is a key of data=instructions, not of data=text: add data=instructions"
-    ]
+    (problem,) = misplaced_group_keys(["data.mask_prompt=true"])
+    assert problem.startswith("data.mask_prompt is a key of data=instructions") and "not of data=text" in problem
 
 
 @pytest.mark.parametrize(
