@@ -407,3 +407,9 @@ def test_bad_instruction_settings_are_user_errors(
     cfg = compose_config(*SMALL, f"data.path={entries_file}", *overrides)
     with pytest.raises(UserError, match=message):
         run_task(cfg)
+
+
+def test_max_response_tokens_is_a_key_of_every_run(compose_config: Callable[..., DictConfig]) -> None:
+    assert compose_config("task=train", "data=instructions", "max_response_tokens=5").max_response_tokens == 5
+    assert compose_config("task=respond").max_response_tokens is None  # the book's 256 (BOOK_RESPONSE_TOKENS)
+    assert compose_config("experiment=ch07").max_response_tokens == 256
