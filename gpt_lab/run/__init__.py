@@ -36,6 +36,8 @@ _NAMES = {
     "as_interruption": "gpt_lab.run.status",
     "SweepSummary": "gpt_lab.run.sweep",
     "finish_interrupted_sweep": "gpt_lab.run.sweep",
+    "continues_sweep": "gpt_lab.run.sweep",
+    "kept_job_results": "gpt_lab.run.sweep",
     "planned_jobs": "gpt_lab.run.sweep",
     "job_dirs": "gpt_lab.run.sweep",
     "summarise_sweep": "gpt_lab.run.sweep",
