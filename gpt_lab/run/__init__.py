@@ -22,6 +22,7 @@ _NAMES = {
     "release_memory": "gpt_lab.run.job",
     "group_options": "gpt_lab.run.options",
     "unknown_group_options": "gpt_lab.run.options",
+    "misplaced_group_keys": "gpt_lab.run.options",
     "check_group_options": "gpt_lab.run.options",
     "check_resources": "gpt_lab.run.preflight",
     "count_params_on_meta": "gpt_lab.run.preflight",
