@@ -442,8 +442,6 @@ def _check_instructions(cfg: DictConfig) -> list[str]:
             problems.append(f"data.fields.{name} is empty; give the file's name for {name}")
     if cfg.max_response_tokens is not None and cfg.max_response_tokens < 1:
         problems.append(f"max_response_tokens={cfg.max_response_tokens} must be a positive integer (the book's 256)")
-    if cfg.task.name == "respond" and not cfg.instruction:
-        problems.append("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
     j = cfg.judge
     if j is not None:
         if not j.url.startswith(("http://", "https://")):

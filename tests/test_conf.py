@@ -62,7 +62,10 @@ def test_every_group_has_options() -> None:
 
 
 # Options that are only valid with an input the user must name (DPO starts from a tuned model).
-REQUIRED_INPUTS = {"experiment=dpo": ["init_from=outputs/ch07-run"]}
+REQUIRED_INPUTS = {
+    "experiment=dpo": ["init_from=outputs/ch07-run"],
+    "task=respond": ["init_from=outputs/ch07-run", "instruction=Rewrite the sentence using a simile."],
+}
 
 
 @pytest.mark.parametrize("option", group_options())
@@ -71,7 +74,9 @@ def test_option_composes_and_its_targets_exist(option: str, compose_config: Call
     group, name = option.split("=")
     if not group.startswith("hydra/"):
         assert cfg.hydra.runtime.choices[group] == name
-        validated = validate_config(compose_config(option, *REQUIRED_INPUTS.get(option, [])))  # the schema and its ranges accept the option
+        validated = validate_config(
+            compose_config(option, *REQUIRED_INPUTS.get(option, []))
+        )  # the schema and its ranges accept the option
         if group == "model":
             assert validated.model.name == name
         if group == "task":

@@ -568,3 +568,44 @@ def test_mid_epoch_resume_of_a_corpus_run_with_dropout_is_bit_identical(
     assert torch.load(mid, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
     run_task(compose_config(*settings, f"ckpt_path={mid}", run_dir=tmp_path / "resumed"))
     _assert_bit_identical(_weights(tmp_path / "resumed"), _weights(tmp_path / "whole"))
+
+
+def test_trainer_loggers_and_callbacks_are_built_before_the_model_and_their_errors_name_the_keys(
+    tmp_path: Path, config: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: Hydra's instantiation errors become one config error naming every bad key, raised
+    before the model (or the data, or a checkpoint) is read."""
+    import gpt_lab.tasks.train
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was built before the Trainer")
+
+    monkeypatch.setattr(gpt_lab.tasks.train, "init_model_config", no_model)
+    bad = config(
+        tmp_path,
+        "+trainer.max_epoch=3",
+        "+callbacks.sampler._target_=gpt_lab.training.callbacks.SampleText",
+        "+callbacks.sampler.max_new_tokens=-1",
+        "+callbacks.extra._target_=gpt_lab.training.callbacks.NoSuchCallback",
+        "+trainer.gradient_clip_val=abc",
+    )
+    with pytest.raises(ConfigError) as refused:
+        run_task(bad)
+    message = str(refused.value)
+    for part in (
+        "trainer.max_epoch is not an argument of lightning.Trainer",
+        "callbacks.sampler: callbacks.sample_text.max_new_tokens=-1 must be >= 0",
+        "callbacks.extra._target_=gpt_lab.training.callbacks.NoSuchCallback cannot be imported",
+        "trainer.gradient_clip_val='abc' is not",
+    ):
+        assert part in message, message
+    assert "\n" not in message
+
+
+def test_ckpt_path_last_never_starts_afresh_over_checkpoints_that_do_not_load(
+    tmp_path: Path, train: Callable[..., dict[str, Any]]
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch00-step4.ckpt").write_bytes(b"half a checkpoint, copied by hand")
+    with pytest.raises(UserError, match=r"holds checkpoints, but none loads \(epoch00-step4.ckpt\)"):
+        train(tmp_path, "ckpt_path=last", "trainer.max_steps=2")

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpt_lab.errors import ConfigError
-from gpt_lab.run.status import USER_ERROR_EXIT_CODE
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -184,5 +183,6 @@ def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR
     args = sys.argv[1:] if args is None else args
     problems = unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
     if problems:
-        print(f"gpt_lab: error: {ConfigError('; '.join(problems))}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT_CODE)
+        from gpt_lab.run.job import exit_with_error  # the one printer of a user error (exit status 2)
+
+        raise exit_with_error(ConfigError("; ".join(problems)))

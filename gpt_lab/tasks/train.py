@@ -1,7 +1,9 @@
 """The train task: fit the LightningModule that ``data.lit_module`` names on the data module that
 ``data._target_`` builds, with a Lightning Trainer from config. One task for every objective.
 
-Order of random draws as in the book: seed, build the model; seed again, then the data is drawn.
+Order of work: the Trainer, its loggers and callbacks first (``build_trainer``: a bad setting is a
+config error before anything heavy), then the checkpoint to resume and the data are checked, then
+the model is built. Random draws as in the book: seed, build the model; seed again, then the data.
 Writes into the run directory: Lightning checkpoints (``checkpoints/``), TensorBoard events, and
 what the objective's ``finish`` writes (chapter 5: the trained weights as the book's ``model.pth``).
 """
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_method, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -22,13 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
-from gpt_lab.errors import UserError
+from gpt_lab.errors import ConfigError, UserError, first_line
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
+from gpt_lab.run.preflight import check_components
 from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.training.cpu_memory import freed_memory_kept
-from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
+from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume, check_resume_data
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,51 @@ def build_datamodule(cfg: DictConfig, context_length: int) -> L.LightningDataMod
     return get_method(cfg.data._target_)(cfg, context_length)
 
 
+def _instantiation_problem(key: str, node: Any, err: Exception) -> str:
+    """Hydra's ``InstantiationException`` as one sentence naming the config key."""
+    cause = err.__cause__ or err
+    target = OmegaConf.select(node, "_target_", default=None) if OmegaConf.is_config(node) else None
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+    if unknown:
+        return f"{key}.{unknown.group(1)} is not an argument of {target}"
+    if isinstance(cause, ImportError):
+        return f"{key}._target_={target} cannot be imported ({first_line(cause)})"
+    message = first_line(cause)
+    return message if message.startswith(f"{key}.") else f"{key}: {message}"
+
+
+def _instantiate_group(cfg: DictConfig, group: str, problems: list[str]) -> list[Any]:
+    """Every ``_target_`` entry of a config group (a null entry switches that one off); failures go to ``problems``."""
+    built = []
+    for name, node in (cfg.get(group) or {}).items():
+        if node is None:
+            continue
+        try:
+            built.append(instantiate(node))
+        except InstantiationException as err:
+            problems.append(_instantiation_problem(f"{group}.{name}", node, err))
+    return built
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer:
+    """The run's loggers, callbacks and Trainer, built from config before anything else (the model, the data).
+
+    Every problem (a key the target does not take, a target that does not import, a setting its
+    constructor refuses, a value of the wrong type) is reported at once, as one ``ConfigError``
+    naming the keys.
+    """
+    problems = check_components(cfg)  # the types the constructors would accept and fail on later
+    loggers = _instantiate_group(cfg, "logger", problems)
+    callbacks = _drop_lr_monitor_without_logger(_instantiate_group(cfg, "callbacks", problems), loggers)
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+    except InstantiationException as err:
+        problems.append(_instantiation_problem("trainer", cfg.trainer, err))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return trainer
+
+
 def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
     """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
     ``datamodule`` when it takes one (a classifier's class names come from the data)."""
@@ -49,11 +99,6 @@ def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodul
     if "datamodule" in inspect.signature(from_config).parameters:
         return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
     return from_config(cfg, model_cfg, init_state)
-
-
-def _instantiate_all(group: Any) -> list[Any]:
-    """Every ``_target_`` entry of a config group (a null entry switches that one off)."""
-    return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
 def _find(callbacks: list[Any], kind: type) -> Any:
@@ -115,16 +160,19 @@ def _drop_lr_monitor_without_logger(callbacks: list[Any], loggers: list[Any]) ->
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    trainer = build_trainer(cfg, [CompileModel()] if cfg.get("compile") else [])
+    _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
-    checkpoint_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    ckpt_path = resolve_ckpt_path(cfg, checkpoint_cfg.dirpath if checkpoint_cfg else None)
+    ckpt_path = resolve_ckpt_path(cfg, getattr(trainer.checkpoint_callback, "dirpath", None))
     # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
     resume = check_resume(ckpt_path, model_cfg, cfg.optim) if ckpt_path is not None else None
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
+    if resume is not None:
+        check_resume_data(resume, datamodule)  # the same data, in the same batches, or a paragraph
     try:
         datamodule.setup("fit")
     except DataError as err:
@@ -142,14 +190,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _drop_lr_monitor_without_logger(_instantiate_all(cfg.get("callbacks")), loggers)
-    if cfg.get("compile"):
-        callbacks.append(CompileModel())
     if resume is not None and resume.optimizer_changes:
-        callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    _refuse_ddp_in_multirun(trainer)
+        trainer.callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
     # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
@@ -162,9 +204,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
     _log_hparams(trainer, cfg, {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
 
-    initial = _find(callbacks, InitialLossEvaluation)
-    history = _find(callbacks, LossHistory)
-    sampler = _find(callbacks, SampleText)
+    initial = _find(trainer.callbacks, InitialLossEvaluation)
+    history = _find(trainer.callbacks, LossHistory)
+    sampler = _find(trainer.callbacks, SampleText)
     trainable = sum(p.numel() for p in lit.model.parameters() if p.requires_grad)
     results: dict[str, Any] = {"model_config": lit.model.cfg, **report, "trainable_params": trainable}
 

@@ -22,6 +22,8 @@ _NAMES = {
     "fsdp_strategy": "gpt_lab.training.fsdp",
     "NonFiniteLossError": "gpt_lab.training.lit_module",
     "GPTLitModule": "gpt_lab.training.lit_module",
+    "ClassifierLitModule": "gpt_lab.training.classifier",
+    "class_metrics": "gpt_lab.training.classification_report",
     "batch_loss": "gpt_lab.training.loss",
     "mean_loss": "gpt_lab.training.loss",
     "keep_mask": "gpt_lab.training.precision",

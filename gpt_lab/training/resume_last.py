@@ -84,6 +84,12 @@ def resolve_ckpt_path(cfg: DictConfig, checkpoint_dir: str | Path | None) -> Pat
         if newest is not None:
             log.info("ckpt_path=last: resuming from %s (%s)", newest, newest.resolve().name)
             return newest
+        unreadable = sorted(p.name for p in Path(checkpoint_dir).glob("*.ckpt") if p.is_file())
+        if unreadable:  # never a silent fresh start over a run's checkpoints
+            raise UserError(
+                f"ckpt_path=last: {checkpoint_dir} holds checkpoints, but none loads ({', '.join(unreadable)}); "
+                "resume one by hand with ckpt_path=<file.ckpt>, or move them away to start afresh"
+            )
         log.warning("ckpt_path=last: no checkpoint in %s yet; starting a fresh run", checkpoint_dir)
         return None
     path = input_path(cfg, ckpt_path)
