@@ -31,7 +31,7 @@ _NAMES = {
     "PreferenceDataError": "gpt_lab.data.preferences",
     "PreferencePair": "gpt_lab.data.preferences",
     "read_preference_entries": "gpt_lab.data.preferences",
-    "split_preference_entries": "gpt_lab.data.preferences",
+    "prompt_text": "gpt_lab.data.preferences",
     "encode_pair": "gpt_lab.data.preferences",
     "collate_preferences": "gpt_lab.data.preferences",
     "PreferenceDataModule": "gpt_lab.data.preferences",
