@@ -159,6 +159,42 @@ def bench_instruction(size: str, args: argparse.Namespace, hf: bool) -> dict[str
     return {n: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)} for n, v in rates.items()}
 
 
+def breakdown(size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a plain fp32 step's time goes (forward, loss, backward, AdamW), and the padding's share."""
+    torch.set_num_threads(args.threads)
+    cfg, state = model_state(size)
+    model = GPTModel(cfg).train()
+    model.load_state_dict(state)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
+    entries = read_entries(args.data) if args.data else generated_entries((args.warmup + args.steps) * BATCH)
+    parts: dict[str, float] = {"forward": 0.0, "loss": 0.0, "backward": 0.0, "adamw": 0.0}
+    padded = 0.0
+    data = batches(entries, args.warmup + args.steps)
+    for i, (x, y) in enumerate(data):
+        t0 = time.perf_counter()
+        logits = model(x)
+        t1 = time.perf_counter()
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        t2 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        if i >= args.warmup:
+            for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[key] += seconds
+            padded += float((y == -100).float().mean()) / args.steps
+    total = sum(parts.values())
+    d, v, n = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
+    return {
+        "seconds_per_step": total / args.steps,
+        "shares": {k: t / total for k, t in parts.items()},
+        "ignored_target_share": padded,
+        "head_share_of_matmul_flops": v * d / (v * d + n * 12 * d * d),
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="*", default=["gpt2_small", "gpt2_medium"], choices=list(GPT2_SIZES))
     parser.add_argument("--data", type=Path, help="the chapter's instruction-data.json (default: generated entries)")
@@ -172,10 +208,15 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-hf", action="store_true", help="skip transformers even if installed")
+    parser.add_argument("--breakdown", action="store_true", help="where a plain fp32 step's time goes, then stop")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row of one size, seconds as JSON
     args = parser.parse_args()
     if args.row:
         print(json.dumps(run_row(args.row, args.sizes[0], args)))
+        return
+    if args.breakdown:
+        for size in args.sizes:
+            print(f"## {size}: {json.dumps(breakdown(size, args))}", flush=True)
         return
     hf = have_transformers() and not args.no_hf
     for size in args.sizes:

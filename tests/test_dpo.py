@@ -119,6 +119,14 @@ def test_encode_pair_is_the_alpaca_prompt_then_each_response_and_one_end_of_text
     assert tok.decode(pair.rejected[:-1]) == "bye <|endoftext|>"
 
 
+def test_phi3_prompt_is_exercise_7_1s_layout_up_to_the_assistant_marker() -> None:
+    from gpt_lab.data.preferences import prompt_text
+
+    entry = {"instruction": "Say hi.", "input": "twice", "chosen": "hi", "rejected": "no"}
+    assert prompt_text(entry, "phi3") == "<|user|>\nSay hi.\ntwice\n<|assistant|>:\n"
+    assert prompt_text({**entry, "input": ""}, "phi3") == "<|user|>\nSay hi.\n<|assistant|>:\n"
+
+
 def test_encode_pair_cuts_to_the_context_and_says_so() -> None:
     entry = {"instruction": "Say hi.", "input": "", "chosen": "hi " * 50, "rejected": "no"}
     pair, cut = encode_pair(entry, "phi3", 20)

@@ -29,7 +29,7 @@ class FakeOllama:
     A reply of None closes the connection without an answer (a server that died).
     """
 
-    def __init__(self, replies: list[str | None]) -> None:
+    def __init__(self, replies: list[str | None], stream: bool = True) -> None:
         self.replies = list(replies)
         self.requests: list[dict[str, Any]] = []
         fake = self
@@ -43,11 +43,11 @@ class FakeOllama:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                half = len(reply) // 2
+                half = len(reply) // 2 if stream else len(reply)  # not streamed: one object holds it all
                 lines = [
                     {"model": body["model"], "message": {"role": "assistant", "content": reply[:half]}, "done": False},
                     {"model": body["model"], "message": {"role": "assistant", "content": reply[half:]}, "done": True},
-                ]
+                ][: 2 if stream else 1]
                 data = "".join(json.dumps(line) + "\n" for line in lines).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
@@ -72,8 +72,8 @@ class FakeOllama:
 def ollama() -> Iterator[Callable[[list[str | None]], FakeOllama]]:
     started: list[FakeOllama] = []
 
-    def start(replies: list[str | None]) -> FakeOllama:
-        started.append(FakeOllama(replies))
+    def start(replies: list[str | None], stream: bool = True) -> FakeOllama:
+        started.append(FakeOllama(replies, stream))
         return started[-1]
 
     yield start
@@ -158,3 +158,11 @@ def test_a_responses_file_without_responses_names_the_entry(
     path.write_text(json.dumps([ENTRIES[0], {"instruction": "x", "output": "y"}]), encoding="utf-8")
     with pytest.raises(UserError, match=r"entry 1 \(counting from 0\) has no model_response"):
         _judge(compose_config, tmp_path / "judge", f"judge.responses={path}")
+
+
+def test_a_reply_that_is_not_streamed_is_read_too(
+    compose_config: Callable[..., DictConfig], ollama: Callable[..., FakeOllama], responses: Path, tmp_path: Path
+) -> None:
+    server = ollama(["100", "0", "55"], stream=False)
+    results = _judge(compose_config, tmp_path / "judge", f"judge.url={server.url}", f"judge.responses={responses}")
+    assert results["scores"] == [100, 0, 55]

@@ -415,7 +415,8 @@ def write_split(
     finally:
         done.set()
         watcher.join()
-    _check_split(output_dir, int(progress[2]), kwargs["num_workers"])
+    if not progress[3]:  # files that became unreadable: prepare_corpus reports the changed sources instead
+        _check_split(output_dir, int(progress[2]), kwargs["num_workers"])
     return int(progress[2]), int(progress[3])
 
 
