@@ -48,6 +48,7 @@ _API = {
     "select_trainable": "gpt_lab.model.finetune",
     "save_finetuned": "gpt_lab.model.finetune",
     "load_finetuned": "gpt_lab.model.finetune",
+    "classify": "gpt_lab.model.classifier",
     "format_prompt": "gpt_lab.generation.prompt_styles",
     "generate_response": "gpt_lab.generation.responses",
     "read_entries": "gpt_lab.data.instructions",

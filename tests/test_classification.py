@@ -350,3 +350,35 @@ def test_preset_group_choices_count_for_command_line_keys() -> None:
     assert misplaced_group_keys(["experiment=ch06", "data.label_column=section"]) == []
     assert misplaced_group_keys(["experiment=ch06_lora", "data.balance=false"]) == []
     assert misplaced_group_keys(["data.label_column=section"])  # data=text has no such key
+
+
+@pytest.mark.gpu
+def test_ch06_lora_run_on_the_gpu(tmp_path: Path, classify_run) -> None:
+    r = classify_run(tmp_path / "gpu", "trainer=gpu", "finetune=lora", "lora.rank=2", "optim.lr=1e-3")
+    assert r["status"] == "completed" and 0.0 <= r["test_accuracy"] <= 1.0
+    assert classify(tmp_path / "gpu", ["win a prize now"])[0]["label"] in ("ham", "spam")
+
+
+@pytest.mark.slow  # two tiny training jobs through the command line
+def test_cli_sweep_of_bonus_rows_summarises_accuracies(tmp_path: Path, run_cli) -> None:
+    _sms_file(tmp_path / "sms.tsv", n_ham=16, n_spam=8)
+    done = run_cli(
+        "-m",
+        "experiment=ch06",
+        *TINY_RUN,
+        "data.path=sms.tsv",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+        "finetune=head,lora",
+        "lora.rank=2",
+        "hydra.sweep.dir=sw",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (tmp_path / "sw" / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    for row in rows:
+        assert 0.0 <= float(row["test_accuracy"]) <= 1.0 and float(row["train_seconds"]) > 0
+    assert [int(r["trainable_params"]) for r in rows] == [16 * 2 + 2, 4 * 64 + 160 + 160 + (16 * 2 + 2 * 2)]

@@ -196,7 +196,7 @@ def test_single_document_validates_on_its_last_tokens_and_interrupted_prepare_le
     out = tmp_path / "out"
     real_write_split = corpus_module.write_split
 
-    def interrupted(inputs: list[str], output_dir: Path, *args: Any, **kwargs: Any) -> int:
+    def interrupted(inputs: list[str], output_dir: Path, *args: Any, **kwargs: Any) -> tuple[int, int]:
         if output_dir.name == "val":
             raise KeyboardInterrupt
         return real_write_split(inputs, output_dir, *args, **kwargs)
@@ -356,3 +356,289 @@ def test_ddp_ranks_read_different_windows(
     expected = {tuple(b) for b in _blocks(corpus["streams"]["train"], CONTEXT + 1)}
     assert rank0 | rank1 <= expected
     assert np.isfinite(json.loads((tmp_path / "run" / "results.json").read_text())["val_loss"])
+
+
+# Issue 21: prepare removes only what a prepare wrote, one prepare per directory, signals, layout, faults.
+
+
+def test_prepare_never_removes_train_and_val_folders_it_did_not_write(tmp_path: Path) -> None:
+    _write_sources(tmp_path / "src")
+    data = tmp_path / "data"
+    for split in ("train", "val"):  # the common layout of a user's own dataset
+        (data / split).mkdir(parents=True)
+        (data / split / "part-0.txt").write_text(f"my {split} data")
+    with pytest.raises(UserError, match=r"data\.dir=.*other files \(train, val\) that task=prepare did not write"):
+        prepare_corpus("src", data, tmp_path, 0.34, 123, num_workers=1)
+    assert (data / "train" / "part-0.txt").read_text() == "my train data"
+    assert (data / "val" / "part-0.txt").read_text() == "my val data"
+    assert sorted(p.name for p in data.iterdir()) == ["train", "val"]
+
+
+def test_a_second_prepare_is_refused_while_another_holds_the_directory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _write_sources(tmp_path / "src")
+    data = tmp_path / "data"
+    data.mkdir()
+    # Another process holds the directory's lock (as a running prepare does), then is SIGKILLed.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=r"data\.dir=.* is being written by another task=prepare"):
+            prepare_corpus("src", data, tmp_path, 0.34, 123, num_workers=1)
+        assert list(data.iterdir()) == []  # the refused prepare wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    meta = prepare_corpus("src", data, tmp_path, 0.34, 123, num_workers=1)  # the OS released the dead one's lock
+    assert meta["prepared"] is True and (data / META_FILE).is_file()
+
+
+def _chunk_layout(data_dir: Path) -> dict[str, Any]:
+    """Every split's index.json chunk list and the bytes of each chunk file."""
+    layout = {}
+    for split in ("train", "val"):
+        chunks = json.loads((data_dir / split / "index.json").read_text())["chunks"]
+        layout[split] = [(c["filename"], c["dim"], (data_dir / split / c["filename"]).read_bytes()) for c in chunks]
+    return layout
+
+
+def test_prepare_twice_gives_the_same_chunks_whatever_the_workers_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import gpt_lab.data.corpus_prepare as corpus_module
+
+    docs = _write_sources(tmp_path / "src")
+    real = corpus_module.document_tokens
+
+    def slow_on(name: str) -> Callable[[str], np.ndarray]:
+        def tokens(path: str) -> np.ndarray:
+            if Path(path).name == name:  # this worker falls behind: the other one may take more documents
+                time.sleep(1.0)
+            return real(path)
+
+        return tokens
+
+    layouts = []
+    for run, slow in enumerate(("doc0.txt", "doc4.txt")):
+        monkeypatch.setattr(corpus_module, "document_tokens", slow_on(slow))
+        prepare_corpus("src", tmp_path / f"run{run}", tmp_path, 0.34, 123, num_workers=2)
+        layouts.append(_chunk_layout(tmp_path / f"run{run}"))
+    assert layouts[0] == layouts[1]
+    assert len(layouts[0]["train"]) == 2  # two workers, one chunk each: the documents really were shared
+    # Read in index order, the chunks hold the training documents in their (sorted) order.
+    val_idx = set(random.Random(123).sample(range(6), 2))
+    expected = [t for i, p in enumerate(docs) if i not in val_idx for t in _tokens(p)]
+    # (a chunk file is litdata's header, then its `dim` tokens)
+    stored = [t for _, dim, raw in layouts[0]["train"] for t in np.frombuffer(raw, dtype=np.uint16)[-dim:].tolist()]
+    assert stored == expected
+
+
+def test_prepare_of_sources_that_change_meanwhile_fails_with_a_paragraph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpt_lab.data.corpus_prepare as corpus_module
+
+    docs = _write_sources(tmp_path / "src")
+    real = corpus_module.document_tokens
+
+    def editing(path: str) -> np.ndarray:
+        with open(docs[1], "ab") as f:  # someone appends to a source while the workers read
+            f.write(b"\xff more")
+        return real(path)
+
+    monkeypatch.setattr(corpus_module, "document_tokens", editing)
+    with pytest.raises(UserError, match=r"data\.source=src changed while task=prepare read it \(.*doc1\.txt\)"):
+        prepare_corpus("src", tmp_path / "data", tmp_path, 0.34, 123, num_workers=2)
+    assert not (tmp_path / "data" / META_FILE).exists()
+    monkeypatch.setattr(corpus_module, "document_tokens", real)
+    docs[1].write_text(_document(1), encoding="utf-8")
+    assert prepare_corpus("src", tmp_path / "data", tmp_path, 0.34, 123, num_workers=2)["prepared"] is True
+
+
+def test_prepare_on_a_full_disk_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from litdata.streaming.writer import BinaryWriter
+
+    from gpt_lab.storage import StorageError
+
+    _write_sources(tmp_path / "src")
+
+    def disk_full(self: Any, *args: Any, **kwargs: Any) -> None:  # what a chunk write meets on a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(BinaryWriter, "write_chunk", disk_full)  # the workers are forked: they inherit it
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 4096))
+    with pytest.raises(StorageError, match=r"task=prepare could not write .*the disk is full") as err:
+        prepare_corpus("src", tmp_path / "data", tmp_path, 0.34, 123, num_workers=1)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    assert not (tmp_path / "data" / META_FILE).exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc: parent ids)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping: a process that exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+@pytest.mark.parametrize("signum", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow), "SIGKILL"])
+def test_prepare_stopped_by_a_signal_reports_it_and_leaves_no_process(tmp_path: Path, signum: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group), SIGTERM, SIGKILL while litdata's workers tokenize."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _write_sources(tmp_path / "src")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    # The CLI, with every document taking a minute to tokenize (the workers are forked: they inherit it).
+    hook = (
+        "import os, runpy, sys, time\n"
+        "import gpt_lab.data.corpus_prepare as cp\n"
+        "def slow(path):\n"
+        f"    open(os.path.join({str(busy)!r}, str(os.getpid())), 'w').close()\n"
+        "    time.sleep(60)\n"
+        "sys.argv = sys.argv[1:]\n"
+        "cp.document_tokens = slow\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    run_py = Path(__file__).resolve().parents[1] / "scripts" / "run.py"
+    args = [
+        "task=prepare",
+        "data=corpus",
+        "data.source=src",
+        "data.dir=data",
+        "data.num_workers=2",
+        "hydra.run.dir=run",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", hook, str(run_py), *args],
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group, as a shell gives a command
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(busy.iterdir())) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and len(list(busy.iterdir())) == 2, proc.stderr.read() if proc.poll() else ""
+        started = _descendants(proc.pid)
+        assert {int(p.name) for p in busy.iterdir()} <= started  # the two workers tokenizing
+        if signum == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal sends
+        else:
+            os.kill(proc.pid, getattr(signal, signum))
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in started if _alive(pid)], "processes left behind"
+    assert not (tmp_path / "data" / META_FILE).exists()
+    if signum == "SIGKILL":
+        return  # nothing can record a SIGKILL; no worker outlives the prepare
+    assert proc.returncode == 128 + getattr(signal, signum), stderr[-2000:]
+    assert f"interrupted by {signum}" in stderr and "Traceback" not in stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["status"], results["signal"]) == ("interrupted", signum)
+
+
+def test_resume_refuses_other_data_or_other_batches_with_a_paragraph(corpus: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 21 case 4 and its tracebacks: a checkpoint resumes only on its data, in its batch size."""
+    every = ["callbacks.model_checkpoint.every_n_epochs=null", "++callbacks.model_checkpoint.every_n_train_steps=2"]
+    base = ["task=train", "dropout=none", "++trainer.max_steps=2", "callbacks.sample_text=null", *every]
+    run_task(_config(corpus["root"], tmp_path / "corpus_run", *base, "data.dir=prepared"))
+    corpus_ckpt = next((tmp_path / "corpus_run" / "checkpoints").glob("*step2*.ckpt"))
+    story = tmp_path / "story.txt"
+    story.write_text(" ".join(_document(i, 200) for i in range(3)), encoding="utf-8")
+    text = [*base, "data=text", f"data.path={story}", "data.batch_size=2"]
+    run_task(_config(tmp_path, tmp_path / "text_run", *text))
+    text_ckpt = next((tmp_path / "text_run" / "checkpoints").glob("*step2*.ckpt"))
+    other_dir = tmp_path / "copy"
+    shutil.copytree(corpus["dir"], other_dir)
+
+    def refused(*overrides: str) -> str:
+        with pytest.raises(UserError) as err:
+            run_task(_config(corpus["root"], tmp_path / f"r{len(list(tmp_path.iterdir()))}", *base, *overrides))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    message = refused("data.dir=prepared", "data.batch_size=2", f"ckpt_path={corpus_ckpt}")
+    assert f"trained with data.batch_size={BATCH}, and this run asks for data.batch_size=2" in message
+    assert f"Resume with data.batch_size={BATCH}" in message and f"init_from={corpus_ckpt}" in message
+    message = refused(f"data.dir={other_dir}", f"ckpt_path={corpus_ckpt}")
+    assert f"trained on data.dir={corpus['dir']}, and this run reads data.dir={other_dir}" in message
+    message = refused("data=text", f"data.path={story}", "data.batch_size=2", f"ckpt_path={corpus_ckpt}")
+    assert f"trained with data=corpus data.dir={corpus['dir']}, and this run reads data=text" in message
+    message = refused("data.dir=prepared", f"ckpt_path={text_ckpt}")  # was KeyError: 'current_epoch'
+    assert f"trained with data=text data.path={story}, and this run reads data=corpus" in message
+    message = refused("data=text", f"data.path={story}", "data.batch_size=3", f"ckpt_path={text_ckpt}")
+    assert "trained with data.batch_size=2, and this run asks for data.batch_size=3" in message
+
+
+class RemoveDirectory(L.Callback):
+    """Deletes ``path`` after the first training step (a corpus removed under a running job)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 1:
+            shutil.rmtree(self.path)
+
+
+def test_training_on_a_corpus_removed_meanwhile_fails_with_a_paragraph(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):  # long documents: two chunks of many batches each
+        (src / f"doc{i}.txt").write_text(_document(i, 1500), encoding="utf-8")
+    prepare_corpus("src", tmp_path / "data", tmp_path, 0.34, 123, num_workers=2)
+    remove = ["+callbacks.remove._target_=test_corpus.RemoveDirectory", f"+callbacks.remove.path={tmp_path / 'data'}"]
+    cfg = _config(tmp_path, tmp_path / "run", "task=train", "data.dir=data", "++trainer.max_steps=500", *remove)
+    with pytest.raises(UserError, match=r"data\.dir=.*data changed while this run read it \(.* is gone\)") as err:
+        run_task(cfg)
+    assert "download" not in str(err.value) and "ckpt_path=last" in str(err.value)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "failed"

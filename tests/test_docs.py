@@ -1,5 +1,7 @@
 """The documentation cannot silently rot: README.md and docs/*.md are checked against the project.
 
+- README.md is a landing page of at most 12 KB that links every docs/*.md page.
+
 - Every relative link resolves to a file in the repository, and every ``#anchor`` (on the same page
   or another) names a heading of that page, slugged as GitHub does (lower case; characters other
   than letters, digits, spaces, ``-`` and ``_`` dropped; spaces become ``-``; the n-th repeat of a
@@ -10,10 +12,14 @@
   a placeholder in angle brackets (``init_from=outputs/<run>/model.pth``) is composed with the
   brackets removed (``outputs/run/model.pth``: composing never opens a path); shell around the
   command (``$``, ``&``, ``|``, ``;``, parentheses, a trailing ``# comment``, ``\\`` continuations)
-  is dropped; a command that shows Hydra refusing an override is marked with the HTML comment
-  ``<!-- docs-test: compose-error -->`` on the line before its code block, and must then fail to
-  compose. ``--help`` and ``--cfg`` are Hydra's flags (the rest of the line still composes).
+  is dropped; a code block that shows a command being refused because its config cannot be composed
+  (an option no group has) is marked with the HTML comment ``<!-- docs-test: compose-error -->`` on
+  the line before it, and its commands must then fail to compose. ``--help`` and ``--cfg`` are
+  Hydra's flags (the rest of the line still composes).
 - Every ``python`` code block parses, and every name it imports from gpt_lab exists (nothing runs).
+- Inline code that is a repository path (``gpt_lab/run/job.py``, ``conf/trainer/cpu.yaml``) names a
+  file that exists, and inline code that is a dotted name under gpt_lab (``gpt_lab.training.callbacks.
+  StopOnSignal``) names an object that exists (paths with placeholders in angle brackets are left out).
 """
 
 from __future__ import annotations
@@ -33,15 +39,8 @@ from omegaconf import DictConfig
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PAGES = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
-# TODO(integrator): these pages are written on other branches (corpus: prep; classification, instructions,
-# preferences: the fine-tuning engineers). Links to them are skipped until they land; remove
-# this set once they exist on main, so that a missing page fails.
-PAGES_FROM_OTHER_BRANCHES = {
-    "docs/corpus.md",
-    "docs/classification.md",
-    "docs/instructions.md",
-    "docs/preferences.md",
-}
+# Pages written on other branches, whose links are skipped until they land (none now: corpus.md came with prep).
+PAGES_FROM_OTHER_BRANCHES: set[str] = set()  # every page has landed (corpus.md with prep)
 COMPOSE_ERROR_MARK = "<!-- docs-test: compose-error -->"
 HYDRA_FLAGS = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--resolve"}
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd"}
@@ -222,6 +221,19 @@ def python_blocks() -> list:
     ]
 
 
+def code_references() -> list:
+    """(page, reference) for every inline code span that is a repository path or a gpt_lab dotted name."""
+    found = set()
+    for page in PAGES:
+        prose, _ = split_page(page.read_text(encoding="utf-8"))
+        for span in re.findall(r"`([^`]+)`", "\n".join(prose)):
+            if re.fullmatch(r"(gpt_lab|tests|scripts|conf|docs)/[\w./-]+", span) or re.fullmatch(
+                r"gpt_lab(\.\w+)+", span
+            ):
+                found.add((page_id(page), span))
+    return [pytest.param(ref, id=f"{where}:{ref}") for where, ref in sorted(found)]
+
+
 # --- the tests ------------------------------------------------------------------------------------
 
 
@@ -232,7 +244,15 @@ def test_the_pages_exist_and_readme_is_a_landing_page() -> None:
     assert commands(), "the pages show commands"
 
 
-@pytest.mark.parametrize(("page", "line", "target"), relative_links(), ids=lambda v: v if isinstance(v, str) else None)
+def test_readme_links_every_docs_page() -> None:
+    """The landing page's table reaches every topic page (a page nobody links to is a page nobody reads)."""
+    readme = PROJECT_DIR / "README.md"
+    linked = {(PROJECT_DIR / target.partition("#")[0]).resolve() for _, target in links(readme)}
+    unlinked = [page_id(page) for page in PAGES[1:] if page.resolve() not in linked]
+    assert not unlinked, f"README.md does not link {unlinked}"
+
+
+@pytest.mark.parametrize(("page", "line", "target"), relative_links())
 def test_relative_link_resolves(page: Path, line: int, target: str) -> None:
     where = f"{page_id(page)}:{line}: link {target!r}"
     path_part, _, anchor = target.partition("#")
@@ -263,6 +283,24 @@ def test_python_example_imports_exist(code: str) -> None:
             module = importlib.import_module(node.module)
             for alias in node.names:
                 assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+
+
+@pytest.mark.parametrize("reference", code_references())
+def test_code_reference_exists(reference: str) -> None:
+    if "/" in reference:
+        assert (PROJECT_DIR / reference).exists(), f"{reference} is not in the repository"
+        return
+    parts = reference.split(".")
+    for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            assert hasattr(obj, name), f"{reference}: {'.'.join(parts[:i])} has no {name}"
+            obj = getattr(obj, name)
+        return
+    pytest.fail(f"{reference}: no such module")
 
 
 # --- the checker checks itself --------------------------------------------------------------------

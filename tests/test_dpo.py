@@ -70,7 +70,7 @@ def dpo_config(compose_config: Callable[..., DictConfig], files: dict[str, Path]
             f"data.path={files['pairs']}",
             "data.batch_size=4",
             "optim.lr=0.01",
-            "max_new_tokens=3",
+            "max_response_tokens=3",
             "dpo.test_responses=2",
             "trainer.val_check_interval=2",
             "callbacks.progress_bar=null",
@@ -119,6 +119,14 @@ def test_encode_pair_is_the_alpaca_prompt_then_each_response_and_one_end_of_text
     assert tok.decode(pair.rejected[:-1]) == "bye <|endoftext|>"
 
 
+def test_phi3_prompt_is_exercise_7_1s_layout_up_to_the_assistant_marker() -> None:
+    from gpt_lab.data.preferences import prompt_text
+
+    entry = {"instruction": "Say hi.", "input": "twice", "chosen": "hi", "rejected": "no"}
+    assert prompt_text(entry, "phi3") == "<|user|>\nSay hi.\ntwice\n<|assistant|>:\n"
+    assert prompt_text({**entry, "input": ""}, "phi3") == "<|user|>\nSay hi.\n<|assistant|>:\n"
+
+
 def test_encode_pair_cuts_to_the_context_and_says_so() -> None:
     entry = {"instruction": "Say hi.", "input": "", "chosen": "hi " * 50, "rejected": "no"}
     pair, cut = encode_pair(entry, "phi3", 20)
@@ -162,11 +170,21 @@ def test_read_says_an_instruction_file_belongs_to_data_instructions(tmp_path: Pa
         read_preference_entries(path)
 
 
+def test_a_preference_file_given_to_data_instructions_says_data_preferences(tmp_path: Path) -> None:
+    from gpt_lab.data.instructions import InstructionDataError, read_entries
+
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"instruction": "a", "input": "", "chosen": "b", "rejected": "c"}]))
+    with pytest.raises(InstructionDataError, match=r"looks like preference data.*experiment=dpo"):
+        read_entries(path)
+
+
 def test_read_maps_field_names(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
-    path.write_text(json.dumps([{"instruction": "a", "good": "b", "bad": "c"}]))
-    (entry,) = read_preference_entries(path, chosen_key="good", rejected_key="bad")
-    assert (entry["chosen"], entry["rejected"], entry["input"]) == ("b", "c", "")
+    path.write_text(json.dumps([{"question": "a", "context": "x", "good": "b", "bad": "c"}]))
+    fields = {"instruction": "question", "input": "context"}
+    (entry,) = read_preference_entries(path, chosen_key="good", rejected_key="bad", fields=fields)
+    assert (entry["instruction"], entry["input"], entry["chosen"], entry["rejected"]) == ("a", "x", "b", "c")
 
 
 def test_prompt_style_is_carried_over_from_the_init_from_run(tmp_path: Path) -> None:

@@ -211,3 +211,38 @@ def test_load_finetuned_without_sidecar_is_an_init_from_error(tmp_path: Path) ->
     torch.save(GPTModel(TINY).state_dict(), tmp_path / "model.pth")
     with pytest.raises(InitFromError, match=r"no model.json"):
         load_finetuned(tmp_path)
+
+
+def test_next_token_training_with_lora_saves_merged_weights_and_model_json(tmp_path: Path, compose_config) -> None:
+    from configs import TINY_RUN
+
+    from gpt_lab.run.job import run_task
+
+    text = tmp_path / "story.txt"
+    text.write_text("The cat sat on the mat. The dog lay by the door. " * 20, encoding="utf-8")
+    out = tmp_path / "run"
+    cfg = compose_config(
+        "task=train",
+        *TINY_RUN,
+        f"data.path={text}",
+        "finetune=lora",
+        "lora.rank=2",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        "callbacks.sample_text.max_new_tokens=2",
+        "max_new_tokens=2",
+        "logger=csv",
+        run_dir=out,
+    )
+    r = run_task(cfg)
+    # One block of width 16 (TINY_RUN): 4 attention Linears, ff 16->64 and 64->16, the 50257-way head.
+    assert r["trainable_params"] == 4 * (16 * 2 + 2 * 16) + (16 * 2 + 2 * 64) + (64 * 2 + 2 * 16) + (16 * 2 + 2 * 50257)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["finetune"] == "lora" and meta["lora"]["rank"] == 2
+    model, _ = load_finetuned(out)
+    assert not any("lora" in k for k in model.state_dict())
+    # The merged file and the run's last checkpoint (adapters folded in by the loader) are the same model.
+    from_ckpt = build_model(dict(cfg.model), out / "checkpoints" / "last.ckpt")
+    idx = torch.randint(0, 50257, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), from_ckpt.eval()(idx), rtol=1e-5, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,52 @@ def test_sweep_summary_marks_jobs_without_results_failed(tmp_path: Path) -> None
     assert "without writing results.json" in rows[1]["error"]
     _, md = write_summary(tmp_path, rows)
     assert "x \\| y" in md.read_text()
+
+
+@pytest.mark.slow  # two training sweeps of three jobs and two refusals: about a minute on two busy cores
+def test_an_interrupted_sweep_continues_in_place_with_ckpt_path_last(run_cli, tmp_path: Path) -> None:
+    """Issue 21: the same -m command plus ckpt_path=last keeps done jobs, resumes interrupted ones, runs the rest."""
+    (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 60, encoding="utf-8")
+    sweep = [
+        "-m",
+        "task=train",
+        "model=tiny",
+        "model.emb_dim=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "model.context_length=16",
+        "data.path=story.txt",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "callbacks.sample_text=null",
+        "callbacks.lr_monitor=null",
+        "++trainer.max_steps=2",
+        "optim.lr=0.001,0.002,0.003",
+        "hydra.sweep.dir=sw",
+    ]
+    first = run_cli(*sweep)
+    assert first.returncode == 0, first.stderr[-2000:]
+    jobs = {int(json.loads(p.read_text())["job_num"]): p.parent for p in (tmp_path / "sw").glob("*/results.json")}
+    assert sorted(jobs) == [0, 1, 2]
+    # As a preempted sweep leaves it: job 0 done, job 1 stopped at a checkpoint, job 2 never started.
+    kept = (jobs[0] / "results.json").read_bytes()
+    stopped = json.loads((jobs[1] / "results.json").read_text())
+    stopped.update(status="interrupted", signal="SIGTERM")
+    (jobs[1] / "results.json").write_text(json.dumps(stopped))
+    assert (jobs[1] / "checkpoints" / "last.ckpt").exists()
+    shutil.rmtree(jobs[2])
+
+    assert run_cli(*sweep).returncode == 2  # the same directory without ckpt_path=last: refused, as before
+    again = run_cli(*sweep, "ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (jobs[0] / "results.json").read_bytes() == kept  # not run again
+    for job in (1, 2):
+        results = json.loads((jobs[job] / "results.json").read_text())
+        assert results["status"] == "completed" and results["global_step"] == 2
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(
+        p.name for p in jobs.values()
+    )  # the jobs kept their directories
+    rows = _rows(tmp_path / "sw")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed"), ("2", "completed")]
+    other = run_cli(*sweep[:-2], "optim.lr=0.005", "hydra.sweep.dir=sw", "ckpt_path=last")
+    assert other.returncode == 2 and "already holds a sweep" in other.stderr  # another sweep is not a continuation

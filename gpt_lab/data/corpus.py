@@ -10,6 +10,7 @@ continues with the same batches). Under DDP each rank reads different windows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -64,6 +65,55 @@ def split_chunks(data_dir: str, split: str) -> list[dict[str, Any]]:
 def count_windows(chunks: list[dict[str, Any]], block_size: int) -> int:
     """Windows of ``block_size`` tokens litdata's TokensLoader cuts from these chunks (none spans two)."""
     return sum(chunk["dim"] // block_size for chunk in chunks)
+
+
+def _missing_part(data_dir: str) -> str | None:
+    """What of a local prepared ``data_dir`` is gone (None: all there, or not a local directory)."""
+    if is_url(data_dir):
+        return None
+    for split in SPLITS:
+        index = Path(data_dir, split, INDEX_FILE)
+        if not index.is_file():
+            return str(index)
+        try:
+            chunks = json.loads(index.read_text(encoding="utf-8"))["chunks"]
+        except (OSError, ValueError, KeyError):
+            return str(index)
+        for chunk in chunks:
+            if not Path(data_dir, split, chunk["filename"]).is_file():
+                return str(Path(data_dir, split, chunk["filename"]))
+    return None
+
+
+@functools.cache
+def _checked_loader_class() -> type:
+    """litdata's ``StreamingDataLoader`` that says so when the corpus it reads is removed under it.
+
+    litdata waits for a missing local chunk as for a download and then blames a download thread;
+    this loader turns that into a ``CorpusError`` naming the missing file. It stays litdata's
+    loader otherwise (Lightning saves and restores its position).
+    """
+    from litdata import StreamingDataLoader
+
+    class CheckedStreamingDataLoader(StreamingDataLoader):
+        def __init__(self, data_dir: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.gpt_lab_data_dir = data_dir
+
+        def __iter__(self) -> Iterator[Any]:
+            try:
+                yield from super().__iter__()
+            except Exception:
+                missing = _missing_part(self.gpt_lab_data_dir)
+                if missing is None:
+                    raise
+                raise CorpusError(
+                    f"data.dir={self.gpt_lab_data_dir} changed while this run read it ({missing} is gone): a "
+                    "prepared corpus must stay in place while it trains; put it back (or prepare it again with "
+                    "task=prepare, the same sources and settings give the same chunks) and resume with ckpt_path=last"
+                ) from None
+
+    return CheckedStreamingDataLoader
 
 
 class BoundedLoader:
@@ -192,9 +242,8 @@ class CorpusDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> Any:
-        from litdata import StreamingDataLoader
-
-        return StreamingDataLoader(
+        return _checked_loader_class()(
+            self.data_dir,
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
             num_workers=self.num_workers,

@@ -115,6 +115,13 @@ def read_entries(
                 value = ""
             if value is None:
                 mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
+                if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
+                    raise InstructionDataError(
+                        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
+                        "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
+                        "it with experiment=dpo (data=preferences), or map one response as the output with "
+                        "data.fields.output=chosen"
+                    )
                 raise InstructionDataError(
                     f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
                     f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "

@@ -32,40 +32,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
+from gpt_lab.data.instructions import encode_text, split_entries
 from gpt_lab.data.text import DataError, ResumableDataLoader
-from gpt_lab.tokenizer import get_tokenizer
+from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
+from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-EOT_ID = 50256  # <|endoftext|>: appended to each response, and the padding
-IGNORE_INDEX = -100  # targets that are not response tokens (cross-entropy's ignore_index)
-TRAIN_FRACTION, TEST_FRACTION = 0.85, 0.10  # chapter 7's split: the rest validates
+EOT_ID = ENDOFTEXT_ID  # appended to each response, and the padding
 SPLITS = ("train", "val", "test")
 
 
 class PreferenceDataError(DataError):
     """``data=preferences`` was given a file it cannot use (missing fields, not JSON, an empty split)."""
-
-
-# --- Stand-in for issue 19's prompt registry (gpt_lab.data.instructions): replaced once it lands. ---
-_ALPACA_HEADER = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
-
-
-def _prompt_text(entry: dict[str, str], style: str) -> str:
-    """The prompt of ``entry`` in ``style``, up to and including the response header (the model continues it)."""
-    instruction, extra = entry["instruction"], entry.get("input") or ""
-    if style == "alpaca":
-        text = f"{_ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
-        return text + (f"\n\n### Input:\n{extra}" if extra else "") + "\n\n### Response:\n"
-    if style == "phi3":
-        return f"<|user|>\n{instruction}" + (f"\n{extra}" if extra else "") + "\n<|assistant|>:\n"
-    raise PreferenceDataError(f"data.prompt_style={style} is not a prompt style; choose one of alpaca, phi3")
-
-
-PROMPT_STYLES = ("alpaca", "phi3")
-# --- end of stand-in ---
 
 
 def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
@@ -92,13 +71,21 @@ def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
     return style
 
 
-def read_preference_entries(path: Path, chosen_key: str = "chosen", rejected_key: str = "rejected") -> list[dict]:
+def read_preference_entries(
+    path: Path,
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+    fields: dict[str, str] | None = None,
+) -> list[dict]:
     """The entries of a JSON list or JSONL file, each with ``instruction``, ``input``, ``chosen``, ``rejected``.
 
-    ``chosen_key`` / ``rejected_key`` name the two response fields in the file; the entries come
-    back with them renamed ``chosen`` / ``rejected``. A missing field, a non-string field, or an
-    instruction file given here (``output`` but no responses) is a ``PreferenceDataError``.
+    ``chosen_key`` / ``rejected_key`` name the two response fields in the file, ``fields`` the
+    instruction and input (``data.fields``, as chapter 7's data); the entries come back with the
+    standard names. A missing field, a non-string field, or an instruction file given here
+    (``output`` but no responses) is a ``PreferenceDataError``.
     """
+    instruction_key = (fields or {}).get("instruction") or "instruction"
+    input_key = (fields or {}).get("input") or "input"
     if not path.is_file():
         raise PreferenceDataError(f"data.path={path} is not a file; give a JSON or JSONL file of preference entries")
     text = path.read_text(encoding="utf-8")
@@ -119,7 +106,7 @@ def read_preference_entries(path: Path, chosen_key: str = "chosen", rejected_key
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise PreferenceDataError(f"data.path={path}: entry {i} is a {type(entry).__name__}, not an object")
-        missing = [key for key in ("instruction", chosen_key, rejected_key) if key not in entry]
+        missing = [key for key in (instruction_key, chosen_key, rejected_key) if entry.get(key) is None]
         if missing:
             hint = ""
             if "output" in entry and chosen_key not in entry and rejected_key not in entry:
@@ -133,11 +120,11 @@ def read_preference_entries(path: Path, chosen_key: str = "chosen", rejected_key
                 hint = " (name other fields with data.chosen_key= / data.rejected_key=)"
             raise PreferenceDataError(
                 f"data.path={path}: entry {i} has no {', '.join(missing)} field; data=preferences needs "
-                f"instruction, {chosen_key} and {rejected_key} (input optional){hint}"
+                f"{instruction_key}, {chosen_key} and {rejected_key} ({input_key} optional){hint}"
             )
         item = {
-            "instruction": entry["instruction"],
-            "input": entry.get("input") or "",
+            "instruction": entry[instruction_key],
+            "input": entry.get(input_key) or "",
             "chosen": entry[chosen_key],
             "rejected": entry[rejected_key],
         }
@@ -146,17 +133,6 @@ def read_preference_entries(path: Path, chosen_key: str = "chosen", rejected_key
             raise PreferenceDataError(f"data.path={path}: entry {i} has non-string field(s) {', '.join(bad)}")
         out.append({**entry, **item})
     return out
-
-
-def split_preference_entries(entries: Sequence[dict]) -> dict[str, list[dict]]:
-    """Chapter 7's split: the first 85 % train, the next 10 % test, the rest validation (in file order)."""
-    n_train = int(len(entries) * TRAIN_FRACTION)
-    n_test = int(len(entries) * TEST_FRACTION)
-    return {
-        "train": list(entries[:n_train]),
-        "test": list(entries[n_train : n_train + n_test]),
-        "val": list(entries[n_train + n_test :]),
-    }
 
 
 @dataclass
@@ -177,6 +153,12 @@ class Skipped:
     no_room: list[int] = field(default_factory=list)  # prompt fills the context: no response token left
 
 
+def prompt_text(entry: dict[str, str], style: str) -> str:
+    """The prompt of a pair: the entry in ``style`` up to and including the response header (chapter 7's
+    ``format_prompt`` plus the style's response prefix), which both responses continue."""
+    return format_prompt(entry, style) + get_prompt_style(style).response_prefix
+
+
 def encode_pair(
     entry: dict[str, str], style: str, max_tokens: int, tokenizer: Any = None
 ) -> tuple[PreferencePair, bool]:
@@ -186,11 +168,11 @@ def encode_pair(
     ordinary text here, never the padding id), so the prompt's tokens are the same in both sequences.
     """
     tokenizer = tokenizer or get_tokenizer()
-    prompt = tokenizer.encode(_prompt_text(entry, style), disallowed_special=())
+    prompt = encode_text(tokenizer, prompt_text(entry, style))
     responses = []
     cut = False
     for key in ("chosen", "rejected"):
-        ids = [*tokenizer.encode(entry[key], disallowed_special=()), EOT_ID]
+        ids = [*encode_text(tokenizer, entry[key]), EOT_ID]
         room = max(max_tokens - len(prompt), 0)
         cut |= len(ids) > room
         responses.append(ids[:room])
@@ -250,9 +232,15 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 123,
         eval_max_batches: int | None = None,
+        fields: dict[str, str] | None = None,
+        train_ratio: float = 0.85,
+        test_ratio: float = 0.10,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.fields = fields
+        self.train_ratio, self.test_ratio, self.shuffle_seed = train_ratio, test_ratio, shuffle_seed
         self.eval_max_batches = eval_max_batches
         self.max_length = max_length
         self.batch_size = batch_size
@@ -268,24 +256,20 @@ class PreferenceDataModule(L.LightningDataModule):
         """Read, split and tokenize once (later calls do nothing); refuse an empty split."""
         if self.datasets:
             return
-        if self.prompt_style not in PROMPT_STYLES:
-            raise PreferenceDataError(
-                f"data.prompt_style={self.prompt_style} is not a prompt style; choose one of {', '.join(PROMPT_STYLES)}"
-            )
+        get_prompt_style(self.prompt_style)  # an unknown style fails here, before any model is built
         tokenizer = get_tokenizer()
-        entries = read_preference_entries(self.path, self.chosen_key, self.rejected_key)
-        parts = split_preference_entries(entries)
-        offsets = {"train": 0, "test": len(parts["train"]), "val": len(parts["train"]) + len(parts["test"])}
-        for split, part in parts.items():
-            offset = offsets[split]
+        entries = read_preference_entries(self.path, self.chosen_key, self.rejected_key, self.fields)
+        # Chapter 7's split rule (and its optional seeded shuffle), over (index in the file, entry).
+        parts = split_entries(list(enumerate(entries)), self.train_ratio, self.test_ratio, self.shuffle_seed)
+        for split in SPLITS:
             kept_entries, pairs, skipped = [], [], Skipped()
-            for i, entry in enumerate(part):
+            for index, entry in parts[split]:
                 if entry["chosen"] == entry["rejected"]:
-                    skipped.identical.append(offset + i)
+                    skipped.identical.append(index)
                     continue
                 pair, cut = encode_pair(entry, self.prompt_style, self.max_length + 1, tokenizer)
                 if len(pair.chosen) == 0 or len(pair.rejected) == 0:
-                    skipped.no_room.append(offset + i)
+                    skipped.no_room.append(index)
                     continue
                 skipped.truncated += cut
                 kept_entries.append(entry)
@@ -296,8 +280,9 @@ class PreferenceDataModule(L.LightningDataModule):
         for split in ("train", "val"):
             if not self.datasets[split]:
                 raise PreferenceDataError(
-                    f"data.path={self.path}: the {split} split has no usable pairs ({len(entries)} entries, split 85 % "
-                    "train / 10 % test / 5 % validation; identical or prompt-only pairs left out): give more entries"
+                    f"data.path={self.path}: the {split} split has no usable pairs ({len(entries)} entries, "
+                    f"data.train_ratio={self.train_ratio}, data.test_ratio={self.test_ratio}, the rest validates; "
+                    "identical or prompt-only pairs are left out): give more entries"
                 )
         if len(self.datasets["train"]) < self.batch_size:
             raise PreferenceDataError(
@@ -396,4 +381,8 @@ class PreferenceDataModule(L.LightningDataModule):
             num_workers=d.num_workers or 0,
             seed=cfg.seed,
             eval_max_batches=d.eval_max_batches,
+            fields=dict(d.fields) if d.fields else None,
+            train_ratio=d.train_ratio,
+            test_ratio=d.test_ratio if d.test_ratio is not None else 0.10,
+            shuffle_seed=cfg.seed if d.shuffle else None,
         )

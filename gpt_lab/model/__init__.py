@@ -41,6 +41,11 @@ _NAMES = {
     "load_base_state": "gpt_lab.model.finetune",
     "save_finetuned": "gpt_lab.model.finetune",
     "load_finetuned": "gpt_lab.model.finetune",
+    "replace_head": "gpt_lab.model.classifier",
+    "pooled_logits": "gpt_lab.model.classifier",
+    "classify_texts": "gpt_lab.model.classifier",
+    "load_classifier": "gpt_lab.model.classifier",
+    "classify": "gpt_lab.model.classifier",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, read_results
 from gpt_lab.run.status import is_rank_zero, watch_sweep
+from gpt_lab.run.sweep import continues_sweep
 from gpt_lab.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -156,16 +157,20 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
     )
 
 
-def check_sweep_dir(sweep_dir: Path) -> None:
-    """Refuse (exit 2) a sweep aimed at a directory that already holds a sweep."""
+def check_sweep_dir(sweep_dir: Path, config: DictConfig | None = None) -> None:
+    """Refuse (exit 2) a sweep aimed at a directory that already holds a sweep, unless it continues
+    that very sweep (``ckpt_path=last``, the same overrides: gpt_lab/run/sweep.py)."""
     if not sweep_dir.is_dir():
+        return
+    if config is not None and continues_sweep(config, sweep_dir):
         return
     found = [name for name in SWEEP_FILES if (sweep_dir / name).exists()]
     found += [str(p.relative_to(sweep_dir)) for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))[:1]]
     if found:
         _refuse(
             f"hydra.sweep.dir={sweep_dir} already holds a sweep ({', '.join(found)}); a sweep never writes over "
-            "another's files: leave hydra.sweep.dir out to get a new directory, or choose an empty one"
+            "another's files: leave hydra.sweep.dir out to get a new directory, choose an empty one, or continue "
+            "that sweep with its very command plus ckpt_path=last"
         )
 
 
@@ -181,5 +186,5 @@ class RunDirGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
-            check_sweep_dir(Path(str(config.hydra.sweep.dir)))
+            check_sweep_dir(Path(str(config.hydra.sweep.dir)), config)
             watch_sweep(str(config.hydra.sweep.dir))  # an interrupted parallel sweep waits for its jobs there

@@ -42,7 +42,7 @@ from gpt_lab.run.status import (
     install_signal_handlers,
     is_rank_zero,
 )
-from gpt_lab.run.sweep import finish_interrupted_sweep
+from gpt_lab.run.sweep import finish_interrupted_sweep, kept_job_results
 from gpt_lab.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     if multirun:
         run_info["job_num"] = hydra_cfg.job.num
     try:
+        if (kept := kept_job_results(cfg)) is not None:  # a sweep continued with ckpt_path=last: done before
+            return kept
         return run_task(cfg, run_info)
     except (UserError, StorageError) as err:
         stop = exit_with_error(err)

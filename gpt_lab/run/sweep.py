@@ -7,6 +7,11 @@ failed, interrupted); a job that left no results.json, or died while "running", 
 stopped by SIGINT / SIGTERM still writes its summary (``finish_interrupted_sweep``): the job
 that was running is "interrupted", and the jobs the basic sweeper had planned but not reached
 are rows marked "not run". Configured in ``conf/hydra/default.yaml``.
+
+A sweep stopped part-way (preempted, SIGTERM) continues in place with the same command plus
+``ckpt_path=last`` (and the same ``hydra.sweep.dir``): the guard lets it in (``continues_sweep``),
+jobs keep their directories (``ckpt_path`` is left out of job names), a completed job is kept as it
+is (``kept_job_results``), an interrupted one resumes from its last checkpoint, an unstarted one runs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from gpt_lab.storage import atomic_write, write_text_atomic
 log = logging.getLogger(__name__)
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+RESUME_KEY = "ckpt_path"  # a sweep re-run with ckpt_path=last continues in place (continues_sweep)
 # The sweep this process is running, for finish_interrupted_sweep (set between multirun start and end).
 _running: SweepSummary | None = None
 
@@ -103,6 +109,49 @@ class SweepSummary(Callback):
         _, md_path = write_summary(self._sweep_dir, rows, note=f"Interrupted by {signal_name}.")
         log.info(f"Sweep interrupted by {signal_name}; summary of {len(rows)} jobs: {md_path}")
         return md_path
+
+
+def _without_resume(overrides: Any) -> list[str]:
+    """A sweep's overrides, sorted, without ``ckpt_path`` (what continuing a sweep adds)."""
+    return sorted(str(o) for o in overrides or [] if str(o).lstrip("+~").split("=")[0] != RESUME_KEY)
+
+
+def continues_sweep(config: DictConfig, sweep_dir: Path) -> bool:
+    """Whether this multirun continues the sweep in ``sweep_dir``: ``ckpt_path=last`` and the same overrides.
+
+    The earlier sweep's overrides are read from its ``multirun.yaml`` (Hydra writes it when a sweep
+    starts); without one, nothing says it was the same sweep.
+    """
+    if str(OmegaConf.select(config, RESUME_KEY, default=None)) != "last":
+        return False
+    try:
+        earlier = OmegaConf.load(sweep_dir / "multirun.yaml")
+    except Exception:
+        return False
+    previous = OmegaConf.select(earlier, "hydra.overrides.task", default=None)
+    return previous is not None and _without_resume(previous) == _without_resume(config.hydra.overrides.task)
+
+
+def kept_job_results(cfg: DictConfig) -> dict[str, Any] | None:
+    """In a sweep continued with ``ckpt_path=last``, the results of a job that had completed: it is kept, not
+    run again (None: run the job; an interrupted job then resumes from its last checkpoint, an unstarted one
+    starts)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    if str(OmegaConf.select(cfg, RESUME_KEY, default=None)) != "last":
+        return None
+    results_path = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=""))) / "results.json"
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("status") != "completed":
+        return None
+    log.info("Job %s completed before this sweep was continued: kept (%s)", results.get("job_num"), results_path)
+    return results
 
 
 def finish_interrupted_sweep(signal_name: str) -> Path | None:

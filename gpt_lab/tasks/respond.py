@@ -61,6 +61,8 @@ def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Answer ``cfg.instruction`` (with ``cfg.input``); print the response; return the results.json fields."""
+    if not cfg.instruction:
+        raise UserError("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
     model, style = load_instruction_model(cfg)
     entry = {"instruction": cfg.instruction, "input": cfg.input or ""}
     torch.manual_seed(cfg.seed)  # a sampled answer (temperature > 0) depends on the seed only

@@ -33,7 +33,7 @@ from gpt_lab.run.preflight import check_components
 from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.training.cpu_memory import freed_memory_kept
-from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume
+from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume, check_resume_data
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
+    if resume is not None:
+        check_resume_data(resume, datamodule)  # the same data, in the same batches, or a paragraph
     try:
         datamodule.setup("fit")
     except DataError as err:

@@ -200,6 +200,7 @@ class DPOLitModule(GPTLitModule):
                 reference = copy.deepcopy(self.model)
         reference.eval().requires_grad_(False)
         self.reference = reference
+        self._fingerprint = None
 
     # -- the reference stays frozen, in eval mode, and out of checkpoints --------------------------
 
@@ -226,19 +227,27 @@ class DPOLitModule(GPTLitModule):
             state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
         return super().load_state_dict(state, strict=strict, assign=assign)
 
+    def _reference_fingerprint(self) -> str | None:
+        """The frozen reference's hash, computed once (its weights never change)."""
+        if self.reference is None:
+            return None
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = weights_fingerprint(self.reference)
+        return self._fingerprint
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["dpo"] = {
             "history": list(self._history),
             "window": {k: list(v) for k, v in self._window.items()},
-            "reference": weights_fingerprint(self.reference) if self.reference is not None else None,
+            "reference": self._reference_fingerprint(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("dpo") or {}
         expected = saved.get("reference")
-        if expected is not None and self.reference is not None and expected != weights_fingerprint(self.reference):
+        if expected is not None and self.reference is not None and expected != self._reference_fingerprint():
             raise UserError(
                 "ckpt_path: that DPO run was trained against another reference model than init_from gives now; "
                 "resume with the init_from the run started from"

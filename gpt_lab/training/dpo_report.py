@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PLOT_FILE = "dpo-plot.png"
 RESPONSES_FILE = "test-responses.json"
-EOT_ID = 50256
+REFERENCE_KEY = "reference_response"  # beside chapter 7's model_response: the starting model's answer
 
 
 def plot_dpo_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -66,22 +66,11 @@ def reference_model(lit: DPOLitModule) -> Iterator[nn.Module]:
         yield lit.model
 
 
-def answer(model: nn.Module, prompt_ids: list[int], max_new_tokens: int, device: torch.device) -> str:
-    """The greedy response to ``prompt_ids`` (which end with the response header), stopped at end-of-text."""
-    from gpt_lab.generation.sampling import generate
-    from gpt_lab.tokenizer import get_tokenizer
-
-    context = model.context_length
-    prompt = torch.tensor([prompt_ids[-context:]], device=device)
-    out = generate(model, prompt, max_new_tokens, context, eos_id=EOT_ID)
-    new = [t for t in out[0, prompt.shape[1] :].tolist() if t != EOT_ID]
-    return get_tokenizer().decode(new).strip()
-
-
 def write_test_responses(lit: DPOLitModule, datamodule: Any, cfg: Any, path: Path) -> int:
-    """The test entries with ``model_response`` (the policy's, as chapter 7's file) and
-    ``reference_response`` (the starting model's), greedy; ``dpo.test_responses`` bounds how many."""
-    from gpt_lab.data.preferences import encode_pair
+    """The test entries with ``model_response`` (the policy's, chapter 7's layout, so ``task=judge`` scores it
+    as it is) and ``reference_response`` (the starting model's), answered as chapter 7 answers (greedy unless
+    ``temperature``, up to ``max_response_tokens``); ``dpo.test_responses`` bounds how many."""
+    from gpt_lab.generation.responses import RESPONSE_KEY, generate_response
     from gpt_lab.tokenizer import get_tokenizer
 
     entries = list(datamodule.iter_test_entries())
@@ -89,16 +78,18 @@ def write_test_responses(lit: DPOLitModule, datamodule: Any, cfg: Any, path: Pat
     if limit is not None:
         entries = entries[:limit]
     tokenizer = get_tokenizer()
+    settings = (datamodule.prompt_style, cfg.max_response_tokens or 256, cfg.temperature, cfg.top_k)
     out = []
-    for i, entry in enumerate(entries):
-        pair, _ = encode_pair(entry, datamodule.prompt_style, lit.model.context_length, tokenizer)
-        policy = answer(lit.model, pair.prompt, cfg.max_new_tokens, lit.device)
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)  # sampled answers (temperature > 0) depend on the seed only
+    for entry in tqdm(entries, desc="Test responses (policy, reference)", unit="entry"):
+        policy = generate_response(lit.model, tokenizer, entry, *settings)
         with reference_model(lit) as ref:
-            reference = answer(ref, pair.prompt, cfg.max_new_tokens, lit.device)
-        out.append({**entry, "model_response": policy, "reference_response": reference})
-        if (i + 1) % 10 == 0:
-            log.info("Test responses: %d / %d", i + 1, len(entries))
-    write_text_atomic(path, json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+            reference = generate_response(ref, tokenizer, entry, *settings)
+        out.append({**entry, RESPONSE_KEY: policy, REFERENCE_KEY: reference})
+    if out:
+        write_text_atomic(path, json.dumps(out, indent=4, ensure_ascii=False) + "\n")
     return len(out)
 
 

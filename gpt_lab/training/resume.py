@@ -7,6 +7,12 @@ emb_dim, n_heads, n_layers, qkv_bias, tie_weights) differ from the checkpoint's,
 differences. Optimizer keys that differ (``optim.lr``, ``optim.weight_decay``) are what this run
 asked for: ``ResumedOptimizerSettings`` applies them to the restored optimizer (and scales the
 restored schedule with the new peak rate) and logs them, so the config on disk is what trained.
+
+``check_resume_data`` (issue 21) compares the data the checkpoint trained on with this run's data
+module: a checkpoint holds its position in the data (batches into the epoch for data=text, windows
+yielded for data=corpus), which means something only for the same data read in the same batches.
+Another data option (text / corpus), another ``data.path`` / ``data.dir`` or another
+``data.batch_size`` is refused with the reason, before the model is built.
 """
 
 from __future__ import annotations
@@ -35,11 +41,93 @@ class ResumeError(UserError):
 
 
 @dataclass
+class TrainedData:
+    """What a checkpoint's run read: ``kind`` text or corpus (None: not known), where, in batches of how many."""
+
+    kind: str | None = None
+    location: str | None = None
+    batch_size: int | None = None
+
+
+@dataclass
 class ResumePlan:
     """What resuming from ``path`` changes: optimizer settings ``{name: (checkpoint's, this run's)}``."""
 
     path: Path
     optimizer_changes: dict[str, tuple[float, float]] = field(default_factory=dict)
+    data: TrainedData = field(default_factory=TrainedData)
+
+
+def trained_data(checkpoint: Mapping[str, Any]) -> TrainedData:
+    """The data a checkpoint's run read, from its training loader's state (and the data module's hparams).
+
+    data=corpus: litdata's loader state names the split directory and the batch size; data=text:
+    the loader state counts batches, and TextDataModule's hyper-parameters give path and batch size.
+    """
+    loops = checkpoint.get("loops") if isinstance(checkpoint.get("loops"), Mapping) else {}
+    fit = (loops.get("fit_loop") or {}).get("state_dict") or {}
+    states = fit.get("combined_loader") or []
+    state = states[0] if isinstance(states, list) and states and isinstance(states[0], Mapping) else {}
+    hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    if isinstance(state.get("dataset"), Mapping) and "current_epoch" in state:
+        dataset = state["dataset"]
+        split_dir = dataset.get("input_dir_url") or dataset.get("input_dir_path")
+        location = str(split_dir).rstrip("/").rsplit("/", 1)[0] if split_dir else None
+        return TrainedData("corpus", location, dataset.get("batch_size"))
+    if "batches_done" in state or "path" in hparams:
+        path = hparams.get("path")
+        return TrainedData("text", str(path) if path else None, hparams.get("batch_size"))
+    return TrainedData()
+
+
+def _this_run_data(datamodule: Any) -> TrainedData:
+    """The same facts about this run's data module (kind None for objectives other than text / corpus)."""
+    from gpt_lab.data.corpus import CorpusDataModule
+    from gpt_lab.data.text import TextDataModule
+
+    if isinstance(datamodule, CorpusDataModule):
+        return TrainedData("corpus", datamodule.data_dir.rstrip("/"), datamodule.batch_size)
+    if isinstance(datamodule, TextDataModule):
+        return TrainedData("text", str(datamodule.path), datamodule.batch_size)
+    return TrainedData()
+
+
+def check_resume_data(plan: ResumePlan, datamodule: Any) -> None:
+    """Refuse (``ResumeError``) to resume ``plan``'s checkpoint on other data or in other batches (see the module)."""
+    saved, this = plan.data, _this_run_data(datamodule)
+    if saved.kind is None or this.kind is None:
+        return
+    restart = f"or start a new run from its weights with init_from={plan.path}"
+    key = {"text": "data.path", "corpus": "data.dir"}
+    if saved.kind != this.kind:
+        where = f" {key[saved.kind]}={saved.location}" if saved.location else ""
+        raise ResumeError(
+            f"ckpt_path={plan.path} was trained with data={saved.kind}{where}, and this run reads data={this.kind}: "
+            f"a checkpoint resumes only on the data it trained on (its position in that data is part of it). "
+            f"Resume with data={saved.kind}{where}, {restart}"
+        )
+    if saved.location is not None and not _same_place(saved.location, this.location):
+        name = key[this.kind]
+        raise ResumeError(
+            f"ckpt_path={plan.path} was trained on {name}={saved.location}, and this run reads {name}={this.location}: "
+            f"its position in the data means nothing in other data, so batches would be skipped or repeated. "
+            f"Resume with {name}={saved.location}, {restart}"
+        )
+    if saved.batch_size is not None and saved.batch_size != this.batch_size:
+        raise ResumeError(
+            f"ckpt_path={plan.path} was trained with data.batch_size={saved.batch_size}, and this run asks for "
+            f"data.batch_size={this.batch_size}: its position in the epoch is counted in batches of "
+            f"{saved.batch_size}, so other batches would skip or repeat windows. Resume with "
+            f"data.batch_size={saved.batch_size} (change it at the next run instead), {restart}"
+        )
+
+
+def _same_place(a: str, b: str | None) -> bool:
+    if b is None:
+        return False
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _load(path: Path) -> Mapping[str, Any]:
@@ -101,7 +189,7 @@ def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, A
             f"ckpt_path={path} holds a model of another shape than this run's: {listed}. Resume with the "
             f"checkpoint's model settings, or start a new run from its weights with init_from={path}"
         )
-    plan = ResumePlan(path)
+    plan = ResumePlan(path, data=trained_data(checkpoint))
     for name, key in OPTIMIZER_KEYS.items():
         saved, wanted = hparams.get(name), optim.get(name)
         if isinstance(saved, int | float) and wanted is not None and float(saved) != float(wanted):
