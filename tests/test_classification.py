@@ -284,6 +284,7 @@ def test_ch06_run_writes_accuracies_splits_figures_and_a_classifier_that_loads(
     assert done["predictions"][0]["label"] == got[0]["label"]
 
 
+@pytest.mark.slow  # three tiny training runs
 def test_lora_classifier_resumes_exactly_from_last_checkpoint(tmp_path: Path, classify_run) -> None:
     lora = ("finetune=lora", "lora.rank=2", "optim.lr=1e-3")
     whole = classify_run(tmp_path / "whole", *lora)

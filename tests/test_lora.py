@@ -246,3 +246,27 @@ def test_next_token_training_with_lora_saves_merged_weights_and_model_json(tmp_p
     idx = torch.randint(0, 50257, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), from_ckpt.eval()(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_under_autocast_reuses_the_frozen_cast_until_the_weight_changes() -> None:
+    torch.manual_seed(0)
+    layer = LoRALinear.from_linear(nn.Linear(8, 6), rank=2, alpha=4)
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    x = torch.randn(3, 8)
+
+    def autocast_linear() -> torch.Tensor:  # what autocast computes for the base layer on its own
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16), lora_disabled(layer):
+            assert torch.equal(layer(x), autocast_linear())
+        with torch.no_grad():
+            layer.weight.add_(0.5)  # an in-place change (e.g. load_state_dict): the next cast follows it
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x).float()
+    written_out = x @ layer.weight.T + layer.bias + 2.0 * (x @ layer.lora_A @ layer.lora_B)
+    torch.testing.assert_close(got, written_out, rtol=0.05, atol=0.05)  # bf16's rounding

@@ -97,11 +97,34 @@ class LoRALinear(nn.Linear):
         new.train(linear.training)
         return new
 
+    def _frozen_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The base weight as the matrix product will read it.
+
+        Under autocast (``trainer=cpu_bf16``, GPU mixed precision) every forward would cast the
+        frozen weight to the low precision again; it does not change while frozen, so the cast is
+        kept and redone only when the weight changes (its version counter) — the same values
+        autocast would produce, without the copy each step.
+        """
+        w = self.weight
+        if w.requires_grad or not torch.is_autocast_enabled(x.device.type):
+            return w
+        dtype = torch.get_autocast_dtype(x.device.type)
+        key = (dtype, w.device, w.data_ptr(), w._version)
+        if getattr(self, "_cast_key", None) != key:
+            self._cast_weight = w.detach().to(dtype)
+            self._cast_key = key
+        return self._cast_weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self._frozen_weight(x), self.bias)
         if not self.lora_enabled:
             return out
-        return out + self.scale * ((x @ self.lora_A) @ self.lora_B)
+        # out + scale * (x @ A @ B) as one fused product-and-add over the rows: (n, out)
+        low = x @ self.lora_A  # (..., rank)
+        rows = torch.addmm(
+            out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_B, alpha=self.scale
+        )
+        return rows.view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """The update folded into ``weight`` (out_features, in_features): ``scale * (A @ B)^T``."""
