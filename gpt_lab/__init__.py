@@ -51,7 +51,7 @@ _API = {
     "classify": "gpt_lab.model.classifier",
     "format_prompt": "gpt_lab.generation.prompt_styles",
     "generate_response": "gpt_lab.generation.responses",
-    "read_entries": "gpt_lab.data.instructions",
+    "read_entries": "gpt_lab.data.entries",
     "InstructionDataModule": "gpt_lab.data.instructions",
     "InstructionLitModule": "gpt_lab.training.instruction_module",
 }

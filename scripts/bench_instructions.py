@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import book_training_seconds, build_hf, have_transformers, lit_training_seconds  # noqa: E402
 
 from gpt_lab.config import GPT2_SIZES  # noqa: E402
-from gpt_lab.data.instructions import collate_instructions, encode_entry, read_entries  # noqa: E402
+from gpt_lab.data.entries import read_entries  # noqa: E402
+from gpt_lab.data.instructions import collate_instructions, encode_entry  # noqa: E402
 from gpt_lab.model.gpt import GPTModel  # noqa: E402
 from gpt_lab.tokenizer import get_tokenizer  # noqa: E402
 

@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gpt_lab.config import validate_config
-from gpt_lab.data.classification import ClassificationDataModule, Example, read_labelled, split_examples
+from gpt_lab.data.classification import ClassificationDataModule
+from gpt_lab.data.labelled import Example, read_labelled, split_examples
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.model.classifier import NotAClassifierError, classify, pooled_logits

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import validate_config
 from gpt_lab.data.corpus import CorpusDataModule
-from gpt_lab.data.corpus_prepare import META_FILE, prepare_corpus
+from gpt_lab.data.corpus_prepare import prepare_corpus
+from gpt_lab.data.corpus_sources import META_FILE
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.run.job import run_task
@@ -419,7 +420,7 @@ def test_prepare_twice_gives_the_same_chunks_whatever_the_workers_timing(
 ) -> None:
     import time
 
-    import gpt_lab.data.corpus_prepare as corpus_module
+    import gpt_lab.data.corpus_sources as corpus_module
 
     docs = _write_sources(tmp_path / "src")
     real = corpus_module.document_tokens
@@ -450,7 +451,7 @@ def test_prepare_twice_gives_the_same_chunks_whatever_the_workers_timing(
 def test_prepare_of_sources_that_change_meanwhile_fails_with_a_paragraph(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gpt_lab.data.corpus_prepare as corpus_module
+    import gpt_lab.data.corpus_sources as corpus_module
 
     docs = _write_sources(tmp_path / "src")
     real = corpus_module.document_tokens
@@ -532,7 +533,7 @@ def test_prepare_stopped_by_a_signal_reports_it_and_leaves_no_process(tmp_path: 
     # The CLI, with every document taking a minute to tokenize (the workers are forked: they inherit it).
     hook = (
         "import os, runpy, sys, time\n"
-        "import gpt_lab.data.corpus_prepare as cp\n"
+        "import gpt_lab.data.corpus_sources as cp\n"
         "def slow(path):\n"
         f"    open(os.path.join({str(busy)!r}, str(os.getpid())), 'w').close()\n"
         "    time.sleep(60)\n"

@@ -171,7 +171,7 @@ def test_read_says_an_instruction_file_belongs_to_data_instructions(tmp_path: Pa
 
 
 def test_a_preference_file_given_to_data_instructions_says_data_preferences(tmp_path: Path) -> None:
-    from gpt_lab.data.instructions import InstructionDataError, read_entries
+    from gpt_lab.data.entries import InstructionDataError, read_entries
 
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps([{"instruction": "a", "input": "", "chosen": "b", "rejected": "c"}]))

@@ -13,13 +13,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.data.instructions import (
-    InstructionDataError,
-    collate_instructions,
-    encode_entry,
-    read_entries,
-    split_entries,
-)
+from gpt_lab.data.entries import InstructionDataError, read_entries, split_entries
+from gpt_lab.data.instructions import collate_instructions, encode_entry
 from gpt_lab.errors import UserError
 from gpt_lab.generation.prompt_styles import PromptStyleError, extract_response, format_example, format_prompt
 from gpt_lab.generation.sampling import generate_text_simple

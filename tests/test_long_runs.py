@@ -609,3 +609,31 @@ def test_ckpt_path_last_never_starts_afresh_over_checkpoints_that_do_not_load(
     (tmp_path / "checkpoints" / "epoch00-step4.ckpt").write_bytes(b"half a checkpoint, copied by hand")
     with pytest.raises(UserError, match=r"holds checkpoints, but none loads \(epoch00-step4.ckpt\)"):
         train(tmp_path, "ckpt_path=last", "trainer.max_steps=2")
+
+
+_USER_SCRIPT = """
+import os, signal
+import lightning as L
+from lightning.pytorch.demos.boring_classes import BoringModel
+from gpt_lab.training.callbacks import StopOnSignal
+
+class Preempt(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, idx):
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+trainer = L.Trainer(max_steps=50, callbacks=[StopOnSignal(), Preempt()], logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+trainer.fit(BoringModel())
+print("not reached")
+"""
+
+
+def test_a_scripts_own_trainer_with_stop_on_signal_exits_143_without_a_traceback() -> None:
+    """StopOnSignal's RunInterrupted is a SystemExit(128 + signal): uncaught, Python exits quietly with it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _USER_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "not reached" not in done.stdout

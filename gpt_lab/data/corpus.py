@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from gpt_lab.config import input_path
-from gpt_lab.data.corpus_prepare import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url, read_meta
+from gpt_lab.data.corpus_prepare import read_meta
+from gpt_lab.data.corpus_sources import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url
 from gpt_lab.data.text import EvaluationWindows
 from gpt_lab.tokenizer import ENDOFTEXT_ID
 

@@ -1,8 +1,7 @@
 """Chapter 7's data: instruction / input / output entries, the book's split and its batches.
 
-Plain functions the other fine-tuning objectives reuse: ``read_entries`` (a JSON list or JSONL
-file, field names mappable), ``split_entries`` (the book's 85 / 10 / 5 % split, optionally after
-a seeded shuffle), ``encode_entry`` (prompt and response as the book tokenizes them) and
+Plain functions the other fine-tuning objectives reuse (the entries and their split:
+gpt_lab/data/entries.py): ``encode_entry`` (prompt and response as the book tokenizes them) and
 ``collate_instructions`` (the book's padding and target masking, with exercise 7.2's prompt mask).
 
 Text that contains ``<|endoftext|>`` is tokenized as ordinary text (``disallowed_special=()``:
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,140 +25,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
-from gpt_lab.data.text import DataError, ResumableDataLoader, _own_generator
+from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, split_entries, split_sizes
+from gpt_lab.data.text import ResumableDataLoader, _own_generator
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("instruction", "input", "output")
-REQUIRED_FIELDS = ("instruction", "output")
-SPLITS = ("train", "val", "test")
 SPLIT_FILES = {split: f"{split}.json" for split in SPLITS}  # what a run writes into its directory
-
-
-class InstructionDataError(DataError):
-    """An instruction file that cannot be read, an entry without its fields, an empty split."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Entries
-
-
-def _parse(path: Path, text: str, key: str) -> list[Any]:
-    """A JSON list, or JSON Lines (one object per line); the error names the line that is neither."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InstructionDataError(
-                f"{key}={path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); give a JSON "
-                "list of entries or JSON Lines (one entry per line)"
-            ) from None
-        return data
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise InstructionDataError(
-                f"{key}={path} is neither a JSON list nor JSON Lines: line {number} is not JSON ({err.msg}); "
-                "give a JSON list of entries or one JSON object per line"
-            ) from None
-    return entries
-
-
-def read_entries(
-    path: str | Path, fields: Mapping[str, str] | None = None, key: str = "data.path"
-) -> list[dict[str, Any]]:
-    """The entries of a JSON list or JSONL file, each with ``instruction``, ``input`` and ``output``.
-
-    ``fields`` maps those names to the file's own (``{"instruction": "question", "output":
-    "answer"}``); a missing or null ``input`` becomes ``""``; other keys of an entry are kept
-    (preference data's ``chosen`` / ``rejected``). Any problem is an ``InstructionDataError``
-    naming ``key``, the file and the entry's index (counted from 0).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InstructionDataError(
-            f"{key}={path} "
-            + ("is not a file" if path.exists() else "does not exist")
-            + "; give a JSON list or JSON Lines file of instruction / input / output entries"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InstructionDataError(f"{key}={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except OSError as err:
-        raise InstructionDataError(f"{key}={path} cannot be read: {err.strerror or err}") from None
-    data = _parse(path, text, key)
-    if not isinstance(data, list):
-        raise InstructionDataError(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
-    names = {name: (fields or {}).get(name) or name for name in FIELDS}
-    entries = []
-    for index, raw in enumerate(data):
-        if not isinstance(raw, Mapping):
-            raise InstructionDataError(
-                f"{key}={path}: entry {index} (counting from 0) is a {type(raw).__name__}, not an object with "
-                f"{', '.join(repr(names[f]) for f in FIELDS)}"
-            )
-        entry = {k: v for k, v in raw.items() if k not in names.values()}
-        for name in FIELDS:
-            value = raw.get(names[name])
-            if value is None and name not in REQUIRED_FIELDS:
-                value = ""
-            if value is None:
-                mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
-                if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
-                    raise InstructionDataError(
-                        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
-                        "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
-                        "it with experiment=dpo (data=preferences), or map one response as the output with "
-                        "data.fields.output=chosen"
-                    )
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
-                    f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "
-                    f"data.fields.instruction=..., data.fields.input=..., data.fields.output=...)"
-                )
-            if not isinstance(value, str):
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has {names[name]!r} of type "
-                    f"{type(value).__name__}; it must be a string"
-                )
-            entry[name] = value
-        entries.append(entry)
-    if not entries:
-        raise InstructionDataError(f"{key}={path} holds no entries")
-    return entries
-
-
-def split_sizes(n: int, train_ratio: float = 0.85, test_ratio: float = 0.10) -> dict[str, int]:
-    """The book's split of ``n`` entries: ``int(0.85 n)`` train, ``int(0.1 n)`` test, the rest validation."""
-    train = int(n * train_ratio)
-    test = int(n * test_ratio)
-    return {"train": train, "val": n - train - test, "test": test}
-
-
-def split_entries(
-    entries: Sequence[Any], train_ratio: float = 0.85, test_ratio: float = 0.10, seed: int | None = None
-) -> dict[str, list[Any]]:
-    """The book's split: the first ``train_ratio`` trains, the next ``test_ratio`` tests, the rest validates.
-
-    With ``seed`` the entries are shuffled first (Python's ``random.Random(seed)``); without, the
-    file's order is kept, as the book does.
-    """
-    order = list(entries)
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    sizes = split_sizes(len(order), train_ratio, test_ratio)
-    train_end = sizes["train"]
-    test_end = train_end + sizes["test"]
-    return {"train": order[:train_end], "val": order[test_end:], "test": order[train_end:test_end]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
-from gpt_lab.data.instructions import encode_text, split_entries
+from gpt_lab.data.entries import split_entries
+from gpt_lab.data.instructions import encode_text
 from gpt_lab.data.text import DataError, ResumableDataLoader
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer

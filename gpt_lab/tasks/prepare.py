@@ -3,7 +3,8 @@
     python scripts/run.py task=prepare data=corpus data.source=<file|dir|glob> data.dir=<dir>
 
 Writes ``data.dir/train/``, ``data.dir/val/`` (litdata token chunks) and, last, ``data.dir/meta.json``
-(see gpt_lab/data/corpus_prepare.py). Preparing the same sources again does nothing.
+(see gpt_lab/data/corpus_prepare.py, corpus_sources.py and corpus_writer.py). Preparing the same sources again
+does nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gpt_lab.config import input_path
-from gpt_lab.data.corpus_prepare import CorpusError, is_url, prepare_corpus
+from gpt_lab.data.corpus_prepare import prepare_corpus
+from gpt_lab.data.corpus_sources import CorpusError, is_url
 
 log = logging.getLogger(__name__)
 

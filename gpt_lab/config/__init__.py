@@ -1,0 +1,65 @@
+"""The run configuration: its schema (``schema``) and the one validation every task runs first (``checks``).
+
+YAML under ``conf/`` holds the values; ``validate_config`` checks a composed config against the
+schema and its ranges and names the key of every problem.
+"""
+
+from gpt_lab.config.checks import check_config, input_path, validate_config
+from gpt_lab.config.schema import (
+    DATA_NAMES,
+    DPO_LOGPROBS,
+    DROPOUT_KEYS,
+    FINETUNE_NAMES,
+    GPT2_SIZES,
+    LORA_SCALINGS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    POOLINGS,
+    SCHEDULER_NAMES,
+    TRAINER_LENGTH_KEYS,
+    ClassifierConfig,
+    Config,
+    DataConfig,
+    DPOConfig,
+    FinetuneConfig,
+    JudgeConfig,
+    LoRAConfig,
+    ModelConfig,
+    OptimConfig,
+    PathsConfig,
+    SchedulerConfig,
+    TaskConfig,
+)
+
+__all__ = [
+    "DATA_NAMES",
+    "DPO_LOGPROBS",
+    "DROPOUT_KEYS",
+    "FINETUNE_NAMES",
+    "GPT2_SIZES",
+    "LORA_SCALINGS",
+    "MAX_LR",
+    "MAX_SEED",
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "POOLINGS",
+    "SCHEDULER_NAMES",
+    "TRAINER_LENGTH_KEYS",
+    "ClassifierConfig",
+    "Config",
+    "DPOConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "JudgeConfig",
+    "LoRAConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PathsConfig",
+    "SchedulerConfig",
+    "TaskConfig",
+    "check_config",
+    "input_path",
+    "validate_config",
+]
