@@ -41,6 +41,7 @@ _NAMES = {
     "ResumableDataLoader": "gpt_lab.data.text",
     "read_text": "gpt_lab.data.text",
     "split_text": "gpt_lab.data.text",
+    "ShuffledDataModule": "gpt_lab.data.text",
     "TextDataModule": "gpt_lab.data.text",
     "ClassificationDataModule": "gpt_lab.data.classification",
     "read_labelled": "gpt_lab.data.labelled",

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,7 +35,7 @@ from gpt_lab.data.labelled import (
     split_examples,
     write_split_csv,
 )
-from gpt_lab.data.text import DataError, ResumableDataLoader, _own_generator
+from gpt_lab.data.text import DataError, ResumableDataLoader, ShuffledDataModule, _own_generator
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class _Collate:
         return pad_collate(batch, self.length)
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(ShuffledDataModule):
     """Train / validation / test loaders of labelled texts (chapter 6). See the module docstring.
 
     ``class_names`` (from ``data.class_names`` or the training labels, sorted) fix the class
@@ -268,12 +267,6 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state_dict["generator_state"])
 
     # -- reporting ------------------------------------------------------------------------------
     def split_sizes(self) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, split_entries, split_sizes
-from gpt_lab.data.text import ResumableDataLoader, _own_generator
+from gpt_lab.data.text import ResumableDataLoader, ShuffledDataModule, _own_generator
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
@@ -125,7 +124,7 @@ class InstructionDataset(Dataset):
 # The data module
 
 
-class InstructionDataModule(L.LightningDataModule):
+class InstructionDataModule(ShuffledDataModule):
     """``data=instructions``: the splits of one entries file (``path``) or one file per split.
 
     Training batches are shuffled with the module's own generator (seeded; its state and the
@@ -245,12 +244,6 @@ class InstructionDataModule(L.LightningDataModule):
     def eval_dataloader(self, split: str) -> BoundedLoader:
         """The first ``eval_max_batches`` batches of ``split`` in order (None: all), for the reported losses."""
         return BoundedLoader(self._loader(split, shuffle=False, drop_last=False), self.eval_max_batches)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state_dict["generator_state"])
 
     def split_sizes(self) -> dict[str, Any]:
         """What results.json records about the data: the entries per split and the truncated ones."""

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,7 +33,7 @@ from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import split_entries
 from gpt_lab.data.instructions import encode_text
-from gpt_lab.data.text import DataError, ResumableDataLoader
+from gpt_lab.data.text import DataError, ResumableDataLoader, ShuffledDataModule
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
 
@@ -214,7 +213,7 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(ShuffledDataModule):
     """Training and validation batches of preference pairs; the test split kept for responses.
 
     Training batches are shuffled with the module's own generator (its state travels in
@@ -339,12 +338,6 @@ class PreferenceDataModule(L.LightningDataModule):
         and final metrics."""
         loader = self._loader(split, shuffle=False)
         return loader if self.eval_max_batches is None else BoundedLoader(loader, self.eval_max_batches)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state_dict["generator_state"])
 
     def split_sizes(self) -> dict[str, Any]:
         """results.json fields: pairs per split and those left out."""

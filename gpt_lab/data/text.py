@@ -193,7 +193,21 @@ class TextEvaluation:
         )
 
 
-class TextDataModule(L.LightningDataModule):
+class ShuffledDataModule(L.LightningDataModule):
+    """A data module whose training order is drawn from ``self.generator``: its state travels in
+    Lightning checkpoints, so a resumed run shuffles its next epochs as the uninterrupted run would
+    (a mid-epoch checkpoint's loader state, restored later by Lightning, rewinds it further)."""
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator_state": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state_dict["generator_state"])
+
+
+class TextDataModule(ShuffledDataModule):
     """Training and validation windows over the UTF-8 text at ``path``.
 
     ``max_length`` is the model's context length; ``stride`` defaults to it (non-overlapping
@@ -296,13 +310,6 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, generator=_own_generator()
         )
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        # A mid-epoch checkpoint's loader state (restored later by Lightning) rewinds it further.
-        self.generator.set_state(state_dict["generator_state"])
 
     @classmethod
     def from_config(cls, cfg: Any, context_length: int) -> TextDataModule:
