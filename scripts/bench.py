@@ -301,6 +301,7 @@ def lit_training_seconds(
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
 
+    from gpt_lab.training.cpu_memory import freed_memory_kept
     from gpt_lab.training.lit_module import GPTLitModule
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
@@ -327,8 +328,10 @@ def lit_training_seconds(
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        # batch_size=None: the loader hands out the prepared (inputs, targets) batches as they are.
-        trainer.fit(lit, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+        # batch_size=None: the loader hands out the prepared (inputs, targets) batches as they are. The fit
+        # keeps freed memory on the CPU, as task=train's does (gpt_lab/training/cpu_memory.py).
+        with freed_memory_kept(trainer.strategy.root_device.type == "cpu"):
+            trainer.fit(lit, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return timer.seconds
 
 
