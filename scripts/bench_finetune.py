@@ -141,11 +141,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=120)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="2 timed steps a row (make bench ARGS=--quick)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS, metavar="ROW")
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "finetune.json")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, its numbers as JSON
     args = parser.parse_args()
+    if args.quick:
+        args.reps = min(args.reps, 2)
     if args.row:
         print(json.dumps(run_row(args.row, args)))
         return
