@@ -35,7 +35,7 @@ from gpt_lab.data.labelled import (
     split_examples,
     write_split_csv,
 )
-from gpt_lab.data.text import DataError, ResumableDataLoader, ShuffledDataModule, _own_generator
+from gpt_lab.data.text import DataError, ShuffledDataModule
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -240,27 +240,11 @@ class ClassificationDataModule(ShuffledDataModule):
         return _Collate(self.max_length if self.pad else None)
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(
-            self.datasets["train"],
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,  # the book's training loader
-            num_workers=self.num_workers,
-            generator=self.generator,
-            collate_fn=self._collate(),
-        )
+        return self.split_loader(self.datasets["train"], True, True, self._collate())  # drop_last: the book's
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every text of ``split`` ("train", "val" or "test") in order."""
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=self.num_workers,
-            generator=_own_generator(),
-            collate_fn=self._collate(),
-        )
+        return self.split_loader(self.datasets[split], False, False, self._collate())
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, split_entries, split_sizes
-from gpt_lab.data.text import ResumableDataLoader, ShuffledDataModule, _own_generator
+from gpt_lab.data.text import ShuffledDataModule
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
@@ -224,15 +224,8 @@ class InstructionDataModule(ShuffledDataModule):
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         assert self.datasets, "call setup() first"
-        kind = ResumableDataLoader if shuffle else DataLoader
-        return kind(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            collate_fn=InstructionCollator(self.max_length, self.mask_prompt),
-            generator=self.generator if shuffle else _own_generator(),
+        return self.split_loader(
+            self.datasets[split], shuffle, drop_last, InstructionCollator(self.max_length, self.mask_prompt)
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -33,7 +33,7 @@ from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import split_entries
 from gpt_lab.data.instructions import encode_text
-from gpt_lab.data.text import DataError, ResumableDataLoader, ShuffledDataModule
+from gpt_lab.data.text import DataError, ShuffledDataModule
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
 
@@ -316,16 +316,7 @@ class PreferenceDataModule(ShuffledDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self.datasets, "call setup() first"
-        kind = ResumableDataLoader if shuffle else DataLoader
-        return kind(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            collate_fn=collate_preferences,
-            num_workers=self.num_workers,
-            generator=self.generator if shuffle else _own_generator(),
-        )
+        return self.split_loader(self.datasets[split], shuffle, shuffle, collate_preferences)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -206,6 +206,20 @@ class ShuffledDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state_dict["generator_state"])
 
+    def split_loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, collate_fn: Any) -> DataLoader:
+        """``dataset`` in batches of ``self.batch_size``: shuffled by ``self.generator`` and resumable
+        mid-epoch (training), or in order with a generator of its own (drawing nothing from torch's)."""
+        kind = ResumableDataLoader if shuffle else DataLoader
+        return kind(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate_fn,
+            generator=self.generator if shuffle else _own_generator(),
+        )
+
 
 class TextDataModule(ShuffledDataModule):
     """Training and validation windows over the UTF-8 text at ``path``.

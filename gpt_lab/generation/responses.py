@@ -26,7 +26,7 @@ def answer(
     tokenizer: tiktoken.Encoding,
     entry: Mapping[str, Any],
     style: str,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
 ) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def generate_response(
     tokenizer: tiktoken.Encoding,
     entry: Mapping[str, Any],
     style: str,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
 ) -> str:
@@ -82,7 +82,7 @@ def generate_responses(
     tokenizer: tiktoken.Encoding,
     entries: Iterable[Mapping[str, Any]],
     style: str,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
     progress: bool = True,
