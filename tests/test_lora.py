@@ -270,3 +270,110 @@ def test_lora_under_autocast_reuses_the_frozen_cast_until_the_weight_changes() -
         got = layer(x).float()
     written_out = x @ layer.weight.T + layer.bias + 2.0 * (x @ layer.lora_A @ layer.lora_B)
     torch.testing.assert_close(got, written_out, rtol=0.05, atol=0.05)  # bf16's rounding
+
+
+# --- the LoRA product's own backward and the grouped query/key/value (speed paths, same function) ----------------
+
+
+def _written_out(x: torch.Tensor, layer: LoRALinear) -> torch.Tensor:
+    """Appendix E's LoRA layer as plain autograd sees it."""
+    out = x @ layer.weight.T + layer.scale * (x @ layer.lora_A @ layer.lora_B)
+    return out if layer.bias is None else out + layer.bias
+
+
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    out = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return out
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_lora_gradients_equal_autograd_of_the_written_out_layer(bias: bool, frozen: bool) -> None:
+    torch.manual_seed(0)
+    layer = LoRALinear.from_linear(nn.Linear(6, 5, bias=bias).double(), rank=3, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    for p in (layer.weight, layer.bias):
+        if p is not None:
+            p.requires_grad_(not frozen)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    params = [x, *(p for p in layer.parameters() if p.requires_grad)]
+    g = torch.randn(2, 4, 5, dtype=torch.float64)
+    layer(x).backward(g)
+    ours = _grads(params)
+    _written_out(x, layer).backward(g)
+    for got, expected in zip(ours, _grads(params), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _qkv_lora(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    att = GPTModel({**TINY, "drop_rate": 0.0, "qkv_bias": True}).trf_blocks[0].att
+    apply_lora(att, rank=2, alpha=4, targets=["W_query", "W_key", "W_value"])
+    with torch.no_grad():
+        for _, m in att.named_children():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(std=0.1)
+    return att
+
+
+def test_query_key_value_computed_together_under_autocast_equal_the_layers_one_by_one() -> None:
+    att = _qkv_lora()
+    layers = (att.W_query, att.W_key, att.W_value)
+    d = att.W_query.in_features
+    x = torch.randn(2, 5, d, requires_grad=True)
+    adapters = [p for m in layers for p in (m.lora_A, m.lora_B)]
+    g = [torch.randn(2, 5, d) for _ in layers]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        together = LoRALinear.forward_group(layers, x)
+    torch.autograd.backward(together, g)
+    grads_together = _grads([x, *adapters])
+    # One by one, each layer as autocast computes its expression: bf16 products, float32 parameters.
+    one_by_one = []
+    for m in layers:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            one_by_one.append(torch.nn.functional.linear(x, m.weight, m.bias) + m.scale * (x @ m.lora_A @ m.lora_B))
+    torch.autograd.backward(one_by_one, g)
+    for got, expected in zip(together, one_by_one, strict=True):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
+    for got, expected in zip(grads_together, _grads([x, *adapters]), strict=True):
+        assert got.dtype == torch.float32  # the parameters' and the input's own dtype
+        torch.testing.assert_close(got, expected, rtol=0.03, atol=0.03)
+    # The joined frozen weights follow an in-place change of one of them (e.g. load_state_dict).
+    with torch.no_grad():
+        att.W_key.weight.add_(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        key = LoRALinear.forward_group(layers, x)[1]
+        expected = torch.nn.functional.linear(x, att.W_key.weight, att.W_key.bias) + att.W_key.scale * (
+            x @ att.W_key.lora_A @ att.W_key.lora_B
+        )
+    torch.testing.assert_close(key.float(), expected.float(), rtol=0.02, atol=0.05)
+
+
+def test_attention_with_lora_takes_the_grouped_product_only_when_every_projection_has_it() -> None:
+    att = _qkv_lora()
+    calls = []
+    original = LoRALinear.forward_group
+
+    def counting(layers, x):  # type: ignore[no-untyped-def]
+        calls.append(len(layers))
+        return original(layers, x)
+
+    d = att.W_query.in_features
+    x = torch.randn(1, 4, d)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LoRALinear, "forward_group", staticmethod(counting))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            att(x)
+        assert calls == [3]  # query, key and value in one product
+        calls.clear()
+        att(x)
+        assert calls == [3, 1, 1, 1]  # float32: the group hands each layer its own product
+        calls.clear()
+        att.W_key = nn.Linear(d, d)  # a plain key projection
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            att(x)
+        assert calls == [1, 1]  # query and value each on their own

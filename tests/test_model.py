@@ -12,7 +12,15 @@ from omegaconf import OmegaConf
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.generation.sampling import generate, generate_text_simple
-from gpt_lab.model.gpt import GELU, DummyGPTModel, FeedForward, GPTModel, LayerNorm, MultiHeadAttention
+from gpt_lab.model.gpt import (
+    GELU,
+    DummyGPTModel,
+    FeedForward,
+    GPTModel,
+    LayerNorm,
+    MultiHeadAttention,
+    attention_written_out,
+)
 from gpt_lab.model.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
 
@@ -120,6 +128,73 @@ def test_attention_is_causal() -> None:
     y = x.clone()
     y[:, 4:] += 1.0  # change only the future of positions 0..3
     torch.testing.assert_close(att(x)[:, :4], att(y)[:, :4])
+
+
+def _chapter3_attention(q, k, v, causal, keep=None):  # type: ignore[no-untyped-def]
+    """Chapter 3's attention written out: scores / sqrt(d_k), the causal mask, softmax, dropout, values."""
+    t, s = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-2, -1) / k.shape[-1] ** 0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool).triu(1), float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return (weights if keep is None else weights * keep) @ v
+
+
+@pytest.mark.parametrize(("t", "s", "causal"), [(5, 5, True), (5, 5, False), (3, 7, True)])
+def test_written_out_attention_is_chapter_3s_with_its_gradients(t: int, s: int, causal: bool) -> None:
+    torch.manual_seed(4)
+    q = torch.randn(2, 3, t, 4, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 3, s, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    keep = (torch.rand(2, 3, t, s) > 0.3).double() / 0.7
+    g = torch.randn(2, 3, t, 4, dtype=torch.float64)
+    ours = attention_written_out(q, k, v, causal, 0.3, dropout=lambda w, p: w * keep.view(w.shape))
+    ours.backward(g)
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    expected = _chapter3_attention(q, k, v, causal, keep)
+    expected.backward(g)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    for got, x in zip(grads, (q, k, v), strict=True):
+        torch.testing.assert_close(got, x.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_training_attention_is_written_out_up_to_its_length_and_fused_beyond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpt_lab.model.gpt as gpt
+
+    calls: list[int] = []
+    monkeypatch.setattr(gpt, "attention_written_out", lambda q, *a, **kw: calls.append(q.shape[-2]) or q)
+    torch.manual_seed(5)
+    att = MultiHeadAttention(16, 16, context_length=512, dropout=0.0, num_heads=4)
+    short, long = torch.randn(1, 8, 16), torch.randn(1, gpt.EXPLICIT_ATTENTION_MAX_TOKENS + 1, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        att(short)
+        att(long)  # fused kernel: longer than the written-out path pays for
+        with torch.no_grad():
+            att(short)  # inference: fused kernel
+    att(short)  # float32: fused kernel
+    assert calls == [8]
+
+
+def test_bf16_training_attention_is_close_to_the_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpt_lab.model.gpt as gpt
+
+    torch.manual_seed(6)
+    att = MultiHeadAttention(16, 16, context_length=16, dropout=0.0, num_heads=4)
+    x = torch.randn(2, 12, 16)
+    outputs = []
+    for limit in (gpt.EXPLICIT_ATTENTION_MAX_TOKENS, 0):  # written out, then SDPA
+        monkeypatch.setattr(gpt, "EXPLICIT_ATTENTION_MAX_TOKENS", limit)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = att(x)
+        out.float().sum().backward()
+        outputs.append((out.float(), att.W_query.weight.grad.clone()))
+        att.zero_grad()
+    (written, g_written), (fused, g_fused) = outputs
+    torch.testing.assert_close(written, fused, rtol=0.02, atol=0.02)  # bf16's rounding
+    torch.testing.assert_close(g_written, g_fused, rtol=0.05, atol=0.05)
 
 
 def test_attention_dropout_only_in_training() -> None:

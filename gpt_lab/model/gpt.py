@@ -15,7 +15,7 @@ Pure PyTorch: no Lightning, no Hydra.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -151,9 +151,10 @@ class MultiHeadAttention(nn.Module):
         """``x``: (b, t, d_in). ``kv``: this layer's cache buffers, ``start``: position of ``x[:, 0]``."""
         b, t, _ = x.shape
         # (b, n_heads, t, head_dim)
-        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = (
+            p.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in _project(x, (self.W_query, self.W_key, self.W_value))
+        )
         if kv is not None:
             k_buf, v_buf = kv
             k_buf[:, :, start : start + t] = k
@@ -163,17 +164,79 @@ class MultiHeadAttention(nn.Module):
         if start > 0 and t > 1 and self.causal:
             # New queries sit at positions start..start+t-1 and may see every key up to their own.
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        ctx = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout.p if self.training else 0.0,
-            # bool(): sizes are tensors under torch.jit.trace (graph)
-            is_causal=bool(self.causal and start == 0 and t > 1),
-        )
+        dropout_p = self.dropout.p if self.training else 0.0
+        if kv is None and _explicit_attention_pays(q):
+            ctx = attention_written_out(q, k, v, self.causal, dropout_p)
+        else:
+            ctx = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout_p,
+                # bool(): sizes are tensors under torch.jit.trace (graph)
+                is_causal=bool(self.causal and start == 0 and t > 1),
+            )
         ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
         return self.out_proj(ctx)
+
+
+def _project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+    """Each layer applied to ``x``. Layers of one class that defines ``forward_group(layers, x)``
+    compute together (appendix E's ``LoRALinear``: query, key and value as one product)."""
+    group = getattr(type(layers[0]), "forward_group", None)
+    if group is not None and all(type(layer) is type(layers[0]) for layer in layers):
+        return group(layers, x)
+    return tuple(layer(x) for layer in layers)
+
+
+# Training in bf16 on the CPU (trainer=cpu_bf16), PyTorch's fused attention is slow to back-propagate
+# through short sequences: forward + backward at (8, 12, t, 64) took 16.4 ms at t=128 against 4.1 ms
+# written out (attention_written_out), 1.3x slower at t=256, 0.94x at t=384 (docs/performance.md).
+# Up to this length training steps take the written-out path; fp32, inference and longer sequences
+# keep the fused kernel.
+EXPLICIT_ATTENTION_MAX_TOKENS = 256
+
+
+def _explicit_attention_pays(q: torch.Tensor) -> bool:
+    return (
+        q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and q.requires_grad
+        and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS
+    )
+
+
+def attention_written_out(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    dropout_p: float = 0.0,
+    dropout: Callable[[torch.Tensor, float], torch.Tensor] = F.dropout,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask) v`` with ``dropout`` on the weights: chapter 3's attention.
+
+    ``q``: (b, n_heads, t, head_dim), ``k`` / ``v``: (b, n_heads, s, head_dim); ``scale`` defaults to
+    1 / sqrt(head_dim); ``causal``: query ``i`` sees keys ``0..i`` (SDPA's ``is_causal``). The mask
+    (0, or -inf above the diagonal) is added by the scores' own product (``baddbmm``), so neither it
+    nor the scale costs a pass. The softmax runs in the scores' dtype (bf16 under autocast: PyTorch's
+    kernel computes in float32 and rounds once).
+    """
+    b, h, t, d = q.shape
+    s = k.shape[-2]
+    mask = torch.full((t, s), float("-inf") if causal else 0.0, dtype=q.dtype, device=q.device).triu(1)
+    scores = torch.baddbmm(
+        mask,
+        q.reshape(b * h, t, d),
+        k.reshape(b * h, s, d).transpose(1, 2),
+        alpha=d**-0.5 if scale is None else scale,
+    )
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0:
+        weights = dropout(weights, dropout_p)
+    return (weights @ v.reshape(b * h, s, v.shape[-1])).view(b, h, t, v.shape[-1])
 
 
 def _drop_book_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

@@ -97,34 +97,41 @@ class LoRALinear(nn.Linear):
         new.train(linear.training)
         return new
 
-    def _frozen_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The base weight as the matrix product will read it.
-
-        Under autocast (``trainer=cpu_bf16``, GPU mixed precision) every forward would cast the
-        frozen weight to the low precision again; it does not change while frozen, so the cast is
-        kept and redone only when the weight changes (its version counter) — the same values
-        autocast would produce, without the copy each step.
-        """
-        w = self.weight
-        if w.requires_grad or not torch.is_autocast_enabled(x.device.type):
-            return w
-        dtype = torch.get_autocast_dtype(x.device.type)
-        key = (dtype, w.device, w.data_ptr(), w._version)
-        if getattr(self, "_cast_key", None) != key:
-            self._cast_weight = w.detach().to(dtype)
-            self._cast_key = key
-        return self._cast_weight
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self._frozen_weight(x), self.bias)
-        if not self.lora_enabled:
-            return out
-        # out + scale * (x @ A @ B) as one fused product-and-add over the rows: (n, out)
-        low = x @ self.lora_A  # (..., rank)
-        rows = torch.addmm(
-            out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), self.lora_B, alpha=self.scale
-        )
-        return rows.view(out.shape)
+        return self.forward_group((self,), x)[0]
+
+    @staticmethod
+    def forward_group(layers: Sequence[LoRALinear], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of ``layers`` that all read ``x`` (attention's query, key and value).
+
+        Under autocast (``trainer=cpu_bf16``, GPU mixed precision) the group is one product: ``x``
+        is cast once, the frozen weights are joined and cast once and kept until one of them
+        changes (the same values autocast would produce, without a copy each step), and the
+        adapters join as ``[A_1 .. A_k]`` and ``blockdiag(B_1 .. B_k)``. At full precision each
+        layer is its own product (joining would keep a second copy of the weights for little gain).
+        """
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        if len(layers) > 1 and (
+            dtype is None
+            or len({layer.lora_enabled for layer in layers}) > 1
+            or len({layer.bias is None for layer in layers}) > 1
+        ):
+            return tuple(layer(x) for layer in layers)
+        weight, bias = _joined(layers, "weight", dtype), _joined(layers, "bias", dtype)
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, x.shape[-1]) if dtype is None else x.to(dtype).reshape(-1, x.shape[-1])
+        with torch.autocast(device, enabled=False):
+            if not layers[0].lora_enabled:
+                out = F.linear(rows, weight, bias)
+            else:
+                a = torch.cat([layer.lora_A for layer in layers], dim=1)
+                b = torch.block_diag(*(layer.lora_B * layer.scale for layer in layers))
+                if dtype is not None:
+                    a, b = a.to(dtype), b.to(dtype)
+                out = _LoRAProduct.apply(rows, weight, bias, a, b)
+        sizes = [layer.out_features for layer in layers]
+        return tuple(part.view(*lead, part.shape[-1]) for part in out.split(sizes, dim=-1))
 
     def delta_weight(self) -> torch.Tensor:
         """The update folded into ``weight`` (out_features, in_features): ``scale * (A @ B)^T``."""
@@ -132,6 +139,63 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling}"
+
+
+def _joined(layers: Sequence[LoRALinear], name: str, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """The layers' ``weight`` or ``bias`` joined along the output dimension, in ``dtype``.
+
+    Frozen tensors are joined and cast once and kept on the first layer until one of them changes
+    (data pointer or version counter); trainable ones are joined each call, so gradients flow.
+    """
+    parts = [getattr(layer, name) for layer in layers]
+    if parts[0] is None:
+        return None
+    if len(parts) == 1 and (dtype is None or parts[0].dtype == dtype):
+        return parts[0]
+    dtype = dtype or parts[0].dtype
+    if any(t.requires_grad for t in parts):
+        return torch.cat(parts).to(dtype)
+    key = (dtype, tuple((t.device, t.data_ptr(), t._version) for t in parts))
+    cache = layers[0].__dict__.setdefault("_joined", {})
+    slot = (name, tuple(id(layer) for layer in layers))
+    if slot not in cache or cache[slot][0] != key:
+        cache[slot] = (key, torch.cat([t.detach() for t in parts]).to(dtype))
+    return cache[slot][1]
+
+
+class _LoRAProduct(torch.autograd.Function):
+    """``x W^T + bias + (x A) B`` over rows ``x`` (n, in), with a backward written for it.
+
+    ``B`` arrives scaled. The bias rides on the low-rank product as one more rank (a column of
+    ones in ``x A``, a row ``bias`` in ``B``), so the output takes one pass after ``x W^T``
+    instead of two. Autograd over the plain expression would add the two input gradients in a
+    pass of its own and transpose the whole input for ``A``'s gradient; here the input gradient
+    is one ``addmm_`` onto ``g W`` and ``A``'s gradient is ``((g B^T)^T x)^T``, whose transposed
+    operand has ``rank`` rows. Gradients are computed only for what requires them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, a, b):  # type: ignore[no-untyped-def]
+        low = x @ a  # (n, rank)
+        out = x @ weight.t()
+        if bias is None:
+            out.addmm_(low, b)
+        else:
+            out.addmm_(torch.cat([low, low.new_ones(low.shape[0], 1)], dim=1), torch.cat([b, bias[None]]))
+        ctx.save_for_backward(x, weight, a, b, low)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[no-untyped-def]
+        x, weight, a, b, low = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad
+        g_low = g @ b.t() if (need_x or need_a) else None  # (n, rank)
+        grad_x = (g @ weight).addmm_(g_low, a.t()) if need_x else None
+        grad_w = g.t() @ x if need_w else None
+        grad_bias = g.sum(0) if need_bias else None
+        grad_a = (g_low.t() @ x).t() if need_a else None
+        grad_b = low.t() @ g if need_b else None
+        return grad_x, grad_w, grad_bias, grad_a, grad_b
 
 
 def _matches(name: str, targets: Sequence[str]) -> bool:

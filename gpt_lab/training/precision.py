@@ -12,11 +12,11 @@ unchanged.
 Attention dropout sits inside ``F.scaled_dot_product_attention``, and with ``dropout_p > 0`` the
 CPU has no fused kernel for it: PyTorch falls back to its math path, which casts query, key and
 value to float32 and draws ``bernoulli_`` masks. ``FastDropout`` writes that attention out
-instead, as the book's ``MultiHeadAttention`` computes it under autocast: scores and products in
-bf16, the softmax in float32, the fast mask. Against the float32 fallback the attention output
-differs by about bf16's rounding of the scores (the chapter-5 run's losses stay within 0.03 of
-float32's: docs/training.md, "The same run in bf16"); attention forward and backward take 0.14 s a step
-instead of 0.21 s.
+instead (``gpt_lab.model.gpt.attention_written_out``, what the model itself runs for training
+sequences of up to 256 tokens in bf16): scores, softmax and products in bf16 (the softmax kernel
+computes in float32 and rounds once), the fast mask. Against float32 the attention output differs
+by about bf16's rounding of the scores (the chapter-5 run's losses stay within 0.03 of float32's:
+docs/training.md, "The same run in bf16").
 
 The float32 default (``trainer=cpu``) is untouched: its dropout draws exactly the book's masks.
 """
@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.overrides import TorchFunctionMode
+
+from gpt_lab.model.gpt import attention_written_out
 
 LANES = 4  # 16-bit draws per 64-bit random number
 RESOLUTION = 2**16
@@ -56,16 +58,11 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 def attention_with_dropout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, is_causal: bool, scale: float | None
 ) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` with ``dropout_p=p`` and no ``attn_mask``, written out with
-    ``dropout``'s mask: scores and products in the inputs' dtype (bf16 under autocast, as the book's
-    own ``MultiHeadAttention`` computes them there), the softmax in float32."""
-    t, s = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
-    if is_causal:
-        future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-    return dropout(weights, p) @ v
+    """``F.scaled_dot_product_attention`` with ``dropout_p=p`` and no ``attn_mask``, written out
+    (``gpt_lab.model.gpt.attention_written_out``) with ``dropout``'s mask: scores, softmax and
+    products in the inputs' dtype (bf16 under autocast, as the book's own ``MultiHeadAttention``
+    computes them there)."""
+    return attention_written_out(q, k, v, is_causal, p, dropout=dropout, scale=scale)
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
