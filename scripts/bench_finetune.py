@@ -16,6 +16,7 @@ the median of ``--reps`` steps after ``--warmup`` is reported, with the row's pe
 
     python scripts/bench_finetune.py                    # gpt2_small (minutes on an idle machine)
     python scripts/bench_finetune.py --model tiny --reps 2   # a smoke test
+    python scripts/bench_finetune.py --attention --reps 10   # bf16 attention: fused kernel / written out
 """
 
 from __future__ import annotations
@@ -134,6 +135,41 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def attention_table(args: argparse.Namespace) -> None:
+    """bf16 attention forward + backward, PyTorch's fused kernel against ``attention_written_out``,
+    at batch 8, 12 heads of 64: where ``EXPLICIT_ATTENTION_MAX_TOKENS`` comes from."""
+    import torch
+    import torch.nn.functional as F
+
+    from gpt_lab.model.gpt import attention_written_out
+
+    torch.set_num_threads(args.threads)
+
+    def seconds(fn: Any, t: int) -> float:
+        g = torch.Generator().manual_seed(0)
+        # as the model makes them: (b, t, d) projections viewed as (b, heads, t, 64)
+        rows = [torch.randn(8, t, 768, generator=g).bfloat16().requires_grad_() for _ in range(3)]
+        grad = torch.randn(8, 12, t, 64).bfloat16()
+        times = []
+        for _ in range(args.reps + 3):
+            t0 = time.perf_counter()
+            q, k, v = (r.view(8, t, 12, 64).transpose(1, 2) for r in rows)
+            fn(q, k, v).backward(grad)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[3:])
+
+    def fused(q: Any, k: Any, v: Any) -> Any:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def written(q: Any, k: Any, v: Any) -> Any:
+        return attention_written_out(q, k, v, causal=True)
+
+    print("tokens  fused ms  written-out ms  fused / written")
+    for t in (64, 120, 128, 192, 256, 384, 512):
+        a, b = seconds(fused, t), seconds(written, t)
+        print(f"{t:6d}  {a * 1e3:8.2f}  {b * 1e3:14.2f}  {a / b:15.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(SIZES), default="gpt2_small")
@@ -145,10 +181,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS, metavar="ROW")
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "finetune.json")
+    parser.add_argument("--attention", action="store_true", help="only the bf16 attention table (fused / written out)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, its numbers as JSON
     args = parser.parse_args()
     if args.quick:
         args.reps = min(args.reps, 2)
+    if args.attention:
+        attention_table(args)
+        return
     if args.row:
         print(json.dumps(run_row(args.row, args)))
         return

@@ -3,7 +3,8 @@
 Modules are created in the book's order with PyTorch's default initialisation, so
 ``torch.manual_seed(123); GPTModel(cfg)`` gives exactly the book's weights. The math is the
 book's (pre-LayerNorm blocks, biased variance, eps 1e-5, tanh GELU, causal multi-head attention)
-but runs through ``F.layer_norm``, ``F.gelu`` and ``F.scaled_dot_product_attention``.
+but runs through ``F.layer_norm``, ``F.gelu`` and ``F.scaled_dot_product_attention`` (bf16
+training steps of up to 256 tokens: ``attention_written_out``, faster there on the CPU).
 
 Generation's extras are two optional arguments of ``GPTModel.forward``: a key/value cache
 (``kv_cache``) and ``last_only`` (logits of the last position only). The CPU decoding products live
@@ -191,10 +192,10 @@ def _project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tens
 
 
 # Training in bf16 on the CPU (trainer=cpu_bf16), PyTorch's fused attention is slow to back-propagate
-# through short sequences: forward + backward at (8, 12, t, 64) took 16.4 ms at t=128 against 4.1 ms
-# written out (attention_written_out), 1.3x slower at t=256, 0.94x at t=384 (docs/performance.md).
-# Up to this length training steps take the written-out path; fp32, inference and longer sequences
-# keep the fused kernel.
+# through short sequences: forward + backward at batch 8, 12 heads of 64 took 2.9x as long as
+# attention_written_out at 128 tokens, 1.2x at 256 and 0.75x at 384 (`python scripts/bench_finetune.py
+# --attention`; docs/performance.md). Up to this length training steps take the written-out path;
+# fp32, inference and longer sequences keep the fused kernel.
 EXPLICIT_ATTENTION_MAX_TOKENS = 256
 
 

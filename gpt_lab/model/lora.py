@@ -14,6 +14,11 @@ book's draws. ``merge_lora`` folds the adapters into plain ``nn.Linear`` weights
 ``merged_state_dict`` gives the same weights without touching the model; ``lora_disabled``
 switches the adapters off for a block of code (the base model: DPO's reference).
 
+Speed (docs/classification.md, "Speed"): the product has its own backward (``_LoRAProduct``), and
+under autocast the frozen weights' low-precision copies are kept between steps and attention's
+query, key and value run as one product (``LoRALinear.forward_group``, which the model's attention
+calls when all three projections are ``LoRALinear``).
+
 Pure PyTorch.
 """
 
