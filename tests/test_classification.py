@@ -285,6 +285,35 @@ def test_ch06_run_writes_accuracies_splits_figures_and_a_classifier_that_loads(
     assert done["predictions"][0]["label"] == got[0]["label"]
 
 
+def test_accuracy_before_training_reads_the_books_shuffled_batches(
+    tmp_path: Path, classify_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = ClassificationDataModule.book_shuffled_dataloader
+
+    def recording(self):  # type: ignore[no-untyped-def]
+        for batch in original(self):
+            seen.append(batch)
+            yield batch
+
+    monkeypatch.setattr(ClassificationDataModule, "book_shuffled_dataloader", recording)
+    r = classify_run(tmp_path / "run", "classifier.initial_eval_batches=2", "trainer.max_steps=1")
+    # The book: torch.manual_seed(123), then its train_loader (shuffle=True, drop_last=True, batch 4
+    # here). Iterating a DataLoader draws its workers' base seed from torch's generator, then the
+    # sampler draws a seed and permutes the 16 training texts with it.
+    torch.manual_seed(123)
+    torch.empty((), dtype=torch.int64).random_()  # the loader's base seed
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(seed)).tolist()
+    rows = list(csv.DictReader((tmp_path / "run" / "train.csv").open(encoding="utf-8")))
+    tok = get_tokenizer()
+    read = [tok.decode([t for t in ids.tolist() if t != 50256]) for inputs, _ in seen[:2] for ids in inputs]
+    assert read == [rows[i]["text"] for i in order[:8]]
+    labels = torch.cat([labels for _, labels in seen[:2]]).tolist()
+    assert labels == [["ham", "spam"].index(rows[i]["label"]) for i in order[:8]]
+    assert 0.0 <= r["initial_train_accuracy"] <= 1.0
+
+
 @pytest.mark.slow  # three tiny training runs
 def test_lora_classifier_resumes_exactly_from_last_checkpoint(tmp_path: Path, classify_run) -> None:
     lora = ("finetune=lora", "lora.rank=2", "optim.lr=1e-3")

@@ -242,6 +242,18 @@ class ClassificationDataModule(ShuffledDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.split_loader(self.datasets["train"], True, True, self._collate())  # drop_last: the book's
 
+    def book_shuffled_dataloader(self) -> DataLoader:
+        """The book's ``train_loader`` as chapter 6 reads it for the accuracy before training: shuffled
+        by torch's global generator (the book seeds it with ``torch.manual_seed(123)`` first), the last
+        incomplete batch dropped. The run's own training order comes from ``train_dataloader``."""
+        return DataLoader(
+            self.datasets["train"],
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=self._collate(),
+        )
+
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every text of ``split`` ("train", "val" or "test") in order."""
         return self.split_loader(self.datasets[split], False, False, self._collate())

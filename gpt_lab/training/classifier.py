@@ -219,10 +219,13 @@ class ClassifierLitModule(GPTLitModule):
         datamodule = self.trainer.datamodule
         n = self.hparams.initial_eval_batches
         with isolate_rng():
+            # The book: torch.manual_seed(123), then the first n batches of its shuffled train_loader
+            # and of the validation and test loaders in order (every text in order when n is None).
+            torch.manual_seed(self.hparams.seed)
             for split in ("train", "val", "test"):
-                self.initial_metrics[f"initial_{split}_accuracy"] = self.evaluate(datamodule.eval_dataloader(split), n)[
-                    "accuracy"
-                ]
+                shuffled = split == "train" and n is not None
+                batches = datamodule.book_shuffled_dataloader() if shuffled else datamodule.eval_dataloader(split)
+                self.initial_metrics[f"initial_{split}_accuracy"] = self.evaluate(batches, n)["accuracy"]
         for logger in self.trainer.loggers:
             logger.log_metrics(
                 {f"{s}/accuracy_initial": self.initial_metrics[f"initial_{s}_accuracy"] for s in ("train", "val")},
