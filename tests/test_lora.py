@@ -377,3 +377,21 @@ def test_attention_with_lora_takes_the_grouped_product_only_when_every_projectio
         with torch.autocast("cpu", dtype=torch.bfloat16):
             att(x)
         assert calls == [1, 1]  # query and value each on their own
+
+
+def test_under_torch_compile_lora_is_the_plain_expression(monkeypatch: pytest.MonkeyPatch) -> None:
+    att = _qkv_lora()
+    x = torch.randn(2, 5, att.W_query.in_features)
+    with torch.no_grad():
+        fast = [m(x) for m in (att.W_query, att.W_key, att.W_value)]
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # no kept casts, no grouped product: autocast's own
+            traced = LoRALinear.forward_group((att.W_query, att.W_key, att.W_value), x)
+        plain = LoRALinear.forward_group((att.W_query, att.W_key, att.W_value), x)
+    assert "_joined" not in att.W_query.__dict__
+    for m, got, expected in zip((att.W_query, att.W_key, att.W_value), plain, fast, strict=True):
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(got, _written_out(x, m))
+    for got, expected in zip(traced, fast, strict=True):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.02)

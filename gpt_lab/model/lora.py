@@ -115,6 +115,8 @@ class LoRALinear(nn.Linear):
         adapters join as ``[A_1 .. A_k]`` and ``blockdiag(B_1 .. B_k)``. At full precision each
         layer is its own product (joining would keep a second copy of the weights for little gain).
         """
+        if torch.compiler.is_compiling():  # compile=true: the plain expression, for the compiler to fuse
+            return tuple(layer.plain_forward(x) for layer in layers)
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         if len(layers) > 1 and (
@@ -137,6 +139,11 @@ class LoRALinear(nn.Linear):
                 out = _LoRAProduct.apply(rows, weight, bias, a, b)
         sizes = [layer.out_features for layer in layers]
         return tuple(part.view(*lead, part.shape[-1]) for part in out.split(sizes, dim=-1))
+
+    def plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Appendix E's expression as written, with autograd's own backward (what ``compile=true`` traces)."""
+        out = F.linear(x, self.weight, self.bias)
+        return out + self.scale * ((x @ self.lora_A) @ self.lora_B) if self.lora_enabled else out
 
     def delta_weight(self) -> torch.Tensor:
         """The update folded into ``weight`` (out_features, in_features): ``scale * (A @ B)^T``."""
