@@ -27,6 +27,7 @@ from gpt_lab.generation.decoding import (
 )
 from gpt_lab.generation.sampling import generate, generate_text_simple
 from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.lora import LoRALinear, apply_lora, lora_disabled
 
 # An odd vocabulary: the head's split copy is zero-padded.
 TINY = {**BOOK_TINY, "vocab_size": 65, "n_heads": 2, "qkv_bias": True}
@@ -258,6 +259,26 @@ def test_each_decoding_path_gives_the_book_loops_tokens(
     idx = torch.randint(0, 64, (2, 3))
     monkeypatch.setattr(generate_mod, "Decoder", functools.partial(Decoder, path=path))
     assert torch.equal(generate(model, idx, 7, context_size=8), generate_text_simple(model, idx, 7, context_size=8))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_decoding_a_model_with_live_lora_adapters_follows_the_adapters(
+    threads: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chapter 7's LoRA run answers its validation and test instructions with the adapters still apart."""
+    model = tiny_model(vocab_size=64)
+    apply_lora(model, rank=2, alpha=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_()
+    torch.manual_seed(7)
+    idx = torch.randint(0, 64, (2, 3))
+    monkeypatch.setattr(generate_mod, "Decoder", functools.partial(Decoder, path=path))
+    book = generate_text_simple(model, idx, 5, context_size=8)
+    assert torch.equal(generate(model, idx, 5, context_size=8), book)
+    with lora_disabled(model):  # the adapters change the tokens: the comparison above can fail
+        assert not torch.equal(generate_text_simple(model, idx, 5, context_size=8), book)
 
 
 @pytest.mark.slow

@@ -134,12 +134,17 @@ class CoreMonitor:
         return max(0.0, busy - own) / wall
 
 
+def _plain_linear(module: object) -> bool:
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
 class Decoder:
     """The fast products for the generation steps of ``model`` (see the module's docstring).
 
     ``path``: ``"auto"`` (chosen from the other processes' CPU use, the default), ``"split"`` or
     ``"plain"`` (fixed).
-    Works on any model built of ``nn.Linear`` layers; ``head`` names the output head (absent: no copy).
+    Works on any model built of ``nn.Linear`` layers (subclasses that change ``forward``, such as LoRA's,
+    run their own); ``head`` names the output head (absent or not a plain Linear: no copy).
     """
 
     def __init__(self, model: nn.Module, path: str = "auto", head: str = "out_head") -> None:
@@ -149,8 +154,10 @@ class Decoder:
         self.steps = 0
         self.threads = torch.get_num_threads()
         head_module = getattr(model, head, None)
-        self.head = head_module if isinstance(head_module, nn.Linear) else None
-        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not self.head]
+        self.head = head_module if _plain_linear(head_module) else None
+        # Only layers that compute nn.Linear's own function: a subclass (appendix E's LoRALinear adds
+        # its adapters' product) keeps its forward.
+        self.linears = [m for m in model.modules() if _plain_linear(m) and m is not self.head]
         self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
         if self.head is not None:
             self.forwards.append((self.head, self._head))
