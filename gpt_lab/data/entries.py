@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt_lab.data.text import DataError
+from gpt_lab.data.text import DataError, read_text
 
 FIELDS = ("instruction", "input", "output")
 REQUIRED_FIELDS = ("instruction", "output")
@@ -60,18 +60,9 @@ def read_entries(
     naming ``key``, the file and the entry's index (counted from 0).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InstructionDataError(
-            f"{key}={path} "
-            + ("is not a file" if path.exists() else "does not exist")
-            + "; give a JSON list or JSON Lines file of instruction / input / output entries"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InstructionDataError(f"{key}={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except OSError as err:
-        raise InstructionDataError(f"{key}={path} cannot be read: {err.strerror or err}") from None
+    text = read_text(
+        path, key, "a JSON list or JSON Lines file of instruction / input / output entries", InstructionDataError
+    )
     data = _parse(path, text, key)
     if not isinstance(data, list):
         raise InstructionDataError(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_lab.data.text import DataError
+from gpt_lab.data.text import DataError, read_text
 from gpt_lab.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,7 @@ def read_labelled(
     first 4 KiB that are not .csv), comma-separated otherwise; quotes follow CSV rules in both,
     as pandas' ``read_csv`` (the book's reader) applies them.
     """
-    if not path.exists():
-        raise DataError(f"{key}={path} does not exist; give a CSV or TSV file of labelled texts")
-    if not path.is_file():
-        raise DataError(f"{key}={path} is not a file; give a CSV or TSV file of labelled texts")
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{key}={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except OSError as err:
-        raise DataError(f"{key}={path} cannot be read: {err.strerror or err}") from None
+    content = read_text(path, key, "a CSV or TSV file of labelled texts", encoding="utf-8-sig")
     if not content.strip():
         raise DataError(f"{key}={path} is empty; it needs one labelled text per line")
     delimiter = _delimiter(path, content[:4096])

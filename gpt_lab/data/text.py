@@ -119,19 +119,26 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def read_text(path: str | Path) -> str:
-    """The UTF-8 text at ``path``; a ``DataError`` that names the file when it cannot be read."""
+def read_text(
+    path: str | Path,
+    key: str = "data.path",
+    expected: str = "a UTF-8 text file, e.g. data.path=the-verdict.txt",
+    error: type[DataError] | None = None,
+    encoding: str = "utf-8",
+) -> str:
+    """The UTF-8 text at ``path``; an ``error`` (``DataError`` by default) naming ``key`` and the file
+    when it cannot be read, and what to give instead (``expected``)."""
+    error = error or DataError
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data.path={path} does not exist; give a UTF-8 text file, e.g. data.path=the-verdict.txt")
     if not path.is_file():
-        raise DataError(f"data.path={path} is not a file; give a UTF-8 text file")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise error(f"{key}={path} {problem}; give {expected}")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
-        raise DataError(f"data.path={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise error(f"{key}={path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
-        raise DataError(f"data.path={path} cannot be read: {err.strerror or err}") from None
+        raise error(f"{key}={path} cannot be read: {err.strerror or err}") from None
 
 
 def split_text(text: str, train_ratio: float) -> tuple[str, str]:
@@ -297,33 +304,17 @@ class TextDataModule(ShuffledDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
         # Resumable: a checkpoint taken mid-epoch continues with the same batches (exact resume).
-        return ResumableDataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            generator=self.generator,
-        )
+        return self.split_loader(self.train_dataset, True, True, None)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=self.num_workers,
-            generator=_own_generator(),
-        )
+        return self.split_loader(self.val_dataset, False, False, None)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """All windows of ``split`` ("train" or "val") in order, for loss evaluation (no shuffling)."""
         dataset = self.train_dataset if split == "train" else self.val_dataset
         assert dataset is not None, "call setup() first"
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, generator=_own_generator()
-        )
+        return self.split_loader(dataset, False, False, None)
 
     @classmethod
     def from_config(cls, cfg: Any, context_length: int) -> TextDataModule:

@@ -132,8 +132,9 @@ class LoRALinear(nn.Linear):
             if not layers[0].lora_enabled:
                 out = F.linear(rows, weight, bias)
             else:
-                a = torch.cat([layer.lora_A for layer in layers], dim=1)
-                b = torch.block_diag(*(layer.lora_B * layer.scale for layer in layers))
+                scaled = [layer.lora_B * layer.scale for layer in layers]
+                a = torch.cat([layer.lora_A for layer in layers], dim=1) if len(layers) > 1 else layers[0].lora_A
+                b = torch.block_diag(*scaled) if len(layers) > 1 else scaled[0]
                 if dtype is not None:
                     a, b = a.to(dtype), b.to(dtype)
                 out = _LoRAProduct.apply(rows, weight, bias, a, b)

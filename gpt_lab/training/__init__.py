@@ -28,7 +28,6 @@ _NAMES = {
     "mean_loss": "gpt_lab.training.loss",
     "keep_mask": "gpt_lab.training.precision",
     "dropout": "gpt_lab.training.precision",
-    "attention_with_dropout": "gpt_lab.training.precision",
     "FastDropout": "gpt_lab.training.precision",
     "CPUBf16Mixed": "gpt_lab.training.precision",
     "ResumeError": "gpt_lab.training.resume",

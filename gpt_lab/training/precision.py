@@ -55,16 +55,6 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep * (1.0 / kept)
 
 
-def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, is_causal: bool, scale: float | None
-) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` with ``dropout_p=p`` and no ``attn_mask``, written out
-    (``gpt_lab.model.gpt.attention_written_out``) with ``dropout``'s mask: scores, softmax and
-    products in the inputs' dtype (bf16 under autocast, as the book's own ``MultiHeadAttention``
-    computes them there)."""
-    return attention_written_out(q, k, v, is_causal, p, dropout=dropout, scale=scale)
-
-
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
     return args[index] if len(args) > index else kwargs.get(name, default)
 
@@ -89,7 +79,8 @@ class FastDropout(TorchFunctionMode):
             plain = _arg(args, kwargs, 3, "attn_mask", None) is None and not _arg(args, kwargs, 7, "enable_gqa", False)
             if p > 0.0 and plain and q.device.type == "cpu":
                 causal = _arg(args, kwargs, 5, "is_causal", False)
-                return attention_with_dropout(q, k, v, p, causal, _arg(args, kwargs, 6, "scale", None))
+                scale = _arg(args, kwargs, 6, "scale", None)
+                return attention_written_out(q, k, v, causal, p, dropout=dropout, scale=scale)
         return func(*args, **kwargs)
 
 
