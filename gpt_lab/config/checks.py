@@ -21,6 +21,7 @@ from gpt_lab.config.schema import (
     DPO_LOGPROBS,
     DROPOUT_KEYS,
     FINETUNE_NAMES,
+    GENERATION_WEIGHTS,
     LORA_SCALINGS,
     MAX_LR,
     MAX_SEED,
@@ -168,7 +169,25 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
     problems += _check_preferences(cfg)
+    problems += _check_generation_weights(cfg)
     return problems
+
+
+def _check_generation_weights(cfg: DictConfig) -> list[str]:
+    """Issue 28: ``generation.weights``, a known value and never with a task that trains."""
+    weights = cfg.generation.weights
+    if weights not in GENERATION_WEIGHTS:
+        return [
+            f"generation.weights={weights} is not a choice; choose one of {', '.join(GENERATION_WEIGHTS)} (fp32 the "
+            "book's weights, bf16 half the bytes, int8 weight-only a quarter)"
+        ]
+    if weights != "fp32" and cfg.task.name == "train":
+        return [
+            f"generation.weights={weights} is for tasks that only read the weights (generate, respond, classify, "
+            "evaluate); task=train trains in fp32, or in bf16 through trainer=cpu_bf16 or "
+            "trainer.precision=bf16-mixed, and its sample text uses the trained fp32 weights: drop generation.weights"
+        ]
+    return []
 
 
 def _check_preferences(cfg: DictConfig) -> list[str]:

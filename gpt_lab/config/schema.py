@@ -22,6 +22,8 @@ DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_short
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
 DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
+# Issue 28: the weights a generating or classifying task reads (gpt_lab/generation/weights.py).
+GENERATION_WEIGHTS = ("fp32", "bf16", "int8")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -195,6 +197,13 @@ class DPOConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Issue 28: ``cfg.generation``, how generating and classifying tasks hold the weights."""
+
+    weights: str = MISSING  # fp32 (the book's tokens) | bf16 | int8 (weight-only, bf16 activations)
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -231,6 +240,7 @@ class Config:
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
     dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # issue 28
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).

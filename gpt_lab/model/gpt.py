@@ -333,18 +333,30 @@ class GPTModel(nn.Module):
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty key/value cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """An empty key/value cache for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+        ``dtype`` / ``device`` default to the model's floating parameters' (the activation dtype:
+        an int8 output head under ``generation.weights=int8`` does not decide it).
+        """
         max_len = min(max_len or self.context_length, self.context_length)
         att = self.trf_blocks[0].att
+        ref = next(p for p in self.parameters() if p.is_floating_point())
         return KVCache(
             len(self.trf_blocks),
             batch_size,
             att.num_heads,
             max_len,
             att.head_dim,
-            self.out_head.weight.dtype,
-            self.out_head.weight.device,
+            dtype or ref.dtype,
+            torch.device(device) if device is not None else ref.device,
         )
 
 

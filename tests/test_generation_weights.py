@@ -1,0 +1,147 @@
+"""generation.weights=fp32|bf16|int8 (issue 28): the int8 layer against a float64 reference, greedy
+generation with and without the cache, the model's dtypes, and the bad inputs refused before any
+weight is read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from configs import TINY
+from torch import nn
+
+from gpt_lab.config import validate_config
+from gpt_lab.errors import ConfigError
+from gpt_lab.generation.sampling import generate
+from gpt_lab.generation.weights import use_weights
+from gpt_lab.model import quantized
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.quantized import Int8Linear
+from gpt_lab.tasks import sample
+
+BF16_EPS = 2.0**-8  # bfloat16's spacing relative to a value: 8 significant bits
+
+
+def _dequantized_reference(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test's own int8 quantization of ``linear`` in float64 (per output row, max |w| -> 127) and
+    ``x @ W_deq^T + b`` in float64, with ``sum |x| |W_deq|`` (the size of what the sum adds)."""
+    w = linear.weight.detach().double()
+    scales = w.abs().amax(dim=1) / 127
+    w_deq = torch.round(w / scales[:, None]) * scales[:, None]
+    xd = x.double()
+    bias = linear.bias.detach().double()
+    return xd @ w_deq.T + bias, xd.abs() @ w_deq.abs().T + bias.abs()
+
+
+@pytest.mark.parametrize("n_in", [64, 24])  # 24: not a multiple of the kernel's 16 (the dequantized path)
+def test_int8_linear_matches_a_float64_dequantized_reference(n_in: int) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(n_in, 48)
+    layer = Int8Linear.from_linear(linear)
+    assert layer.weight.dtype == torch.int8
+    # Per output row, the largest weight maps to +-127 (the row's own scale, not one for the tensor).
+    assert (layer.weight.abs().amax(dim=1) == 127).all()
+    x = torch.randn(2, 3, n_in).to(torch.bfloat16)
+    ref, size = _dequantized_reference(linear, x)
+    y = layer(x)
+    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
+    # Stated tolerance: the result and the bias sum are each rounded to bf16 once (half a spacing each),
+    # the scales too (half a spacing): 2 bf16 spacings of the sum's size, float32 accumulation aside.
+    err = (y.double() - ref).abs()
+    assert (err <= 2 * BF16_EPS * size).all(), float((err / size).max())
+    # And the reference is a real bound: the product without the per-row scales is far off.
+    assert ((layer.weight.double() @ x.double().reshape(-1, n_in).T).T - ref.reshape(-1, 48)).abs().max() > 1
+
+
+def test_int8_model_logits_match_a_float64_dequantized_model() -> None:
+    torch.manual_seed(1)
+    fp32 = GPTModel(TINY).eval()
+    reference = GPTModel(TINY).double().eval()
+    reference.load_state_dict(fp32.state_dict())
+    # The reference: the test's own per-row quantization of every Linear, everything else the
+    # bf16-rounded values the int8 model holds, computed in float64.
+    with torch.no_grad():
+        for name, module in reference.named_modules():
+            if type(module) is nn.Linear:
+                w = module.weight
+                scales = w.abs().amax(dim=1, keepdim=True) / 127
+                w.copy_(torch.round(w / scales) * scales.to(torch.bfloat16).double())
+                if module.bias is not None:
+                    module.bias.copy_(module.bias.to(torch.bfloat16))
+            elif name in ("tok_emb", "pos_emb") or "norm" in name:
+                for p in module.parameters():
+                    p.copy_(p.to(torch.bfloat16))
+    int8 = use_weights(fp32, "int8")
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    with torch.no_grad():
+        got, want = int8(idx).double(), reference(idx)
+    # Stated tolerance: 1.5 % of the largest logit (bf16 activations through two blocks: 0.5 % measured).
+    assert (got - want).abs().max() <= 0.015 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("cfg", [TINY, {**TINY, "context_length": 64, "emb_dim": 32}], ids=["slides", "fits"])
+def test_greedy_generation_with_and_without_cache_is_identical(weights: str, cfg: dict) -> None:
+    torch.manual_seed(123)
+    model = use_weights(GPTModel(cfg), weights)
+    idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    n = 2 * cfg["context_length"]  # past the window: the cached loop slides it as the book's does
+    with_cache = generate(model, idx, n, cfg["context_length"])
+    assert torch.equal(with_cache, generate(model, idx, n, cfg["context_length"], use_cache=False))
+
+
+def test_weights_choice_sets_each_layers_dtype_and_the_cache() -> None:
+    torch.manual_seed(123)
+    bf16 = use_weights(GPTModel(TINY), "bf16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    int8 = use_weights(GPTModel(TINY), "int8")
+    kinds = {name: type(m) for name, m in int8.named_modules() if isinstance(m, nn.Linear | Int8Linear)}
+    # 4 attention + 2 feed-forward Linears per block, and the output head: all int8.
+    assert len(kinds) == 6 * TINY["n_layers"] + 1 and set(kinds.values()) == {Int8Linear}
+    assert int8.tok_emb.weight.dtype == torch.bfloat16 and int8.final_norm.scale.dtype == torch.bfloat16
+    # The key/value cache in the activation dtype (the floating parameters'), not the int8 head's.
+    assert int8.new_kv_cache(1).k.dtype == torch.bfloat16
+    assert use_weights(GPTModel(TINY), "fp32").new_kv_cache(1).k.dtype == torch.float32
+
+
+def test_int8_leaves_lora_layers_alone() -> None:
+    from gpt_lab.model.lora import LoRALinear
+
+    model = GPTModel(TINY)
+    model.trf_blocks[0].att.W_query = LoRALinear.from_linear(model.trf_blocks[0].att.W_query, rank=2, alpha=2)
+    use_weights(model, "int8")
+    assert isinstance(model.trf_blocks[0].att.W_query, LoRALinear)
+    assert isinstance(model.trf_blocks[0].att.W_key, Int8Linear)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["generation.weights=int4"], "generation.weights=int4 is not a choice; choose one of fp32, bf16, int8"),
+        (["task=train", "generation.weights=int8"], "generation.weights=int8 is for tasks that only read"),
+        (["task=train", "generation.weights=bf16"], "task=train trains in fp32, or in bf16 through trainer=cpu_bf16"),
+    ],
+)
+def test_bad_weights_settings_are_refused_by_the_schema(compose_config, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config("model=tiny", *overrides))
+
+
+def test_int8_without_a_kernel_is_refused_before_the_weights_are_read(compose_config, monkeypatch) -> None:
+    monkeypatch.setattr(quantized.torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: False)
+
+    def build_model(*args: object) -> None:
+        raise AssertionError("the model was built before the device check")
+
+    monkeypatch.setattr(sample, "build_model", build_model)
+    cfg = validate_config(compose_config("model=tiny", "generation.weights=int8", "logger=none"))
+    with pytest.raises(
+        ConfigError, match=r"generation.weights=int8 needs .* on the cpu device .* generation.weights=bf16"
+    ):
+        sample.run(cfg)
+
+
+def test_cli_unknown_weights_exit_2(run_cli) -> None:
+    proc = run_cli("model=tiny", "generation.weights=fp16", "hydra.run.dir=run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "generation.weights=fp16 is not a choice" in proc.stderr
