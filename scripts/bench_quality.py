@@ -2,9 +2,10 @@
 
     python scripts/bench_quality.py [--run DIR] [--train-overrides ...] [--json PATH]
 
-Without ``--run`` it first trains chapter 5's preset (``python scripts/run.py experiment=ch05``,
-the full run: 10 epochs on the-verdict, a few minutes on a quiet machine) into
-``outputs/bench/quality_ch05``; ``--run`` reuses such a run's directory (its ``model.pth``).
+Where the run directory (``--run``, default ``outputs/bench/quality_ch05``) holds no ``model.pth``
+yet, it first trains chapter 5's preset there (``python scripts/run.py experiment=ch05``, the full
+run: 10 epochs on the-verdict, a few minutes on a quiet machine; ``--train-overrides`` adds
+overrides); otherwise it measures the model already there.
 Then, for ``generation.weights=fp32|bf16|int8`` (gpt_lab/generation/weights.py):
 
 - the validation loss over the book's validation loader (the story's last 10 % of characters,
@@ -66,7 +67,7 @@ def measure(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run": str(run_dir)}
     fp32_top = None
     for weights in ("fp32", "bf16", "int8"):
-        model = use_weights(build_model(_ch05_model(), run_dir / "model.pth"), weights)
+        model = use_weights(build_model(_run_model_config(run_dir), run_dir / "model.pth"), weights)
         model.eval()
         ctx = model.context_length
         val = GPTDatasetV1(tokenizer.encode(val_text, allowed_special={"<|endoftext|>"}), ctx, ctx)
@@ -88,23 +89,28 @@ def measure(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _ch05_model() -> dict[str, Any]:
-    from gpt_lab.config import GPT2_SIZES
+def _run_model_config(run_dir: Path) -> dict[str, Any]:
+    """The model config the training run composed (its ``.hydra/config.yaml``)."""
+    from omegaconf import OmegaConf
 
-    return {**GPT2_SIZES["gpt2_small"], "context_length": 256, "drop_rate": 0.1, "qkv_bias": False}
+    return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml").model)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a chapter-5 run directory holding model.pth (else: train one)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=ROOT / "outputs" / "bench" / "quality_ch05",
+        help="a chapter-5 run directory (trained there first if it holds no model.pth)",
+    )
     parser.add_argument("--train-overrides", nargs="*", default=[], help="extra overrides of the training run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "quality.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run_dir = args.run
-    if run_dir is None:
-        run_dir = ROOT / "outputs" / "bench" / "quality_ch05"
+    run_dir = args.run.resolve()
+    if not (run_dir / "model.pth").is_file():
         train_ch05(run_dir, args.train_overrides)
     results = measure(run_dir)
     print("\n## chapter 5's model on the-verdict: weights precision against fp32")
