@@ -32,6 +32,8 @@ _NAMES = {
     "init_model_config": "gpt_lab.model.weights",
     "model_from_weights": "gpt_lab.model.weights",
     "LoRALinear": "gpt_lab.model.lora",
+    "Int8Linear": "gpt_lab.model.quantized",
+    "quantize_linears_": "gpt_lab.model.quantized",
     "apply_lora": "gpt_lab.model.lora",
     "merge_lora": "gpt_lab.model.lora",
     "merged_state_dict": "gpt_lab.model.lora",

@@ -99,8 +99,8 @@ class Int8Linear(nn.Module):
 
 def quantize_linears_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace every plain ``nn.Linear`` of ``model`` (not subclasses such as LoRA's) by an
-    ``Int8Linear``, in place, one layer at a time; returns how many. A weight shared with another
-    module (a tied output head) is copied, not replaced, where the other module keeps it."""
+    ``Int8Linear``, in place, one layer at a time; returns how many. A tied output head gets its own
+    int8 copy; the token embedding keeps the float weight."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
