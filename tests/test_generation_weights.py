@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from configs import TINY
+from configs import TINY, TINY_RUN
 from torch import nn
 
 from gpt_lab.config import validate_config
@@ -164,3 +164,31 @@ def test_bench_counts_the_bytes_a_step_reads() -> None:
     assert weight_bytes_per_token(use_weights(GPTModel(TINY), "int8")) == linear + 2 * (rest + scales)
     # Keys and values of every layer: 3 prompt positions, then 3, 4, 5, 6 for 4 new tokens (mean 4.5).
     assert kv_bytes_per_token(TINY, torch.bfloat16, 3, 4) == 2 * n * d * 4.5 * 2
+
+
+def test_evaluate_reads_the_chosen_weights(compose_config, tmp_path) -> None:
+    from gpt_lab.tasks import evaluate
+
+    (tmp_path / "text.txt").write_text("Every effort moves you forward, one small step at a time. " * 6)
+
+    def run(weights: str) -> dict:
+        overrides = ("task=evaluate", "data.path=text.txt", "max_new_tokens=2", "logger=none", *TINY_RUN)
+        return evaluate.run(validate_config(compose_config(*overrides, f"generation.weights={weights}")))
+
+    fp32, int8 = run("fp32"), run("int8")
+    assert int8["generation_weights"] == "int8" and int8["total_params"] == fp32["total_params"]
+    assert int8["loss"] != fp32["loss"]  # other weights were read...
+    assert abs(int8["loss"] / fp32["loss"] - 1) < 0.01  # ...holding nearly the same model
+
+
+def test_int8_on_a_gpu_run_is_refused_before_the_weights_are_read(compose_config, monkeypatch) -> None:
+    from gpt_lab.tasks import evaluate
+
+    def build_model(*args: object) -> None:
+        raise AssertionError("the model was built before the device check")
+
+    monkeypatch.setattr(evaluate, "build_model", build_model)
+    monkeypatch.setattr(evaluate, "_device", lambda cfg: torch.device("cuda"))  # as trainer=gpu with CUDA would
+    overrides = ("task=evaluate", "data.path=gpt_lab:the-verdict.txt", *TINY_RUN, "generation.weights=int8")
+    with pytest.raises(ConfigError, match="on the cuda device this run would use"):
+        evaluate.run(validate_config(compose_config(*overrides)))
