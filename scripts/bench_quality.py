@@ -67,7 +67,7 @@ def measure(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run": str(run_dir)}
     fp32_top = None
     for weights in ("fp32", "bf16", "int8"):
-        model = use_weights(build_model(_run_model_config(run_dir), run_dir / "model.pth"), weights)
+        model = use_weights(build_model(_run_model_config(run_dir), weights_file(run_dir)), weights)
         model.eval()
         ctx = model.context_length
         val = GPTDatasetV1(tokenizer.encode(val_text, allowed_special={"<|endoftext|>"}), ctx, ctx)
@@ -87,6 +87,16 @@ def measure(run_dir: Path) -> dict[str, Any]:
         row["val_loss_change"] = row["val_loss"] / base - 1
         row["met"] = abs(row["val_loss_change"]) <= t["loss"] and row["agreement_top1"] >= t["agreement"]
     return out
+
+
+def weights_file(run_dir: Path) -> Path:
+    """The run's ``model.pth``; for a run stopped early (SIGTERM), its ``checkpoints/last.ckpt``."""
+    pth = run_dir / "model.pth"
+    if pth.is_file():
+        return pth
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    print(f"  {run_dir} has no model.pth (stopped early?): measuring {ckpt}", flush=True)
+    return ckpt
 
 
 def _run_model_config(run_dir: Path) -> dict[str, Any]:
@@ -110,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run_dir = args.run.resolve()
-    if not (run_dir / "model.pth").is_file():
+    if not (run_dir / "model.pth").is_file() and not (run_dir / "checkpoints" / "last.ckpt").is_file():
         train_ch05(run_dir, args.train_overrides)
     results = measure(run_dir)
     print("\n## chapter 5's model on the-verdict: weights precision against fp32")
