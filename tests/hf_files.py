@@ -43,3 +43,105 @@ def write_tokenizer(
     if eos_token is not None:
         (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos_token}))
     return directory / "tokenizer.json"
+
+
+# Small random configs of the four families (transformers' keyword names), with what each family
+# adds: Llama 3's RoPE scaling, Qwen3's explicit head_dim, Qwen3-MoE's experts, Gemma 3's sliding
+# layers (window 4, full attention every 3rd layer here) and its two RoPE bases.
+SMALL_CONFIGS: dict[str, dict[str, object]] = {
+    "llama": {
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+        "tie_word_embeddings": True,
+    },
+    "qwen3": {
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
+    "qwen3_moe": {
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "moe_intermediate_size": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 64,
+        "rope_theta": 10000000.0,
+        "tie_word_embeddings": False,
+    },
+    "gemma3_text": {
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 4,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+        "max_position_embeddings": 64,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+}
+CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+}
+
+
+def hf_model(family: str, seed: int = 0) -> object:
+    """transformers' model of ``family`` at its small size, float32, eval mode, every norm weight
+    randomised (their defaults, ones or zeros, would hide a wrong mapping)."""
+    import torch
+    import transformers
+
+    config_name, model_name = CLASSES[family]
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**SMALL_CONFIGS[family]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 1.5)
+    return model.float().eval()
+
+
+def save_hf_model(family: str, directory: Path, seed: int = 0, max_shard_size: str | None = None) -> object:
+    """``hf_model(family)`` written with ``save_pretrained`` into ``directory`` (sharded when asked)."""
+    model = hf_model(family, seed)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(directory), **kwargs)
+    return model
