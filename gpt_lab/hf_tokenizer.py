@@ -160,3 +160,19 @@ def load_hf_tokenizer(directory: str | Path, vocab_size: int | None = None) -> H
             + ", ".join(END_OF_TURN_TOKENS)
         )
     return HFTokenizer(tok, stop, name=f"huggingface:{directory.name}")
+
+
+def tokenizer_for(init_from: str | Path | None, vocab_size: int | None = None) -> Any:
+    """The tokenizer of the weights at ``init_from``: its directory's ``tokenizer.json`` when that
+    directory's ``config.json`` is another family's than GPT-2 (or it holds a ``tokenizer.json`` and
+    no config), GPT-2's tiktoken encoding otherwise (no ``init_from``, the book's files, GPT-2's)."""
+    from gpt_lab.tokenizer import get_tokenizer
+
+    if init_from is None or str(init_from) == "":
+        return get_tokenizer()
+    path = Path(init_from).expanduser()
+    directory = path if path.is_dir() else path.parent
+    model_type = _json(directory / "config.json").get("model_type")
+    if model_type in (None, "gpt2") and not (model_type is None and (directory / TOKENIZER_FILE).is_file()):
+        return get_tokenizer()
+    return load_hf_tokenizer(directory, vocab_size)

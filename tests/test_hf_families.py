@@ -161,3 +161,35 @@ def test_unsupported_features_are_named(saved: dict[str, tuple[Path, object]]) -
     llama = json.loads((saved["llama"][0] / "config.json").read_text())
     with pytest.raises(InitFromError, match="RoPE scaling 'yarn' is not supported"):
         family_config({**llama, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}, "rope_scaling": None}, "x")
+
+
+def test_init_from_reads_a_family_directory(tmp_path: Path, saved: dict[str, tuple[Path, object]]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from gpt_lab.model.weights import load_pretrained
+
+    directory, _ = saved["llama"]
+    weights = load_pretrained(directory)
+    assert (weights.family, weights.format, weights.path) == ("llama", "huggingface", directory)
+    assert weights.config == read_family(directory)[0] and weights.config["tie_weights"]
+    # The same weights without their config.json: one paragraph asking for it.
+    save_file(load_file(directory / "model.safetensors"), tmp_path / "model.safetensors")
+    with pytest.raises(InitFromError, match=r"without the config\.json that says which one"):
+        load_pretrained(tmp_path)
+
+
+def test_tokenizer_follows_the_directory(tmp_path: Path, saved: dict[str, tuple[Path, object]]) -> None:
+    from hf_files import write_tokenizer
+
+    from gpt_lab.hf_tokenizer import HFTokenizer, tokenizer_for
+
+    directory, _ = saved["qwen3"]
+    with pytest.raises(InitFromError, match=r"no tokenizer\.json beside the weights"):
+        tokenizer_for(directory, 96)
+    assert tokenizer_for(None).name == "gpt2"
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    write_tokenizer(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=300)
+    tok = tokenizer_for(tmp_path / "model.safetensors", 400)
+    assert isinstance(tok, HFTokenizer) and tok.eot_token == 2
+    with pytest.raises(InitFromError, match=f"holds {tok.n_vocab} tokens but the model's vocabulary"):
+        tokenizer_for(tmp_path, 96)
