@@ -29,11 +29,13 @@ def answer(
     max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
+    eos_id: int = ENDOFTEXT_ID,
 ) -> dict[str, Any]:
     """The model's answer to ``entry`` (instruction and input), the book's way, timed.
 
     The prompt is tokenized with special-looking text as ordinary text (as in training); generation
-    is greedy unless ``temperature > 0``, stops at end-of-text and slides the window past the
+    is greedy unless ``temperature > 0``, stops at ``eos_id`` (end-of-text; a chat family: its
+    end-of-turn token, gpt_lab.generation.chat's ``stop_id``) and slides the window past the
     context. Returns ``prompt``, ``output_ids`` / ``output_text`` (prompt and continuation),
     ``response`` (the book's extraction), ``new_tokens`` and the speed.
     """
@@ -48,7 +50,7 @@ def answer(
         model.context_length,
         temperature=temperature,
         top_k=top_k,
-        eos_id=ENDOFTEXT_ID,
+        eos_id=eos_id,
     )[0].tolist()
     seconds = time.perf_counter() - started
     text = tokenizer.decode(out)

@@ -35,6 +35,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "gemma3": {"qk_norm": True, "gemma": True, "moe": False},  # the multimodal wrapper: its text_config
 }
 SUPPORTED = ("gpt2", *FAMILIES)
+# The chat format each family's instruction-tuned models were trained with (gpt_lab.generation.prompt_styles).
+CHAT_STYLES = {"llama": "llama3", "qwen3": "qwen3", "qwen3_moe": "qwen3", "gemma3_text": "gemma3", "gemma3": "gemma3"}
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 # Where the text model's tensors sit (transformers 5 and 4 layouts of the multimodal Gemma 3).
 PREFIXES = ("model.language_model.", "language_model.model.", "model.")

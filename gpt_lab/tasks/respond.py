@@ -1,8 +1,9 @@
 """task=respond: answer one instruction with an instruction-tuned model, in the prompt style it learned.
 
 ``init_from`` names the fine-tuning run (its directory, or its ``model.pth``); the ``model.json``
-beside the weights gives the model's size and its prompt style, so nothing is typed twice. Weights
-without one (a book ``model.pth``, a Hugging Face directory) are built with ``model=...`` and need
+beside the weights gives the model's size and its prompt style, so nothing is typed twice. A Hugging
+Face directory of Llama 3, Qwen3 or Gemma 3 brings its config, tokenizer and chat format. Other
+weights without one (a book ``model.pth``, GPT-2's files) are built with ``model=...`` and need
 ``prompt_style=...``. The answer is the book's: greedy unless ``temperature > 0``, at most
 ``max_response_tokens`` new tokens, stopping at end-of-text, the text after the prompt stripped.
 """
@@ -17,13 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
 from gpt_lab.errors import InitFromError, UserError
+from gpt_lab.generation.chat import stop_id
 from gpt_lab.generation.prompt_styles import PROMPT_STYLES, PromptStyleError, get_prompt_style
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, saved_meta, saved_prompt_style
+from gpt_lab.hf_tokenizer import tokenizer_for
 from gpt_lab.model.finetune import load_finetuned
 from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.hf_families import CHAT_STYLES
+from gpt_lab.model.hf_files import family_directory, read_config
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
-from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
     if not init_from.exists():
         raise InitFromError(f"init_from={init_from}: no such file or directory")
     saved = saved_prompt_style(init_from)
+    family = family_directory(init_from)
+    # A Hugging Face directory of a chat family: the family's chat format (another one is warned below).
+    saved = saved or (CHAT_STYLES[str(read_config(family)["model_type"])] if family else None)
     if cfg.prompt_style is not None:
         style = get_prompt_style(cfg.prompt_style, key="prompt_style").name
         if saved is not None and saved != style:
@@ -66,14 +73,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model, style = load_instruction_model(cfg)
     entry = {"instruction": cfg.instruction, "input": cfg.input or ""}
     torch.manual_seed(cfg.seed)  # a sampled answer (temperature > 0) depends on the seed only
+    tokenizer = tokenizer_for(input_path(cfg, cfg.init_from), int(model.cfg["vocab_size"]))
     got = answer(
         model,
-        get_tokenizer(),
+        tokenizer,
         entry,
         style,
         cfg.max_response_tokens or BOOK_RESPONSE_TOKENS,
         cfg.temperature,
         cfg.top_k,
+        eos_id=stop_id(tokenizer, style),
     )
     log.info("Prompt (%s):\n%s", style, got["prompt"])
     print(got["response"], flush=True)
