@@ -116,6 +116,16 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def check_vocab(n_vocab: int, vocab_size: int, where: str | Path) -> None:
+    """A tokenizer of ``n_vocab`` tokens fits a model of ``vocab_size`` embedding rows (models may
+    have more rows than tokens, never fewer); an ``InitFromError`` naming both otherwise."""
+    if n_vocab > vocab_size:
+        raise InitFromError(
+            f"init_from={where}: {TOKENIZER_FILE} holds {n_vocab} tokens but the model's vocabulary "
+            f"(model.vocab_size) has {vocab_size} rows: the tokenizer belongs to another model"
+        )
+
+
 def load_hf_tokenizer(directory: str | Path, vocab_size: int | None = None) -> HFTokenizer:
     """The ``tokenizer.json`` of the Hugging Face directory ``directory``, checked against ``vocab_size``.
 
@@ -137,11 +147,8 @@ def load_hf_tokenizer(directory: str | Path, vocab_size: int | None = None) -> H
     except Exception as err:  # the library raises a bare Exception for a malformed file
         raise InitFromError(f"init_from={directory}: {TOKENIZER_FILE} is not a readable tokenizer ({err})") from None
     n_vocab = int(tok.get_vocab_size(with_added_tokens=True))
-    if vocab_size is not None and n_vocab > vocab_size:
-        raise InitFromError(
-            f"init_from={directory}: {TOKENIZER_FILE} holds {n_vocab} tokens but the model's vocabulary "
-            f"(model.vocab_size) has {vocab_size} rows: the tokenizer belongs to another model"
-        )
+    if vocab_size is not None:
+        check_vocab(n_vocab, vocab_size, directory)
     stop: list[int] = []
     for name in ("config.json", "generation_config.json"):
         config = _json(directory / name)

@@ -20,9 +20,8 @@ from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.chat import Conversation, chat_loop
 from gpt_lab.generation.prompt_styles import get_prompt_style
-from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS
+from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, load_instruction_model
 from gpt_lab.hf_tokenizer import tokenizer_for
-from gpt_lab.tasks.respond import load_instruction_model
 
 log = logging.getLogger(__name__)
 
