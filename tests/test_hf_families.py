@@ -4,11 +4,13 @@ maps against transformers' own tensor names, lazy (sharded) reading, and the bad
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from hf_files import SMALL_CONFIGS, save_hf_model
+from omegaconf import DictConfig
 
 from gpt_lab.errors import InitFromError
 from gpt_lab.model.hf_families import SUPPORTED, family_config, family_hf_config, name_map
@@ -193,3 +195,17 @@ def test_tokenizer_follows_the_directory(tmp_path: Path, saved: dict[str, tuple[
     assert isinstance(tok, HFTokenizer) and tok.eot_token == 2
     with pytest.raises(InitFromError, match=f"holds {tok.n_vocab} tokens but the model's vocabulary"):
         tokenizer_for(tmp_path, 96)
+
+
+def test_training_on_a_family_directory_is_refused_before_work(
+    saved: dict[str, tuple[Path, object]], compose_config: Callable[..., DictConfig]
+) -> None:
+    from gpt_lab.errors import ConfigError
+    from gpt_lab.run.preflight import check_resources
+
+    directory, _ = saved["qwen3"]
+    for task in ("train", "evaluate"):
+        cfg = compose_config(f"task={task}", f"init_from={directory}", "data.path=gpt_lab:the-verdict.txt")
+        with pytest.raises(ConfigError, match=f"task={task} init_from=.*tokenize with GPT-2's tokenizer"):
+            check_resources(cfg)
+    check_resources(compose_config(f"init_from={directory}"))  # generation reads its tokenizer.json
