@@ -123,25 +123,30 @@ CLASSES = {
 }
 
 
-def hf_model(family: str, seed: int = 0) -> object:
-    """transformers' model of ``family`` at its small size, float32, eval mode, every norm weight
-    randomised (their defaults, ones or zeros, would hide a wrong mapping)."""
+def hf_model(family: str, seed: int = 0, **overrides: object) -> object:
+    """transformers' model of ``family`` at its small size (``overrides`` changing its config),
+    float32, eval mode, every norm weight randomised (their defaults, ones or zeros, would hide a
+    wrong mapping); generation does not stop at an end-of-sequence id."""
     import torch
     import transformers
 
     config_name, model_name = CLASSES[family]
     torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**SMALL_CONFIGS[family]))
+    config = getattr(transformers, config_name)(**{**SMALL_CONFIGS[family], **overrides})
+    model = getattr(transformers, model_name)(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(-0.5, 1.5)
+    model.generation_config.eos_token_id = None
     return model.float().eval()
 
 
-def save_hf_model(family: str, directory: Path, seed: int = 0, max_shard_size: str | None = None) -> object:
+def save_hf_model(
+    family: str, directory: Path, seed: int = 0, max_shard_size: str | None = None, **overrides: object
+) -> object:
     """``hf_model(family)`` written with ``save_pretrained`` into ``directory`` (sharded when asked)."""
-    model = hf_model(family, seed)
+    model = hf_model(family, seed, **overrides)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(directory), **kwargs)
     return model
