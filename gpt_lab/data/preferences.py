@@ -50,7 +50,7 @@ class PreferenceDataError(DataError):
 def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
     """The prompt style to train with: ``data.prompt_style`` when given, else the one saved with the
     ``init_from`` run (its ``model.json``), else alpaca (the book's)."""
-    from gpt_lab.model.finetune import META_FILE, MODEL_FILE, read_meta
+    from gpt_lab.model.model_file import META_FILE, MODEL_FILE, read_meta
 
     saved = None
     if init_from is not None and init_from.exists():

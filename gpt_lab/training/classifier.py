@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gpt_lab.model.classifier import pooled_logits, replace_head
-from gpt_lab.model.finetune import load_base_state, lora_settings, save_finetuned, select_trainable
+from gpt_lab.model.classifier import PAD_TOKEN_ID, pooled_logits, replace_head
+from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
+from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError, _primitive
 
@@ -311,7 +312,7 @@ class ClassifierLitModule(GPTLitModule):
                 "class_names": names,
                 "pooling": self.hparams.pooling,
                 "max_length": results["max_length"],
-                "pad_token_id": 50256,
+                "pad_token_id": PAD_TOKEN_ID,
                 "finetune": self.hparams.finetune,
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,

@@ -23,12 +23,11 @@ from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
 from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.model.model_file import MODEL_FILE
 from gpt_lab.training.loss import batch_loss, mean_loss
 from gpt_lab.training.schedule import build_scheduler, resolve_schedule
 
 log = logging.getLogger(__name__)
-
-BOOK_CHECKPOINT = "model.pth"  # the trained weights, in the book's format, in the run directory
 
 
 class NonFiniteLossError(UserError):
@@ -127,7 +126,7 @@ class GPTLitModule(L.LightningModule):
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
-        from gpt_lab.model.finetune import save_finetuned
+        from gpt_lab.model.finetuned import save_finetuned
         from gpt_lab.tokenizer import get_tokenizer
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
@@ -136,7 +135,7 @@ class GPTLitModule(L.LightningModule):
             log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
         tokenizer = get_tokenizer()
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
-        book_path = Path(cfg.paths.output_dir) / BOOK_CHECKPOINT
+        book_path = Path(cfg.paths.output_dir) / MODEL_FILE
         if trainer.is_global_zero:
             if self.hparams.finetune == "all":
                 save_book_checkpoint(self.model, book_path)
