@@ -76,7 +76,10 @@ class GPTLitModule(L.LightningModule):
         clip_grad_norm: float | None = None,
         finetune: str = "all",
         lora: Mapping[str, Any] | None = None,
+        model: GPTModel | None = None,
     ) -> None:
+        """``model``: the ``GPTModel`` to train, built from ``model_cfg`` by a subclass that changes it
+        first (a classification head); None builds ``GPTModel(model_cfg)`` here."""
         super().__init__()
         cfg = _primitive(model_config_dict(model_cfg))
         lora_cfg = lora_settings(lora)
@@ -92,7 +95,7 @@ class GPTLitModule(L.LightningModule):
                 "lora": lora_cfg,
             }
         )
-        self.model = GPTModel(cfg)
+        self.model = GPTModel(cfg) if model is None else model
         # What trains (finetune=): LoRA adapters are added here, so a checkpoint's keys match on resume.
         self.trainable_params = select_trainable(self.model, finetune, lora_cfg)
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
