@@ -76,6 +76,10 @@ class HFTokenizer:
             ids.insert(0, self.bos_id)
         return ids
 
+    def encode_markup(self, text: str) -> list[int]:
+        """A chat-formatted text's ids (gpt_lab.tokenizer.encode_text): markers as special tokens."""
+        return self.encode(text)
+
     def encode_ordinary(self, text: str) -> list[int]:
         """``text``'s ids with nothing added and special-looking text as plain text (a corpus document)."""
         self.tokenizer.encode_special_tokens = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 import tiktoken.load
@@ -81,3 +82,14 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     """The book's encoding of ``text`` (``<|endoftext|>`` allowed)."""
     tokenizer = tokenizer or get_tokenizer()
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s ids with every special-looking string as ordinary text (never id 50256): how an entry's
+    prompt and response are tokenized for training and for answering (tiktoken's ``encode_ordinary``).
+
+    A chat family's tokenizer (gpt_lab.hf_tokenizer, ``encode_markup``) reads its chat format's markers
+    as the special tokens they are, with the beginning-of-text token in front.
+    """
+    markup = getattr(tokenizer, "encode_markup", None)
+    return markup(text) if markup is not None else tokenizer.encode_ordinary(text)

@@ -42,7 +42,7 @@ def test_gpt2_export_gives_our_logits_in_transformers(tmp_path: Path, qkv_bias: 
 
 
 def test_export_task_merges_lora_of_a_finetuned_run(tmp_path: Path, compose_config: Callable[..., DictConfig]) -> None:
-    from gpt_lab.model.finetune import save_finetuned
+    from gpt_lab.model.finetuned import save_finetuned
     from gpt_lab.tasks.export import run
 
     torch.manual_seed(0)

@@ -22,17 +22,19 @@ from gpt_lab.generation.prompt_styles import (
     get_prompt_style,
 )
 from gpt_lab.generation.sampling import generate
-from gpt_lab.model.finetune import MODEL_FILE, load_finetuned, read_meta
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.hf_families import CHAT_STYLES
 from gpt_lab.model.hf_files import family_directory, read_config
+from gpt_lab.model.model_file import MODEL_FILE, read_meta
 from gpt_lab.model.weights import build_model
-from gpt_lab.tokenizer import ENDOFTEXT_ID
+from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
 
 log = logging.getLogger(__name__)
 
 BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
 RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
+RESPONSES_FILE = "test-responses.json"  # the test entries with their responses, in a chapter-7 run directory
 
 
 def answer(
@@ -54,7 +56,7 @@ def answer(
     ``response`` (the book's extraction), ``new_tokens`` and the speed.
     """
     prompt = format_prompt(entry, style)
-    ids = tokenizer.encode(prompt, disallowed_special=())
+    ids = encode_text(tokenizer, prompt)
     device = model.out_head.weight.device
     started = time.perf_counter()
     out = generate(

@@ -25,16 +25,15 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import InitFromError
-from gpt_lab.model.finetune import read_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
 from gpt_lab.model.hf_files import check_preset, family_directory, read_family
 from gpt_lab.model.lora import lora_scale, merge_lora_state
+from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-BOOK_WEIGHT_FILES = ("model.pth",)
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
 
 
@@ -52,7 +51,7 @@ class PretrainedWeights:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] = field(default_factory=dict)
     stated: dict[str, Any] = field(default_factory=dict)
-    # A fine-tuned model's model.json (gpt_lab.model.finetune): class names, pooling, prompt style, ...
+    # A fine-tuned model's model.json (gpt_lab.model.model_file): class names, pooling, prompt style, ...
     meta: dict[str, Any] | None = None
     # Another family's directory (its config.json's model_type): ``config`` is then its whole architecture.
     family: str | None = None
@@ -92,14 +91,14 @@ def _weights_file(path: Path) -> Path:
         raise InitFromError(f"init_from={path}: no such file or directory")
     if path.is_file():
         return path
-    for name in (*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES):
+    for name in (*HF_WEIGHT_FILES, MODEL_FILE):
         if (path / name).is_file():
             return path / name
     ckpts = sorted(path.glob("*.ckpt"))
     if len(ckpts) == 1:
         return ckpts[0]
     raise InitFromError(
-        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES))}"
+        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, MODEL_FILE))}"
         + (f" and {len(ckpts)} .ckpt files (name one)" if ckpts else "")
     )
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.responses import saved_meta
-from gpt_lab.model.finetune import load_finetuned
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.hf_export import write_hf_directory
 from gpt_lab.model.hf_files import family_directory
 from gpt_lab.model.stats import model_report
