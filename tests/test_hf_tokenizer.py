@@ -84,3 +84,12 @@ def test_unreadable_tokenizer_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InitFromError, match="not a readable tokenizer"):
         load_hf_tokenizer(tmp_path)
+
+
+def test_entries_of_a_chat_family_keep_their_markup(tmp_path: Path) -> None:
+    from gpt_lab.tokenizer import encode_text, get_tokenizer
+
+    write_tokenizer(tmp_path, CHATML)
+    tok = load_hf_tokenizer(tmp_path)
+    assert encode_text(tok, "<|im_start|>user\nHi<|im_end|>")[0] == 1  # the special token, not its letters
+    assert 50256 not in encode_text(get_tokenizer(), "<|endoftext|>")  # GPT-2's entries: ordinary text
