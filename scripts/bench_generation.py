@@ -2,8 +2,9 @@
 the fraction of the machine's read-bandwidth limit, for each weights precision (issue 28).
 
 Generation on the CPU reads every weight once per token, plus the key/value cache of every position
-so far. ``bytes_per_token`` counts what one step of a model reads (every parameter and buffer, but
-one row of each embedding table) and the cache a step reads on average over the run; at the
+so far. A row's bytes per token are what one step of its model reads
+(``gpt_lab.model.stats.step_read_bytes``: every parameter and buffer, one row of each embedding
+table) plus the cache a step reads on average over the run (``kv_bytes_per_token``); at the
 machine's measured read bandwidth that gives the most tokens per second any implementation could
 reach, and each row prints its fraction of it.
 
@@ -14,45 +15,24 @@ gpt2_medium / gpt2_xl rows).
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import PROMPT_IDS, build_book, build_hf, hf_generate, interleaved, summary, timed
+from book_reference import ref_greedy, ref_kv_greedy
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench import PROMPT_IDS, build_book, build_hf, hf_generate, interleaved, summary  # noqa: E402
-
-from gpt_lab.generation.sampling import generate  # noqa: E402
-from gpt_lab.generation.weights import ACTIVATION_DTYPE, use_weights  # noqa: E402
-from gpt_lab.model.gpt import GPTModel  # noqa: E402
-from tests.book_reference import ref_greedy, ref_kv_greedy  # noqa: E402
+from gpt_lab.generation.sampling import generate
+from gpt_lab.generation.weights import ACTIVATION_DTYPE, use_weights
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.stats import step_read_bytes
 
 GEN = "gpt_lab generate (cache)"  # fp32: the name the targets and docs have used since issue 12
 GEN_AT = {"fp32": GEN, "bf16": "gpt_lab generate, bf16 weights", "int8": "gpt_lab generate, int8 weights"}
 HF_AT = {"fp32": "transformers generate (cache)", "bf16": "transformers generate, bf16"}
 BOOK_KV = "book KV-cache variant"
 BOOK_LOOP = "book loop, no cache (generate_text_simple)"
-
-
-def weight_bytes_per_token(model: nn.Module) -> int:
-    """Bytes of ``model`` one generation step reads: every parameter and buffer once, but a single
-    row of each embedding table (a token looks up one). Shared tensors count once."""
-    seen: set[int] = set()
-    total = 0
-    for module in model.modules():
-        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
-            if t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += t[0].nbytes if isinstance(module, nn.Embedding) else t.nbytes
-    return total
 
 
 def kv_bytes_per_token(cfg: dict[str, Any], dtype: torch.dtype, prompt: int, new: int) -> float:
@@ -95,11 +75,11 @@ def bench_generation(
             models[name] = hf_model(state, cfg, w)
             impls[name] = lambda m=models[name]: hf_generate(m, idx, n)
     book_model = build_book(state, cfg).eval() if book else None
+    reference_tokens: list[torch.Tensor] = []
     if book_model is not None:
         impls[BOOK_KV] = lambda: ref_kv_greedy(book_model, idx, n)
-        t0 = time.perf_counter()
-        reference = ref_greedy(book_model, idx, n, ctx)
-        book_loop_s = time.perf_counter() - t0
+        book_loop_s = timed(lambda: reference_tokens.append(ref_greedy(book_model, idx, n, ctx)))
+        reference = reference_tokens[0]
     else:
         reference = impls[GEN]()
     fp32_names = [GEN, HF_AT["fp32"], BOOK_KV]
@@ -120,10 +100,10 @@ def bench_generation(
             if name == label:
                 dtype = ACTIVATION_DTYPE[w]
         model = models.get(name, models[GEN])  # the book's rows: the same fp32 weights (its mask buffers aside)
-        nbytes = weight_bytes_per_token(model) + kv_bytes_per_token(cfg, dtype, len(PROMPT_IDS), n)
+        nbytes = step_read_bytes(model) + kv_bytes_per_token(cfg, dtype, len(PROMPT_IDS), n)
         rows[name] = {**with_limit(summary(seconds, n), nbytes, bandwidth_gbs), "tokens_equal_fp32": agreement[name]}
     if book_model is not None:
-        extra = [_timed(lambda: ref_greedy(book_model, idx, n, ctx)) for _ in range(args.book_loop_reps - 1)]
+        extra = [timed(lambda: ref_greedy(book_model, idx, n, ctx)) for _ in range(args.book_loop_reps - 1)]
         rows[BOOK_LOOP] = summary([book_loop_s, *extra], n)
     rows.update(first_token_rows(models, idx, ctx, args.reps))
     return rows
@@ -138,12 +118,6 @@ def first_token_rows(models: dict[str, nn.Module], idx: torch.Tensor, ctx: int, 
         impls[f"time to first token: {HF_AT['fp32']}"] = lambda: hf_generate(models[HF_AT["fp32"]], idx, 1)
     times = interleaved(impls, max(reps, 3))
     return {name: {**summary(s, 1), "seconds": sorted(s)[len(s) // 2]} for name, s in times.items()}
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def generation_targets(rows: dict[str, Any], add: Callable[[str, float, str, bool], None], size: str) -> None:

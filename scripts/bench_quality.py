@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from gpt_lab.data.text import GPTDatasetV1, packaged_text, split_text
+from gpt_lab.generation.weights import use_weights
+from gpt_lab.model.weights import build_model
+from gpt_lab.tokenizer import get_tokenizer
+from gpt_lab.training.loss import batch_loss
 
-from gpt_lab.data.text import GPTDatasetV1, packaged_text, split_text  # noqa: E402
-from gpt_lab.generation.weights import use_weights  # noqa: E402
-from gpt_lab.model.weights import build_model  # noqa: E402
-from gpt_lab.tokenizer import get_tokenizer  # noqa: E402
-from gpt_lab.training.loss import batch_loss  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STORY = "gpt_lab:the-verdict.txt"
 TARGETS = {"bf16": {"loss": 0.01, "agreement": 0.99}, "int8": {"loss": 0.02, "agreement": 0.97}}

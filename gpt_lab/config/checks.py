@@ -183,8 +183,8 @@ def _check_generation_weights(cfg: DictConfig) -> list[str]:
         ]
     if weights != "fp32" and cfg.task.name == "train":
         return [
-            f"generation.weights={weights} is for tasks that only read the weights (generate, respond, classify, "
-            "evaluate); task=train trains in fp32, or in bf16 through trainer=cpu_bf16 or "
+            f"generation.weights={weights} is for tasks that only read the weights (generate, respond, chat, "
+            "classify, evaluate); task=train trains in fp32, or in bf16 through trainer=cpu_bf16 or "
             "trainer.precision=bf16-mixed, and its sample text uses the trained fp32 weights: drop generation.weights"
         ]
     return []

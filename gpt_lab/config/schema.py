@@ -204,6 +204,13 @@ class GenerationConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Issue 26, ``task=export``: where the Hugging Face directory goes."""
+
+    dir: str | None = MISSING  # a new or empty directory, relative to where the user ran from
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -241,6 +248,7 @@ class Config:
     judge: JudgeConfig | None = None
     dpo: DPOConfig | None = None  # issue 20: data=preferences only
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # issue 28
+    export: ExportConfig | None = None  # issue 26: task=export only
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).
