@@ -20,6 +20,7 @@ from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
     DROPOUT_KEYS,
+    ESTIMATE_DTYPES,
     FINETUNE_NAMES,
     LORA_SCALINGS,
     MAX_LR,
@@ -168,6 +169,21 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
     problems += _check_preferences(cfg)
+    problems += _check_estimate(cfg)
+    return problems
+
+
+def _check_estimate(cfg: DictConfig) -> list[str]:
+    """Issue 25: task=estimate's ``estimate.*`` keys."""
+    e = cfg.estimate
+    if e is None:
+        needed = cfg.task.name == "estimate"
+        return ["task=estimate needs the estimate.* keys (conf/task/estimate.yaml sets them)"] if needed else []
+    problems = []
+    if e.batch_size <= 0:
+        problems.append(f"estimate.batch_size={e.batch_size} must be a positive integer")
+    if e.dtype not in ESTIMATE_DTYPES:
+        problems.append(f"estimate.dtype={e.dtype} is not a dtype; choose one of {', '.join(ESTIMATE_DTYPES)}")
     return problems
 
 

@@ -194,6 +194,25 @@ class DPOConfig:
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
 
 
+# Issue 25, task=estimate: the dtype names estimate.dtype accepts, each with torch's name for it.
+ESTIMATE_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+@dataclass
+class EstimateConfig:
+    """Issue 25: ``cfg.estimate``, what ``task=estimate`` sizes (conf/task/estimate.yaml)."""
+
+    batch_size: int = MISSING  # sequences of the key/value cache and of the counted forward pass
+    dtype: str = MISSING  # the cache's element type: one of ESTIMATE_DTYPES (the book's estimators: bf16)
+
+
 @dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
@@ -231,6 +250,7 @@ class Config:
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
     dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    estimate: EstimateConfig | None = None  # issue 25: task=estimate only
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).

@@ -110,6 +110,11 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors this cache allocated."""
+        return self.k.nbytes + self.v.nbytes
+
 
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention (chapter 3), through ``scaled_dot_product_attention``.
@@ -333,7 +338,14 @@ class GPTModel(nn.Module):
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
         max_len = min(max_len or self.context_length, self.context_length)
         att = self.trf_blocks[0].att
@@ -343,8 +355,8 @@ class GPTModel(nn.Module):
             att.num_heads,
             max_len,
             att.head_dim,
-            self.out_head.weight.dtype,
-            self.out_head.weight.device,
+            dtype or self.out_head.weight.dtype,
+            torch.device(device) if device is not None else self.out_head.weight.device,
         )
 
 
