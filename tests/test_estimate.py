@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from configs import TINY
 
 from gpt_lab.config.schema import GPT2_SIZES
 from gpt_lab.errors import ConfigError
@@ -14,7 +15,6 @@ from gpt_lab.model.estimate import forward_flops, kv_cache_bytes, meta_model, pa
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.run.files import read_results
 from gpt_lab.run.job import run_task
-from tests.configs import TINY
 
 
 def _gpt2(name: str, **extra: Any) -> dict[str, Any]:

@@ -89,6 +89,13 @@ def test_train_lowers_the_loss_and_writes_the_run_files(
     assert [e["epoch"] for e in results["loss_curve"]] == [1, 2, 3]
     assert results["output_text"].startswith("Hello, I am")
     assert Path(results["checkpoint"]).is_file()
+    # What a sweep compares variants by (issue 25): the tiny model's 1 block of width 16 caches, per token,
+    # a key and a value of 16 float32 numbers; the untied head is counted apart in total, not in unique.
+    emb, vocab = 16, 50257
+    assert results["kv_cache"]["bytes_per_token"] == 2 * emb * 4 * 1
+    assert results["parameters"]["total"] == results["total_params"]
+    assert results["parameters"]["unique"] == results["parameters"]["total"] - vocab * emb
+    assert results["train_tokens_per_second"] > 0 and results["generation_tokens_per_second"] > 0
 
     # The book's model loads the exported weights with strict=True and computes the same logits.
     book = RefGPT(OmegaConf.to_container(config(out).model)).eval()

@@ -88,6 +88,18 @@ def kv_cache_bytes(model: GPTModel, batch_size: int, max_len: int, dtype: torch.
     return int(model.new_kv_cache(batch_size, max_len, dtype=dtype, device="meta").nbytes)
 
 
+def architecture_figures(model: GPTModel, batch_size: int = 1, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """results.json's ``parameters`` and ``kv_cache`` (at ``model.context_length``) for a built model, e.g. a
+    training run's: what a sweep summary compares variants by. ``dtype``: the cache's (default: the model's)."""
+    dtype = dtype or next(p.dtype for p in model.parameters() if p.is_floating_point())
+    context = model.context_length
+    kv = kv_cache_bytes(model, batch_size, context, dtype)
+    return {
+        "parameters": parameter_counts(model),
+        "kv_cache": {"bytes": kv, "bytes_per_token": kv // (batch_size * context), "dtype": str(dtype).split(".")[-1]},
+    }
+
+
 def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, int]:
     """FLOPs of one forward pass over ``(batch_size, seq_len)`` tokens (logits at every position).
 

@@ -50,8 +50,16 @@ COLUMNS = (
     "output_text",
 )
 MODEL_SIZE_KEYS = ("emb_dim", "n_layers", "n_heads", "context_length")
+# Columns read from results.json's nested figures (issue 25: what an ablation compares variants by).
+NESTED_COLUMNS = {
+    "parameters": ("parameters", "total"),
+    "active_parameters": ("parameters", "active"),
+    "kv_bytes_per_token": ("kv_cache", "bytes_per_token"),
+}
 # Shown too when at least one job has them (training and evaluation runs).
 OPTIONAL_COLUMNS = (
+    *NESTED_COLUMNS,
+    "train_tokens_per_second",
     "train_loss",
     "val_loss",
     "loss",
@@ -224,6 +232,9 @@ def _job_row(job_dir: Path, interrupted: bool = False) -> dict[str, Any]:
         "dir": str(job_dir),
     }
     row["model_config"] = _model_sizes(results.get("model_config"))
+    for column, (node, key) in NESTED_COLUMNS.items():
+        value = results.get(node)
+        row[column] = value.get(key) if isinstance(value, dict) else None
     for key in (*COLUMNS, *OPTIONAL_COLUMNS):
         row.setdefault(key, results.get(key))
     return row

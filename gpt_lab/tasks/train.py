@@ -27,11 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
+from gpt_lab.model.estimate import architecture_figures
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
 from gpt_lab.run.preflight import check_components
 from gpt_lab.run.tensorboard import run_hparams
-from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText, Throughput
 from gpt_lab.training.cpu_memory import freed_memory_kept
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume, check_resume_data
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
@@ -207,8 +208,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     initial = _find(trainer.callbacks, InitialLossEvaluation)
     history = _find(trainer.callbacks, LossHistory)
     sampler = _find(trainer.callbacks, SampleText)
+    throughput = _find(trainer.callbacks, Throughput)
     trainable = sum(p.numel() for p in lit.model.parameters() if p.requires_grad)
     results: dict[str, Any] = {"model_config": lit.model.cfg, **report, "trainable_params": trainable}
+    # What a sweep compares variants by (experiment=ablation): sizes, cache per token, both speeds.
+    results.update(
+        architecture_figures(lit.model),
+        train_tokens_per_second=throughput.tokens_per_second if throughput is not None else None,
+        generation_tokens_per_second=sampler.tokens_per_second if sampler is not None else None,
+    )
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None
