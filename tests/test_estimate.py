@@ -129,3 +129,64 @@ def test_estimate_task_writes_plain_integers_a_table_and_the_plot(compose_config
 def test_estimate_bad_input_names_the_key(compose_config, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         run_task(compose_config("task=estimate", "model=tiny", override))
+
+
+# --- the variants (BOOK_FIGURES.md "Chapter 4 bonus"): the estimators' arguments as model keys ---------------
+GQA_ARGS = {"vocab_size": 50257, "context_length": 32768, "emb_dim": 4096, "n_heads": 32, "n_layers": 32}
+
+
+def _kv(cfg: dict[str, Any], dtype: torch.dtype = torch.bfloat16) -> int:
+    model = meta_model({"drop_rate": 0.0, "qkv_bias": False, **cfg})
+    return kv_cache_bytes(model, 1, cfg["context_length"], dtype)
+
+
+def test_gqa_kv_cache_is_the_books_estimate() -> None:
+    # --n_kv_groups 4 (query heads per key/value head) is model.n_kv_heads = 32 // 4 = 8.
+    assert _kv({**GQA_ARGS, "attention": "gqa", "n_kv_heads": 8}) == 4_294_967_296
+    assert _kv(GQA_ARGS) == 4 * 4_294_967_296
+
+
+def test_sliding_window_kv_cache_is_the_books_estimate() -> None:
+    # --sliding_window_size 1024 --swa_ratio 5:1: 27 sliding layers keep 1,024 positions, 5 full ones 32,768.
+    sliding = {"window": "sliding", "sliding_window": 1024, "sliding_pattern": "5:1"}
+    assert _kv({**GQA_ARGS, **sliding}) == 3_137_339_392
+    assert _kv({**GQA_ARGS, **sliding, "attention": "gqa", "n_kv_heads": 8}) == 784_334_848
+
+
+def test_mla_kv_cache_is_the_books_estimate() -> None:
+    # --emb_dim 2048 --n_heads 24 --n_layers 48 --context_length 8192 --latent_dim 1024: head_dim = ceil(2048 / 24).
+    args = {"vocab_size": 50257, "context_length": 8192, "emb_dim": 2048, "n_heads": 24, "n_layers": 48, "head_dim": 86}
+    assert _kv({**args, "attention": "mla", "latent_dim": 1024}) == 805_306_368
+    assert _kv(args) == 3_246_391_296  # the estimator's "MHA 3.25 GB"
+    assert _kv({**args, "attention": "gqa", "n_kv_heads": 6}) == 811_597_824  # "GQA 0.81 GB"
+
+
+def test_moe_parameters_are_the_books_estimate() -> None:
+    # --emb_dim 7168 --hidden_dim 14336 --num_experts 8 --top_k 2 --match_dense: experts of hidden 14336 / 8.
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 7168, "n_heads": 8, "n_layers": 1}
+    moe = {"ffn": "moe", "num_experts": 8, "experts_per_token": 2, "moe_hidden_dim": 1792}
+    model = meta_model({"drop_rate": 0.0, "qkv_bias": False, **cfg, **moe})
+    counts = parameter_counts(model.trf_blocks[0].ff)
+    assert counts == {"total": 308_338_688, "unique": 308_338_688, "active": 77_127_680}
+    dense = meta_model({"drop_rate": 0.0, "qkv_bias": False, **cfg, "ffn": "swiglu", "hidden_dim": 14336})
+    assert parameter_counts(dense.trf_blocks[0].ff)["total"] == 308_281_344
+
+
+def test_moe_flops_count_each_tokens_experts_only() -> None:
+    # Written out: per token, the router (emb x E) and k experts of 3 emb x hidden products; attention's Linears
+    # (4 emb^2) and the head (emb x vocab) as for any model.
+    v, e, n_layers, experts, k, hidden, b, t = 50257, 32, 2, 4, 2, 24, 2, 16
+    cfg = {"vocab_size": v, "context_length": t, "emb_dim": e, "n_heads": 4, "n_layers": n_layers}
+    moe = {"ffn": "moe", "num_experts": experts, "experts_per_token": k, "moe_hidden_dim": hidden}
+    flops = forward_flops(meta_model({"drop_rate": 0.0, "qkv_bias": False, **cfg, **moe}), b, t)
+    per_token = n_layers * (4 * e * e + e * experts + k * 3 * e * hidden) + e * v
+    assert flops["linear_only"] == 2 * b * t * per_token
+
+
+def test_deltanet_state_is_fixed_in_context_length() -> None:
+    # Gated DeltaNet's state per layer: batch x heads x head_dim^2 (float32); the 3:1 hybrid's full layers grow.
+    cfg = {"vocab_size": 50257, "emb_dim": 64, "n_heads": 4, "n_layers": 8, "attention": "deltanet"}
+    for every, full_layers in ((0, 0), (4, 2)):
+        sizes = [_kv({**cfg, "context_length": n, "full_attention_every": every}, torch.float32) for n in (64, 128)]
+        state = (8 - full_layers) * 4 * 16 * 16 * 4
+        assert sizes == [state + full_layers * n * 64 * 2 * 4 for n in (64, 128)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpt_lab.run.sweep import summarise_sweep, write_summary
+from gpt_lab.run.sweep_plot import job_labels, plot_summary
 
 
 def _rows(sweep_dir: Path) -> list[dict[str, str]]:
@@ -157,3 +158,14 @@ def test_sweep_summary_compares_variants_by_size_cache_and_speed(tmp_path: Path)
     md = (tmp_path / "summary.md").read_text()
     assert "| parameters | active_parameters | kv_bytes_per_token | train_tokens_per_second |" in md
     assert "| 300 | 120 | 64 | 1500.50 |" in md
+
+
+def test_sweep_plot_labels_jobs_by_what_differs(tmp_path: Path) -> None:
+    rows = [
+        {"job": 0, "overrides": "+ablation=mha experiment=ablation", "status": "completed", "val_loss": 7.0},
+        {"job": 1, "overrides": "+ablation=mla experiment=ablation", "status": "completed", "val_loss": 6.9},
+        {"job": 2, "overrides": "+ablation=moe experiment=ablation", "status": "failed", "val_loss": None},
+    ]
+    assert job_labels(rows) == ["+ablation=mha", "+ablation=mla", "+ablation=moe"]
+    assert plot_summary(tmp_path, rows).read_bytes().startswith(b"\x89PNG")
+    assert plot_summary(tmp_path / "one", rows[:1]) is None  # nothing to compare

@@ -43,8 +43,9 @@ def expert_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(getattr(m, "fc1", None), nn.ModuleList)]
 
 
-def _numel(modules: Any) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
+def expert_size(layer: nn.Module) -> int:
+    """Parameters of one expert of a mixture-of-experts layer (its fc1, fc2 and fc3)."""
+    return sum(p.numel() for m in (layer.fc1[0], layer.fc2[0], layer.fc3[0]) for p in m.parameters())
 
 
 def parameter_counts(model: nn.Module, experts_per_token: int | None = None) -> dict[str, int]:
@@ -64,8 +65,7 @@ def parameter_counts(model: nn.Module, experts_per_token: int | None = None) -> 
     inactive = 0
     for layer in expert_layers(model):
         k = experts_per_token if experts_per_token is not None else _experts_per_token(model, layer)
-        per_expert = _numel((layer.fc1[0], layer.fc2[0], layer.fc3[0]))
-        inactive += (len(layer.fc1) - k) * per_expert
+        inactive += (len(layer.fc1) - k) * expert_size(layer)
     return {"total": total, "unique": unique, "active": total - inactive}
 
 

@@ -28,6 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.run.sweep_plot import plot_summary
 from gpt_lab.storage import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class SweepSummary(Callback):
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         rows = summarise_sweep(sweep_dir, since=self._started - 5.0)
         csv_path, md_path = write_summary(sweep_dir, rows)
+        plot_summary(sweep_dir, rows)  # summary.png: training jobs side by side (an ablation)
         failed = sum(row["status"] != "completed" for row in rows)
         log.info(f"Sweep summary ({len(rows)} jobs, {failed} failed): {md_path} and {csv_path.name}")
         if failed and self.fail_on_error:

@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from gpt_lab.config import ESTIMATE_DTYPES
 from gpt_lab.model.estimate import (
+    expert_layers,
+    expert_size,
     forward_flops,
     kv_cache_bytes,
     meta_model,
@@ -67,7 +70,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for line in table(results):
         log.info(line)
     out_dir = Path(cfg.paths.output_dir)
-    results["plots"] = [str(p) for p in (plot_kv_cache(model_cfg, batch, dtype, out_dir / "kv_cache.png"),) if p]
+    plots = [plot_kv_cache(model_cfg, batch, dtype, out_dir / "kv_cache.png")]
+    if expert_layers(model):
+        plots.append(plot_moe_parameters(model, out_dir / "moe_parameters.png"))
+    results["plots"] = [str(p) for p in plots]
     return results
 
 
@@ -96,8 +102,28 @@ def _bytes(n: int) -> str:
 
 
 def kv_variants(model_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The configured model, and the same sizes with the other attention kinds (where the config has them)."""
-    return {"this config": dict(model_cfg)}
+    """The book's attention variants at the configured model's sizes, labelled with their settings.
+
+    Each takes the configured value of its key where the config sets one, else the book's example:
+    GQA with a quarter of the heads (``n_kv_groups=4``), MLA with a latent of half the width
+    (2,048 -> 1,024), a window of a quarter of the context in the 5:1 pattern, DeltaNet's 3:1 hybrid.
+    """
+    m = dict(model_cfg)
+    heads, emb, context = int(m["n_heads"]), int(m["emb_dim"]), int(m["context_length"])
+    mha = {**m, "attention": "mha", "window": "full", "n_kv_heads": None, "full_attention_every": 0}
+    kv = m.get("n_kv_heads") or max(d for d in range(1, max(1, heads // 4) + 1) if heads % d == 0)
+    latent = m.get("latent_dim") or emb // 2
+    window, pattern = m.get("sliding_window") or max(1, context // 4), m.get("sliding_pattern") or "5:1"
+    sliding = {"window": "sliding", "sliding_window": window, "sliding_pattern": pattern}
+    every = m.get("full_attention_every") or 4
+    return {
+        "MHA": mha,
+        f"GQA ({kv} kv heads)": {**mha, "attention": "gqa", "n_kv_heads": kv},
+        f"MLA (latent {latent})": {**mha, "attention": "mla", "latent_dim": latent},
+        f"MHA + SWA ({window}, {pattern})": {**mha, **sliding},
+        f"GQA + SWA ({window}, {pattern})": {**mha, "attention": "gqa", "n_kv_heads": kv, **sliding},
+        f"DeltaNet ({every - 1}:1 hybrid)": {**mha, "attention": "deltanet", "full_attention_every": every},
+    }
 
 
 def plot_kv_cache(model_cfg: Mapping[str, Any], batch: int, dtype: torch.dtype, path: Path) -> Path:
@@ -109,13 +135,53 @@ def plot_kv_cache(model_cfg: Mapping[str, Any], batch: int, dtype: torch.dtype, 
 
     context = int(model_cfg["context_length"])
     lengths = sorted({max(1, context * i // PLOT_POINTS) for i in range(1, PLOT_POINTS + 1)})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, variant in kv_variants(model_cfg).items():
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = {"this config": dict(model_cfg), **kv_variants(model_cfg)}
+    for name, variant in curves.items():
         model = meta_model(variant)
-        ax.plot(lengths, [kv_cache_bytes(model, batch, n, dtype) / GB for n in lengths], marker="o", label=name)
+        style = {"linestyle": "--", "linewidth": 3, "alpha": 0.5} if name == "this config" else {"marker": "."}
+        ax.plot(lengths, [kv_cache_bytes(model, batch, n, dtype) / GB for n in lengths], label=name, **style)
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("KV cache (GB)")
     ax.set_title(f"KV cache, batch {batch}, {str(dtype).removeprefix('torch.')}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
+
+
+def moe_parameters_by_experts(model: nn.Module) -> tuple[list[int], list[int], list[int]]:
+    """Total and active parameters of ``model`` had it ``n`` experts per expert layer, for ``n`` from
+    ``experts_per_token`` to twice the configured number: each expert adds its own weights to the total
+    and one router row to both; what a token uses stays ``experts_per_token`` experts."""
+    layers = expert_layers(model)
+    configured, counts = len(layers[0].fc1), parameter_counts(model)
+    per_expert = sum(expert_size(layer) for layer in layers)
+    router_row = sum(layer.gate.in_features for layer in layers)
+    k = int(layers[0].experts_per_token)
+    experts = sorted({*range(k, 2 * configured + 1, max(1, configured // 8)), configured, 2 * configured})
+    total = [counts["total"] + (n - configured) * (per_expert + router_row) for n in experts]
+    active = [counts["active"] + (n - configured) * router_row for n in experts]
+    return experts, total, active
+
+
+def plot_moe_parameters(model: nn.Module, path: Path) -> Path:
+    """The book's MoE plot: total and active parameters against the number of experts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    experts, total, active = moe_parameters_by_experts(model)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(experts, [n / 1e9 for n in total], marker=".", label="total parameters")
+    ax.plot(experts, [n / 1e9 for n in active], marker=".", label="active per token")
+    ax.axvline(len(expert_layers(model)[0].fc1), color="grey", linestyle=":", label="this config")
+    ax.set_xlabel("Experts per layer")
+    ax.set_ylabel("Parameters (billions)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
