@@ -190,3 +190,14 @@ def test_deltanet_state_is_fixed_in_context_length() -> None:
         sizes = [_kv({**cfg, "context_length": n, "full_attention_every": every}, torch.float32) for n in (64, 128)]
         state = (8 - full_layers) * 4 * 16 * 16 * 4
         assert sizes == [state + full_layers * n * 64 * 2 * 4 for n in (64, 128)]
+
+
+def test_moe_plot_counts_are_those_of_models_with_that_many_experts() -> None:
+    from gpt_lab.tasks.estimate import moe_parameters_by_experts
+
+    cfg = {**TINY, "ffn": "moe", "num_experts": 4, "experts_per_token": 2, "moe_hidden_dim": 8}
+    experts, total, active = moe_parameters_by_experts(meta_model(cfg))
+    assert experts[0] == 2 and experts[-1] == 8 and 4 in experts
+    for n, t, a in zip(experts, total, active, strict=True):
+        built = parameter_counts(meta_model({**cfg, "num_experts": n}))
+        assert (t, a) == (built["total"], built["active"])

@@ -126,16 +126,33 @@ def kv_variants(model_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def plot_kv_cache(model_cfg: Mapping[str, Any], batch: int, dtype: torch.dtype, path: Path) -> Path:
-    """The book's plot: key/value cache (GB) against context length, one line per attention variant."""
+def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=size)
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend, then the PNG written beside ``path`` and renamed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_kv_cache(model_cfg: Mapping[str, Any], batch: int, dtype: torch.dtype, path: Path) -> Path:
+    """The book's plot: key/value cache (GB) against context length, one line per attention variant."""
     context = int(model_cfg["context_length"])
     lengths = sorted({max(1, context * i // PLOT_POINTS) for i in range(1, PLOT_POINTS + 1)})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes((7, 4.5))
     curves = {"this config": dict(model_cfg), **kv_variants(model_cfg)}
     for name, variant in curves.items():
         model = meta_model(variant)
@@ -144,13 +161,7 @@ def plot_kv_cache(model_cfg: Mapping[str, Any], batch: int, dtype: torch.dtype, 
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("KV cache (GB)")
     ax.set_title(f"KV cache, batch {batch}, {str(dtype).removeprefix('torch.')}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def moe_parameters_by_experts(model: nn.Module) -> tuple[list[int], list[int], list[int]]:
@@ -170,22 +181,11 @@ def moe_parameters_by_experts(model: nn.Module) -> tuple[list[int], list[int], l
 
 def plot_moe_parameters(model: nn.Module, path: Path) -> Path:
     """The book's MoE plot: total and active parameters against the number of experts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     experts, total, active = moe_parameters_by_experts(model)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes((6, 4))
     ax.plot(experts, [n / 1e9 for n in total], marker=".", label="total parameters")
     ax.plot(experts, [n / 1e9 for n in active], marker=".", label="active per token")
     ax.axvline(len(expert_layers(model)[0].fc1), color="grey", linestyle=":", label="this config")
     ax.set_xlabel("Experts per layer")
     ax.set_ylabel("Parameters (billions)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
