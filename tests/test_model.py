@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from configs import TINY
 from omegaconf import OmegaConf
 
@@ -23,6 +22,7 @@ from gpt_lab.model.gpt import (
 )
 from gpt_lab.model.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
+from scripts.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 
 EXACT = {**TINY, "drop_rate": 0.0, "qkv_bias": True}  # deterministic, and every parameter present
 
@@ -162,7 +162,7 @@ def test_written_out_attention_is_chapter_3s_with_its_gradients(t: int, s: int, 
 def test_bf16_training_attention_is_written_out_up_to_its_length_and_fused_beyond(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gpt_lab.model.gpt as gpt
+    import gpt_lab.model.attention as gpt
 
     calls: list[int] = []
     monkeypatch.setattr(gpt, "attention_written_out", lambda q, *a, **kw: calls.append(q.shape[-2]) or q)
@@ -179,7 +179,7 @@ def test_bf16_training_attention_is_written_out_up_to_its_length_and_fused_beyon
 
 
 def test_bf16_training_attention_is_close_to_the_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gpt_lab.model.gpt as gpt
+    import gpt_lab.model.attention as gpt
 
     torch.manual_seed(6)
     att = MultiHeadAttention(16, 16, context_length=16, dropout=0.0, num_heads=4)
