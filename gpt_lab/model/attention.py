@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt_lab.config.architecture import ARCH_DEFAULTS, head_dim_of
+from gpt_lab.model.attention_decode import absorbed_latent_decode, grouped_query_decode
 from gpt_lab.model.cache import FullKV, LatentKV, RingKV
 from gpt_lab.model.deltanet import GatedDeltaNet
 from gpt_lab.model.norms import RMSNorm
@@ -195,6 +196,8 @@ class MultiHeadAttention(nn.Module):
             if window is not None:
                 mask &= key_pos > query_pos - window
             is_causal = False
+        if mask is None and not is_causal and t == 1 and dropout_p == 0 and k.shape[1] != q.shape[1]:
+            return grouped_query_decode(q, k, v)  # a generation step of GQA: no repeated keys and values
         if mask is None and s == t and _explicit_attention_pays(q):
             if k.shape[1] != q.shape[1]:
                 k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -243,6 +246,12 @@ class MultiHeadLatentAttention(MultiHeadAttention):
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LatentKV:
         return LatentKV(batch_size, max_len, self.latent_dim, dtype, device)
 
+    def _absorbable(self, rope: RotaryEmbedding | None) -> bool:
+        """Whether the up-projections may fold into the query and the output (attention_decode.py): not under
+        RoPE or QK-norm (they act on the keys themselves), nor with adapters or dropout in the way."""
+        plain = all(type(w) is nn.Linear and w.weight.is_floating_point() for w in (self.W_UK, self.W_UV))
+        return plain and rope is None and not self.qk_norm and not self.training
+
     def forward(
         self, x: torch.Tensor, cache: LatentKV | None = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
@@ -252,6 +261,9 @@ class MultiHeadLatentAttention(MultiHeadAttention):
             latent = cache.update(latent, start)  # (b, start + t, latent_dim)
         s = latent.shape[1]
         q = self._heads(q, self.num_heads)
+        if cache is not None and t == 1 and self._absorbable(rope):  # a generation step: keys and values unbuilt
+            ctx = absorbed_latent_decode(q, latent, self.W_UK.weight, self.W_UV.weight)
+            return self.out_proj(ctx.transpose(1, 2).reshape(b, t, -1))
         k, v = self._heads(self.W_UK(latent), self.num_heads), self._heads(self.W_UV(latent), self.num_heads)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
