@@ -11,7 +11,13 @@ from configs import TINY
 from gpt_lab.config.schema import GPT2_SIZES
 from gpt_lab.errors import ConfigError
 from gpt_lab.generation.sampling import generate
-from gpt_lab.model.estimate import forward_flops, kv_cache_bytes, meta_model, parameter_counts
+from gpt_lab.model.estimate import (
+    forward_flops,
+    kv_cache_bytes,
+    meta_model,
+    parameter_counts,
+    recurrent_state_bytes,
+)
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.run.files import read_results
 from gpt_lab.run.job import run_task
@@ -113,6 +119,7 @@ def test_estimate_task_writes_plain_integers_a_table_and_the_plot(compose_config
     # bf16 (the default estimate.dtype): 2 sequences x 1024 tokens x 64 x 12 heads x K and V x 2 bytes x 12 layers.
     assert results["kv_cache"]["bytes"] == 2 * 1024 * (d // heads) * heads * 2 * 2 * n_layers
     assert results["kv_cache"]["bytes_per_token"] == 2 * d * 2 * n_layers
+    assert results["recurrent_state_bytes"] == 0
     assert f"{results['flops']['linear_only']:.1e}" == "5.1e+11"
     assert all(type(results["flops"][k]) is int for k in ("counted", "linear_only"))
     assert (tmp_path / "kv_cache.png").read_bytes().startswith(b"\x89PNG")
@@ -190,6 +197,10 @@ def test_deltanet_state_is_fixed_in_context_length() -> None:
         sizes = [_kv({**cfg, "context_length": n, "full_attention_every": every}, torch.float32) for n in (64, 128)]
         state = (8 - full_layers) * 4 * 16 * 16 * 4
         assert sizes == [state + full_layers * n * 64 * 2 * 4 for n in (64, 128)]
+        model = meta_model(
+            {"drop_rate": 0.0, "qkv_bias": False, **cfg, "context_length": 64, "full_attention_every": every}
+        )
+        assert recurrent_state_bytes(model, 1, torch.bfloat16) == state  # float32 whatever the cache's dtype
 
 
 def test_moe_plot_counts_are_those_of_models_with_that_many_experts() -> None:

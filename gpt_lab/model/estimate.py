@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from gpt_lab.model.cache import DeltaState
 from gpt_lab.model.gpt import GPTModel
 
 # dtype names the estimate accepts (estimate.dtype), as torch dtypes. One home: the config check reads it.
@@ -86,6 +87,12 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
 def kv_cache_bytes(model: GPTModel, batch_size: int, max_len: int, dtype: torch.dtype) -> int:
     """Bytes of every tensor the model's own cache allocates for ``batch_size`` sequences of ``max_len`` tokens."""
     return int(model.new_kv_cache(batch_size, max_len, dtype=dtype, device="meta").nbytes)
+
+
+def recurrent_state_bytes(model: GPTModel, batch_size: int, dtype: torch.dtype) -> int:
+    """Bytes of the Gated DeltaNet layers' states among that cache: fixed, whatever the context length."""
+    cache = model.new_kv_cache(batch_size, 1, dtype=dtype, device="meta")
+    return sum(t.nbytes for layer in cache.layers if isinstance(layer, DeltaState) for t in layer.tensors())
 
 
 def architecture_figures(model: GPTModel, batch_size: int = 1, dtype: torch.dtype | None = None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from gpt_lab.model.estimate import (
     kv_cache_bytes,
     meta_model,
     parameter_counts,
+    recurrent_state_bytes,
     weight_bytes,
 )
 from gpt_lab.model.stats import model_report
@@ -65,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "context_length": context,
             "dtype": dtype_name,
         },
+        "recurrent_state_bytes": recurrent_state_bytes(model, batch, dtype),  # part of kv_cache.bytes
         "flops": {**flops, "batch_size": batch, "tokens": context},
     }
     for line in table(results):
@@ -90,6 +92,7 @@ def table(results: Mapping[str, Any]) -> list[str]:
             _bytes(kv["bytes"]),
         ),
         ("KV cache per token", f"{kv['bytes_per_token']:,} B"),
+        ("of which recurrent state (DeltaNet layers)", _bytes(results["recurrent_state_bytes"])),
         (f"FLOPs of one forward ({f['batch_size']} x {f['tokens']:,} tokens), counted", f"{f['counted']:.3g}"),
         ("FLOPs, Linear layers only (the book's)", f"{f['linear_only']:.3g}"),
     ]
