@@ -147,7 +147,7 @@ def bench_long_context(base: dict[str, Any], args: argparse.Namespace) -> list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small model and short runs (seconds)")
+    parser.add_argument("--quick", action="store_true", help="a small model and short runs (well under a minute)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--reps", type=int, help="timed rounds (default 5, quick 3)")
     parser.add_argument("--context", type=int, help="long-context position (default 4096, quick 1024)")

@@ -91,8 +91,8 @@ def table(results: Mapping[str, Any]) -> list[str]:
             f"KV cache ({kv['batch_size']} x {kv['context_length']:,} tokens, {kv['dtype']})",
             _bytes(kv["bytes"]),
         ),
+        ("  of which recurrent state (DeltaNet layers)", _bytes(results["recurrent_state_bytes"])),
         ("KV cache per token", f"{kv['bytes_per_token']:,} B"),
-        ("of which recurrent state (DeltaNet layers)", _bytes(results["recurrent_state_bytes"])),
         (f"FLOPs of one forward ({f['batch_size']} x {f['tokens']:,} tokens), counted", f"{f['counted']:.3g}"),
         ("FLOPs, Linear layers only (the book's)", f"{f['linear_only']:.3g}"),
     ]
