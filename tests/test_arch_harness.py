@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from gpt_lab.errors import InitFromError, UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.book_checkpoint import save_book_checkpoint
-from gpt_lab.model.finetune import load_finetuned
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.gpt import GPTModel, TransformerBlock
 from gpt_lab.model.lora import LoRALinear, apply_lora
 from gpt_lab.run.job import run_task
