@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from gpt_lab.errors import InitFromError, UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.book_checkpoint import save_book_checkpoint
-from gpt_lab.model.finetune import load_finetuned
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.gpt import GPTModel, TransformerBlock
 from gpt_lab.model.lora import LoRALinear, apply_lora
 from gpt_lab.run.job import run_task
@@ -161,3 +161,18 @@ def test_weights_of_another_variant_are_refused(tmp_path: Path, train, run_cli) 
     assert proc.returncode == 2, proc.stderr
     assert "holds GPT-2 weights (book format), which only the book's parts can hold" in proc.stderr
     assert "this run asks for attention=gqa window=full" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_variant_with_appendix_d_schedule_and_clipping(tmp_path: Path, train) -> None:
+    """Appendix D's warmup, cosine decay and clipping over a MoE whose unrouted experts get no gradient."""
+    overrides = ["scheduler=warmup_cosine", "scheduler.warmup_steps=2", "optim.clip_grad_norm=1.0", "optim.lr=0.001"]
+    results = train(tmp_path, *VARIANTS["mla_moe_rmsnorm_qknorm"], *overrides)
+    assert results["train_loss"] < results["initial_train_loss"]
+
+
+def test_presets_compose_with_every_group(compose_config) -> None:
+    from gpt_lab.config import validate_config
+
+    for preset in ("ch05", "appendix_d", "pretrain"):
+        cfg = validate_config(compose_config(f"experiment={preset}", "attention=gqa", "ffn=moe", "pos_emb=rope"))
+        assert (cfg.model.attention, cfg.model.ffn, cfg.model.pos_emb) == ("gqa", "moe", "rope"), preset
