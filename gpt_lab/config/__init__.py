@@ -8,6 +8,7 @@ from gpt_lab.config.checks import check_config, input_path, validate_config
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
+    DPO_LOSSES,
     DROPOUT_KEYS,
     FINETUNE_NAMES,
     GPT2_SIZES,
@@ -36,6 +37,7 @@ from gpt_lab.config.schema import (
 __all__ = [
     "DATA_NAMES",
     "DPO_LOGPROBS",
+    "DPO_LOSSES",
     "DROPOUT_KEYS",
     "FINETUNE_NAMES",
     "GPT2_SIZES",

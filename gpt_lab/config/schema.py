@@ -22,6 +22,7 @@ DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_short
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
 DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # issue 29: the book's (DPO paper), IPO, SLiC's hinge (TRL's names)
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -70,10 +71,9 @@ class TaskConfig:
 class DataConfig:
     name: str = MISSING  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
     _target_: str = MISSING  # the LightningDataModule's from_config(cfg, context_length)
-    lit_module: str = MISSING  # the LightningModule class that trains on it (task=train)
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
-    stride: int | None = MISSING  # null: the context length
+    stride: int | None = None  # data=text: the window step (null: the context length)
     train_ratio: float = MISSING
     num_workers: int | None = MISSING  # loader processes (text); task=prepare's processes (null: all cores)
     # data=corpus only (conf/data/corpus.yaml sets them; None: not used by this data option).
@@ -107,6 +107,15 @@ class DataConfig:
     # data=preferences only.
     chosen_key: str | None = None  # the file's field holding the preferred response
     rejected_key: str | None = None  # the file's field holding the other response
+
+
+@dataclass
+class ObjectiveConfig:
+    """``cfg.objective``: what task=train optimises (``conf/objective/<name>.yaml``; the experiments set it)."""
+
+    name: str = MISSING  # next_token | classification | instruction | dpo
+    lit_module: str = MISSING  # the LightningModule class: its from_config(cfg, model_cfg, init_state, datamodule)
+    data: list[str] = MISSING  # the data options it trains on
 
 
 @dataclass
@@ -187,11 +196,15 @@ class JudgeConfig:
 
 @dataclass
 class DPOConfig:
-    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+    """Issue 20: ``cfg.dpo``, the preference objective's settings (conf/config.yaml; objective=dpo reads them)."""
 
     beta: float = MISSING  # the book's 0.1
     logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+    loss: str = "sigmoid"  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
+    label_smoothing: float = 0.0  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's
+    reference_free: bool = False  # no reference: its log-probabilities are taken as 0
+    precompute_reference: bool = False  # the reference's log-probabilities computed once, before training
 
 
 @dataclass
@@ -201,6 +214,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # issue 29
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -230,7 +244,7 @@ class Config:
     prompt_style: str | None = None
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
-    dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # issue 20: objective=dpo
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).

@@ -152,7 +152,13 @@ class DPOLitModule(GPTLitModule):
         self._val_count = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Mapping[str, Any], init_state: Mapping[str, torch.Tensor] | None) -> Any:
+    def from_config(
+        cls,
+        cfg: Any,
+        model_cfg: Mapping[str, Any],
+        init_state: Mapping[str, torch.Tensor] | None,
+        datamodule: Any = None,
+    ) -> Any:
         """The policy loaded from ``init_from`` and its reference (a frozen copy, or the LoRA base)."""
         if not init_state:
             raise UserError(

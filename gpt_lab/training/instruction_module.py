@@ -46,8 +46,8 @@ class InstructionLitModule(GPTLitModule):
         self.epoch_responses: list[dict[str, Any]] = []  # the first validation instruction, answered per epoch
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Any, init_state: Any) -> InstructionLitModule:
-        lit = super().from_config(cfg, model_cfg, init_state)
+    def from_config(cls, cfg: Any, model_cfg: Any, init_state: Any, datamodule: Any = None) -> InstructionLitModule:
+        lit = super().from_config(cfg, model_cfg, init_state, datamodule)
         lit.prompt_style = get_prompt_style(cfg.data.prompt_style).name
         lit.response_tokens = cfg.max_response_tokens or BOOK_RESPONSE_TOKENS
         lit.temperature, lit.top_k = cfg.temperature, cfg.top_k

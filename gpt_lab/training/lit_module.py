@@ -1,8 +1,8 @@
 """The LightningModule around chapter 4's GPTModel: the book's loss, AdamW (with appendix D's
 schedule and gradient clipping when configured), greedy generation.
 
-Every objective ``task=train`` runs (``data.lit_module`` names its class) follows the same small
-protocol: ``from_config(cfg, model_cfg, init_state)`` builds it, ``mean_loss(loader)`` is the loss
+Every objective ``task=train`` runs (``objective.lit_module`` names its class) follows the same small
+protocol: ``from_config(cfg, model_cfg, init_state, datamodule)`` builds it, ``mean_loss(loader)`` is the loss
 the callbacks report before and after training, ``finish(trainer, datamodule, cfg)`` writes the
 objective's own files and returns its results.json fields.
 """
@@ -106,8 +106,18 @@ class GPTLitModule(L.LightningModule):
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Mapping[str, Any], init_state: Mapping[str, torch.Tensor] | None) -> Any:
-        """The module of a run: ``model_cfg`` built (seeded by the caller), starting from ``init_state``."""
+    def from_config(
+        cls,
+        cfg: Any,
+        model_cfg: Mapping[str, Any],
+        init_state: Mapping[str, torch.Tensor] | None,
+        datamodule: Any = None,
+    ) -> Any:
+        """The module of a run: ``model_cfg`` built (seeded by the caller), starting from ``init_state``.
+
+        Every objective's module is built through this one signature (``objective.lit_module``'s
+        ``from_config``); ``datamodule``, set up, is there for the objectives that read the data
+        (a classifier's class names)."""
         lit = cls(
             model_cfg,
             lr=cfg.optim.lr,
