@@ -201,10 +201,10 @@ class DPOConfig:
     beta: float = MISSING  # the book's 0.1
     logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
-    loss: str = "sigmoid"  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
-    label_smoothing: float = 0.0  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's
-    reference_free: bool = False  # no reference: its log-probabilities are taken as 0
-    precompute_reference: bool = False  # the reference's log-probabilities computed once, before training
+    loss: str = MISSING  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
+    label_smoothing: float = MISSING  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's
+    reference_free: bool = MISSING  # no reference: its log-probabilities are taken as 0
+    precompute_reference: bool = MISSING  # the reference's log-probabilities computed once, before training
 
 
 @dataclass

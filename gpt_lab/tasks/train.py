@@ -182,6 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
+    del init_state  # the module holds what it keeps of it (a DPO reference shares its tensors); free the rest
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
