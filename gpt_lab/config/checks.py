@@ -66,6 +66,10 @@ def _check_finetune(cfg: DictConfig) -> list[str]:
         problems.append(f"lora.alpha={lora.alpha} must be a positive number")
     if lora.scaling not in LORA_SCALINGS:
         problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
+    if not 0.0 <= lora.dropout < 1.0:
+        problems.append(f"lora.dropout={lora.dropout} must be a rate in [0, 1)")
+    if any(not t for t in lora.train_also):
+        problems.append(f"lora.train_also={list(lora.train_also)} must name modules, e.g. [out_head,final_norm]")
     if not lora.targets or any(not t for t in lora.targets):
         problems.append(f"lora.targets={list(lora.targets)} must name Linear layers, e.g. [all] or [W_query,W_value]")
     return problems

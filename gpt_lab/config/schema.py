@@ -140,7 +140,7 @@ class SchedulerConfig:
 FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt_lab.model.finetune's
 
 
-LORA_SCALINGS = ("rank", "alpha")
+LORA_SCALINGS = ("rank", "alpha", "rslora")
 
 
 @dataclass
@@ -157,7 +157,9 @@ class LoRAConfig:
     rank: int = MISSING
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
-    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script); rslora
+    dropout: float = MISSING  # on the adapters' input only (issue 29); 0: appendix E's
+    train_also: list[str] = MISSING  # modules trained whole beside the adapters, e.g. [out_head, final_norm]
 
 
 POOLINGS = ("last", "last_nonpad", "first", "mean")

@@ -154,7 +154,7 @@ class MultiHeadAttention(nn.Module):
         # (b, n_heads, t, head_dim)
         q, k, v = (
             p.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-            for p in _project(x, (self.W_query, self.W_key, self.W_value))
+            for p in (self.W_query(x), self.W_key(x), self.W_value(x))
         )
         if kv is not None:
             k_buf, v_buf = kv
@@ -180,15 +180,6 @@ class MultiHeadAttention(nn.Module):
             )
         ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
         return self.out_proj(ctx)
-
-
-def _project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
-    """Each layer applied to ``x``. Layers of one class that defines ``forward_group(layers, x)``
-    compute together (appendix E's ``LoRALinear``: query, key and value as one product)."""
-    group = getattr(type(layers[0]), "forward_group", None)
-    if group is not None and all(type(layer) is type(layers[0]) for layer in layers):
-        return group(layers, x)
-    return tuple(layer(x) for layer in layers)
 
 
 # Training in bf16 on the CPU (trainer=cpu_bf16), PyTorch's fused attention is slow to back-propagate
