@@ -23,6 +23,7 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import InitFromError
+from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, adapter_base_path, load_adapter, load_base_of, read_adapter_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
 from gpt_lab.model.lora import lora_scale, merge_lora_state
@@ -124,6 +125,11 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     """
     path = Path(path).expanduser()
     file = _weights_file(path)
+    adapter = read_adapter_meta(file)
+    if adapter is not None:  # a LoRA run's adapter.safetensors: its base, then the adapters, merged
+        state = load_adapter(file, adapter, load_pretrained(adapter_base_path(file, adapter)).state_dict)
+        state = _merge_checkpoint_lora(state, adapter, file)
+        return PretrainedWeights(file, "adapter", state, _architecture_from_tensors(state, str(file)), {}, None)
     if file.name.endswith((".safetensors", ".safetensors.index.json")):
         raw: Any = _safetensors_load(file)
     else:
@@ -140,6 +146,10 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         if not state:
             raise InitFromError(f"init_from={file}: a Lightning checkpoint without GPTLitModule's model.* weights")
         hyper = raw.get("hyper_parameters") or {}
+        base = raw.get(BASE_WEIGHTS_KEY)
+        if isinstance(base, Mapping):  # a LoRA run's checkpoint holds its own tensors only: the base first
+            base_state = load_pretrained(adapter_base_path(file, {"base": base})).state_dict
+            state = {**load_base_of(file, {"base": base}, base_state), **state}
         hparams = _find_model_config(hyper)
         if hparams is not None:
             stated = {"n_heads": hparams["n_heads"]}

@@ -35,6 +35,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from gpt_lab.config import input_path
 from gpt_lab.data.preferences import collate_preferences
 from gpt_lab.errors import UserError
 from gpt_lab.model.finetune import load_base_state
@@ -149,6 +150,7 @@ class DPOLitModule(GPTLitModule):
             lora=cfg.lora,
         )
         load_base_state(lit.model, init_state)  # with finetune=lora the adapters keep their start (B = 0)
+        lit.remember_base(str(input_path(cfg, cfg.init_from)), init_state)
         if lit.hparams.precompute_reference:  # the policy holds the starting weights now: it is the reference
             if datamodule is None:
                 raise ValueError("dpo.precompute_reference needs the set-up preference data module")

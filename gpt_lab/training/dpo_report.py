@@ -34,6 +34,8 @@ class DPORun(Protocol):
 
     def eval_metrics(self, batches: Any) -> dict[str, float]: ...
 
+    def write_model_files(self, out_dir: Path, meta: dict[str, Any]) -> Path: ...
+
 
 PLOT_FILE = "dpo-plot.png"
 REFERENCE_KEY = "reference_response"  # beside chapter 7's model_response: the starting model's answer
@@ -122,8 +124,6 @@ def initial_metrics(trainer: L.Trainer) -> dict[str, dict[str, float]]:
 
 
 def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
-    from gpt_lab.model.finetuned import save_finetuned
-
     out_dir = Path(cfg.paths.output_dir)
     final = {split: lit.eval_metrics(datamodule.eval_dataloader(split)) for split in ("train", "val")}
     if trainer.is_global_zero:
@@ -162,7 +162,7 @@ def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> di
             "prompt_style": datamodule.prompt_style,
             "objective": "dpo",
         }
-        results["book_checkpoint"] = str(save_finetuned(lit.model, out_dir, meta))
+        results["book_checkpoint"] = str(lit.write_model_files(out_dir, meta))
         n = write_test_responses(lit, datamodule, cfg, out_dir / RESPONSES_FILE)
         results["test_responses"] = str(out_dir / RESPONSES_FILE) if n else None
     return results
