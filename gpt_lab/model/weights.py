@@ -7,7 +7,9 @@ file states it). ``build_model`` applies those to the chosen config, refuses a c
 cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
 ``GPTModel`` holding them.
 
-The Hugging Face layout and its conversion: gpt_lab.model.hf.
+The Hugging Face layout and its conversion: gpt_lab.model.hf. Other families' Hugging Face
+directories (Llama 3, Qwen3, Gemma 3; their config.json decides the whole architecture):
+gpt_lab.model.hf_files.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gpt_lab.errors import InitFromError
 from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, adapter_base_path, load_adapter, load_base_of, read_adapter_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
+from gpt_lab.model.hf_files import check_preset, family_directory, read_family
 from gpt_lab.model.lora import lora_scale, merge_lora_state
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
@@ -51,6 +54,8 @@ class PretrainedWeights:
     stated: dict[str, Any] = field(default_factory=dict)
     # A fine-tuned model's model.json (gpt_lab.model.model_file): class names, pooling, prompt style, ...
     meta: dict[str, Any] | None = None
+    # Another family's directory (its config.json's model_type): ``config`` is then its whole architecture.
+    family: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +129,13 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     as float32.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        raise InitFromError(f"init_from={path}: no such file or directory")
+    family_dir = family_directory(path)
+    if family_dir is not None:
+        config, state = read_family(family_dir)
+        kind = str(json.loads((family_dir / "config.json").read_text(encoding="utf-8"))["model_type"])
+        return PretrainedWeights(family_dir, "huggingface", state, config, family=kind)
     file = _weights_file(path)
     adapter = read_adapter_meta(file)
     if adapter is not None:  # a LoRA run's adapter.safetensors: its base, then the adapters, merged
@@ -165,6 +177,11 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
         stated = read_hf_config(file.parent)
+    elif any(k.startswith("model.layers.") for k in raw):
+        raise InitFromError(
+            f"init_from={file}: Hugging Face weights of a Llama / Qwen3 / Gemma 3 style model, without the "
+            f"config.json that says which one: put the model's config.json (and tokenizer.json) beside {file.name}"
+        )
     else:
         sample = ", ".join(list(raw)[:5])
         raise InitFromError(
@@ -234,10 +251,15 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
+    problems: list[str] = []
+    if weights.family and cfg.get("pos_emb", "learned") != "learned":
+        # A family preset named beside the directory: checked against its config.json, not replaced.
+        problems += check_preset(cfg, weights.config, str(weights.path))
+        if cfg.get("context_length") and not problems:
+            weights.config["context_length"] = min(int(cfg["context_length"]), weights.config["context_length"])
     changes = {key: (cfg.get(key), value) for key, value in weights.config.items() if cfg.get(key) != value}
     cfg.update(weights.config)
 
-    problems: list[str] = []
     for key, value in weights.stated.items():
         if key in cfg and cfg[key] != value:
             problems.append(f"model.{key}={cfg[key]} but the weights were made with {key}={value}")
