@@ -168,7 +168,7 @@ def test_ch05_preset_builds_the_books_run(compose_config: Callable[..., DictConf
     assert model.drop_emb.p == model.trf_blocks[0].drop_shortcut.p == 0.1
     assert model.trf_blocks[0].att.W_query.bias is None
     # AdamW with lr 0.0004 and weight decay 0.1, from the LightningModule the preset names.
-    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY_MODEL, "vocab_size": 50257}, None)
+    lit = get_class(cfg.objective.lit_module).from_config(cfg, {**TINY_MODEL, "vocab_size": 50257}, None)
     optimizer = lit.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW)
     assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.0004, 0.1)

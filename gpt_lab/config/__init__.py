@@ -8,6 +8,7 @@ from gpt_lab.config.checks import check_config, input_path, validate_config
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
+    DPO_LOSSES,
     DROPOUT_KEYS,
     ESTIMATE_DTYPES,
     FINETUNE_NAMES,
@@ -38,6 +39,7 @@ from gpt_lab.config.schema import (
 __all__ = [
     "DATA_NAMES",
     "DPO_LOGPROBS",
+    "DPO_LOSSES",
     "DROPOUT_KEYS",
     "ESTIMATE_DTYPES",
     "FINETUNE_NAMES",

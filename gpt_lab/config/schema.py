@@ -22,6 +22,7 @@ DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_short
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
 DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # issue 29: the book's (DPO paper), IPO, SLiC's hinge (TRL's names)
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -91,10 +92,9 @@ class TaskConfig:
 class DataConfig:
     name: str = MISSING  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
     _target_: str = MISSING  # the LightningDataModule's from_config(cfg, context_length)
-    lit_module: str = MISSING  # the LightningModule class that trains on it (task=train)
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
-    stride: int | None = MISSING  # null: the context length
+    stride: int | None = None  # data=text: the window step (null: the context length)
     train_ratio: float = MISSING
     num_workers: int | None = MISSING  # loader processes (text); task=prepare's processes (null: all cores)
     # data=corpus only (conf/data/corpus.yaml sets them; None: not used by this data option).
@@ -131,6 +131,15 @@ class DataConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """``cfg.objective``: what task=train optimises (``conf/objective/<name>.yaml``; the experiments set it)."""
+
+    name: str = MISSING  # next_token | classification | instruction | dpo
+    lit_module: str = MISSING  # the LightningModule class: its from_config(cfg, model_cfg, init_state, datamodule)
+    data: list[str] = MISSING  # the data options it trains on
+
+
+@dataclass
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -152,7 +161,7 @@ class SchedulerConfig:
 FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt_lab.model.finetune's
 
 
-LORA_SCALINGS = ("rank", "alpha")
+LORA_SCALINGS = ("rank", "alpha", "rslora")
 
 
 @dataclass
@@ -169,7 +178,9 @@ class LoRAConfig:
     rank: int = MISSING
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
-    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script); rslora
+    dropout: float = MISSING  # on the adapters' input only (issue 29); 0: appendix E's
+    train_also: list[str] = MISSING  # modules trained whole beside the adapters, e.g. [out_head, final_norm]
 
 
 POOLINGS = ("last", "last_nonpad", "first", "mean")
@@ -208,11 +219,22 @@ class JudgeConfig:
 
 @dataclass
 class DPOConfig:
-    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+    """Issue 20: ``cfg.dpo``, the preference objective's settings (conf/config.yaml; objective=dpo reads them)."""
 
     beta: float = MISSING  # the book's 0.1
     logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+    loss: str = MISSING  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
+    label_smoothing: float = MISSING  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's
+    reference_free: bool = MISSING  # no reference: its log-probabilities are taken as 0
+    precompute_reference: bool = MISSING  # the reference's log-probabilities computed once, before training
+
+
+@dataclass
+class ExportConfig:
+    """Issue 26, ``task=export``: where the Hugging Face directory goes."""
+
+    dir: str | None = MISSING  # a new or empty directory, relative to where the user ran from
 
 
 # Issue 25, task=estimate: the dtype names estimate.dtype accepts, each with torch's name for it.
@@ -241,6 +263,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # issue 29
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -271,7 +294,8 @@ class Config:
     prompt_style: str | None = None
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
-    dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # issue 20: objective=dpo
+    export: ExportConfig | None = None  # issue 26: task=export only
     estimate: EstimateConfig | None = None  # issue 25: task=estimate only
 
 

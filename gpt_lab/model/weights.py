@@ -7,7 +7,9 @@ file states it). ``build_model`` applies those to the chosen config, refuses a c
 cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
 ``GPTModel`` holding them.
 
-The Hugging Face layout and its conversion: gpt_lab.model.hf.
+The Hugging Face layout and its conversion: gpt_lab.model.hf. Other families' Hugging Face
+directories (Llama 3, Qwen3, Gemma 3; their config.json decides the whole architecture):
+gpt_lab.model.hf_files.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import torch
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.config.architecture import ARCH_DEFAULTS, ARCH_GROUPS, arch_summary, is_book_architecture
 from gpt_lab.errors import InitFromError
+from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, adapter_base_path, load_adapter, load_base_of, read_adapter_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
+from gpt_lab.model.hf_files import check_preset, family_directory, read_family
 from gpt_lab.model.lora import lora_scale, merge_lora_state
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
@@ -54,6 +58,8 @@ class PretrainedWeights:
     # The architecture lab's keys the file's saved config states (issue 25); None: a GPT-2 file that
     # states none (Hugging Face, the book's model.pth): the book's parts, the only ones it can hold.
     architecture: dict[str, Any] | None = None
+    # Another family's directory (its config.json's model_type): ``config`` is then its whole architecture.
+    family: str | None = None
 
 
 def _stated_architecture(model_cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -134,7 +140,19 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     as float32.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        raise InitFromError(f"init_from={path}: no such file or directory")
+    family_dir = family_directory(path)
+    if family_dir is not None:
+        config, state = read_family(family_dir)
+        kind = str(json.loads((family_dir / "config.json").read_text(encoding="utf-8"))["model_type"])
+        return PretrainedWeights(family_dir, "huggingface", state, config, family=kind)
     file = _weights_file(path)
+    adapter = read_adapter_meta(file)
+    if adapter is not None:  # a LoRA run's adapter.safetensors: its base, then the adapters, merged
+        state = load_adapter(file, adapter, load_pretrained(adapter_base_path(file, adapter)).state_dict)
+        state = _merge_checkpoint_lora(state, adapter, file)
+        return PretrainedWeights(file, "adapter", state, _architecture_from_tensors(state, str(file)), {}, None)
     if file.name.endswith((".safetensors", ".safetensors.index.json")):
         raw: Any = _safetensors_load(file)
     else:
@@ -152,6 +170,10 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         if not state:
             raise InitFromError(f"init_from={file}: a Lightning checkpoint without GPTLitModule's model.* weights")
         hyper = raw.get("hyper_parameters") or {}
+        base = raw.get(BASE_WEIGHTS_KEY)
+        if isinstance(base, Mapping):  # a LoRA run's checkpoint holds its own tensors only: the base first
+            base_state = load_pretrained(adapter_base_path(file, {"base": base})).state_dict
+            state = {**load_base_of(file, {"base": base}, base_state), **state}
         hparams = _find_model_config(hyper)
         if hparams is not None:
             stated = {"n_heads": hparams["n_heads"]}
@@ -169,6 +191,11 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
         stated = read_hf_config(file.parent)
+    elif any(k.startswith("model.layers.") for k in raw):
+        raise InitFromError(
+            f"init_from={file}: Hugging Face weights of a Llama / Qwen3 / Gemma 3 style model, without the "
+            f"config.json that says which one: put the model's config.json (and tokenizer.json) beside {file.name}"
+        )
     else:
         sample = ", ".join(list(raw)[:5])
         raise InitFromError(
@@ -239,11 +266,17 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
-    _check_architecture(cfg, weights)
+    if weights.family is None:  # another family's directory states its whole architecture (below)
+        _check_architecture(cfg, weights)
+    problems: list[str] = []
+    if weights.family and cfg.get("pos_emb", "learned") != "learned":
+        # A family preset named beside the directory: checked against its config.json, not replaced.
+        problems += check_preset(cfg, weights.config, str(weights.path))
+        if cfg.get("context_length") and not problems:
+            weights.config["context_length"] = min(int(cfg["context_length"]), weights.config["context_length"])
     changes = {key: (cfg.get(key), value) for key, value in weights.config.items() if cfg.get(key) != value}
     cfg.update(weights.config)
 
-    problems: list[str] = []
     for key, value in weights.stated.items():
         if key in cfg and cfg[key] != value:
             problems.append(f"model.{key}={cfg[key]} but the weights were made with {key}={value}")

@@ -1,4 +1,4 @@
-"""The train task: fit the LightningModule that ``data.lit_module`` names on the data module that
+"""The train task: fit the LightningModule that ``objective.lit_module`` names on the data module that
 ``data._target_`` builds, with a Lightning Trainer from config. One task for every objective.
 
 Order of work: the Trainer, its loggers and callbacks first (``build_trainer``: a bad setting is a
@@ -10,7 +10,6 @@ what the objective's ``finish`` writes (chapter 5: the trained weights as the bo
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import time
@@ -94,12 +93,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer
 
 
 def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
-    """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
-    ``datamodule`` when it takes one (a classifier's class names come from the data)."""
-    from_config = get_class(cfg.data.lit_module).from_config
-    if "datamodule" in inspect.signature(from_config).parameters:
-        return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
-    return from_config(cfg, model_cfg, init_state)
+    """``objective.lit_module``'s ``from_config(cfg, model_cfg, init_state, datamodule)`` (``datamodule`` set up)."""
+    return get_class(cfg.objective.lit_module).from_config(cfg, model_cfg, init_state, datamodule)
 
 
 def _find(callbacks: list[Any], kind: type) -> Any:
@@ -188,6 +183,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
+    del init_state  # the module holds what it keeps of it (a DPO reference shares its tensors); free the rest
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
