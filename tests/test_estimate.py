@@ -98,7 +98,17 @@ def _generation_cache(model: GPTModel, prompt_len: int, new_tokens: int) -> Any:
     return made[0]
 
 
-@pytest.mark.parametrize("cfg", [TINY, {**TINY, "n_heads": 2, "n_layers": 3}])
+GENERATED = [
+    TINY,
+    {**TINY, "n_heads": 2, "n_layers": 3},
+    {**TINY, "attention": "gqa", "n_kv_heads": 2},
+    {**TINY, "attention": "mla", "latent_dim": 6},
+    {**TINY, "window": "sliding", "sliding_window": 3, "sliding_pattern": "1:1"},
+    {**TINY, "attention": "deltanet", "full_attention_every": 2},
+]
+
+
+@pytest.mark.parametrize("cfg", GENERATED)
 def test_a_generations_cache_occupies_exactly_the_estimated_bytes(cfg: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = GPTModel(cfg).eval()
