@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from lab_reference import cat_cache_generate  # scripts/ itself, as bench.py imports bench_common
+
+from gpt_lab.generation.sampling import generate
+from gpt_lab.model.gpt import GPTModel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gpt_lab.generation.sampling import generate  # noqa: E402
-from gpt_lab.model.gpt import GPTModel  # noqa: E402
-from scripts.lab_reference import cat_cache_generate  # noqa: E402
 
 GPT2_SMALL = {"vocab_size": 50257, "emb_dim": 768, "n_heads": 12, "n_layers": 12, "drop_rate": 0.0, "qkv_bias": False}
 LONG_CONTEXT_VARIANTS = ("mha", "gqa", "mla", "sliding 5:1", "deltanet 3:1")  # the attention kinds
