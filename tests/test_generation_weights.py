@@ -100,8 +100,9 @@ def test_weights_choice_sets_each_layers_dtype_and_the_cache() -> None:
     assert len(kinds) == 6 * TINY["n_layers"] + 1 and set(kinds.values()) == {Int8Linear}
     assert int8.tok_emb.weight.dtype == torch.bfloat16 and int8.final_norm.scale.dtype == torch.bfloat16
     # The key/value cache in the activation dtype (the floating parameters'), not the int8 head's.
-    assert int8.new_kv_cache(1).k.dtype == torch.bfloat16
-    assert use_weights(GPTModel(TINY), "fp32").new_kv_cache(1).k.dtype == torch.float32
+    assert {t.dtype for layer in int8.new_kv_cache(1).layers for t in layer.tensors()} == {torch.bfloat16}
+    fp32_cache = use_weights(GPTModel(TINY), "fp32").new_kv_cache(1)
+    assert {t.dtype for layer in fp32_cache.layers for t in layer.tensors()} == {torch.float32}
 
 
 def test_int8_leaves_lora_layers_alone() -> None:
@@ -186,3 +187,20 @@ def test_int8_on_a_gpu_run_is_refused_before_the_weights_are_read(compose_config
     overrides = ("task=evaluate", "data.path=gpt_lab:the-verdict.txt", *TINY_RUN, "generation.weights=int8")
     with pytest.raises(ConfigError, match="on the cuda device this run would use"):
         evaluate.run(validate_config(compose_config(*overrides)))
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["sliding_gqa_rope", "mla", "moe", "swiglu_rmsnorm_qknorm", "deltanet_hybrid"])
+def test_lab_variants_generate_the_same_with_and_without_cache(weights: str, name: str) -> None:
+    """The architecture lab's parts hold bf16 / int8 weights too (swiglu's 24 inputs: the layer's
+    dequantized path), and their caches follow the activation dtype."""
+    from test_arch_lab import BASE, VARIANTS
+
+    torch.manual_seed(0)
+    model = use_weights(GPTModel({**BASE, **VARIANTS[name]}).eval(), weights)
+    prompt = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, 12, BASE["context_length"])
+    assert torch.equal(cached, generate(model, prompt, 12, BASE["context_length"], use_cache=False))
+    dtypes = {t.dtype for layer in model.new_kv_cache(1).layers for t in layer.tensors()}
+    # A DeltaNet layer keeps its recurrent state in float32 whatever the activations (the lab's choice).
+    assert dtypes == ({torch.bfloat16, torch.float32} if name.startswith("deltanet") else {torch.bfloat16})
