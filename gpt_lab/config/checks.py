@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from gpt_lab.config.architecture import check_architecture
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
@@ -112,10 +113,11 @@ def check_config(cfg: DictConfig) -> list[str]:
             else f"a larger one generates ids from {N_VOCAB} on, which the tokenizer cannot decode"
         )
         problems.append(f"model.vocab_size={m.vocab_size} must be {N_VOCAB}, GPT-2's vocabulary ({why})")
-    if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads:
+    if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads and m.head_dim is None:
         divisors = [d for d in range(1, m.emb_dim + 1) if m.emb_dim % d == 0]
         shown = ", ".join(map(str, divisors[:16])) + (", ..." if len(divisors) > 16 else "")
         problems.append(f"model.n_heads={m.n_heads} must divide model.emb_dim={m.emb_dim} (choose one of {shown})")
+    problems += check_architecture(m)
     for key in DROPOUT_KEYS:
         rate = m[key]
         if rate is not None and not 0.0 <= rate < 1.0:

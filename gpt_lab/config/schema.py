@@ -56,6 +56,27 @@ class ModelConfig:
     qkv_bias: bool = MISSING
     tie_weights: bool = MISSING
     causal_mask: bool = MISSING  # false: no causal mask (chapter 6's bonus table; conf/causal_mask)
+    # The architecture lab (issue 25): conf/{attention,window,ffn,norm,qk_norm,pos_emb}/*.yaml set these;
+    # what each means and its default: gpt_lab/config/architecture.py.
+    attention: str = MISSING  # mha | gqa | mla | deltanet
+    n_kv_heads: int | None = MISSING
+    latent_dim: int | None = MISSING
+    full_attention_every: int = MISSING
+    window: str = MISSING  # full | sliding
+    sliding_window: int | None = MISSING
+    sliding_pattern: Any = MISSING  # "5:1", a list of full-attention layer indices, or null
+    ffn: str = MISSING  # gelu | swiglu | moe
+    hidden_dim: int | None = MISSING
+    num_experts: int | None = MISSING
+    experts_per_token: int | None = MISSING
+    moe_hidden_dim: int | None = MISSING
+    norm: str = MISSING  # layernorm | rmsnorm
+    norm_eps: float = MISSING
+    qk_norm: bool = MISSING
+    pos_emb: str = MISSING  # learned | rope
+    rope_base: float = MISSING
+    rope_scaling: dict[str, Any] | None = MISSING  # null or Llama 3's {type: llama3, factor, ...}
+    head_dim: int | None = MISSING
 
 
 @dataclass
@@ -230,6 +251,7 @@ class Config:
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
     compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
+    use_cache: bool = MISSING  # generation through the key/value cache (false: the uncached reference)
     # Issue 19: task=respond's instruction and input (conf/task/respond.yaml), the prompt style of weights
     # that carry none, and task=judge's settings (conf/task/judge.yaml). None: not used by this task.
     instruction: str | None = None

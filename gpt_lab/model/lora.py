@@ -38,11 +38,14 @@ from gpt_lab.config import LORA_SCALINGS as SCALINGS
 from gpt_lab.errors import ConfigError
 
 # Short names for groups of the model's Linears (lora.targets); anything else is a glob matched
-# against a Linear's qualified name (trf_blocks.11.att.W_query) or its last part (W_query).
+# against a Linear's qualified name (trf_blocks.11.att.W_query) or its short name: the last part
+# (W_query, MLA's W_DKV / W_UK / W_UV, SwiGLU's fc1), or for a list of experts the list's name
+# (fc1 names every expert's trf_blocks.0.ff.fc1.<e>). attention / feedforward: every Linear of the
+# blocks' att / ff, whatever their kind (the book's W_query .. out_proj and layers.0 / layers.2).
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "all": ("*",),
-    "attention": ("*.att.W_query", "*.att.W_key", "*.att.W_value", "*.att.out_proj"),
-    "feedforward": ("*.ff.layers.*",),
+    "attention": ("*.att.*",),
+    "feedforward": ("*.ff.*",),
     "head": ("out_head",),
 }
 
@@ -211,8 +214,14 @@ class _LoRAProduct(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, grad_a, grad_b
 
 
+def _short_name(name: str) -> str:
+    """``W_query`` for ``trf_blocks.0.att.W_query``; ``fc1`` for an expert, ``trf_blocks.0.ff.fc1.3``."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1].isdigit() else parts[-1]
+
+
 def _matches(name: str, targets: Sequence[str]) -> bool:
-    last = name.rpartition(".")[2]
+    last = _short_name(name)
     for target in targets:
         for pattern in TARGET_GROUPS.get(target, (target,)):
             if fnmatchcase(name, pattern) or fnmatchcase(last, pattern):
@@ -252,7 +261,7 @@ def apply_lora(
         p.requires_grad_(False)
     chosen = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(name, targets)]
     if not chosen:
-        linears = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [_short_name(name) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ConfigError(
             f"lora.targets={list(targets)} matches none of the model's Linear layers; use all, attention, "
             f"feedforward, head, or names such as {', '.join(sorted(set(linears)))}"

@@ -127,6 +127,7 @@ class GPTLitModule(L.LightningModule):
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
+        from gpt_lab.config.architecture import is_book_architecture
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
         from gpt_lab.model.finetuned import save_finetuned
@@ -140,9 +141,9 @@ class GPTLitModule(L.LightningModule):
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
         book_path = Path(cfg.paths.output_dir) / MODEL_FILE
         if trainer.is_global_zero:
-            if self.hparams.finetune == "all":
+            if self.hparams.finetune == "all" and is_book_architecture(self.model.cfg):
                 save_book_checkpoint(self.model, book_path)
-            else:  # a fine-tuned model: adapters merged, and model.json saying how it was made
+            else:  # adapters merged, and model.json saying how it was made (an architecture variant's parts)
                 meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
                 save_finetuned(self.model, cfg.paths.output_dir, meta)
         results = {

@@ -26,11 +26,22 @@ from typing import Any
 import lightning as L
 import torch
 
+from gpt_lab.config.architecture import ARCH_DEFAULTS
 from gpt_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_weights")
+# The book's shape keys, then the architecture lab's (issue 25: another variant's checkpoint is refused).
+SHAPE_KEYS = (
+    "vocab_size",
+    "context_length",
+    "emb_dim",
+    "n_heads",
+    "n_layers",
+    "qkv_bias",
+    "tie_weights",
+    *ARCH_DEFAULTS,
+)
 # GPTLitModule's hyper-parameter → the config key that sets it.
 OPTIMIZER_KEYS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
 MAX_LISTED = 8
