@@ -393,8 +393,9 @@ def model_from_weights(cfg: Mapping[str, Any], weights: PretrainedWeights) -> GP
     model.load_state_dict(weights.state_dict, strict=True, assign=True)
     if model.cfg["tie_weights"]:
         model.out_head.weight = model.tok_emb.weight  # assignment gave each name its own Parameter
-    if model.rope is not None:  # RoPE's tables are computed, not saved
-        model.rope.reset()
+    for rope in (model.rope, model.rope_local):  # RoPE's tables are computed, not saved
+        if rope is not None:
+            rope.reset()
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # e.g. a non-persistent buffer
         model = GPTModel(cfg)
         model.load_state_dict(weights.state_dict, strict=True)
