@@ -43,6 +43,20 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "rope_scaling": None,
     "head_dim": None,  # null: emb_dim // n_heads
 }
+# Issue 26: the few facts a family adds to the parts, as named flags (never the family's name); the
+# defaults are GPT-2's. conf/model/<family>.yaml sets them; docs/families.md says which family needs which.
+FAMILY_DEFAULTS: dict[str, Any] = {
+    "rope_local_base": None,  # RoPE base of the sliding layers (null: rope_base); Gemma 3: 10,000
+    "emb_scale": False,  # token embeddings times sqrt(emb_dim) (Gemma 3)
+    "query_scale": None,  # attention scores' scale (null: head_dim ** -0.5); Gemma 3: query_pre_attn_scalar ** -0.5
+    "norm_offset": False,  # RMSNorm scales by (1 + weight), weights starting at zero (Gemma 3)
+    "post_norms": False,  # a norm after attention and after the feed-forward too: four a block (Gemma 3)
+    "ffn_activation": "silu",  # the gate's activation of ffn=swiglu / moe: silu | gelu_tanh (Gemma 3)
+    "attn_out_bias": True,  # out_proj's bias (GPT-2's; Llama, Qwen3, Gemma 3 have none)
+    "ffn_bias": True,  # ffn=gelu's biases (GPT-2's)
+}
+FFN_ACTIVATIONS = ("silu", "gelu_tanh")
+ARCH_DEFAULTS.update(FAMILY_DEFAULTS)
 ARCH_GROUPS = ("attention", "window", "ffn", "norm", "qk_norm", "pos_emb")  # the groups, as columns
 
 
@@ -184,6 +198,22 @@ def check_architecture(m: Mapping[str, Any]) -> list[str]:
     problems += _positive(m, "moe_hidden_dim", "(each expert's hidden width), or null for hidden_dim's")
     problems += _positive(m, "norm_eps", "(added to the variance before its square root)", False)
     problems += _check_rope(m)
+    problems += _check_family_flags(m)
+    return problems
+
+
+def _check_family_flags(m: Mapping[str, Any]) -> list[str]:
+    get = lambda k: m.get(k, ARCH_DEFAULTS[k])  # noqa: E731
+    problems = []
+    if get("ffn_activation") not in FFN_ACTIVATIONS:
+        problems.append(f"model.ffn_activation={get('ffn_activation')} must be one of {', '.join(FFN_ACTIVATIONS)}")
+    problems += _positive(m, "query_scale", "(the attention scores' scale), or null for head_dim ** -0.5")
+    problems += _positive(m, "rope_local_base", "(the sliding layers' RoPE base), or null for rope_base")
+    for key in ("emb_scale", "norm_offset", "post_norms", "attn_out_bias", "ffn_bias"):
+        if not isinstance(get(key), bool):
+            problems.append(f"model.{key}={get(key)} must be true or false")
+    if get("norm_offset") and get("norm") != "rmsnorm":
+        problems.append("model.norm_offset=true scales RMSNorm by (1 + weight): it needs norm=rmsnorm")
     return problems
 
 

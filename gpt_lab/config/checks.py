@@ -113,7 +113,8 @@ def check_config(cfg: DictConfig) -> list[str]:
     for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
         if m[key] <= 0:
             problems.append(f"model.{key}={m[key]} must be a positive integer")
-    if m.vocab_size != N_VOCAB:
+    # A family preset's own vocabulary (issue 26) comes with its tokenizer.json (init_from), checked there.
+    if m.vocab_size != N_VOCAB and not (m.vocab_size > N_VOCAB and m.pos_emb != "learned"):
         why = (
             f"a smaller one has no embedding for the ids up to {N_VOCAB - 1}"
             if m.vocab_size < N_VOCAB

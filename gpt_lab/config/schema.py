@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from gpt_lab.config.architecture import FAMILY_DEFAULTS
+
 MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
 MAX_TEMPERATURE = 1e3
 MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anything
@@ -80,6 +82,16 @@ class ModelConfig:
     rope_base: float = MISSING
     rope_scaling: dict[str, Any] | None = MISSING  # null or Llama 3's {type: llama3, factor, ...}
     head_dim: int | None = MISSING
+    # Issue 26's family flags: a family preset sets them (conf/model/gemma3_270m.yaml, ...); every other
+    # model keeps GPT-2's values, the defaults here (gpt_lab/config/architecture.py FAMILY_DEFAULTS).
+    rope_local_base: float | None = FAMILY_DEFAULTS["rope_local_base"]
+    emb_scale: bool = FAMILY_DEFAULTS["emb_scale"]
+    query_scale: float | None = FAMILY_DEFAULTS["query_scale"]
+    norm_offset: bool = FAMILY_DEFAULTS["norm_offset"]
+    post_norms: bool = FAMILY_DEFAULTS["post_norms"]
+    ffn_activation: str = FAMILY_DEFAULTS["ffn_activation"]  # silu | gelu_tanh
+    attn_out_bias: bool = FAMILY_DEFAULTS["attn_out_bias"]
+    ffn_bias: bool = FAMILY_DEFAULTS["ffn_bias"]
 
 
 @dataclass

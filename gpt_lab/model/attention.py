@@ -113,6 +113,9 @@ class MultiHeadAttention(nn.Module):
         window: int | None = None,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
+        norm_offset: bool = False,
+        out_bias: bool = True,
+        query_scale: float | None = None,
     ) -> None:
         super().__init__()
         inner = self._sizes(d_out, num_heads, head_dim, n_kv_heads, context_length, window)
@@ -120,8 +123,8 @@ class MultiHeadAttention(nn.Module):
         self.W_query = nn.Linear(d_in, inner, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, kv_inner, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, kv_inner, bias=qkv_bias)
-        self.out_proj = nn.Linear(inner, d_out)
-        self._rest(dropout, causal, qk_norm, norm_eps)
+        self.out_proj = nn.Linear(inner, d_out, bias=out_bias)
+        self._rest(dropout, causal, qk_norm, norm_eps, norm_offset, query_scale)
 
     def _sizes(
         self, d_out: int, num_heads: int, head_dim: int | None, n_kv_heads: int | None, context: int, window: int | None
@@ -137,13 +140,23 @@ class MultiHeadAttention(nn.Module):
         self.window = window
         return num_heads * self.head_dim
 
-    def _rest(self, dropout: float, causal: bool, qk_norm: bool, norm_eps: float) -> None:
-        """The parts after the projections (none draws random numbers)."""
+    def _rest(
+        self,
+        dropout: float,
+        causal: bool,
+        qk_norm: bool,
+        norm_eps: float,
+        norm_offset: bool = False,
+        query_scale: float | None = None,
+    ) -> None:
+        """The parts after the projections (none draws random numbers). ``norm_offset``: (1 + w) QK-norms
+        (Gemma 3); ``query_scale``: the scores' scale (None: SDPA's head_dim ** -0.5)."""
         self.dropout = nn.Dropout(dropout)
         self.causal = causal  # False: no mask at all (the chapter's "no causal mask" experiment)
+        self.query_scale = query_scale
         if qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, norm_eps, norm_offset)
+            self.k_norm = RMSNorm(self.head_dim, norm_eps, norm_offset)
         self.qk_norm = qk_norm
         self.register_load_state_dict_pre_hook(_drop_book_mask)
 
@@ -202,7 +215,7 @@ class MultiHeadAttention(nn.Module):
             if k.shape[1] != q.shape[1]:
                 k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
                 v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-            return attention_written_out(q, k, v, is_causal, dropout_p)
+            return attention_written_out(q, k, v, is_causal, dropout_p, scale=self.query_scale)
         return F.scaled_dot_product_attention(
             q,
             k,
@@ -211,6 +224,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=dropout_p,
             is_causal=bool(is_causal),  # bool(): sizes are tensors under torch.jit.trace (graph)
             enable_gqa=self.n_kv_heads != self.num_heads,
+            scale=self.query_scale,
         )
 
 
@@ -287,6 +301,12 @@ def make_attention(cfg: Mapping[str, Any], kind: str) -> nn.Module:
         "causal": cfg.get("causal_mask", True),
     }
     extra = {"head_dim": head_dim_of(cfg), "qk_norm": bool(get("qk_norm")), "norm_eps": float(get("norm_eps"))}
+    # The family flags that shape mha / gqa (Llama, Qwen3, Gemma 3): (1 + w) QK-norms, out_proj's bias, the scale.
+    flags = {
+        "norm_offset": bool(get("norm_offset")),
+        "out_bias": bool(get("attn_out_bias")),
+        "query_scale": None if get("query_scale") is None else float(get("query_scale")),
+    }
     if kind == "deltanet":
         return GatedDeltaNet(
             cfg["emb_dim"], cfg["emb_dim"], cfg["n_heads"], head_dim_of(cfg), cfg["qkv_bias"], float(get("norm_eps"))
@@ -295,4 +315,4 @@ def make_attention(cfg: Mapping[str, Any], kind: str) -> nn.Module:
         return MultiHeadLatentAttention(latent_dim=int(cfg["latent_dim"]), **common, **extra)
     n_kv = get("n_kv_heads") if get("attention") == "gqa" else None
     window = int(get("sliding_window")) if kind == "sliding" else None
-    return MultiHeadAttention(**common, n_kv_heads=n_kv, window=window, **extra)
+    return MultiHeadAttention(**common, n_kv_heads=n_kv, window=window, **extra, **flags)

@@ -110,7 +110,11 @@ def model_config_dict(cfg: Any) -> dict[str, Any]:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + att(norm1(x))``, then ``x + ff(norm2(x))``; ``kind``: full, sliding or deltanet."""
+    """Pre-norm block: ``x + att(norm1(x))``, then ``x + ff(norm2(x))``; ``kind``: full, sliding or deltanet.
+
+    ``model.post_norms`` (Gemma 3) adds a norm after each sub-layer, before its shortcut:
+    ``x + post_att_norm(att(norm1(x)))``, then ``x + post_ff_norm(ff(norm2(x)))``.
+    """
 
     def __init__(self, cfg: Mapping[str, Any], kind: str = "full") -> None:
         super().__init__()
@@ -120,11 +124,18 @@ class TransformerBlock(nn.Module):
         self.norm1 = make_norm(cfg, cfg["emb_dim"])
         self.norm2 = make_norm(cfg, cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg.get("drop_rate_shortcut", cfg["drop_rate"]))
+        self.post_norms = bool(cfg["post_norms"])
+        if self.post_norms:  # after the book's modules: norms draw no random numbers anyway
+            self.post_att_norm = make_norm(cfg, cfg["emb_dim"])
+            self.post_ff_norm = make_norm(cfg, cfg["emb_dim"])
 
     def forward(
         self, x: torch.Tensor, cache: Any = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
         """``cache``: this block's entry of a ``KVCache``; ``start``: the position of ``x[:, 0]``."""
+        if self.post_norms:
+            x = x + self.drop_shortcut(self.post_att_norm(self.att(self.norm1(x), cache, start, rope)))
+            return x + self.drop_shortcut(self.post_ff_norm(self.ff(self.norm2(x))))
         x = x + self.drop_shortcut(self.att(self.norm1(x), cache, start, rope))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
@@ -162,8 +173,14 @@ class GPTModel(nn.Module):
         if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
         self.rope = None
+        self.rope_local = None  # model.rope_local_base: the sliding layers' own RoPE (Gemma 3)
+        self.layer_kinds = layer_kinds(cfg)
         if cfg["pos_emb"] == "rope":  # no random draws: the weights above are the same with or without it
             self.rope = RotaryEmbedding(head_dim_of(cfg), cfg["context_length"], cfg["rope_base"], cfg["rope_scaling"])
+            if cfg["rope_local_base"] is not None and "sliding" in self.layer_kinds:
+                self.rope_local = RotaryEmbedding(head_dim_of(cfg), cfg["context_length"], cfg["rope_local_base"])
+        # model.emb_scale (Gemma 3): token embeddings times sqrt(emb_dim), rounded to the activations' dtype.
+        self.emb_scale = float(cfg["emb_dim"]) ** 0.5 if cfg["emb_scale"] else None
 
     def forward(
         self,
@@ -188,11 +205,14 @@ class GPTModel(nn.Module):
                 f"crop the input to its last {self.context_length} tokens"
             )
         x = self.tok_emb(in_idx)  # (b, t, emb_dim)
+        if self.emb_scale is not None:
+            x = x * torch.tensor(self.emb_scale, dtype=x.dtype)
         if self.rope is None:
             x = x + self.pos_emb(torch.arange(start, start + t, device=in_idx.device))
         x = self.drop_emb(x)
         for i, block in enumerate(self.trf_blocks):
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, self.rope)
+            rope = self.rope_local if self.rope_local is not None and self.layer_kinds[i] == "sliding" else self.rope
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
         if kv_cache is not None:
             kv_cache.pos = start + t
         if last_only:

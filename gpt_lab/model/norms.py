@@ -30,20 +30,27 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension, computed in float32 (Llama's)."""
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension, computed in float32 (Llama's).
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    ``offset`` (Gemma 3's ``model.norm_offset``): the scale is ``1 + weight``, the weight starting at zero.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, offset: bool = False) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.offset = offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        scale = 1.0 + self.weight.float() if self.offset else self.weight.float()
+        return (normed * scale).to(x.dtype)
 
 
 def make_norm(cfg: Mapping[str, Any], dim: int) -> nn.Module:
     """``model.norm``'s layer over ``dim`` features, with ``model.norm_eps``."""
     eps = float(cfg.get("norm_eps", ARCH_DEFAULTS["norm_eps"]))
-    return RMSNorm(dim, eps) if cfg.get("norm", "layernorm") == "rmsnorm" else LayerNorm(dim, eps)
+    if cfg.get("norm", "layernorm") == "rmsnorm":
+        return RMSNorm(dim, eps, bool(cfg.get("norm_offset", False)))
+    return LayerNorm(dim, eps)

@@ -266,10 +266,10 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
-    if weights.family is None:  # another family's directory states its whole architecture (below)
-        _check_architecture(cfg, weights)
     problems: list[str] = []
-    if weights.family and cfg.get("pos_emb", "learned") != "learned":
+    if weights.family is None:
+        _check_architecture(cfg, weights)
+    elif cfg.get("pos_emb", "learned") != "learned":
         # A family preset named beside the directory: checked against its config.json, not replaced.
         problems += check_preset(cfg, weights.config, str(weights.path))
         if cfg.get("context_length") and not problems:
@@ -403,8 +403,9 @@ def model_from_weights(cfg: Mapping[str, Any], weights: PretrainedWeights) -> GP
     model.load_state_dict(weights.state_dict, strict=True, assign=True)
     if model.cfg["tie_weights"]:
         model.out_head.weight = model.tok_emb.weight  # assignment gave each name its own Parameter
-    if model.rope is not None:  # RoPE's tables are computed, not saved
-        model.rope.reset()
+    for rope in (model.rope, model.rope_local):  # RoPE's tables are computed, not saved
+        if rope is not None:
+            rope.reset()
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # e.g. a non-persistent buffer
         model = GPTModel(cfg)
         model.load_state_dict(weights.state_dict, strict=True)
