@@ -32,10 +32,10 @@ from gpt_lab.data.labelled import (
     Example,
     balance_examples,
     read_labelled,
+    split_csv_text,
     split_examples,
-    write_split_csv,
 )
-from gpt_lab.data.text import DataError, ShuffledDataModule
+from gpt_lab.data.text import DataError, ShuffledDataModule, write_run_splits
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,9 @@ class ClassificationDataModule(ShuffledDataModule):
                     f"has (its classes: {', '.join(names)}); a classifier cannot predict a class it never saw"
                 )
         if self.output_dir is not None:
-            for split, rows in self.splits.items():
-                write_split_csv(Path(self.output_dir) / SPLIT_FILES[split], rows)
+            files = {SPLIT_FILES[split]: split_csv_text(rows) for split, rows in self.splits.items()}
+            inputs = {"data.path": self.path, **{f"data.{k}_path": v for k, v in self.split_paths.items()}}
+            write_run_splits(Path(self.output_dir), files, inputs)
         self._tokenize()
 
     def _class_names(self, examples: Sequence[Example], where: str) -> list[str]:

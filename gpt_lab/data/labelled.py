@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from gpt_lab.data.text import DataError, read_text
-from gpt_lab.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +135,10 @@ def split_examples(
     return {"train": shuffled[:train_end], "val": shuffled[train_end:val_end], "test": shuffled[val_end:]}
 
 
-def write_split_csv(path: Path, examples: Sequence[Example]) -> None:
+def split_csv_text(examples: Sequence[Example]) -> str:
     """A split as CSV with a ``label,text`` header (the file reads back as data.train_path=...)."""
-    with atomic_write(path, mode="w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["label", "text"])
-        writer.writerows([e.label, e.text] for e in examples)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "text"])
+    writer.writerows([e.label, e.text] for e in examples)
+    return out.getvalue()

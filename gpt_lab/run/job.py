@@ -34,6 +34,7 @@ from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.run.dirs import register_resolver
 from gpt_lab.run.files import write_results
 from gpt_lab.run.preflight import check_resources
+from gpt_lab.run.previous import forget_previous_run, keep_previous_run, restore_previous_run
 from gpt_lab.run.status import (
     EXIT_FAILURE,
     USER_ERROR_EXIT_CODE,
@@ -70,6 +71,8 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
             write_results(output_dir, entry)
         return entry
 
+    if output_dir is not None:
+        keep_previous_run(output_dir)  # an existing run's record, put back if this attempt fails its checks
     try:
         record("running")
         cfg = validate_config(cfg)
@@ -79,7 +82,9 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     except BaseException as err:
         interrupted = as_interruption(err)
         try:
-            if interrupted is not None:
+            if output_dir is not None and restore_previous_run(output_dir):
+                pass  # the run keeps the record it had (gpt_lab.run.previous); the error is printed
+            elif interrupted is not None:
                 step, checkpoint = interrupted.step, interrupted.checkpoint
                 record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
             else:
@@ -89,6 +94,9 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         if interrupted is not None and interrupted is not err:
             raise interrupted from None  # a KeyboardInterrupt under Python's own SIGINT handler
         raise
+    finally:
+        if output_dir is not None:
+            forget_previous_run(output_dir)
     return record("completed", **results)
 
 

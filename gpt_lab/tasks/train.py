@@ -30,6 +30,7 @@ from gpt_lab.errors import ConfigError, UserError, first_line
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
 from gpt_lab.run.preflight import check_components
+from gpt_lab.run.previous import begin_changes
 from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
 from gpt_lab.training.cpu_memory import freed_memory_kept
@@ -194,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
+    begin_changes(cfg.paths.output_dir)  # every check passed: from here on this run may change its directory
     # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
     # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).
