@@ -35,7 +35,7 @@ from gpt_lab.data.labelled import (
     split_csv_text,
     split_examples,
 )
-from gpt_lab.data.text import DataError, ShuffledDataModule, write_run_splits
+from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity, write_run_splits
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,19 @@ class ClassificationDataModule(ShuffledDataModule):
         self.generator = torch.Generator().manual_seed(seed)
         self.splits: dict[str, list[Example]] = {}
         self.datasets: dict[str, LabelledTextDataset] = {}
+        save_data_identity(self, "classification", self.input_files(), batch_size)
+        # Set by a resume (check_resume_data): the classes, in index order, that the checkpoint learned.
+        self.expected_class_names: tuple[list[str], str] | None = None
         self.max_length: int | None = None
         self.truncated: dict[str, int] = {}
+
+    def input_files(self) -> dict[str, Path | None]:
+        """The data keys this module reads and their paths."""
+        return {"data.path": self.path, **{f"data.{k}_path": v for k, v in self.split_paths.items()}}
+
+    def expect_class_names(self, names: Sequence[str], source: str) -> None:
+        """Refuse in ``setup`` (before any file is written) data whose classes are not ``names``, in order."""
+        self.expected_class_names = (list(names), source)
 
     # -- reading and splitting -----------------------------------------------------------------
     def _read(self, path: Path, key: str) -> list[Example]:
@@ -172,10 +183,16 @@ class ClassificationDataModule(ShuffledDataModule):
                     f"the {split} split has label(s) {', '.join(map(repr, unseen))} that the training split never "
                     f"has (its classes: {', '.join(names)}); a classifier cannot predict a class it never saw"
                 )
+        if self.expected_class_names is not None and self.expected_class_names[0] != names:
+            expected, source = self.expected_class_names
+            raise DataError(
+                f"{source} was trained on the classes {expected} (in index order), and this run's data gives "
+                f"{names}: class indices would change meaning. Resume with the data it trained on (or "
+                f"data.class_names={expected}), or start a new run from its weights with init_from={source}"
+            )
         if self.output_dir is not None:
             files = {SPLIT_FILES[split]: split_csv_text(rows) for split, rows in self.splits.items()}
-            inputs = {"data.path": self.path, **{f"data.{k}_path": v for k, v in self.split_paths.items()}}
-            write_run_splits(Path(self.output_dir), files, inputs)
+            write_run_splits(Path(self.output_dir), files, self.input_files())
         self._tokenize()
 
     def _class_names(self, examples: Sequence[Example], where: str) -> list[str]:

@@ -33,7 +33,7 @@ from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import split_entries
 from gpt_lab.data.instructions import encode_text
-from gpt_lab.data.text import DataError, ShuffledDataModule
+from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
 
@@ -251,6 +251,7 @@ class PreferenceDataModule(ShuffledDataModule):
         self.entries: dict[str, list[dict]] = {}
         self.datasets: dict[str, PreferenceDataset] = {}
         self.skipped: dict[str, Skipped] = {}
+        save_data_identity(self, "preferences", {"data.path": self.path}, batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and tokenize once (later calls do nothing); refuse an empty split."""

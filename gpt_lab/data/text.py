@@ -165,6 +165,15 @@ def write_run_splits(output_dir: Path, files: dict[str, str], inputs: dict[str, 
     write_texts_atomic(paths)
 
 
+def save_data_identity(
+    module: L.LightningDataModule, kind: str, files: dict[str, Path | None], batch_size: int
+) -> None:
+    """Record in ``module``'s hyper-parameters (saved in every checkpoint) which files it reads and in
+    batches of how many: ``gpt_lab.training.resume.check_resume_data`` refuses a resume on other ones."""
+    given = {key: str(Path(path).resolve()) for key, path in files.items() if path is not None}
+    module.save_hyperparameters({"data_kind": kind, "data_files": given, "data_batch_size": int(batch_size)})
+
+
 def split_text(text: str, train_ratio: float) -> tuple[str, str]:
     """The book's split by characters: ``text[:int(train_ratio * len(text))]`` and the rest."""
     split_idx = int(train_ratio * len(text))

@@ -1,0 +1,81 @@
+"""Issue 30's audit of the fine-tuning inputs: labelled files read as pandas reads them, resumes that
+check what they resume, labels and class names that make sense, messages that name the right thing.
+
+Independent expectations: pandas' documented behaviour written out (a row with more fields than the
+header, or a quote left open, is a parse error naming the line; a named column must be in the
+header), hand-built files and hand-counted class sets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from configs import TINY_RUN
+from omegaconf import DictConfig
+
+from gpt_lab.data.labelled import read_labelled
+from gpt_lab.data.text import DataError
+from gpt_lab.errors import UserError
+from gpt_lab.run.job import run_task
+from gpt_lab.training.resume import ResumeError
+
+C6 = ("experiment=ch06", *TINY_RUN, "trainer.max_steps=2", "classifier.initial_eval_batches=1", "logger=csv")
+HAM = ["see you at lunch", "how was the game", "call me later", "the meeting moved"]
+SPAM = ["win a prize now", "free money click here", "urgent offer call now"]
+
+
+def _sms(path: Path, n: int = 12, spam: str = "spam") -> Path:
+    lines = [f"ham\t{HAM[i % 4]} {i}" for i in range(n)] + [f"{spam}\t{SPAM[i % 3]} {i}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A resumed fine-tuning run checks its data, its classes and its batch size
+
+
+@pytest.mark.slow  # one tiny classifier run, then four refused resumes
+def test_case_5_resuming_a_classifier_checks_data_file_classes_and_batch_size(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    data = _sms(tmp_path / "sms.tsv")
+    run = tmp_path / "run"
+    first = run_task(compose_config(*C6, f"data.path={data}", run_dir=run))
+    assert first["status"] == "completed"
+    record = (run / "results.json").read_bytes()
+    splits = (run / "train.csv").read_bytes()
+
+    def resume(*overrides: str) -> None:
+        run_task(compose_config(*C6, "trainer.max_steps=4", "ckpt_path=last", *overrides, run_dir=run))
+
+    other = _sms(tmp_path / "other.tsv")
+    with pytest.raises(ResumeError, match=r"trained on data.path=.*sms.tsv, and this run reads data.path=.*other.tsv"):
+        resume(f"data.path={other}")
+    with pytest.raises(ResumeError, match=r"data.batch_size=8, and this run asks for data.batch_size=4"):
+        resume(f"data.path={data}", "data.batch_size=4")
+    _sms(data, spam="junk")  # the same file, relabelled: class 1 would mean "junk"
+    with pytest.raises(DataError, match=r"trained on the classes \['ham', 'spam'\].*gives \['ham', 'junk'\]"):
+        resume(f"data.path={data}")
+    # Nothing of the run changed: its record, its splits.
+    assert (run / "results.json").read_bytes() == record
+    assert (run / "train.csv").read_bytes() == splits
+
+
+@pytest.mark.slow  # one tiny instruction run, then a refused resume
+def test_case_5_resuming_chapter_7_on_another_file_is_refused(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    def entries(path: Path, word: str) -> Path:
+        items = [{"instruction": f"{word} {i}", "input": "", "output": f"{i}"} for i in range(20)]
+        path.write_text(json.dumps(items), encoding="utf-8")
+        return path
+
+    c7 = ("experiment=ch07", *TINY_RUN, "trainer.max_steps=2", "data.batch_size=2", "logger=csv")
+    run = tmp_path / "run"
+    assert run_task(compose_config(*c7, f"data.path={entries(tmp_path / 'a.json', 'Say')}", run_dir=run))
+    other = entries(tmp_path / "b.json", "Repeat")
+    with pytest.raises(ResumeError, match=r"trained on data.path=.*a.json, and this run reads data.path=.*b.json"):
+        run_task(compose_config(*c7, f"data.path={other}", "ckpt_path=last", "trainer.max_steps=4", run_dir=run))
