@@ -79,3 +79,47 @@ def test_case_5_resuming_chapter_7_on_another_file_is_refused(
     other = entries(tmp_path / "b.json", "Repeat")
     with pytest.raises(ResumeError, match=r"trained on data.path=.*a.json, and this run reads data.path=.*b.json"):
         run_task(compose_config(*c7, f"data.path={other}", "ckpt_path=last", "trainer.max_steps=4", run_dir=run))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3, 4. Labelled files read as pandas reads them
+
+
+def _write(tmp_path: Path, name: str, content: str) -> Path:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_case_3_a_named_column_missing_from_the_header_lists_the_header(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{'spam' if i % 2 else 'ham'},text {i},web\n" for i in range(6))
+    path = _write(tmp_path, "d.csv", "id,label,text,source\n" + rows)
+    # A misspelled column: pandas' df["lable"] is a KeyError; never the header-less reading of the id column.
+    with pytest.raises(DataError, match=r"no column data.label_column=lable; its header names id, label, text, source"):
+        read_labelled(path, "data.path", label_column="lable")
+    # Neither default name in a header of four columns: the same paragraph, not id read as the label.
+    other = _write(tmp_path, "e.csv", "id,category,message,source\n" + rows)
+    with pytest.raises(DataError, match=r"data.label_column=label and data.text_column=text; its header names id, cat"):
+        read_labelled(other, "data.path")
+    # The right names read the right columns.
+    got = read_labelled(path, "data.path")
+    assert [(e.label, e.text) for e in got[:2]] == [("ham", "text 0"), ("spam", "text 1")]
+
+
+def test_case_4_more_fields_than_the_header_or_an_open_quote_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    # pandas: "Expected 2 fields in line 3, saw 4" (a comma inside an unquoted text).
+    cut = _write(tmp_path, "c.csv", "label,text\nham,see you\nspam,hello, and more words\n")
+    with pytest.raises(DataError, match=r"line 3 has 3 fields, more than its header's 2 columns"):
+        read_labelled(cut, "data.path")
+    bare = _write(tmp_path, "b.tsv", "ham\tsee you\nspam\thello\tand more\n")
+    with pytest.raises(DataError, match=r"line 2 has 3 fields, more than label and text \(no header\)"):
+        read_labelled(bare, "data.path")
+    # pandas: "EOF inside string starting at row 2": the open quote is refused, not 3 rows read as one text.
+    body = "ham\tsee you\nspam\t\"hello there\nham\tcall me\nspam\twin now\n"
+    open_quote = _write(tmp_path, "q.tsv", "label\ttext\n" + body)
+    with pytest.raises(DataError, match=r"line 3 opens a quote .* never closed, so the rest of the file \(3 line"):
+        read_labelled(open_quote, "data.path")
+    # A quoted text that spans lines and is closed is one text, as pandas reads it; quoted commas stay.
+    fine = _write(tmp_path, "f.csv", 'label,text\nham,"two\nlines"\nspam,"hello, and more words"\nham,x\n')
+    got = read_labelled(fine, "data.path")
+    assert [(e.label, e.text) for e in got] == [("ham", "two\nlines"), ("spam", "hello, and more words"), ("ham", "x")]
