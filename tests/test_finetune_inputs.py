@@ -115,7 +115,7 @@ def test_case_4_more_fields_than_the_header_or_an_open_quote_is_an_error_naming_
     with pytest.raises(DataError, match=r"line 2 has 3 fields, more than label and text \(no header\)"):
         read_labelled(bare, "data.path")
     # pandas: "EOF inside string starting at row 2": the open quote is refused, not 3 rows read as one text.
-    body = "ham\tsee you\nspam\t\"hello there\nham\tcall me\nspam\twin now\n"
+    body = 'ham\tsee you\nspam\t"hello there\nham\tcall me\nspam\twin now\n'
     open_quote = _write(tmp_path, "q.tsv", "label\ttext\n" + body)
     with pytest.raises(DataError, match=r"line 3 opens a quote .* never closed, so the rest of the file \(3 line"):
         read_labelled(open_quote, "data.path")
@@ -123,3 +123,53 @@ def test_case_4_more_fields_than_the_header_or_an_open_quote_is_an_error_naming_
     fine = _write(tmp_path, "f.csv", 'label,text\nham,"two\nlines"\nspam,"hello, and more words"\nham,x\n')
     got = read_labelled(fine, "data.path")
     assert [(e.label, e.text) for e in got] == [("ham", "two\nlines"), ("spam", "hello, and more words"), ("ham", "x")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Labels, class names, and a classifier where a language model is needed
+
+
+def _module(tmp_path: Path, **kwargs):  # type: ignore[no-untyped-def]
+    from gpt_lab.data.classification import ClassificationDataModule
+
+    dm = ClassificationDataModule(context_length=32, batch_size=2, output_dir=tmp_path / "out", **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def _split_files(tmp_path: Path, train: str, val: str, test: str) -> dict[str, Path]:
+    return {k: _write(tmp_path, f"{k}.tsv", body) for k, body in (("train", train), ("val", val), ("test", test))}
+
+
+def test_case_6_a_label_only_in_validation_or_test_and_duplicate_class_names_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    # 21 texts, one of class 'c', placed where pandas' sample(frac=1, random_state=123) puts it last:
+    # in the test split (rows 14 + 2 onwards), never in training.
+    last = int(np.random.RandomState(123).permutation(21)[-1])
+    labels = ["a" if i % 2 else "b" for i in range(20)]
+    labels.insert(last, "c")
+    data = _write(tmp_path, "d.tsv", "".join(f"{label}\ttext {i}\n" for i, label in enumerate(labels)))
+    with pytest.raises(DataError, match=r"the test split has label\(s\) 'c' that the training split never has"):
+        _module(tmp_path, path=data)
+    files = _split_files(tmp_path, "a\tx\nb\ty\n", "a\tv\n", "b\tu\n")
+    with pytest.raises(DataError, match=r"data.class_names=\['a', 'a', 'b'\] names 'a' more than once"):
+        _module(tmp_path, split_paths=files, class_names=["a", "a", "b"])
+
+
+@pytest.mark.parametrize("task", ["task=generate", "task=respond instruction=Hi prompt_style=alpaca"])
+def test_case_6_generate_and_respond_refuse_a_classifier(
+    compose_config: Callable[..., DictConfig], tmp_path: Path, task: str
+) -> None:
+    import torch
+
+    from gpt_lab.model.finetune import save_finetuned
+    from gpt_lab.model.gpt import GPTModel
+
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+    classifier = GPTModel({**cfg, "qkv_bias": False, "num_classes": 3})
+    save_finetuned(classifier, tmp_path / "clf", {"kind": "classifier", "class_names": ["a", "b", "c"]})
+    overrides = [*task.split(), *TINY_RUN, f"init_from={tmp_path / 'clf'}"]
+    with pytest.raises(UserError, match=r"holds a classifier \(a head of 3 classes.*needs a language model"):
+        run_task(compose_config(*overrides, run_dir=tmp_path / "run"))

@@ -165,10 +165,7 @@ class ClassificationDataModule(ShuffledDataModule):
             self.splits = split_examples(examples, self.train_ratio, self.val_ratio, self.seed)
             for split, rows in self.splits.items():
                 if not rows:
-                    raise DataError(
-                        f"the {split} split of data.path={self.path} is empty ({len(examples)} texts, "
-                        f"data.train_ratio={self.train_ratio}, data.val_ratio={self.val_ratio}); use more texts"
-                    )
+                    raise DataError(self._empty_split(split, examples, before if self.balance else None))
         else:
             keys = {"train": "data.train_path", "val": "data.val_path", "test": "data.test_path"}
             self.splits = {split: self._read(self.split_paths[split], keys[split]) for split in SPLIT_FILES}
@@ -176,13 +173,20 @@ class ClassificationDataModule(ShuffledDataModule):
             if self.balance:
                 log.warning("data.balance=true is ignored with files already split (data.train_path, ...)")
         self.class_names = names
+        trained = {e.label for e in self.splits["train"]}
         for split in ("val", "test"):
-            unseen = sorted({e.label for e in self.splits[split]} - set(names))
+            unseen = sorted({e.label for e in self.splits[split]} - trained)
             if unseen:
                 raise DataError(
                     f"the {split} split has label(s) {', '.join(map(repr, unseen))} that the training split never "
-                    f"has (its classes: {', '.join(names)}); a classifier cannot predict a class it never saw"
+                    f"has (its classes: {', '.join(sorted(trained))}); a classifier cannot predict a class it never saw"
                 )
+        untrained = [name for name in names if name not in trained]
+        if untrained:
+            raise DataError(
+                f"the class(es) {', '.join(map(repr, untrained))} of data.class_names have no text in the training "
+                "split, so the classifier would never learn them; give them training texts, or leave them out"
+            )
         if self.expected_class_names is not None and self.expected_class_names[0] != names:
             expected, source = self.expected_class_names
             raise DataError(
@@ -195,9 +199,33 @@ class ClassificationDataModule(ShuffledDataModule):
             write_run_splits(Path(self.output_dir), files, self.input_files())
         self._tokenize()
 
+    def _empty_split(self, split: str, examples: Sequence[Example], before: Counter[str] | None) -> str:
+        """Why ``split`` came out empty: too few texts, or balancing to a class of very few."""
+        sizes = f"data.train_ratio={self.train_ratio}, data.val_ratio={self.val_ratio}"
+        if before is not None:
+            name, count = min(before.items(), key=lambda item: item[1])
+            return (
+                f"the {split} split of data.path={self.path} is empty: data.balance=true cuts every class to the "
+                f"smallest one's size, and class {name!r} has {count} text(s), leaving {len(examples)} texts "
+                f"({sizes}); give {name!r} more texts, or set data.balance=false"
+            )
+        return f"the {split} split of data.path={self.path} is empty ({len(examples)} texts, {sizes}); use more texts"
+
     def _class_names(self, examples: Sequence[Example], where: str) -> list[str]:
         found = sorted({e.label for e in examples})
         if self.class_names:
+            twice = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
+            if twice:
+                raise DataError(
+                    f"data.class_names={self.class_names} names {', '.join(map(repr, twice))} more than once; "
+                    "list each class once, in index order"
+                )
+            absent = [name for name in self.class_names if name not in found]
+            if absent:
+                raise DataError(
+                    f"data.class_names={self.class_names} names {', '.join(map(repr, absent))}, which no text of "
+                    f"{where} has (its labels: {', '.join(found)}); list only the labels the data has"
+                )
             unknown = [name for name in found if name not in self.class_names]
             if unknown:
                 raise DataError(

@@ -304,6 +304,22 @@ def build_model(model_cfg: Any, init_from: str | Path | None = None) -> GPTModel
     return model
 
 
+def require_language_model(model_cfg: Mapping[str, Any], init_from: str | Path | None, task: str) -> None:
+    """Refuse (``InitFromError``) a classifier's weights where ``task`` needs a language model.
+
+    A chapter-6 classifier's head outputs ``num_classes`` scores, not GPT-2's token ids: generating
+    with it prints ids 0, 1, ...; training a language model on it fails on the first target id.
+    """
+    classes = model_cfg.get("num_classes")
+    if classes:
+        raise InitFromError(
+            f"init_from={init_from} holds a classifier (a head of {classes} classes, not the "
+            f"{model_cfg.get('vocab_size', 50257)}-token vocabulary), and {task} needs a language model: give "
+            "init_from the language model it was fine-tuned from (e.g. gpt2/ or a chapter-5 / chapter-7 run), "
+            f"or classify texts with task=classify init_from={init_from}"
+        )
+
+
 def init_model_config(model_cfg: Any, init_from: str | Path | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """For code that builds its own model (e.g. a LightningModule): ``(fitted config, state dict)``.
 

@@ -23,7 +23,7 @@ from gpt_lab.config import input_path
 from gpt_lab.errors import ConfigError
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import build_model
+from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.loss import mean_loss
@@ -62,6 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
+    require_language_model(model.cfg, cfg.init_from, f"task={cfg.task.name}")
     device = _device(cfg)
     model.to(device).eval()
     report = model_report(model)

@@ -22,7 +22,7 @@ from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, saved_met
 from gpt_lab.model.finetune import load_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import build_model
+from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
         model, _ = load_finetuned(init_from)  # the saved config: no model=... to repeat
     else:
         model = build_model(OmegaConf.to_container(cfg.model), init_from)
+    require_language_model(model.cfg, cfg.init_from, f"task={cfg.task.name}")
     return model.eval(), style
 
 

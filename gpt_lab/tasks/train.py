@@ -28,7 +28,7 @@ from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import init_model_config
+from gpt_lab.model.weights import init_model_config, require_language_model
 from gpt_lab.run.preflight import check_components
 from gpt_lab.run.previous import begin_changes
 from gpt_lab.run.tensorboard import run_hparams
@@ -165,6 +165,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
+    if cfg.data.name != "classification":  # every other objective trains a language model
+        require_language_model(model_cfg, cfg.init_from, f"experiment / data={cfg.data.name}")
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
     ckpt_path = resolve_ckpt_path(cfg, getattr(trainer.checkpoint_callback, "dirpath", None))
     # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
