@@ -173,3 +173,32 @@ def test_case_6_generate_and_respond_refuse_a_classifier(
     overrides = [*task.split(), *TINY_RUN, f"init_from={tmp_path / 'clf'}"]
     with pytest.raises(UserError, match=r"holds a classifier \(a head of 3 classes.*needs a language model"):
         run_task(compose_config(*overrides, run_dir=tmp_path / "run"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Hydra's grammar errors: one paragraph saying how to quote, exit 2
+
+
+@pytest.mark.parametrize(
+    ("word", "advice"),
+    [
+        ("text=hello,world", "\"text='hello,world'\""),
+        ("text=it's", "'text=\"it'\"'\"'s\"'"),
+        ("instruction=Solve: x=2", "\"instruction='Solve: x=2'\""),
+    ],
+)
+def test_case_8_hydra_grammar_errors_say_how_to_quote_and_exit_2(run_cli, word: str, advice: str) -> None:
+    done = run_cli("model=tiny", word, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"gpt_lab: error: {word} ")
+    assert advice in lines[0]
+    # The advice, as the shell passes it, is what Hydra reads as one plain value.
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (passed,) = shlex.split(advice)
+    (override,) = OverridesParser.create().parse_overrides([passed])
+    assert override.value() == word.partition("=")[2]
