@@ -125,3 +125,37 @@ def test_case_2_splits_never_overwrite_the_users_files(
     with pytest.raises(DataError, match=r"already holds train.json \(data.train_path=.*val.json \(data.val_path="):
         run_task(cfg)
     assert {name: (run7 / name).read_bytes() for name in kept} == kept
+
+
+def test_case_9_sigterm_after_training_records_the_checkpoint(
+    compose_config: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    import torch
+
+    from gpt_lab.errors import RunInterrupted
+
+    def stopped(*args: object, **kwargs: object) -> None:  # SIGTERM arrives while the test responses are written
+        raise RunInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr("gpt_lab.training.instruction_module.generate_responses", stopped)
+    entries = [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i in range(20)]
+    (tmp_path / "e.json").write_text(json.dumps(entries), encoding="utf-8")
+    run = tmp_path / "run"
+    cfg = compose_config(
+        "experiment=ch07",
+        *TINY_RUN,
+        "trainer.max_steps=3",
+        "data.batch_size=2",
+        "logger=csv",
+        f"data.path={tmp_path / 'e.json'}",
+        run_dir=run,
+    )
+    with pytest.raises(RunInterrupted):
+        run_task(cfg)
+    record = json.loads((run / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+    # The checkpoint the fit wrote at its end, which ckpt_path=last resumes: its file says step 3.
+    assert record["checkpoint"] is not None and record["step"] == 3
+    assert torch.load(record["checkpoint"], weights_only=True, mmap=True)["global_step"] == 3

@@ -82,10 +82,12 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     except BaseException as err:
         interrupted = as_interruption(err)
         try:
-            if output_dir is not None and restore_previous_run(output_dir):
+            if output_dir is not None and restore_previous_run(output_dir, interrupted=interrupted is not None):
                 pass  # the run keeps the record it had (gpt_lab.run.previous); the error is printed
             elif interrupted is not None:
                 step, checkpoint = interrupted.step, interrupted.checkpoint
+                if checkpoint is None:  # stopped outside the fit (test responses, a final evaluation)
+                    step, checkpoint = _saved_checkpoint(cfg, step)
                 record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
             else:
                 record("failed", error=_error_text(err))
@@ -98,6 +100,20 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         if output_dir is not None:
             forget_previous_run(output_dir)
     return record("completed", **results)
+
+
+def _saved_checkpoint(cfg: DictConfig, step: int | None) -> tuple[int | None, str | None]:
+    """The newest checkpoint a training run left (what ``ckpt_path=last`` resumes) and its step, when
+    the signal came outside the fit, where ``StopOnSignal`` reports none; ``(step, None)`` otherwise."""
+    if OmegaConf.select(cfg, "task.name", default=None, throw_on_resolution_failure=False) != "train":
+        return step, None
+    where = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None, throw_on_resolution_failure=False)
+    from gpt_lab.training.resume_last import checkpoint_step, newest_checkpoint
+
+    found = newest_checkpoint(where) if where else None
+    if found is None:
+        return step, None
+    return checkpoint_step(found.resolve()), str(found)
 
 
 def _process_info() -> dict[str, Any]:

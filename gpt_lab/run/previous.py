@@ -79,15 +79,16 @@ def begin_changes(run_dir: str | Path) -> None:
         kept.changing = True
 
 
-def restore_previous_run(run_dir: str | Path) -> bool:
+def restore_previous_run(run_dir: str | Path, interrupted: bool = False) -> bool:
     """After a failed or stopped attempt: put the previous record back where the rule says so.
 
     Before ``begin_changes``: always (the attempt changed nothing). After it: only a completed run's
-    record (a failed attempt never rewrites it; an interrupted or failed run's record tells the truth
-    about the new attempt). Returns whether the record was put back.
+    record, after a failure (a failed attempt never rewrites it; an interruption's record names the
+    checkpoint it left; an interrupted or failed run's record tells the truth about the new attempt).
+    Returns whether the record was put back.
     """
     kept = _kept.get(_key(run_dir))
-    if kept is None or (kept.changing and kept.status != "completed"):
+    if kept is None or (kept.changing and (interrupted or kept.status != "completed")):
         return False
     hydra_dir = kept.run_dir / HYDRA_DIR
     if not kept.changing and hydra_dir.is_dir():
