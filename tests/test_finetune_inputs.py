@@ -202,3 +202,201 @@ def test_case_8_hydra_grammar_errors_say_how_to_quote_and_exit_2(run_cli, word: 
     (passed,) = shlex.split(advice)
     (override,) = OverridesParser.create().parse_overrides([passed])
     assert override.value() == word.partition("=")[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. User errors that were tracebacks
+
+
+def _raw_server(body: bytes, drip: float = 0.0):  # type: ignore[no-untyped-def]
+    """A server answering every POST with ``body`` as it is (``drip``: one byte per that many seconds)."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)) if drip else [None]:
+                self.wfile.write(body if i is None else body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(drip)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\xff\xfe85", r"not UTF-8 text"),
+        (b'{"message": "85"}\n', r"no message.content string"),
+        (b'{"message": {"role": "assistant", "content": 85}}\n', r"no message.content string"),
+    ],
+)
+def test_case_10_judge_replies_in_another_format_are_one_paragraph(body: bytes, message: str) -> None:
+    from gpt_lab.tasks.judge import JudgeError, query_model
+
+    server, url = _raw_server(body)
+    try:
+        with pytest.raises(JudgeError, match=message):
+            query_model("score this", url=url, timeout=10)
+    finally:
+        server.shutdown()
+
+
+def test_case_10_a_classifier_cannot_start_language_model_training(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    import torch
+
+    from gpt_lab.model.gpt import GPTModel
+
+    cfg = {"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+    torch.manual_seed(0)
+    # A classifier's model.pth without its model.json: the head's 2 rows give it away.
+    torch.save(GPTModel({**cfg, "qkv_bias": False, "num_classes": 2}).state_dict(), tmp_path / "clf.pth")
+    story = _write(tmp_path, "story.txt", "The cat sat on the mat. " * 40)
+    overrides = ["task=train", *TINY_RUN, f"data.path={story}", f"init_from={tmp_path / 'clf.pth'}", "logger=csv"]
+    with pytest.raises(UserError, match=r"holds a classifier \(a head of 2 classes.*data=text needs a language model"):
+        run_task(compose_config(*overrides, "trainer.max_steps=1", run_dir=tmp_path / "run"))
+
+
+def test_case_10_resuming_with_or_without_lora_against_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    from gpt_lab.model.gpt import GPTModel
+    from gpt_lab.training.resume import check_resume
+
+    cfg = {"vocab_size": 64, "context_length": 8, "emb_dim": 16, "n_heads": 4, "n_layers": 1, "drop_rate": 0.0}
+    model_cfg = {**cfg, "qkv_bias": False, "tie_weights": False}
+    state = {f"model.{k}": v for k, v in GPTModel(model_cfg).state_dict().items()}
+    plain, adapted = tmp_path / "plain.ckpt", tmp_path / "lora.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"model_cfg": model_cfg}}, plain)
+    lora = {
+        "model.trf_blocks.0.att.W_query.lora_A": torch.zeros(16, 2),
+        "model.trf_blocks.0.att.W_query.lora_B": torch.zeros(2, 16),
+    }
+    torch.save({"state_dict": {**state, **lora}, "hyper_parameters": {"model_cfg": model_cfg}}, adapted)
+    with pytest.raises(ResumeError, match=r"trained without LoRA adapters, and this run asks for finetune=lora"):
+        check_resume(plain, model_cfg, {}, "lora")
+    with pytest.raises(ResumeError, match=r"trained finetune=lora .* and this run asks for finetune=all"):
+        check_resume(adapted, model_cfg, {}, "all")
+    assert check_resume(adapted, model_cfg, {}, "lora").path == adapted
+
+
+def test_case_10_a_lora_rank_too_large_for_memory_is_refused_before_building(
+    compose_config: Callable[..., DictConfig],
+) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+    from gpt_lab.run.preflight import check_resources, machine_memory_bytes
+
+    cfg = validate_config(
+        compose_config("experiment=ch06_lora", *TINY_RUN, "lora.rank=100000000", "lora.targets=[head]")
+    )
+    # The head alone: rank x (16 inputs + 2 classes... the vocabulary head before the classifier's: 50257 outputs).
+    adapters = 100_000_000 * (16 + 50257)
+    assert adapters * 16 > (machine_memory_bytes() or 0)  # 16 bytes a trained parameter: far beyond any machine
+    with pytest.raises(ConfigError, match=r"LoRA adapters of lora.rank=100000000 included.*smaller lora.rank"):
+        check_resources(cfg)
+
+
+def test_case_10_json_nested_too_deep_is_one_paragraph(tmp_path: Path) -> None:
+    from gpt_lab.data.entries import InstructionDataError, read_entries
+
+    path = _write(tmp_path, "deep.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InstructionDataError, match=r"nests JSON arrays / objects deeper than"):
+        read_entries(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Messages that blamed the wrong thing
+
+
+def test_case_11_lora_alpha_inf_and_dpo_beta_out_of_range_are_config_errors(
+    compose_config: Callable[..., DictConfig],
+) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lora.alpha=inf must be a positive finite number"):
+        validate_config(compose_config("experiment=ch06_lora", "lora.alpha=inf"))
+    with pytest.raises(ConfigError, match=r"dpo.beta=1e\+30 must be a number in \(0, 100\]"):
+        validate_config(compose_config("experiment=dpo", "dpo.beta=1e30"))
+
+
+def test_case_11_class_names_and_balance_messages_name_the_class(tmp_path: Path) -> None:
+    data = _write(tmp_path, "d.tsv", "".join(f"a\ttext {i}\n" for i in range(10)) + "b\tonly one\n")
+    with pytest.raises(DataError, match=r"data.class_names=\['a', 'b', 'c'\] names 'c', which no text of"):
+        _module(tmp_path, path=data, class_names=["a", "b", "c"])
+    # Balanced to 1 text per class: 2 texts, int(2 * 0.1) = 0 for validation; the cause is class 'b'.
+    with pytest.raises(DataError, match=r"class 'b' has 1 text\(s\).*give 'b' more texts, or set data.balance=false"):
+        _module(tmp_path, path=data, balance=True)
+
+
+def test_case_11_json_files_an_object_holding_a_list_and_a_byte_order_mark(tmp_path: Path) -> None:
+    from gpt_lab.data.entries import InstructionDataError, read_entries
+
+    entries = [{"instruction": "Say 1", "input": "", "output": "1"}, {"instruction": "Say 2", "output": "2"}]
+    wrapped = _write(tmp_path, "w.json", json.dumps({"data": entries}, indent=2))
+    with pytest.raises(InstructionDataError, match=r"holds one JSON object whose key 'data' holds a list"):
+        read_entries(wrapped)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(entries).encode("utf-8"))  # as some editors save UTF-8
+    assert [e["output"] for e in read_entries(bom)] == ["1", "2"]
+
+
+def test_case_11_a_binary_init_from_is_one_sentence_without_torchs_advice(tmp_path: Path) -> None:
+    import torch
+
+    from gpt_lab.errors import InitFromError
+    from gpt_lab.model.weights import load_pretrained
+
+    torch.save({"tok_emb.weight": torch.zeros(2, 2), "extra": Path("x")}, tmp_path / "pickled.pth")
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 4)
+    for name in ("pickled.pth", "noise.pth"):
+        with pytest.raises(InitFromError) as err:
+            load_pretrained(tmp_path / name)
+        text = str(err.value)
+        assert "\n" not in text and "weights_only" not in text and "not a weights file gpt_lab can read" in text
+
+
+def test_case_11_judge_timeout_bounds_a_dripping_reply() -> None:
+    import time
+
+    from gpt_lab.tasks.judge import JudgeError, query_model
+
+    reply = b'{"message": {"role": "assistant", "content": "85"}, "done": true}\n'
+    server, url = _raw_server(reply, drip=0.1)  # about 6.5 s for the whole reply
+    started = time.monotonic()
+    try:
+        with pytest.raises(JudgeError, match=r"longer than judge.timeout=1 seconds"):
+            query_model("score this", url=url, timeout=1)
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Smaller
+
+
+def test_case_12_validation_and_test_texts_longer_than_the_context_are_cut_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    words = " ".join(f"word{i}" for i in range(60))  # far more than 32 tokens
+    files = _split_files(tmp_path, "a\tshort\nb\ttiny\na\tsmall\nb\tbrief\n", f"a\t{words}\n", f"b\t{words}\nb\tok\n")
+    with caplog.at_level(logging.WARNING):
+        dm = _module(tmp_path, split_paths=files)
+    assert dm.max_length < 32  # the longest training text: the training split fits the context
+    assert "Truncating 0 training, 1 validation and 1 test text(s) longer than the model's context of 32" in caplog.text

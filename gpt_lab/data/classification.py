@@ -259,17 +259,18 @@ class ClassificationDataModule(ShuffledDataModule):
                     f"data.max_length={setting} is longer than model.context_length={self.context_length}; "
                     "use at most the context length (data.max_length=context)"
                 )
-            too_long = {s: sum(len(ids) > self.context_length for ids in seqs) for s, seqs in encoded.items()}
+            length = self.context_length
+        too_long = {s: sum(len(ids) > self.context_length for ids in seqs) for s, seqs in encoded.items()}
+        if any(too_long.values()):  # the model cannot read past its context: say what is cut, in every split
             log.warning(
                 "Truncating %d training, %d validation and %d test text(s) longer than the model's context of %d "
-                "tokens (the longest training text has %d)",
+                "tokens (the longest has %d)",
                 too_long["train"],
                 too_long["val"],
                 too_long["test"],
                 self.context_length,
-                length,
+                max(len(ids) for seqs in encoded.values() for ids in seqs),
             )
-            length = self.context_length
         self.max_length = length
         self.truncated = {s: sum(len(ids) > length for ids in seqs) for s, seqs in encoded.items()}
         for split, seqs in encoded.items():

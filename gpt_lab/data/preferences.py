@@ -280,6 +280,14 @@ class PreferenceDataModule(ShuffledDataModule):
             self._warn(split, skipped)
         for split in ("train", "val"):
             if not self.datasets[split]:
+                skipped = self.skipped[split]
+                if parts[split] and len(skipped.no_room) >= len(skipped.identical):
+                    raise PreferenceDataError(
+                        f"data.path={self.path}: none of the {len(parts[split])} {split} pair(s) fits "
+                        f"data.max_length={self.max_length} tokens with room for a response (the prompt alone "
+                        f"fills it in {len(skipped.no_room)}): raise data.max_length (null: the model's context "
+                        "length)"
+                    )
                 raise PreferenceDataError(
                     f"data.path={self.path}: the {split} split has no usable pairs ({len(entries)} entries, "
                     f"data.train_ratio={self.train_ratio}, data.test_ratio={self.test_ratio}, the rest validates; "

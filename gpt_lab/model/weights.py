@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gpt_lab.config import GPT2_SIZES
-from gpt_lab.errors import InitFromError
+from gpt_lab.errors import InitFromError, first_line
 from gpt_lab.model.finetune import read_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
@@ -61,9 +61,14 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if "Weights only load failed" in str(err):  # torch's page of advice: the gist, in one sentence
+            reason = "it holds Python objects besides tensors, which gpt_lab never unpickles (that can run code)"
+        else:
+            reason = f"{type(err).__name__}: {first_line(err)[:200]}"
         raise InitFromError(
-            f"init_from={path}: cannot read it as a PyTorch file with weights_only=True ({type(err).__name__}: {err})"
-        ) from err
+            f"init_from={path}: not a weights file gpt_lab can read ({reason}); give a state dict of tensors (the "
+            "book's model.pth), a Lightning .ckpt of task=train, a run directory or a Hugging Face GPT-2 directory"
+        ) from None
 
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:

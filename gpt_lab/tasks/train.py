@@ -170,7 +170,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
     ckpt_path = resolve_ckpt_path(cfg, getattr(trainer.checkpoint_callback, "dirpath", None))
     # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
-    resume = check_resume(ckpt_path, model_cfg, cfg.optim) if ckpt_path is not None else None
+    finetune = OmegaConf.select(cfg, "finetune.name", default=None)
+    resume = check_resume(ckpt_path, model_cfg, cfg.optim, finetune) if ckpt_path is not None else None
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
@@ -179,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         datamodule.setup("fit")
     except DataError as err:
-        if init_from is None:
+        if init_from is None or "context_length" not in str(err):  # the hint only where the length is the cause
             raise
         raise DataError(
             f"{err} (here init_from={cfg.init_from} fixes model.context_length={model_cfg['context_length']}: "

@@ -188,9 +188,20 @@ def _expected_shapes(model_cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]
     return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, Any]) -> ResumePlan:
-    """Check that ``path`` can resume a run of ``model_cfg``; return what changes (see the module)."""
+def check_resume(
+    path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, Any], finetune: str | None = None
+) -> ResumePlan:
+    """Check that ``path`` can resume a run of ``model_cfg`` (with ``finetune``: whether LoRA adapters
+    train, ``lora`` or another option; None: not checked); return what changes (see the module)."""
     checkpoint = _load(path)
+    adapters = any(str(k).endswith((".lora_A", ".lora_B")) for k in checkpoint["state_dict"])
+    if finetune is not None and adapters != (finetune == "lora"):
+        trained = "finetune=lora (its weights hold LoRA adapters)" if adapters else "without LoRA adapters"
+        raise ResumeError(
+            f"ckpt_path={path} was trained {trained}, and this run asks for finetune={finetune}: a checkpoint "
+            f"resumes only what it trained. Resume with {'finetune=lora' if adapters else 'its finetune option'}, "
+            f"or start a new run from its weights with init_from={path}"
+        )
     hparams = checkpoint.get("hyper_parameters") or {}
     saved_model = hparams.get("model_cfg") if isinstance(hparams, Mapping) else None
     differences = []
