@@ -39,12 +39,15 @@ def _sms(path: Path, n: int = 12, spam: str = "spam") -> Path:
 
 @pytest.mark.slow  # one tiny classifier run, then four refused resumes
 def test_case_5_resuming_a_classifier_checks_data_file_classes_and_batch_size(
-    compose_config: Callable[..., DictConfig], tmp_path: Path
+    compose_config: Callable[..., DictConfig], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = _sms(tmp_path / "sms.tsv")
     run = tmp_path / "run"
     first = run_task(compose_config(*C6, f"data.path={data}", run_dir=run))
     assert first["status"] == "completed"
+    # Case 12: the full-set evaluation after training shows its progress, split by split.
+    err = capsys.readouterr().err
+    assert all(f"Evaluating the full {split} split" in err for split in ("train", "val", "test"))
     record = (run / "results.json").read_bytes()
     splits = (run / "train.csv").read_bytes()
 
