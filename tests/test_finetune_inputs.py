@@ -166,7 +166,7 @@ def test_case_6_generate_and_respond_refuse_a_classifier(
 ) -> None:
     import torch
 
-    from gpt_lab.model.finetune import save_finetuned
+    from gpt_lab.model.finetuned import save_finetuned
     from gpt_lab.model.gpt import GPTModel
 
     torch.manual_seed(0)

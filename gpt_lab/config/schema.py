@@ -195,6 +195,13 @@ class DPOConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Issue 26, ``task=export``: where the Hugging Face directory goes."""
+
+    dir: str | None = MISSING  # a new or empty directory, relative to where the user ran from
+
+
+@dataclass
 class Config:
     """The whole run. Trainer, logger and callbacks are free-form ``_target_`` dicts (Lightning's)."""
 
@@ -231,6 +238,7 @@ class Config:
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
     dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    export: ExportConfig | None = None  # issue 26: task=export only
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).

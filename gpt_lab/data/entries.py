@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,18 @@ class InstructionDataError(DataError):
     """An instruction file that cannot be read, an entry without its fields, an empty split."""
 
 
-def _loads(path: Path, text: str, key: str) -> Any:
+def _loads(path: Path, text: str, key: str, error: type[DataError]) -> Any:
     """``json.loads``, with a nesting too deep for Python's reader as the user's error it is."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise InstructionDataError(
+        raise error(
             f"{key}={path} nests JSON arrays / objects deeper than Python's JSON reader allows; an entry is one "
-            "object of strings (instruction, input, output)"
+            "object of strings"
         ) from None
 
 
-def _parse(path: Path, text: str, key: str) -> Any:
+def _parse(path: Path, text: str, key: str, error: type[DataError]) -> Any:
     """A JSON list, or JSON Lines (one object per line); the error names the line that is neither.
 
     A file that is one JSON value of another kind (an object holding the list) comes back as it is,
@@ -43,14 +43,14 @@ def _parse(path: Path, text: str, key: str) -> Any:
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
-            return _loads(path, text, key)  # one object (JSON Lines of one entry is one, too)
+            return _loads(path, text, key, error)  # one object (JSON Lines of one entry is one, too)
         except json.JSONDecodeError:
             pass  # JSON Lines: read line by line below
     if stripped.startswith("["):
         try:
-            data = _loads(path, text, key)
+            data = _loads(path, text, key, error)
         except json.JSONDecodeError as err:
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); give a JSON "
                 "list of entries or JSON Lines (one entry per line)"
             ) from None
@@ -60,77 +60,95 @@ def _parse(path: Path, text: str, key: str) -> Any:
         if not line.strip():
             continue
         try:
-            entries.append(_loads(path, line, key))
+            entries.append(_loads(path, line, key, error))
         except json.JSONDecodeError as err:
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path} is neither a JSON list nor JSON Lines: line {number} is not JSON ({err.msg}); "
                 "give a JSON list of entries or one JSON object per line"
             ) from None
     return entries
 
 
+def _missing_instruction_field(
+    key: str, path: Path, index: int, name: str, names: Mapping[str, str], raw: Mapping[str, Any]
+) -> str:
+    """Chapter 7's message for an entry without one of its fields."""
+    mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
+    if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
+        return (
+            f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
+            "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
+            "it with experiment=dpo (data=preferences), or map one response as the output with "
+            "data.fields.output=chosen"
+        )
+    return (
+        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
+        f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "
+        f"data.fields.instruction=..., data.fields.input=..., data.fields.output=...)"
+    )
+
+
+MissingField = Callable[[str, Path, int, str, Mapping[str, str], Mapping[str, Any]], str]
+
+
 def read_entries(
-    path: str | Path, fields: Mapping[str, str] | None = None, key: str = "data.path"
+    path: str | Path,
+    fields: Mapping[str, str] | None = None,
+    key: str = "data.path",
+    *,
+    names: Sequence[str] = FIELDS,
+    required: Sequence[str] = REQUIRED_FIELDS,
+    error: type[DataError] = InstructionDataError,
+    missing: MissingField = _missing_instruction_field,
+    expected: str = "a JSON list or JSON Lines file of instruction / input / output entries",
 ) -> list[dict[str, Any]]:
-    """The entries of a JSON list or JSONL file, each with ``instruction``, ``input`` and ``output``.
+    """The entries of a JSON list or JSONL file, each with the fields ``names`` (chapter 7's
+    ``instruction``, ``input`` and ``output`` by default; preference pairs add ``chosen`` and ``rejected``).
 
     ``fields`` maps those names to the file's own (``{"instruction": "question", "output":
-    "answer"}``); a missing or null ``input`` becomes ``""``; other keys of an entry are kept
-    (preference data's ``chosen`` / ``rejected``). Any problem is an ``InstructionDataError``
-    naming ``key``, the file and the entry's index (counted from 0).
+    "answer"}``); a missing or null field not in ``required`` becomes ``""``; other keys of an entry
+    are kept. Any problem is an ``error`` naming ``key``, the file and the entry's index (counted
+    from 0); ``missing`` words the one for a required field an entry lacks.
     """
     path = Path(path)
-    what = "a JSON list or JSON Lines file of instruction / input / output entries"
     # utf-8-sig: a byte-order mark (some editors write one) is read past, as for CSV files.
-    text = read_text(path, key, what, InstructionDataError, encoding="utf-8-sig")
-    data = _parse(path, text, key)
+    text = read_text(path, key, expected, error, encoding="utf-8-sig")
+    data = _parse(path, text, key, error)
     if isinstance(data, Mapping):
         lists = [k for k, v in data.items() if isinstance(v, list)]
-        if lists or not any(k in data for k in REQUIRED_FIELDS):
+        if lists or not any(k in data for k in required):
             held = f"whose key {lists[0]!r} holds a list" if lists else f"with the keys {', '.join(map(repr, data))}"
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path} holds one JSON object {held}, not a list of entries; give the list itself (a file "
                 "that starts with [) or JSON Lines (one entry object per line)"
             )
         data = [data]  # JSON Lines of a single entry
     if not isinstance(data, list):
-        raise InstructionDataError(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
-    names = {name: (fields or {}).get(name) or name for name in FIELDS}
+        raise error(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
+    mapped = {name: (fields or {}).get(name) or name for name in names}
     entries = []
     for index, raw in enumerate(data):
         if not isinstance(raw, Mapping):
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path}: entry {index} (counting from 0) is a {type(raw).__name__}, not an object with "
-                f"{', '.join(repr(names[f]) for f in FIELDS)}"
+                f"{', '.join(repr(mapped[f]) for f in names)}"
             )
-        entry = {k: v for k, v in raw.items() if k not in names.values()}
-        for name in FIELDS:
-            value = raw.get(names[name])
-            if value is None and name not in REQUIRED_FIELDS:
+        entry = {k: v for k, v in raw.items() if k not in mapped.values()}
+        for name in names:
+            value = raw.get(mapped[name])
+            if value is None and name not in required:
                 value = ""
             if value is None:
-                mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
-                if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
-                    raise InstructionDataError(
-                        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
-                        "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
-                        "it with experiment=dpo (data=preferences), or map one response as the output with "
-                        "data.fields.output=chosen"
-                    )
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
-                    f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "
-                    f"data.fields.instruction=..., data.fields.input=..., data.fields.output=...)"
-                )
+                raise error(missing(key, path, index, name, mapped, raw))
             if not isinstance(value, str):
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has {names[name]!r} of type "
+                raise error(
+                    f"{key}={path}: entry {index} (counting from 0) has {mapped[name]!r} of type "
                     f"{type(value).__name__}; it must be a string"
                 )
             entry[name] = value
         entries.append(entry)
     if not entries:
-        raise InstructionDataError(f"{key}={path} holds no entries")
+        raise error(f"{key}={path} holds no entries")
     return entries
 
 

@@ -7,7 +7,9 @@ file states it). ``build_model`` applies those to the chosen config, refuses a c
 cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
 ``GPTModel`` holding them.
 
-The Hugging Face layout and its conversion: gpt_lab.model.hf.
+The Hugging Face layout and its conversion: gpt_lab.model.hf. Other families' Hugging Face
+directories (Llama 3, Qwen3, Gemma 3; their config.json decides the whole architecture):
+gpt_lab.model.hf_files.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import InitFromError, first_line
-from gpt_lab.model.finetune import read_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
+from gpt_lab.model.hf_files import check_preset, family_directory, read_family
 from gpt_lab.model.lora import lora_scale, merge_lora_state
+from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-BOOK_WEIGHT_FILES = ("model.pth",)
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
 
 
@@ -49,8 +51,10 @@ class PretrainedWeights:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] = field(default_factory=dict)
     stated: dict[str, Any] = field(default_factory=dict)
-    # A fine-tuned model's model.json (gpt_lab.model.finetune): class names, pooling, prompt style, ...
+    # A fine-tuned model's model.json (gpt_lab.model.model_file): class names, pooling, prompt style, ...
     meta: dict[str, Any] | None = None
+    # Another family's directory (its config.json's model_type): ``config`` is then its whole architecture.
+    family: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,14 +96,14 @@ def _weights_file(path: Path) -> Path:
         raise InitFromError(f"init_from={path}: no such file or directory")
     if path.is_file():
         return path
-    for name in (*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES):
+    for name in (*HF_WEIGHT_FILES, MODEL_FILE):
         if (path / name).is_file():
             return path / name
     ckpts = sorted(path.glob("*.ckpt"))
     if len(ckpts) == 1:
         return ckpts[0]
     raise InitFromError(
-        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES))}"
+        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, MODEL_FILE))}"
         + (f" and {len(ckpts)} .ckpt files (name one)" if ckpts else "")
     )
 
@@ -129,6 +133,13 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     as float32.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        raise InitFromError(f"init_from={path}: no such file or directory")
+    family_dir = family_directory(path)
+    if family_dir is not None:
+        config, state = read_family(family_dir)
+        kind = str(json.loads((family_dir / "config.json").read_text(encoding="utf-8"))["model_type"])
+        return PretrainedWeights(family_dir, "huggingface", state, config, family=kind)
     file = _weights_file(path)
     if file.name.endswith((".safetensors", ".safetensors.index.json")):
         raw: Any = _safetensors_load(file)
@@ -161,6 +172,11 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
         stated = read_hf_config(file.parent)
+    elif any(k.startswith("model.layers.") for k in raw):
+        raise InitFromError(
+            f"init_from={file}: Hugging Face weights of a Llama / Qwen3 / Gemma 3 style model, without the "
+            f"config.json that says which one: put the model's config.json (and tokenizer.json) beside {file.name}"
+        )
     else:
         sample = ", ".join(list(raw)[:5])
         raise InitFromError(
@@ -230,10 +246,15 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
+    problems: list[str] = []
+    if weights.family and cfg.get("pos_emb", "learned") != "learned":
+        # A family preset named beside the directory: checked against its config.json, not replaced.
+        problems += check_preset(cfg, weights.config, str(weights.path))
+        if cfg.get("context_length") and not problems:
+            weights.config["context_length"] = min(int(cfg["context_length"]), weights.config["context_length"])
     changes = {key: (cfg.get(key), value) for key, value in weights.config.items() if cfg.get(key) != value}
     cfg.update(weights.config)
 
-    problems: list[str] = []
     for key, value in weights.stated.items():
         if key in cfg and cfg[key] != value:
             problems.append(f"model.{key}={cfg[key]} but the weights were made with {key}={value}")

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.errors import UserError
+from gpt_lab.run.error_exit import exit_with_error
 from gpt_lab.run.files import RESULTS_FILE, read_results
 from gpt_lab.run.previous import keep_previous_run
 from gpt_lab.run.status import is_rank_zero, watch_sweep
@@ -78,9 +79,7 @@ class RunDirError(UserError):
 
 def _refuse(message: str) -> None:
     # Hydra would print an exception raised by its callback with a traceback: the command line's own
-    # error printer (gpt_lab.run.job.exit_with_error) prints it and ends the process here.
-    from gpt_lab.run.job import exit_with_error
-
+    # error printer (gpt_lab.run.error_exit.exit_with_error) prints it and ends the process here.
     raise exit_with_error(RunDirError(message))
 
 

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.hf_tokenizer import HFTokenizer, check_vocab, tokenizer_for
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
-from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     The first prompt's continuation fills ``prompt``/``output_ids``/``output_text``; with several
     prompts, ``samples`` lists every one.
     """
-    tokenizer = get_tokenizer()
+    init_from = input_path(cfg, cfg.init_from)
+    tokenizer = tokenizer_for(init_from)  # GPT-2's, or a family directory's tokenizer.json
     prompts = list(cfg.prompts) or [cfg.prompt]
     prompt_ids = [encode_prompt(tokenizer, text) for text in prompts]
     model = build(cfg)
+    if isinstance(tokenizer, HFTokenizer):
+        check_vocab(tokenizer.n_vocab, int(model.cfg["vocab_size"]), init_from)
     report = model_report(model)
     log.info(f"Total number of parameters: {report['total_params']:,}")
     log.info(f"Number of trainable parameters considering weight tying: {report['total_params_tied']:,}")
