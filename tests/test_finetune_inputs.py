@@ -211,15 +211,18 @@ def test_case_8_hydra_grammar_errors_say_how_to_quote_and_exit_2(run_cli, word: 
 # 10. User errors that were tracebacks
 
 
-def _raw_server(body: bytes, drip: float = 0.0):  # type: ignore[no-untyped-def]
-    """A server answering every POST with ``body`` as it is (``drip``: one byte per that many seconds)."""
+def _raw_server(body: bytes, drip: float = 0.0, asked: list[bytes] | None = None):  # type: ignore[no-untyped-def]
+    """A server answering every POST with ``body`` as it is (``drip``: one byte per that many seconds);
+    the requests' bodies go to ``asked``."""
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
+            request = self.rfile.read(int(self.headers["Content-Length"]))
+            if asked is not None:
+                asked.append(request)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -403,3 +406,23 @@ def test_case_12_validation_and_test_texts_longer_than_the_context_are_cut_with_
         dm = _module(tmp_path, split_paths=files)
     assert dm.max_length < 32  # the longest training text: the training split fits the context
     assert "Truncating 0 training, 1 validation and 1 test text(s) longer than the model's context of 32" in caplog.text
+
+
+def test_case_11_a_null_response_is_left_unscored_not_sent_as_none(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    entries = [
+        {"instruction": "Say 1", "input": "", "output": "1", "model_response": None},
+        {"instruction": "Say 2", "input": "", "output": "2", "model_response": "2"},
+    ]
+    responses = _write(tmp_path, "responses.json", json.dumps(entries))
+    asked: list[bytes] = []
+    server, url = _raw_server(b'{"message": {"role": "assistant", "content": "85"}, "done": true}\n', asked=asked)
+    try:
+        got = run_task(
+            compose_config("task=judge", f"judge.responses={responses}", f"judge.url={url}", run_dir=tmp_path / "j")
+        )
+    finally:
+        server.shutdown()
+    assert got["scores"] == [None, 85] and got["average_score"] == 85
+    assert len(asked) == 1 and b"None" not in asked[0]  # only the entry with a response was sent
