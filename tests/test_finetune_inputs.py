@@ -211,53 +211,6 @@ def test_case_8_hydra_grammar_errors_say_how_to_quote_and_exit_2(run_cli, word: 
 # 10. User errors that were tracebacks
 
 
-def _raw_server(body: bytes, drip: float = 0.0, asked: list[bytes] | None = None):  # type: ignore[no-untyped-def]
-    """A server answering every POST with ``body`` as it is (``drip``: one byte per that many seconds);
-    the requests' bodies go to ``asked``."""
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            request = self.rfile.read(int(self.headers["Content-Length"]))
-            if asked is not None:
-                asked.append(request)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            for i in range(len(body)) if drip else [None]:
-                self.wfile.write(body if i is None else body[i : i + 1])
-                self.wfile.flush()
-                time.sleep(drip)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"\xff\xfe85", r"not UTF-8 text"),
-        (b'{"message": "85"}\n', r"no message.content string"),
-        (b'{"message": {"role": "assistant", "content": 85}}\n', r"no message.content string"),
-    ],
-)
-def test_case_10_judge_replies_in_another_format_are_one_paragraph(body: bytes, message: str) -> None:
-    from gpt_lab.tasks.judge import JudgeError, query_model
-
-    server, url = _raw_server(body)
-    try:
-        with pytest.raises(JudgeError, match=message):
-            query_model("score this", url=url, timeout=10)
-    finally:
-        server.shutdown()
-
-
 def test_case_10_a_classifier_cannot_start_language_model_training(
     compose_config: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
@@ -375,22 +328,6 @@ def test_case_11_a_binary_init_from_is_one_sentence_without_torchs_advice(tmp_pa
         assert "\n" not in text and "weights_only" not in text and "not a weights file gpt_lab can read" in text
 
 
-def test_case_11_judge_timeout_bounds_a_dripping_reply() -> None:
-    import time
-
-    from gpt_lab.tasks.judge import JudgeError, query_model
-
-    reply = b'{"message": {"role": "assistant", "content": "85"}, "done": true}\n'
-    server, url = _raw_server(reply, drip=0.1)  # about 6.5 s for the whole reply
-    started = time.monotonic()
-    try:
-        with pytest.raises(JudgeError, match=r"longer than judge.timeout=1 seconds"):
-            query_model("score this", url=url, timeout=1)
-    finally:
-        server.shutdown()
-    assert time.monotonic() - started < 3
-
-
 # ---------------------------------------------------------------------------------------------
 # 12. Smaller
 
@@ -406,23 +343,3 @@ def test_case_12_validation_and_test_texts_longer_than_the_context_are_cut_with_
         dm = _module(tmp_path, split_paths=files)
     assert dm.max_length < 32  # the longest training text: the training split fits the context
     assert "Truncating 0 training, 1 validation and 1 test text(s) longer than the model's context of 32" in caplog.text
-
-
-def test_case_11_a_null_response_is_left_unscored_not_sent_as_none(
-    compose_config: Callable[..., DictConfig], tmp_path: Path
-) -> None:
-    entries = [
-        {"instruction": "Say 1", "input": "", "output": "1", "model_response": None},
-        {"instruction": "Say 2", "input": "", "output": "2", "model_response": "2"},
-    ]
-    responses = _write(tmp_path, "responses.json", json.dumps(entries))
-    asked: list[bytes] = []
-    server, url = _raw_server(b'{"message": {"role": "assistant", "content": "85"}, "done": true}\n', asked=asked)
-    try:
-        got = run_task(
-            compose_config("task=judge", f"judge.responses={responses}", f"judge.url={url}", run_dir=tmp_path / "j")
-        )
-    finally:
-        server.shutdown()
-    assert got["scores"] == [None, 85] and got["average_score"] == 85
-    assert len(asked) == 1 and b"None" not in asked[0]  # only the entry with a response was sent
