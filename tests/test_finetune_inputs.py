@@ -84,6 +84,22 @@ def test_case_5_resuming_chapter_7_on_another_file_is_refused(
         run_task(compose_config(*c7, f"data.path={other}", "ckpt_path=last", "trainer.max_steps=4", run_dir=run))
 
 
+def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp_path: Path) -> None:
+    from gpt_lab.data.classification import ClassificationDataModule
+    from gpt_lab.training.resume import ResumePlan, check_resume_data, trained_data
+
+    # What such a checkpoint holds: the resumable loader's state, no data module hyper-parameters.
+    old = {"loops": {"fit_loop": {"state_dict": {"combined_loader": [{"batches_done": 3}]}}}}
+    plan = ResumePlan(tmp_path / "old.ckpt", data=trained_data(old))
+    dm = ClassificationDataModule(context_length=32, path=_sms(tmp_path / "sms.tsv"))
+    check_resume_data(plan, dm)  # nothing to compare with: not refused
+    # One written now names its files and batch size, and another batch size is refused.
+    new = {"datamodule_hyper_parameters": dict(dm.hparams)}
+    other = ClassificationDataModule(context_length=32, path=tmp_path / "sms.tsv", batch_size=4)
+    with pytest.raises(ResumeError, match=r"data.batch_size=8, and this run asks for data.batch_size=4"):
+        check_resume_data(ResumePlan(tmp_path / "new.ckpt", data=trained_data(new)), other)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3, 4. Labelled files read as pandas reads them
 

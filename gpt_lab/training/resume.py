@@ -110,6 +110,8 @@ def check_resume_data(plan: ResumePlan, datamodule: Any) -> None:
     saved, this = plan.data, _this_run_data(datamodule)
     if saved.kind is None or this.kind is None:
         return
+    if saved.kind == "text" and saved.location is None and this.kind not in ("text", "corpus"):
+        return  # a fine-tuning checkpoint of before issue 30: its loader state says nothing of its data
     restart = f"or start a new run from its weights with init_from={plan.path}"
     key = {"text": "data.path", "corpus": "data.dir"}
     if saved.kind != this.kind:
