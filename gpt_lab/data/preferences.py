@@ -119,11 +119,13 @@ def read_preference_entries(
 
 @dataclass
 class PreferencePair:
-    """One entry's token ids: the prompt, and each response followed by ``<|endoftext|>``."""
+    """One entry's token ids: the prompt, and each response followed by ``<|endoftext|>``; with
+    ``dpo.precompute_reference`` also the reference's log-probabilities (chosen, rejected)."""
 
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    reference: tuple[float, float] | None = None
 
 
 @dataclass
@@ -161,11 +163,12 @@ def encode_pair(
     return PreferencePair(prompt[:max_tokens], *responses), cut
 
 
-def collate_preferences(pairs: Sequence[PreferencePair], pad_id: int = EOT_ID) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_preferences(pairs: Sequence[PreferencePair], pad_id: int = EOT_ID) -> tuple[torch.Tensor, ...]:
     """``b`` pairs → ``inputs`` and ``targets``, each (2b, T): rows ``[:b]`` chosen, ``[b:]`` rejected.
 
     Each sequence ``prompt + response`` (T + 1 tokens for the longest) gives inputs ``[:-1]`` and
-    targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it is a response token.
+    targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it is a response token. Pairs
+    that carry the reference's log-probabilities add a third tensor (2b,) in the same row order.
     """
     seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     width = max(len(prompt) + len(resp) for prompt, resp in seqs) - 1
@@ -177,6 +180,9 @@ def collate_preferences(pairs: Sequence[PreferencePair], pad_id: int = EOT_ID) -
         # Target j is token j + 1: the response's tokens are targets len(prompt) - 1 onwards.
         start = len(prompt) - 1
         targets[row, start : len(ids) - 1] = ids[start + 1 :]
+    if pairs and all(p.reference is not None for p in pairs):
+        reference = [p.reference[0] for p in pairs] + [p.reference[1] for p in pairs]  # type: ignore[index]
+        return inputs, targets, torch.tensor(reference, dtype=torch.float32)
     return inputs, targets
 
 

@@ -130,6 +130,8 @@ def read_family(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
             f"have: {_listed(unknown)} (a checkpoint of another layout, or config.json of another model)"
         )
     cfg["tie_weights"] = "out_head.weight" not in state
+    if cfg["tie_weights"]:  # our state dict names the tied head too (the same tensor)
+        state["out_head.weight"] = state.get("tok_emb.weight", torch.empty(0))
     missing = [hf_name for hf_name, ours in name_map(cfg).items() if ours not in state]
     if missing:
         raise InitFromError(f"init_from={directory}: tensors missing from the weights: {_listed(missing)}")

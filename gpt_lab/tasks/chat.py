@@ -21,6 +21,7 @@ from gpt_lab.errors import UserError
 from gpt_lab.generation.chat import Conversation, chat_loop
 from gpt_lab.generation.prompt_styles import get_prompt_style
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, load_instruction_model
+from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.hf_tokenizer import tokenizer_for
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "task=chat is a conversation in the terminal and stdin is not one (a pipe or a file); run it in a "
             "terminal, or answer one instruction with task=respond init_from=... instruction='...'"
         )
+    check_weights_device(cfg.generation.weights, "cpu")  # before any weight is read
     model, style = load_instruction_model(cfg)
+    use_weights(model, cfg.generation.weights)
     tokenizer = tokenizer_for(input_path(cfg, cfg.init_from), int(model.cfg["vocab_size"]))
     torch.manual_seed(cfg.seed)
     conversation = Conversation(
@@ -51,4 +54,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     _write(f"Chatting with {cfg.init_from} ({style} format); Ctrl-D to leave.\n")
     turns = chat_loop(conversation, input, _write)
-    return {"turns": turns, "prompt_style": style, "exchanges": conversation.exchanges, "dropped": conversation.dropped}
+    return {
+        "turns": turns,
+        "prompt_style": style,
+        "generation_weights": cfg.generation.weights,
+        "exchanges": conversation.exchanges,
+        "dropped": conversation.dropped,
+    }

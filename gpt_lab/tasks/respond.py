@@ -20,6 +20,7 @@ from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.chat import stop_id
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, load_instruction_model
+from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.hf_tokenizer import tokenizer_for
 from gpt_lab.model.stats import model_report
 
@@ -30,7 +31,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Answer ``cfg.instruction`` (with ``cfg.input``); print the response; return the results.json fields."""
     if not cfg.instruction:
         raise UserError("task=respond needs an instruction: instruction='Rewrite the sentence using a simile.'")
+    check_weights_device(cfg.generation.weights, "cpu")  # before any weight is read
     model, style = load_instruction_model(cfg)
+    report = model_report(model)  # the book's counts, of the model as built
+    use_weights(model, cfg.generation.weights)
     entry = {"instruction": cfg.instruction, "input": cfg.input or ""}
     torch.manual_seed(cfg.seed)  # a sampled answer (temperature > 0) depends on the seed only
     tokenizer = tokenizer_for(input_path(cfg, cfg.init_from), int(model.cfg["vocab_size"]))
@@ -48,7 +52,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(got["response"], flush=True)
     return {
         "model_config": model.cfg,
-        **model_report(model),
+        **report,
+        "generation_weights": cfg.generation.weights,
         "init_from": str(input_path(cfg, cfg.init_from)),
         "instruction": cfg.instruction,
         "input": cfg.input or "",
