@@ -161,3 +161,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
+
+
+def other_files(files: dict[Path, str]) -> list[Path]:
+    """The paths of ``files`` (path -> the UTF-8 text a run means to write there) that already hold
+    something else: a file the run did not write, which it must not write over."""
+    return [path for path, text in files.items() if path.is_file() and path.read_bytes() != text.encode("utf-8")]
+
+
+def write_texts_atomic(files: dict[Path, str]) -> None:
+    """Write each text to its path atomically, skipping the files that already hold it (no change at all)."""
+    for path, text in files.items():
+        if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):
+            write_text_atomic(path, text)

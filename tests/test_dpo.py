@@ -361,8 +361,8 @@ def test_experiment_dpo_has_the_books_settings(dpo_config: Callable[..., DictCon
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("dpo.beta=0", r"dpo.beta=0.0 must be a number > 0"),
-        ("dpo.beta=-0.1", r"dpo.beta=-0.1 must be a number > 0"),
+        ("dpo.beta=0", r"dpo.beta=0.0 must be a number in \(0, 100\]"),
+        ("dpo.beta=-0.1", r"dpo.beta=-0.1 must be a number in \(0, 100\]"),
         ("dpo.logprob=median", r"dpo.logprob=median must be one of mean, sum"),
         ("init_from=null", r"data=preferences \(DPO\) needs a starting model: init_from="),
     ],

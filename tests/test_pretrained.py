@@ -201,7 +201,7 @@ def test_load_pretrained_explains_unknown_and_missing_files(tmp_path: Path) -> N
     with pytest.raises(InitFromError, match="not a GPT-2 state dict"):
         load_pretrained(tmp_path / "other.pth")
     (tmp_path / "junk.bin").write_bytes(b"not a torch file")
-    with pytest.raises(InitFromError, match="cannot read"):
+    with pytest.raises(InitFromError, match="not a weights file gpt_lab can read"):
         load_pretrained(tmp_path / "junk.bin")
 
 

@@ -65,8 +65,8 @@ def _check_finetune(cfg: DictConfig) -> list[str]:
     lora = cfg.lora
     if lora.rank <= 0:
         problems.append(f"lora.rank={lora.rank} must be a positive integer")
-    if not lora.alpha > 0:
-        problems.append(f"lora.alpha={lora.alpha} must be a positive number")
+    if not lora.alpha > 0 or not math.isfinite(lora.alpha):
+        problems.append(f"lora.alpha={lora.alpha} must be a positive finite number (appendix E: 16, with lora.rank=16)")
     if lora.scaling not in LORA_SCALINGS:
         problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
     if not 0.0 <= lora.dropout < 1.0:
@@ -184,6 +184,9 @@ def check_config(cfg: DictConfig) -> list[str]:
     return problems
 
 
+MAX_DPO_BETA = 100.0  # beta multiplies log-probability margins of a few nats; past this it only scales the loss
+
+
 def _check_estimate(cfg: DictConfig) -> list[str]:
     """Issue 25: task=estimate's ``estimate.*`` keys."""
     e = cfg.estimate
@@ -231,8 +234,11 @@ def _check_preferences(cfg: DictConfig) -> list[str]:
     """Issue 20: data=preferences and the dpo.* keys."""
     problems = []
     d, dpo = cfg.data, cfg.dpo
-    if not dpo.beta > 0 or not math.isfinite(dpo.beta):
-        problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
+    if not 0 < dpo.beta <= MAX_DPO_BETA:
+        problems.append(
+            f"dpo.beta={dpo.beta} must be a number in (0, {MAX_DPO_BETA:g}] (the book's 0.1; DPO uses 0.01 to 0.5: "
+            "a larger beta only scales the loss up, 1e30 to a loss of 1e26)"
+        )
     if dpo.logprob not in DPO_LOGPROBS:
         problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
     if dpo.loss not in DPO_LOSSES:

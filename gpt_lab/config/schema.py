@@ -130,7 +130,7 @@ class DataConfig:
     balance: bool | None = None  # undersample every class to the smallest one's size (the book's SMS data)
     label_column: str | None = None  # column names of files with a header
     text_column: str | None = None
-    header: bool | None = None  # null: a header when the first row names both columns; false: label<TAB>text
+    header: bool | None = None  # null: a header unless the first row is label<TAB>text; false: label<TAB>text
     class_names: list[str] | None = None  # the classes in index order (null: the training labels, sorted)
     pad: bool | None = None  # false: pad each batch to its longest text only (batch 1: no padding)
     # data=instructions and data=preferences.

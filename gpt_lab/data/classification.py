@@ -32,10 +32,10 @@ from gpt_lab.data.labelled import (
     Example,
     balance_examples,
     read_labelled,
+    split_csv_text,
     split_examples,
-    write_split_csv,
 )
-from gpt_lab.data.text import DataError, ShuffledDataModule
+from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity, write_run_splits
 from gpt_lab.model.classifier import PAD_TOKEN_ID
 from gpt_lab.tokenizer import get_tokenizer
 
@@ -132,8 +132,19 @@ class ClassificationDataModule(ShuffledDataModule):
         self.generator = torch.Generator().manual_seed(seed)
         self.splits: dict[str, list[Example]] = {}
         self.datasets: dict[str, LabelledTextDataset] = {}
+        save_data_identity(self, "classification", self.input_files(), batch_size)
+        # Set by a resume (check_resume_data): the classes, in index order, that the checkpoint learned.
+        self.expected_class_names: tuple[list[str], str] | None = None
         self.max_length: int | None = None
         self.truncated: dict[str, int] = {}
+
+    def input_files(self) -> dict[str, Path | None]:
+        """The data keys this module reads and their paths."""
+        return {"data.path": self.path, **{f"data.{k}_path": v for k, v in self.split_paths.items()}}
+
+    def expect_class_names(self, names: Sequence[str], source: str) -> None:
+        """Refuse in ``setup`` (before any file is written) data whose classes are not ``names``, in order."""
+        self.expected_class_names = (list(names), source)
 
     # -- reading and splitting -----------------------------------------------------------------
     def _read(self, path: Path, key: str) -> list[Example]:
@@ -153,10 +164,7 @@ class ClassificationDataModule(ShuffledDataModule):
             self.splits = split_examples(examples, self.train_ratio, self.val_ratio, self.seed)
             for split, rows in self.splits.items():
                 if not rows:
-                    raise DataError(
-                        f"the {split} split of data.path={self.path} is empty ({len(examples)} texts, "
-                        f"data.train_ratio={self.train_ratio}, data.val_ratio={self.val_ratio}); use more texts"
-                    )
+                    raise DataError(self._empty_split(split, examples, before if self.balance else None))
         else:
             keys = {"train": "data.train_path", "val": "data.val_path", "test": "data.test_path"}
             self.splits = {split: self._read(self.split_paths[split], keys[split]) for split in SPLIT_FILES}
@@ -164,21 +172,59 @@ class ClassificationDataModule(ShuffledDataModule):
             if self.balance:
                 log.warning("data.balance=true is ignored with files already split (data.train_path, ...)")
         self.class_names = names
+        trained = {e.label for e in self.splits["train"]}
         for split in ("val", "test"):
-            unseen = sorted({e.label for e in self.splits[split]} - set(names))
+            unseen = sorted({e.label for e in self.splits[split]} - trained)
             if unseen:
                 raise DataError(
                     f"the {split} split has label(s) {', '.join(map(repr, unseen))} that the training split never "
-                    f"has (its classes: {', '.join(names)}); a classifier cannot predict a class it never saw"
+                    f"has (its classes: {', '.join(sorted(trained))}); a classifier cannot predict a class it never saw"
                 )
+        untrained = [name for name in names if name not in trained]
+        if untrained:
+            raise DataError(
+                f"the class(es) {', '.join(map(repr, untrained))} of data.class_names have no text in the training "
+                "split, so the classifier would never learn them; give them training texts, or leave them out"
+            )
+        if self.expected_class_names is not None and self.expected_class_names[0] != names:
+            expected, source = self.expected_class_names
+            raise DataError(
+                f"{source} was trained on the classes {expected} (in index order), and this run's data gives "
+                f"{names}: class indices would change meaning. Resume with the data it trained on (or "
+                f"data.class_names={expected}), or start a new run from its weights with init_from={source}"
+            )
         if self.output_dir is not None:
-            for split, rows in self.splits.items():
-                write_split_csv(Path(self.output_dir) / SPLIT_FILES[split], rows)
+            files = {SPLIT_FILES[split]: split_csv_text(rows) for split, rows in self.splits.items()}
+            write_run_splits(Path(self.output_dir), files, self.input_files())
         self._tokenize()
+
+    def _empty_split(self, split: str, examples: Sequence[Example], before: Counter[str] | None) -> str:
+        """Why ``split`` came out empty: too few texts, or balancing to a class of very few."""
+        sizes = f"data.train_ratio={self.train_ratio}, data.val_ratio={self.val_ratio}"
+        if before is not None:
+            name, count = min(before.items(), key=lambda item: item[1])
+            return (
+                f"the {split} split of data.path={self.path} is empty: data.balance=true cuts every class to the "
+                f"smallest one's size, and class {name!r} has {count} text(s), leaving {len(examples)} texts "
+                f"({sizes}); give {name!r} more texts, or set data.balance=false"
+            )
+        return f"the {split} split of data.path={self.path} is empty ({len(examples)} texts, {sizes}); use more texts"
 
     def _class_names(self, examples: Sequence[Example], where: str) -> list[str]:
         found = sorted({e.label for e in examples})
         if self.class_names:
+            twice = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
+            if twice:
+                raise DataError(
+                    f"data.class_names={self.class_names} names {', '.join(map(repr, twice))} more than once; "
+                    "list each class once, in index order"
+                )
+            absent = [name for name in self.class_names if name not in found]
+            if absent:
+                raise DataError(
+                    f"data.class_names={self.class_names} names {', '.join(map(repr, absent))}, which no text of "
+                    f"{where} has (its labels: {', '.join(found)}); list only the labels the data has"
+                )
             unknown = [name for name in found if name not in self.class_names]
             if unknown:
                 raise DataError(
@@ -212,17 +258,18 @@ class ClassificationDataModule(ShuffledDataModule):
                     f"data.max_length={setting} is longer than model.context_length={self.context_length}; "
                     "use at most the context length (data.max_length=context)"
                 )
-            too_long = {s: sum(len(ids) > self.context_length for ids in seqs) for s, seqs in encoded.items()}
+            length = self.context_length
+        too_long = {s: sum(len(ids) > self.context_length for ids in seqs) for s, seqs in encoded.items()}
+        if any(too_long.values()):  # the model cannot read past its context: say what is cut, in every split
             log.warning(
                 "Truncating %d training, %d validation and %d test text(s) longer than the model's context of %d "
-                "tokens (the longest training text has %d)",
+                "tokens (the longest has %d)",
                 too_long["train"],
                 too_long["val"],
                 too_long["test"],
                 self.context_length,
-                length,
+                max(len(ids) for seqs in encoded.values() for ids in seqs),
             )
-            length = self.context_length
         self.max_length = length
         self.truncated = {s: sum(len(ids) > length for ids in seqs) for s, seqs in encoded.items()}
         for split, seqs in encoded.items():

@@ -23,12 +23,32 @@ class InstructionDataError(DataError):
     """An instruction file that cannot be read, an entry without its fields, an empty split."""
 
 
-def _parse(path: Path, text: str, key: str, error: type[DataError]) -> list[Any]:
-    """A JSON list, or JSON Lines (one object per line); the error names the line that is neither."""
+def _loads(path: Path, text: str, key: str, error: type[DataError]) -> Any:
+    """``json.loads``, with a nesting too deep for Python's reader as the user's error it is."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(
+            f"{key}={path} nests JSON arrays / objects deeper than Python's JSON reader allows; an entry is one "
+            "object of strings"
+        ) from None
+
+
+def _parse(path: Path, text: str, key: str, error: type[DataError]) -> Any:
+    """A JSON list, or JSON Lines (one object per line); the error names the line that is neither.
+
+    A file that is one JSON value of another kind (an object holding the list) comes back as it is,
+    for ``read_entries`` to name what it holds.
+    """
     stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return _loads(path, text, key, error)  # one object (JSON Lines of one entry is one, too)
+        except json.JSONDecodeError:
+            pass  # JSON Lines: read line by line below
     if stripped.startswith("["):
         try:
-            data = json.loads(text)
+            data = _loads(path, text, key, error)
         except json.JSONDecodeError as err:
             raise error(
                 f"{key}={path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); give a JSON "
@@ -40,7 +60,7 @@ def _parse(path: Path, text: str, key: str, error: type[DataError]) -> list[Any]
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entries.append(_loads(path, line, key, error))
         except json.JSONDecodeError as err:
             raise error(
                 f"{key}={path} is neither a JSON list nor JSON Lines: line {number} is not JSON ({err.msg}); "
@@ -91,8 +111,18 @@ def read_entries(
     from 0); ``missing`` words the one for a required field an entry lacks.
     """
     path = Path(path)
-    text = read_text(path, key, expected, error)
+    # utf-8-sig: a byte-order mark (some editors write one) is read past, as for CSV files.
+    text = read_text(path, key, expected, error, encoding="utf-8-sig")
     data = _parse(path, text, key, error)
+    if isinstance(data, Mapping):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if lists or not any(k in data for k in required):
+            held = f"whose key {lists[0]!r} holds a list" if lists else f"with the keys {', '.join(map(repr, data))}"
+            raise error(
+                f"{key}={path} holds one JSON object {held}, not a list of entries; give the list itself (a file "
+                "that starts with [) or JSON Lines (one entry object per line)"
+            )
+        data = [data]  # JSON Lines of a single entry
     if not isinstance(data, list):
         raise error(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
     mapped = {name: (fields or {}).get(name) or name for name in names}

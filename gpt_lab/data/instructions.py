@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, split_entries, split_sizes
-from gpt_lab.data.text import ShuffledDataModule
+from gpt_lab.data.text import ShuffledDataModule, save_data_identity, write_run_splits
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
-from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -163,6 +162,11 @@ class InstructionDataModule(ShuffledDataModule):
         self.splits: dict[str, list[dict[str, Any]]] = {}
         self.datasets: dict[str, InstructionDataset] = {}
         self.truncated: dict[str, int] = {}
+        save_data_identity(self, "instructions", self.input_files(), batch_size)
+
+    def input_files(self) -> dict[str, Path | None]:
+        """The data keys this module reads and their paths."""
+        return {"data.path": self.path, **{f"data.{k}_path": v for k, v in self.split_paths.items()}}
 
     def _read_splits(self) -> dict[str, list[dict[str, Any]]]:
         if self.path is not None:
@@ -213,9 +217,8 @@ class InstructionDataModule(ShuffledDataModule):
             )
         self.splits = splits
         if self.output_dir is not None and _is_rank_zero():
-            for split, entries in splits.items():
-                text = json.dumps(entries, indent=4, ensure_ascii=False) + "\n"
-                write_text_atomic(self.output_dir / SPLIT_FILES[split], text)
+            files = {SPLIT_FILES[k]: json.dumps(v, indent=4, ensure_ascii=False) + "\n" for k, v in splits.items()}
+            write_run_splits(self.output_dir, files, self.input_files())
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         assert self.datasets, "call setup() first"

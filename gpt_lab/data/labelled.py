@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from gpt_lab.data.text import DataError, read_text
-from gpt_lab.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,35 @@ def _delimiter(path: Path, sample: str) -> str:
     return ","
 
 
+DEFAULT_COLUMNS = ("label", "text")  # data.label_column / data.text_column's defaults
+
+
+def _rows(content: str, delimiter: str, path: Path, key: str) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV / TSV text with the line each starts on, read as pandas' ``read_csv``
+    reads them: CSV quoting rules for both delimiters; a quote left open up to the end of the file is
+    an error naming its line (pandas: "EOF inside string"), not one text holding the rest of the file."""
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
+    rows, line = [], 1
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            rows.append((line, row))
+        line = reader.line_num + 1
+    if rows:
+        last_line = rows[-1][0]
+        rest = "".join(content.splitlines(keepends=True)[last_line - 1 :])
+        try:
+            list(csv.reader(io.StringIO(rest), delimiter=delimiter, strict=True))
+        except csv.Error as err:
+            if "end of data" in str(err):
+                lines = len(content.splitlines()) - last_line + 1
+                raise DataError(
+                    f'{key}={path} line {last_line} opens a quote (") that is never closed, so the rest of the file '
+                    f'({lines} line(s)) would be one text; close it, or write a quote inside a text as "" within a '
+                    "quoted text (CSV rules, as pandas reads the file)"
+                ) from None
+    return rows
+
+
 def read_labelled(
     path: Path,
     key: str,
@@ -49,21 +77,24 @@ def read_labelled(
 ) -> list[Example]:
     """The labelled texts of a CSV / TSV file (``key``: the config key naming it, for messages).
 
-    ``header``: None looks at the first row (a header when it holds both column names), True
-    requires one, False reads ``label<TAB>text`` rows (the SMS Spam Collection; fields past the
-    second are joined back with tabs). Tab-separated for .tsv files (and files with a tab in their
-    first 4 KiB that are not .csv), comma-separated otherwise; quotes follow CSV rules in both,
-    as pandas' ``read_csv`` (the book's reader) applies them.
+    ``header``: None looks at the first row: a header when it names either column, when the columns
+    are not the defaults (a name was given, so the file must have a header) or when it holds more than
+    two fields; otherwise ``label<TAB>text`` rows (the SMS Spam Collection). True requires a header,
+    False reads ``label<TAB>text`` rows. Tab-separated for .tsv files (and files with a tab in their
+    first 4 KiB that are not .csv), comma-separated otherwise; quotes follow CSV rules in both, as
+    pandas' ``read_csv`` (the book's reader) applies them, and as pandas a row with more fields than
+    the header (or than label and text) is an error naming its line, never a text cut at a comma.
     """
     content = read_text(path, key, "a CSV or TSV file of labelled texts", encoding="utf-8-sig")
     if not content.strip():
         raise DataError(f"{key}={path} is empty; it needs one labelled text per line")
     delimiter = _delimiter(path, content[:4096])
-    # CSV quoting rules for both delimiters, as pandas' reader (which the book uses) applies them.
-    rows = [r for r in csv.reader(io.StringIO(content), delimiter=delimiter) if any(cell.strip() for cell in r)]
-    first = [cell.strip() for cell in rows[0]]
-    has_header = header if header is not None else (label_column in first and text_column in first)
-    if has_header:
+    rows = _rows(content, delimiter, path, key)
+    first = [cell.strip() for cell in rows[0][1]]
+    if header is None:
+        named = label_column in first or text_column in first or (label_column, text_column) != DEFAULT_COLUMNS
+        header = named or len(first) > 2
+    if header:
         missing = [c for c in (label_column, text_column) if c not in first]
         if missing:
             which = " and ".join(f"data.{'label' if c == label_column else 'text'}_column={c}" for c in missing)
@@ -73,19 +104,25 @@ def read_labelled(
                 "label<TAB>text lines)"
             )
         li, ti = first.index(label_column), first.index(text_column)
-        body, start = rows[1:], 2
+        body, width = rows[1:], len(first)
     else:
         li, ti = 0, 1
-        body, start = rows, 1
+        body, width = rows, 2
+    layout = f"its header's {width} columns" if header else "label and text (no header)"
     examples = []
-    for n, row in enumerate(body, start=start):
+    for n, row in body:
+        if len(row) > width:
+            sep = "tab" if delimiter == "\t" else "comma"
+            raise DataError(
+                f"{key}={path} line {n} has {len(row)} fields, more than {layout}: a {sep} inside a text cuts it "
+                f'(pandas refuses the line too); put that text in double quotes ("...")'
+            )
         if len(row) <= max(li, ti):
             raise DataError(
                 f"{key}={path} line {n} has {len(row)} field(s), no {'text' if len(row) > li else 'label'}; "
-                f"every line needs a label and a text ({'header' if has_header else 'label<TAB>text'} layout)"
+                f"every line needs a label and a text ({'header' if header else 'label<TAB>text'} layout)"
             )
-        label = row[li].strip()
-        text = "\t".join(row[ti:]) if not has_header and delimiter == "\t" else row[ti]
+        label, text = row[li].strip(), row[ti]
         if not label:
             raise DataError(f"{key}={path} line {n} has an empty label; every text needs one")
         if not text.strip():
@@ -136,9 +173,10 @@ def split_examples(
     return {"train": shuffled[:train_end], "val": shuffled[train_end:val_end], "test": shuffled[val_end:]}
 
 
-def write_split_csv(path: Path, examples: Sequence[Example]) -> None:
+def split_csv_text(examples: Sequence[Example]) -> str:
     """A split as CSV with a ``label,text`` header (the file reads back as data.train_path=...)."""
-    with atomic_write(path, mode="w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["label", "text"])
-        writer.writerows([e.label, e.text] for e in examples)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "text"])
+    writer.writerows([e.label, e.text] for e in examples)
+    return out.getvalue()

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import read_entries, split_entries
-from gpt_lab.data.text import DataError, ShuffledDataModule
+from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
@@ -235,6 +235,7 @@ class PreferenceDataModule(ShuffledDataModule):
         self.entries: dict[str, list[dict]] = {}
         self.datasets: dict[str, PreferenceDataset] = {}
         self.skipped: dict[str, Skipped] = {}
+        save_data_identity(self, "preferences", {"data.path": self.path}, batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and tokenize once (later calls do nothing); refuse an empty split."""
@@ -263,6 +264,14 @@ class PreferenceDataModule(ShuffledDataModule):
             self._warn(split, skipped)
         for split in ("train", "val"):
             if not self.datasets[split]:
+                skipped = self.skipped[split]
+                if parts[split] and len(skipped.no_room) >= len(skipped.identical):
+                    raise PreferenceDataError(
+                        f"data.path={self.path}: none of the {len(parts[split])} {split} pair(s) fits "
+                        f"data.max_length={self.max_length} tokens with room for a response (the prompt alone "
+                        f"fills it in {len(skipped.no_room)}): raise data.max_length (null: the model's context "
+                        "length)"
+                    )
                 raise PreferenceDataError(
                     f"data.path={self.path}: the {split} split has no usable pairs ({len(entries)} entries, "
                     f"data.train_ratio={self.train_ratio}, data.test_ratio={self.test_ratio}, the rest validates; "

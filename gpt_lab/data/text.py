@@ -141,6 +141,39 @@ def read_text(
         raise error(f"{key}={path} cannot be read: {err.strerror or err}") from None
 
 
+def write_run_splits(output_dir: Path, files: dict[str, str], inputs: dict[str, Path | None]) -> None:
+    """Write a run's split files (name -> text) into ``output_dir``, never over a file the run did not write.
+
+    A file already there with other content is the user's (their data kept in the run directory, or
+    another file of that name): refused, naming it, before any split is written. One with the same
+    content is this run's own (a resume) and is left untouched. ``inputs``: the data keys and their paths.
+    """
+    from gpt_lab.storage import other_files, write_texts_atomic
+
+    paths = {output_dir / name: text for name, text in files.items()}
+    taken = other_files(paths)
+    if taken:
+        named = []
+        for path in taken:
+            keys = [k for k, v in inputs.items() if v is not None and Path(v).resolve() == path.resolve()]
+            named.append(f"{path.name} ({keys[0]}={path})" if keys else path.name)
+        raise DataError(
+            f"the run directory {output_dir} already holds {', '.join(named)}, which this run did not write and "
+            f"would write its splits over ({', '.join(files)}); a run never writes over a file it did not create: "
+            "keep your data files outside the run directory (move them, or aim hydra.run.dir at another directory)"
+        )
+    write_texts_atomic(paths)
+
+
+def save_data_identity(
+    module: L.LightningDataModule, kind: str, files: dict[str, Path | None], batch_size: int
+) -> None:
+    """Record in ``module``'s hyper-parameters (saved in every checkpoint) which files it reads and in
+    batches of how many: ``gpt_lab.training.resume.check_resume_data`` refuses a resume on other ones."""
+    given = {key: str(Path(path).resolve()) for key, path in files.items() if path is not None}
+    module.save_hyperparameters({"data_kind": kind, "data_files": given, "data_batch_size": int(batch_size)})
+
+
 def split_text(text: str, train_ratio: float) -> tuple[str, str]:
     """The book's split by characters: ``text[:int(train_ratio * len(text))]`` and the rest."""
     split_idx = int(train_ratio * len(text))

@@ -27,7 +27,7 @@ from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.hf_families import CHAT_STYLES
 from gpt_lab.model.hf_files import family_directory, read_config
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
-from gpt_lab.model.weights import build_model
+from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
 
 log = logging.getLogger(__name__)
@@ -164,4 +164,5 @@ def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
         model, _ = load_finetuned(init_from)  # the saved config: no model=... to repeat
     else:
         model = build_model(OmegaConf.to_container(cfg.model), init_from)
+    require_language_model(model.cfg, cfg.init_from, f"task={cfg.task.name}")
     return model.eval(), style

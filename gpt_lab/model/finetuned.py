@@ -60,7 +60,8 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not weights.meta or not isinstance(weights.meta.get("model"), Mapping):
         raise InitFromError(
             f"init_from={weights.path}: no {META_FILE} beside it, so this is not a fine-tuned model's file; "
-            "load it with build_model(model_cfg, path) and the model config it was made with"
+            "give init_from the run directory that wrote it (it holds model.json), or the model settings it was "
+            "made with (model=..., model.<key>=...)"
         )
     meta = dict(weights.meta)
     cfg = resolve_model_config(meta["model"], weights)

@@ -25,7 +25,7 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.config.architecture import ARCH_DEFAULTS, ARCH_GROUPS, arch_summary, is_book_architecture
-from gpt_lab.errors import InitFromError
+from gpt_lab.errors import InitFromError, first_line
 from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, adapter_base_path, load_adapter, load_base_of, read_adapter_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
@@ -77,9 +77,14 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if "Weights only load failed" in str(err):  # torch's page of advice: the gist, in one sentence
+            reason = "it holds Python objects besides tensors, which gpt_lab never unpickles (that can run code)"
+        else:
+            reason = f"{type(err).__name__}: {first_line(err)[:200]}"
         raise InitFromError(
-            f"init_from={path}: cannot read it as a PyTorch file with weights_only=True ({type(err).__name__}: {err})"
-        ) from err
+            f"init_from={path}: not a weights file gpt_lab can read ({reason}); give a state dict of tensors (the "
+            "book's model.pth), a Lightning .ckpt of task=train, a run directory or a Hugging Face GPT-2 directory"
+        ) from None
 
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
@@ -378,6 +383,22 @@ def build_model(model_cfg: Any, init_from: str | Path | None = None) -> GPTModel
     model = model_from_weights(cfg, weights)
     log.info("init_from: loaded %s weights from %s", weights.format, weights.path)
     return model
+
+
+def require_language_model(model_cfg: Mapping[str, Any], init_from: str | Path | None, task: str) -> None:
+    """Refuse (``InitFromError``) a classifier's weights where ``task`` needs a language model.
+
+    A chapter-6 classifier's head outputs ``num_classes`` scores, not GPT-2's token ids: generating
+    with it prints ids 0, 1, ...; training a language model on it fails on the first target id.
+    """
+    classes = model_cfg.get("num_classes")
+    if classes:
+        raise InitFromError(
+            f"init_from={init_from} holds a classifier (a head of {classes} classes, not the "
+            f"{model_cfg.get('vocab_size', 50257)}-token vocabulary), and {task} needs a language model: give "
+            "init_from the language model it was fine-tuned from (e.g. gpt2/ or a chapter-5 / chapter-7 run), "
+            f"or classify texts with task=classify init_from={init_from}"
+        )
 
 
 def init_model_config(model_cfg: Any, init_from: str | Path | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

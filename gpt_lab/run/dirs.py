@@ -12,7 +12,8 @@ those processes inherit.
 resumes that run (``ckpt_path=last`` or a checkpoint inside that directory); and a sweep aimed
 with ``hydra.sweep.dir=...`` at a directory that already holds a sweep. A run holds an advisory
 lock on its directory (``.run.lock``, ``fcntl.flock``) while its process lives: a resume of a run
-that is still going is refused, whatever pid its results.json names.
+that is still going is refused, whatever pid its results.json names. A resume's attempt first keeps
+the run's record in memory (``gpt_lab.run.previous``): it is put back if the attempt fails its checks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.errors import UserError
 from gpt_lab.run.error_exit import exit_with_error
 from gpt_lab.run.files import RESULTS_FILE, read_results
+from gpt_lab.run.previous import keep_previous_run
 from gpt_lab.run.status import is_rank_zero, watch_sweep
 from gpt_lab.run.sweep import continues_sweep
 from gpt_lab.storage import remove_stale_temp_files
@@ -146,6 +148,7 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
     status = previous.get("status", "unknown")
     if resumes_run(config, run_dir):
         lock_run_dir(run_dir)  # a live run holds it; a pid in results.json proves nothing (pids are reused)
+        keep_previous_run(run_dir)  # before Hydra rewrites .hydra/: a failed attempt puts the record back
         for path in remove_stale_temp_files(run_dir):
             log.info("Removed %s, left by a writer that was killed", path)
         return

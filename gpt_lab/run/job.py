@@ -35,6 +35,7 @@ from gpt_lab.run.dirs import register_resolver
 from gpt_lab.run.error_exit import exit_with_error
 from gpt_lab.run.files import write_results
 from gpt_lab.run.preflight import check_resources
+from gpt_lab.run.previous import forget_previous_run, keep_previous_run, restore_previous_run
 from gpt_lab.run.status import (
     RunInterrupted,
     as_interruption,
@@ -69,6 +70,8 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
             write_results(output_dir, entry)
         return entry
 
+    if output_dir is not None:
+        keep_previous_run(output_dir)  # an existing run's record, put back if this attempt fails its checks
     try:
         record("running")
         cfg = validate_config(cfg)
@@ -78,8 +81,12 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     except BaseException as err:
         interrupted = as_interruption(err)
         try:
-            if interrupted is not None:
+            if output_dir is not None and restore_previous_run(output_dir, interrupted=interrupted is not None):
+                pass  # the run keeps the record it had (gpt_lab.run.previous); the error is printed
+            elif interrupted is not None:
                 step, checkpoint = interrupted.step, interrupted.checkpoint
+                if checkpoint is None:  # stopped outside the fit (test responses, a final evaluation)
+                    step, checkpoint = _saved_checkpoint(cfg, step)
                 record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
             else:
                 record("failed", error=_error_text(err))
@@ -88,7 +95,24 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         if interrupted is not None and interrupted is not err:
             raise interrupted from None  # a KeyboardInterrupt under Python's own SIGINT handler
         raise
+    finally:
+        if output_dir is not None:
+            forget_previous_run(output_dir)
     return record("completed", **results)
+
+
+def _saved_checkpoint(cfg: DictConfig, step: int | None) -> tuple[int | None, str | None]:
+    """The newest checkpoint a training run left (what ``ckpt_path=last`` resumes) and its step, when
+    the signal came outside the fit, where ``StopOnSignal`` reports none; ``(step, None)`` otherwise."""
+    if OmegaConf.select(cfg, "task.name", default=None, throw_on_resolution_failure=False) != "train":
+        return step, None
+    where = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None, throw_on_resolution_failure=False)
+    from gpt_lab.training.resume_last import checkpoint_step, newest_checkpoint
+
+    found = newest_checkpoint(where) if where else None
+    if found is None:
+        return step, None
+    return checkpoint_step(found.resolve()), str(found)
 
 
 def _process_info() -> dict[str, Any]:

@@ -12,11 +12,12 @@ data.source=books/`` without ``data=corpus``) is refused the same way, naming th
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from gpt_lab.errors import ConfigError
+from gpt_lab.errors import ConfigError, first_line
 from gpt_lab.run.error_exit import exit_with_error  # the one printer of a user error (exit status 2)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -147,6 +148,52 @@ def _preset_choices(
     return picks
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _quoted(key: str, value: str) -> tuple[str, str]:
+    """``key=value`` with the value quoted for Hydra, and that word quoted for a POSIX shell."""
+    inner = value.replace("\\", "\\\\")
+    hydra = f"{key}='{inner}'" if "'" not in value else f'{key}="{inner}"' if '"' not in value else None
+    if hydra is None:
+        hydra = f"{key}='" + inner.replace("'", "\\'") + "'"
+    shell = f'"{hydra}"' if not any(c in hydra for c in '"$`\\!') else shlex.quote(hydra)
+    return hydra, shell
+
+
+def grammar_problems(args: Iterable[str]) -> list[str]:
+    """One message per override Hydra's grammar cannot read, or that it would read as a sweep outside
+    ``-m``: saying how to quote the value (Hydra fails both with exit status 1 and a page of its own)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    args = list(args)
+    multirun = any(a in MULTIRUN_FLAGS for a in args)
+    parser = OverridesParser.create()
+    problems = []
+    for text in _overrides(args):
+        key, _, value = text.partition("=")
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException as err:
+            hydra, shell = _quoted(key, value)
+            reason = first_line(err)
+            problems.append(
+                f"{text} is not a value Hydra can read ({reason}): quotes and = : , [ ] {{ }} ( ) are "
+                f"Hydra's syntax inside a value, so quote the value for Hydra and the whole word for the shell: "
+                f"{shell} (Hydra then reads {hydra})"
+            )
+            continue
+        if override.is_sweep_override() and not multirun and not key.startswith("hydra."):
+            hydra, shell = _quoted(key, value)
+            problems.append(
+                f"{text} is a sweep over several values (a comma separates them), which runs only with -m: for "
+                f"one value holding a comma write {shell} (Hydra then reads {hydra}), for a list {key}=[...], "
+                "for a sweep add -m"
+            )
+    return problems
+
+
 def _overrides(args: Iterable[str]) -> list[str]:
     """The overrides among ``args``: ``key=value`` words (Hydra's own flags start with ``-``)."""
     return [a for a in args if "=" in a and not a.startswith("-")]
@@ -195,6 +242,6 @@ def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR
     """Refuse (one paragraph on stderr, exit status 2) a command line naming an option no group has,
     or a key of a group option it did not choose."""
     args = sys.argv[1:] if args is None else args
-    problems = unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
+    problems = grammar_problems(args) or unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
     if problems:
         raise exit_with_error(ConfigError("; ".join(problems)))

@@ -111,6 +111,19 @@ def _gpu_memory_bytes(cfg: DictConfig) -> int | None:
     return torch.cuda.get_device_properties(0).total_memory
 
 
+def _lora_params_on_meta(cfg: DictConfig, model_cfg: Mapping[str, Any]) -> int:
+    """The adapters' parameters that ``finetune=lora`` adds (``lora.rank`` x (in + out) per target Linear)."""
+    import torch
+
+    from gpt_lab.model.gpt import GPTModel
+    from gpt_lab.model.lora import apply_lora
+
+    lora = cfg.lora
+    with torch.device("meta"):
+        model = GPTModel(dict(model_cfg))
+        return apply_lora(model, int(lora.rank), float(lora.alpha), list(lora.targets), str(lora.scaling))
+
+
 def check_memory(cfg: DictConfig) -> None:
     """Refuse a model whose weights (plus optimizer state when training) exceed the memory that holds them.
 
@@ -119,12 +132,16 @@ def check_memory(cfg: DictConfig) -> None:
     """
     training = cfg.task.name == "train"
     # init_from=<family directory>: its config.json is the architecture, whatever cfg.model says.
-    n_params = count_params_on_meta(_family_config(cfg) or OmegaConf.to_container(cfg.model))
+    model_cfg = _family_config(cfg) or OmegaConf.to_container(cfg.model)
+    n_params = base = count_params_on_meta(model_cfg)
+    if training and OmegaConf.select(cfg, "finetune.name", default=None) == "lora":
+        n_params += _lora_params_on_meta(cfg, model_cfg)
     gpu = _gpu_memory_bytes(cfg) if training else None
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
     checks = [("this machine", machine_memory_bytes(), "training" if training and gpu is None else "inference")]
     if gpu is not None and "fsdp" not in strategy:
         checks.append(("the GPU", gpu, "training"))
+    lora_note = f" (LoRA adapters of lora.rank={cfg.lora.rank} included)" if n_params != base else ""
     for place, available, use in checks:
         needed = n_params * BYTES_PER_PARAM[use]
         what = "float32 weights, gradients and AdamW state" if use == "training" else "float32 weights"
@@ -132,8 +149,8 @@ def check_memory(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model={cfg.model.name} (emb_dim={cfg.model.emb_dim}, n_layers={cfg.model.n_layers}, "
                 f"vocab_size={cfg.model.vocab_size}) has {n_params:,} parameters and needs {needed / GIB:,.1f} GiB "
-                f"for its {what}; {place} has {available / GIB:,.1f} GiB: choose a smaller model or smaller "
-                "model.emb_dim / model.n_layers"
+                f"for its {what}{lora_note}; {place} has {available / GIB:,.1f} GiB: choose a smaller model or "
+                f"smaller model.emb_dim / model.n_layers{' or a smaller lora.rank' if lora_note else ''}"
             )
 
 

@@ -24,7 +24,7 @@ from gpt_lab.errors import ConfigError
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
 from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import build_model
+from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.loss import mean_loss
@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_weights_device(cfg.generation.weights, device)  # before any weight is read
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
+    require_language_model(model.cfg, cfg.init_from, f"task={cfg.task.name}")
     report = model_report(model)  # the book's counts, of the model as built
     use_weights(model, cfg.generation.weights).to(device).eval()
 

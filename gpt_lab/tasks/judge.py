@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -69,7 +70,7 @@ def query_model(
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
-            text = reply.read().decode("utf-8")
+            raw = _read_within(reply, timeout, url)
     except urllib.error.HTTPError as err:
         detail = err.read().decode("utf-8", "replace").strip()[:300]
         raise JudgeError(
@@ -81,6 +82,13 @@ def query_model(
         raise JudgeError(
             f"judge.url={url}: cannot reach the judging server ({reason}); start it (ollama serve, then "
             f"ollama pull {model}) or point judge.url at one"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise JudgeError(
+            f"judge.url={url}: {endpoint} answered bytes that are not UTF-8 text ({err.reason} at byte {err.start}); "
+            "Ollama's chat format is UTF-8 JSON: point judge.url at an Ollama-compatible server"
         ) from None
     content = []
     for line in text.splitlines():
@@ -94,14 +102,33 @@ def query_model(
             ) from None
         if isinstance(message, dict) and message.get("error"):
             raise JudgeError(f"judge.url={url}: the server reports an error: {message['error']}")
-        part = message.get("message", {}).get("content") if isinstance(message, dict) else None
-        if part is None:
+        inner = message.get("message") if isinstance(message, dict) else None
+        part = inner.get("content") if isinstance(inner, dict) else None
+        if not isinstance(part, str):
             raise JudgeError(
-                f"judge.url={url}: {endpoint} did not answer in Ollama's chat format (no message.content in "
-                f"{line[:200]!r})"
+                f"judge.url={url}: {endpoint} did not answer in Ollama's chat format (no message.content string "
+                f"in {line[:200]!r})"
             )
         content.append(part)
     return "".join(content)
+
+
+def _read_within(reply: Any, timeout: float, url: str) -> bytes:
+    """The whole body of ``reply``, or a ``JudgeError`` once ``timeout`` seconds have passed in all.
+
+    The socket's own timeout bounds each read only: a server that sends a byte now and then would
+    otherwise hold the run for as long as it likes.
+    """
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while chunk := reply.read1(65536):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise JudgeError(
+                f"judge.url={url}: the reply took longer than judge.timeout={timeout:g} seconds to arrive; raise "
+                "judge.timeout, or check the server"
+            )
+    return b"".join(chunks)
 
 
 def parse_score(reply: str) -> int | None:
@@ -158,7 +185,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_text_atomic(out_path, json.dumps(scored, indent=4, ensure_ascii=False) + "\n")
 
     for index, entry in enumerate(tqdm(entries, desc="Scoring entries", unit="entry")):
-        prompt = judge_prompt(entry, str(entry[j.response_key]), style)
+        response = entry[j.response_key]
+        if not isinstance(response, str):  # null: no response to score (never sent as the text "None")
+            log.warning("Entry %d: %s is %r, not a text: left unscored", index, j.response_key, response)
+            scored.append({**entry, "score": None, "judge_reply": None})
+            write()
+            continue
+        prompt = judge_prompt(entry, response, style)
         try:
             reply = query_model(prompt, j.model, j.url, j.seed, j.temperature, j.num_ctx, j.timeout)
         except JudgeError as err:

@@ -22,7 +22,7 @@ from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.hf_tokenizer import HFTokenizer, check_vocab, tokenizer_for
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import build_model
+from gpt_lab.model.weights import build_model, require_language_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,9 @@ def build(cfg: DictConfig) -> GPTModel:
     """The run's model in eval mode: seeded with ``cfg.seed`` first (the book's weights), or ``init_from``'s."""
     torch.manual_seed(cfg.seed)
     # InitFromError (a UserError) when init_from does not fit cfg.model.
-    return build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from)).eval()
+    model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
+    require_language_model(model.cfg, cfg.init_from, f"task={cfg.task.name}")
+    return model.eval()
 
 
 def _log_to_files(message: str) -> None:

@@ -28,8 +28,9 @@ from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
 from gpt_lab.model.estimate import architecture_figures
 from gpt_lab.model.stats import model_report
-from gpt_lab.model.weights import init_model_config
+from gpt_lab.model.weights import init_model_config, require_language_model
 from gpt_lab.run.preflight import check_components
+from gpt_lab.run.previous import begin_changes
 from gpt_lab.run.tensorboard import run_hparams
 from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText, Throughput
 from gpt_lab.training.cpu_memory import freed_memory_kept
@@ -160,10 +161,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
+    if cfg.data.name != "classification":  # every other objective trains a language model
+        require_language_model(model_cfg, cfg.init_from, f"experiment / data={cfg.data.name}")
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
     ckpt_path = resolve_ckpt_path(cfg, getattr(trainer.checkpoint_callback, "dirpath", None))
     # The checkpoint is read (memory-mapped) and checked against this run before anything is built.
-    resume = check_resume(ckpt_path, model_cfg, cfg.optim) if ckpt_path is not None else None
+    finetune = OmegaConf.select(cfg, "finetune.name", default=None)
+    resume = check_resume(ckpt_path, model_cfg, cfg.optim, finetune) if ckpt_path is not None else None
 
     # Read and check the data first: a bad data.path fails before the model is built.
     datamodule = build_datamodule(cfg, model_cfg["context_length"])
@@ -172,7 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         datamodule.setup("fit")
     except DataError as err:
-        if init_from is None:
+        if init_from is None or "context_length" not in str(err):  # the hint only where the length is the cause
             raise
         raise DataError(
             f"{err} (here init_from={cfg.init_from} fixes model.context_length={model_cfg['context_length']}: "
@@ -191,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.callbacks.append(ResumedOptimizerSettings(resume.optimizer_changes))
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
+    begin_changes(cfg.paths.output_dir)  # every check passed: from here on this run may change its directory
     # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
     # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).

@@ -285,7 +285,7 @@ class ClassifierLitModule(GPTLitModule):
         from gpt_lab.training.classification_report import class_metrics, save_figures
 
         names = list(self.hparams.class_names)
-        final = {split: self.evaluate(datamodule.eval_dataloader(split)) for split in ("train", "val", "test")}
+        final = {split: self.evaluate(_progress(datamodule.eval_dataloader(split), split)) for split in SPLITS}
         results: dict[str, Any] = {"class_names": names, **datamodule.split_sizes()}
         for split, r in final.items():
             results[f"{split}_accuracy"] = r["accuracy"]
@@ -338,3 +338,13 @@ class ClassifierLitModule(GPTLitModule):
 
                 fig = confusion_figure(results["test_metrics"]["confusion_matrix"], results["class_names"])
                 logger.experiment.add_figure("test/confusion_matrix", fig, trainer.global_step)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _progress(loader: Any, split: str) -> Any:
+    """``loader`` with a progress bar on stderr: a full-set evaluation of a large split takes minutes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"Evaluating the full {split} split", unit="batch", leave=False)

@@ -12,7 +12,10 @@ restored schedule with the new peak rate) and logs them, so the config on disk i
 module: a checkpoint holds its position in the data (batches into the epoch for data=text, windows
 yielded for data=corpus), which means something only for the same data read in the same batches.
 Another data option (text / corpus), another ``data.path`` / ``data.dir`` or another
-``data.batch_size`` is refused with the reason, before the model is built.
+``data.batch_size`` is refused with the reason, before the model is built. The fine-tuning data
+(classification, instructions, preferences; issue 30) the same way: their data modules record their
+files and batch size in the checkpoint, and a classifier's class names, in index order, must be
+the ones this run's data gives (checked when the data is read, before any split file is written).
 """
 
 from __future__ import annotations
@@ -54,11 +57,14 @@ class ResumeError(UserError):
 
 @dataclass
 class TrainedData:
-    """What a checkpoint's run read: ``kind`` text or corpus (None: not known), where, in batches of how many."""
+    """What a checkpoint's run read: ``kind`` text, corpus, classification, instructions or preferences
+    (None: not known), where (``location`` for text / corpus; ``files``, data key -> path, for the
+    fine-tuning data), in batches of how many."""
 
     kind: str | None = None
     location: str | None = None
     batch_size: int | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +74,7 @@ class ResumePlan:
     path: Path
     optimizer_changes: dict[str, tuple[float, float]] = field(default_factory=dict)
     data: TrainedData = field(default_factory=TrainedData)
+    class_names: list[str] | None = None  # a classifier's classes, in index order
 
 
 def trained_data(checkpoint: Mapping[str, Any]) -> TrainedData:
@@ -81,6 +88,9 @@ def trained_data(checkpoint: Mapping[str, Any]) -> TrainedData:
     states = fit.get("combined_loader") or []
     state = states[0] if isinstance(states, list) and states and isinstance(states[0], Mapping) else {}
     hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    if isinstance(hparams.get("data_kind"), str):  # the fine-tuning data (gpt_lab.data.text.save_data_identity)
+        files = hparams.get("data_files") if isinstance(hparams.get("data_files"), Mapping) else {}
+        return TrainedData(hparams["data_kind"], None, hparams.get("data_batch_size"), dict(files))
     if isinstance(state.get("dataset"), Mapping) and "current_epoch" in state:
         dataset = state["dataset"]
         split_dir = dataset.get("input_dir_url") or dataset.get("input_dir_path")
@@ -101,6 +111,9 @@ def _this_run_data(datamodule: Any) -> TrainedData:
         return TrainedData("corpus", datamodule.data_dir.rstrip("/"), datamodule.batch_size)
     if isinstance(datamodule, TextDataModule):
         return TrainedData("text", str(datamodule.path), datamodule.batch_size)
+    hparams = getattr(datamodule, "hparams", None) or {}
+    if "data_kind" in hparams:
+        return TrainedData(hparams["data_kind"], None, hparams["data_batch_size"], dict(hparams["data_files"]))
     return TrainedData()
 
 
@@ -109,16 +122,20 @@ def check_resume_data(plan: ResumePlan, datamodule: Any) -> None:
     saved, this = plan.data, _this_run_data(datamodule)
     if saved.kind is None or this.kind is None:
         return
+    if saved.kind == "text" and saved.location is None and this.kind not in ("text", "corpus"):
+        return  # a fine-tuning checkpoint of before issue 30: its loader state says nothing of its data
     restart = f"or start a new run from its weights with init_from={plan.path}"
     key = {"text": "data.path", "corpus": "data.dir"}
     if saved.kind != this.kind:
-        where = f" {key[saved.kind]}={saved.location}" if saved.location else ""
+        where = f" {key[saved.kind]}={saved.location}" if saved.location and saved.kind in key else ""
         raise ResumeError(
             f"ckpt_path={plan.path} was trained with data={saved.kind}{where}, and this run reads data={this.kind}: "
             f"a checkpoint resumes only on the data it trained on (its position in that data is part of it). "
             f"Resume with data={saved.kind}{where}, {restart}"
         )
-    if saved.location is not None and not _same_place(saved.location, this.location):
+    if saved.files or this.files:
+        _check_files(plan.path, saved.files, this.files, restart)
+    elif saved.location is not None and not _same_place(saved.location, this.location):
         name = key[this.kind]
         raise ResumeError(
             f"ckpt_path={plan.path} was trained on {name}={saved.location}, and this run reads {name}={this.location}: "
@@ -131,6 +148,21 @@ def check_resume_data(plan: ResumePlan, datamodule: Any) -> None:
             f"data.batch_size={this.batch_size}: its position in the epoch is counted in batches of "
             f"{saved.batch_size}, so other batches would skip or repeat windows. Resume with "
             f"data.batch_size={saved.batch_size} (change it at the next run instead), {restart}"
+        )
+    if plan.class_names and hasattr(datamodule, "expect_class_names"):
+        datamodule.expect_class_names(plan.class_names, f"ckpt_path={plan.path}")
+
+
+def _check_files(path: Path, saved: Mapping[str, str], this: Mapping[str, str], restart: str) -> None:
+    """The fine-tuning data files: the same keys naming the same files, or a ``ResumeError`` listing them."""
+    differ = [k for k in sorted(set(saved) | set(this)) if k not in saved or not _same_place(saved[k], this.get(k))]
+    if differ:
+        trained = ", ".join(f"{k}={saved[k]}" for k in sorted(saved)) or "no data file"
+        asked = ", ".join(f"{k}={this[k]}" for k in sorted(this)) or "no data file"
+        raise ResumeError(
+            f"ckpt_path={path} was trained on {trained}, and this run reads {asked}: its position in the data "
+            f"(and, for a classifier, what each class index means) holds only for that data. Resume with "
+            f"{trained}, {restart}"
         )
 
 
@@ -170,9 +202,20 @@ def _expected_shapes(model_cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]
     return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, Any]) -> ResumePlan:
-    """Check that ``path`` can resume a run of ``model_cfg``; return what changes (see the module)."""
+def check_resume(
+    path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, Any], finetune: str | None = None
+) -> ResumePlan:
+    """Check that ``path`` can resume a run of ``model_cfg`` (with ``finetune``: whether LoRA adapters
+    train, ``lora`` or another option; None: not checked); return what changes (see the module)."""
     checkpoint = _load(path)
+    adapters = any(str(k).endswith((".lora_A", ".lora_B")) for k in checkpoint["state_dict"])
+    if finetune is not None and adapters != (finetune == "lora"):
+        trained = "finetune=lora (its weights hold LoRA adapters)" if adapters else "without LoRA adapters"
+        raise ResumeError(
+            f"ckpt_path={path} was trained {trained}, and this run asks for finetune={finetune}: a checkpoint "
+            f"resumes only what it trained. Resume with {'finetune=lora' if adapters else 'its finetune option'}, "
+            f"or start a new run from its weights with init_from={path}"
+        )
     hparams = checkpoint.get("hyper_parameters") or {}
     saved_model = hparams.get("model_cfg") if isinstance(hparams, Mapping) else None
     differences = []
@@ -207,6 +250,8 @@ def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, A
             f"checkpoint's model settings, or start a new run from its weights with init_from={path}"
         )
     plan = ResumePlan(path, data=trained_data(checkpoint))
+    if isinstance(hparams, Mapping) and isinstance(hparams.get("class_names"), list):
+        plan.class_names = [str(name) for name in hparams["class_names"]]
     for name, key in OPTIMIZER_KEYS.items():
         saved, wanted = hparams.get(name), optim.get(name)
         if isinstance(saved, int | float) and wanted is not None and float(saved) != float(wanted):
