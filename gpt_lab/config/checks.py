@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from gpt_lab.config.saved_model import adopt_saved_model
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
@@ -77,11 +78,18 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     a structured ``DictConfig`` (assigning a wrong type to it fails) with every interpolation
     resolved. Raises ``ConfigError`` naming every problem found.
     """
+    overrides = command_line_overrides(cfg)
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:  # compose(..., return_hydra_config=True)
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     try:
         plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve {err.full_key or 'the config'}: {first_line(err)}") from None
     plain.pop("hydra", None)
+    init_from = plain.get("init_from")
+    if init_from and isinstance(plain.get("paths"), dict):
+        root = plain["paths"].get("root_dir") or "."
+        adopt_saved_model(plain, Path(root, str(init_from)).resolve(), overrides)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
     except ConfigKeyError as err:
@@ -277,6 +285,16 @@ def _check_long_run(cfg: DictConfig) -> list[str]:
             "(or null: checkpoints at epoch ends)"
         )
     return problems
+
+
+def command_line_overrides(cfg: Any = None) -> list[str]:
+    """The command line's overrides: those of a composed config's ``hydra`` node, or Hydra's running job's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) if isinstance(cfg, DictConfig) else None
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    return [str(o) for o in task or []]
 
 
 def input_path(cfg: DictConfig, path: str | None) -> Path | None:

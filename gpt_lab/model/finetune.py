@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from gpt_lab.config import FINETUNE_NAMES
+from gpt_lab.config.saved_model import META_FILE, MODEL_FILE
 from gpt_lab.errors import ConfigError, InitFromError
 from gpt_lab.model.lora import apply_lora, merged_state_dict
 
-MODEL_FILE = "model.pth"
-META_FILE = "model.json"
 META_VERSION = 1
 
 
@@ -120,7 +119,7 @@ def save_finetuned(model: nn.Module, run_dir: str | Path, meta: Mapping[str, Any
     written atomically (beside, then renamed).
     """
     from gpt_lab.model.book_checkpoint import book_masks
-    from gpt_lab.storage import atomic_write, write_text_atomic
+    from gpt_lab.storage import atomic_write
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +128,25 @@ def save_finetuned(model: nn.Module, run_dir: str | Path, meta: Mapping[str, Any
     path = run_dir / MODEL_FILE
     with atomic_write(path) as f:
         torch.save(state, f)
+    model_cfg = dict(model.cfg)
+    head, emb = state.get("out_head.weight"), state.get("tok_emb.weight")
+    if model_cfg.get("tie_weights") and head is not None and emb is not None and not torch.equal(head, emb):
+        model_cfg["tie_weights"] = False  # an adapter on the shared head, merged, unties it
+    write_meta(model, run_dir, meta, model_cfg)
+    return path
+
+
+def write_meta(
+    model: nn.Module, run_dir: str | Path, meta: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``run_dir/model.json``: ``meta`` plus the model's config (``model_cfg``, default ``model.cfg``)
+    and the format version."""
+    from gpt_lab.storage import write_text_atomic
+
     info = {"version": META_VERSION, "kind": "language_model", **_plain(dict(meta))}
-    info["model"] = _plain(dict(model.cfg))
-    write_text_atomic(run_dir / META_FILE, json.dumps(info, indent=2) + "\n")
+    info["model"] = _plain(dict(model_cfg if model_cfg is not None else model.cfg))
+    path = Path(run_dir) / META_FILE
+    write_text_atomic(path, json.dumps(info, indent=2) + "\n")
     return path
 
 

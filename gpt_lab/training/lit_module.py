@@ -127,7 +127,7 @@ class GPTLitModule(L.LightningModule):
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
-        from gpt_lab.model.finetune import save_finetuned
+        from gpt_lab.model.finetune import save_finetuned, write_meta
         from gpt_lab.tokenizer import get_tokenizer
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
@@ -140,6 +140,7 @@ class GPTLitModule(L.LightningModule):
         if trainer.is_global_zero:
             if self.hparams.finetune == "all":
                 save_book_checkpoint(self.model, book_path)
+                write_meta(self.model, cfg.paths.output_dir, {"finetune": "all"})  # init_from=<run> builds it
             else:  # a fine-tuned model: adapters merged, and model.json saying how it was made
                 meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
                 save_finetuned(self.model, cfg.paths.output_dir, meta)

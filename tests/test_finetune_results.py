@@ -1,0 +1,34 @@
+"""Issue 27, second half: fine-tuning results checked against second computations written out here —
+merged heads, classification heads under LoRA, batch-independent pooling, token-weighted losses,
+DPO's log-probabilities, LoRA's initialisation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from configs import TINY
+
+from gpt_lab.model.finetune import save_finetuned
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.lora import apply_lora, lora_layers
+
+
+def test_model_json_says_untied_after_a_merge_that_untied_the_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GPTModel({**TINY, "tie_weights": True, "drop_rate": 0.0})
+    apply_lora(model, rank=2, alpha=2, targets=["all"])
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B)  # a trained adapter: the head's update is not zero
+    save_finetuned(model, tmp_path, {"finetune": "lora"})
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model"]["tie_weights"] is False
+    # The saved config rebuilds the merged model: x W^T + scale * x A B, the head's own update included.
+    rebuilt = GPTModel(meta["model"]).eval()
+    state = torch.load(tmp_path / "model.pth", weights_only=True)
+    rebuilt.load_state_dict({k: v for k, v in state.items() if not k.endswith(".att.mask")})
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(idx), model.eval()(idx), atol=1e-4, rtol=1e-4)  # merged: round-off
+    assert not torch.equal(rebuilt.out_head.weight, rebuilt.tok_emb.weight)

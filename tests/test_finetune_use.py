@@ -1,0 +1,132 @@
+"""Issue 27: fine-tuning as a new user meets it — a run directory carries its model, a refused run leaves
+its directory free, runs say where they wrote and which model they used."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig
+
+from gpt_lab.errors import ConfigError
+from gpt_lab.run.job import run_task
+
+SFT = (
+    "experiment=ch07",
+    "model=tiny",
+    "model.context_length=64",
+    "model.emb_dim=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "data.batch_size=4",
+    "data.eval_max_batches=1",
+    "max_response_tokens=2",
+    "trainer.max_epochs=1",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "+trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "logger=csv",
+)
+
+
+def _instruction_entries(n: int) -> list[dict[str, str]]:
+    return [{"instruction": f"Say {i}.", "input": "", "output": f"{i} it is."} for i in range(n)]
+
+
+def _pairs(n: int) -> list[dict[str, str]]:
+    return [
+        {"instruction": f"Say {i}.", "input": "", "chosen": f"{i}.", "rejected": f"No {i} at all."} for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny instruction-tuned run: tiny model, 16-wide, one block, a 64-token context."""
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    out = tmp_path_factory.mktemp("sft")
+    data = out / "entries.json"
+    data.write_text(json.dumps(_instruction_entries(12)), encoding="utf-8")
+    paths = [f"paths.root_dir={out}", f"paths.project_dir={out}", f"paths.output_dir={out}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
+        cfg = compose("config", overrides=[*SFT, f"data.path={data}", *paths])
+    assert run_task(cfg)["status"] == "completed"
+    return out
+
+
+def _dpo(compose_config: Callable[..., DictConfig], sft: Path, out: Path, *overrides: str) -> DictConfig:
+    pairs = out.parent / "pairs.json"
+    pairs.write_text(json.dumps(_pairs(12)), encoding="utf-8")
+    return compose_config(
+        "experiment=dpo",
+        f"init_from={sft}",
+        f"data.path={pairs}",
+        "data.batch_size=4",
+        "max_response_tokens=2",
+        "dpo.test_responses=1",
+        "trainer.val_check_interval=2",
+        "trainer.max_steps=2",
+        "callbacks.progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        "logger=csv",
+        *overrides,
+        run_dir=out,
+        return_hydra_config=True,
+    )
+
+
+def test_dpo_from_an_sft_run_directory_builds_the_saved_model(
+    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """The documented two-command flow: no model=... repeated; the run's model.json gives the architecture."""
+    saved = json.loads((sft_run / "model.json").read_text())["model"]
+    assert (saved["name"], saved["emb_dim"], saved["n_layers"], saved["context_length"]) == ("tiny", 16, 1, 64)
+    results = run_task(_dpo(compose_config, sft_run, tmp_path / "dpo"))
+    assert results["status"] == "completed"
+    assert results["model"] == "tiny"
+    built = results["model_config"]
+    assert (built["emb_dim"], built["n_heads"], built["n_layers"], built["context_length"]) == (16, 2, 1, 64)
+
+
+def test_generate_from_a_fine_tuned_run_directory_needs_no_model(
+    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = compose_config("task=generate", f"init_from={sft_run}", "max_new_tokens=2", "logger=none")
+    results = run_task(cfg)
+    assert results["status"] == "completed" and results["model"] == "tiny"
+    # 16-wide, one block, 64 positions: the embedding, one block and the final norm counted by hand.
+    emb, ctx, vocab = 16, 64, 50257
+    block = 4 * emb * emb + emb + 2 * (emb * 4 * emb) + 4 * emb + emb + 4 * emb  # attention + ffn + 2 norms
+    expected = vocab * emb + ctx * emb + block + 2 * emb + vocab * emb
+    if json.loads((sft_run / "model.json").read_text())["model"]["qkv_bias"]:
+        expected += 3 * emb
+    assert results["total_params"] == expected
+
+
+@pytest.mark.parametrize("override", ["model=gpt2_small", "model.emb_dim=32"])
+def test_an_explicit_model_that_disagrees_with_the_saved_one_is_one_paragraph(
+    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path, override: str
+) -> None:
+    cfg = _dpo(compose_config, sft_run, tmp_path / "dpo", override)
+    with pytest.raises(
+        ConfigError, match=r"init_from=.* carries its model \(tiny: .*emb_dim=16.*leave model=\.\.\. out"
+    ):
+        run_task(cfg)
+
+
+def test_an_explicit_model_that_agrees_with_the_saved_one_is_fine(
+    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    from gpt_lab.config import validate_config
+
+    cfg = _dpo(compose_config, sft_run, tmp_path / "dpo", "model.emb_dim=16", "model.n_layers=1")
+    assert validate_config(cfg).model.emb_dim == 16
+
+
+def _results(path: Path) -> dict[str, Any]:
+    return json.loads((path / "results.json").read_text())
