@@ -3,6 +3,7 @@ its directory free, runs say where they wrote and which model they used."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -130,3 +131,36 @@ def test_an_explicit_model_that_agrees_with_the_saved_one_is_fine(
 
 def _results(path: Path) -> dict[str, Any]:
     return json.loads((path / "results.json").read_text())
+
+
+def test_sweep_job_directories_stay_short_and_flat_with_many_overrides_and_a_path(
+    run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """11 overrides (one a data.path with '/') once made a name past 255 bytes and nested directories."""
+    (tmp_path / "some" / "deep").mkdir(parents=True)
+    data = tmp_path / "some" / "deep" / "text.txt"
+    data.write_text("Every effort moves you forward. " * 20, encoding="utf-8")
+    overrides = [
+        "model=tiny",
+        "model.emb_dim=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "model.context_length=16",
+        "max_new_tokens=1",
+        f"data.path={data}",
+        "optim.lr=0.0001234567890123456789",
+        "optim.weight_decay=0.0123456789012345",
+        "prompt=" + "a_rather_long_prompt_" * 8,
+        "seed=1,2",
+    ]
+    done = run_cli("-m", *overrides, "logger=none", "hydra.sweep.dir=sw")
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = tmp_path / "sw"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name.split("_", 1)[0] for p in jobs] == ["0", "1"]
+    assert all(len(p.name) <= 16 for p in jobs)  # <num>_<8 hex digits>
+    assert all((p / "results.json").is_file() for p in jobs)  # flat: the job's files right under its name
+    with (sweep / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert all(f"data.path={data}" in r["overrides"] and "seed=" in r["overrides"] for r in rows)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, read_results
 from gpt_lab.run.status import is_rank_zero, watch_sweep
-from gpt_lab.run.sweep import continues_sweep
+from gpt_lab.run.sweep import JOB_DIR_RESOLVER, continues_sweep, job_dir_name
 from gpt_lab.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def register_resolver() -> None:
     """Make ``${unique_dir:...}`` available to Hydra's config (call before ``@hydra.main`` runs)."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
+    if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
 
 
 class RunDirError(UserError):
