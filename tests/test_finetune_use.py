@@ -164,3 +164,18 @@ def test_sweep_job_directories_stay_short_and_flat_with_many_overrides_and_a_pat
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert all(f"data.path={data}" in r["overrides"] and "seed=" in r["overrides"] for r in rows)
+
+
+def test_a_run_refused_before_it_starts_leaves_its_directory_free(run_cli: Callable[..., Any], tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("Every effort moves you forward. " * 40, encoding="utf-8")
+    common = ("task=train", "model=tiny", "model.context_length=16", "trainer.max_steps=1", "logger=none")
+    bad = run_cli(*common, "data.path=missing.txt", "hydra.run.dir=r")
+    assert bad.returncode == 2 and "data.path" in bad.stderr
+    assert _results(tmp_path / "r")["status"] == "failed"
+    good = run_cli(*common, f"data.path={text}", "hydra.run.dir=r")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert _results(tmp_path / "r")["status"] == "completed"
+    # A run that wrote something (a completed one) still keeps its directory.
+    again = run_cli(*common, f"data.path={text}", "hydra.run.dir=r")
+    assert again.returncode == 2 and "already holds another run" in again.stderr

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.errors import UserError
-from gpt_lab.run.files import RESULTS_FILE, read_results
+from gpt_lab.run.files import RESULTS_FILE, holds_only_bookkeeping, read_results
 from gpt_lab.run.status import is_rank_zero, watch_sweep
 from gpt_lab.run.sweep import JOB_DIR_RESOLVER, continues_sweep, job_dir_name
 from gpt_lab.storage import remove_stale_temp_files
@@ -147,6 +147,10 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
     except ValueError:
         previous = {}
     status = previous.get("status", "unknown")
+    if status == "failed" and previous.get("refused") and holds_only_bookkeeping(run_dir):
+        log.info("%s held a run refused before it started: this run takes its place", run_dir)
+        lock_run_dir(run_dir)
+        return
     if resumes_run(config, run_dir):
         lock_run_dir(run_dir)  # a live run holds it; a pid in results.json proves nothing (pids are reused)
         for path in remove_stale_temp_files(run_dir):

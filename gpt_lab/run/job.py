@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.run.dirs import register_resolver
-from gpt_lab.run.files import write_results
+from gpt_lab.run.files import holds_only_bookkeeping, write_results
 from gpt_lab.run.preflight import check_resources
 from gpt_lab.run.status import (
     EXIT_FAILURE,
@@ -83,7 +83,10 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
                 step, checkpoint = interrupted.step, interrupted.checkpoint
                 record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
             else:
-                record("failed", error=_error_text(err))
+                # A bad input refused before the task wrote anything leaves the directory free for the
+                # corrected command (gpt_lab.run.dirs.check_run_dir).
+                refused = isinstance(err, UserError) and output_dir is not None and holds_only_bookkeeping(output_dir)
+                record("failed", error=_error_text(err), **({"refused": True} if refused else {}))
         except StorageError as write_err:  # e.g. the disk is still full: the "running" file stays, intact
             log.error("gpt_lab: could not record the run's end in results.json: %s", write_err)
         if interrupted is not None and interrupted is not err:
