@@ -176,6 +176,29 @@ def test_a_run_refused_before_it_starts_leaves_its_directory_free(run_cli: Calla
     good = run_cli(*common, f"data.path={text}", "hydra.run.dir=r")
     assert good.returncode == 0, good.stderr[-2000:]
     assert _results(tmp_path / "r")["status"] == "completed"
+    assert f"Run directory: {tmp_path / 'r'}" in good.stdout + good.stderr  # a training run says where it wrote
     # A run that wrote something (a completed one) still keeps its directory.
     again = run_cli(*common, f"data.path={text}", "hydra.run.dir=r")
     assert again.returncode == 2 and "already holds another run" in again.stderr
+
+
+def test_respond_run_is_named_and_recorded_with_the_saved_model_and_prints_its_directory(
+    sft_run: Path, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    done = run_cli(
+        "task=respond", f"init_from={sft_run}", "instruction=Say 1.", "max_response_tokens=1", "paths.project_dir=."
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "outputs").glob("*/*_respond_*")
+    assert run_dir.name.endswith("_respond_tiny")  # not the model group's default, gpt2_small
+    assert _results(run_dir)["model"] == "tiny"
+    assert f"Run directory: {run_dir}" in done.stdout + done.stderr
+
+
+def test_run_model_name_is_the_judge_the_saved_model_or_the_option(sft_run: Path, tmp_path: Path) -> None:
+    from gpt_lab.config.saved_model import run_model_name
+
+    assert run_model_name("gpt2_small", "judge", None, "llama3:8b") == "llama3-8b"
+    assert run_model_name("gpt2_small", "respond", str(sft_run)) == "tiny"
+    assert run_model_name("gpt2_small", "generate", str(tmp_path / "no-such-run")) == "gpt2_small"
+    assert run_model_name("gpt2_medium", "generate", None) == "gpt2_medium"

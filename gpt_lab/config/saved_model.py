@@ -92,3 +92,20 @@ def adopt_saved_model(plain: dict[str, Any], init_from: Path | None, overrides: 
     for key in _SCHEMA_KEYS:
         if key in saved and key not in DROPOUT_KEYS:
             model[key] = saved[key]
+
+
+def run_model_name(choice: Any, task: Any = None, init_from: Any = None, judge_model: Any = None) -> str:
+    """The model a run is named after (``${run_model:...}`` in conf/hydra/default.yaml's run directory):
+    the judging model for ``task=judge``, the saved model's name when ``init_from`` carries one, else the
+    ``model`` group's option. Never fails: a name is not worth stopping a run for."""
+    name: Any = choice
+    try:
+        if str(task) == "judge" and judge_model:
+            name = judge_model
+        elif init_from:
+            saved = saved_model_config(init_from)
+            if saved and saved.get("name"):
+                name = saved["name"]
+    except Exception:  # an unreadable model.json is reported by validation, by name
+        name = choice
+    return str(name).replace("/", "-").replace(":", "-")

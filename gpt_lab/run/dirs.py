@@ -27,6 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.config.saved_model import run_model_name
 from gpt_lab.errors import UserError
 from gpt_lab.run.files import RESULTS_FILE, holds_only_bookkeeping, read_results
 from gpt_lab.run.status import is_rank_zero, watch_sweep
@@ -70,6 +71,8 @@ def register_resolver() -> None:
         OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
     if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
         OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
+    if not OmegaConf.has_resolver("run_model"):
+        OmegaConf.register_new_resolver("run_model", run_model_name)
 
 
 class RunDirError(UserError):

@@ -92,7 +92,10 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
         if interrupted is not None and interrupted is not err:
             raise interrupted from None  # a KeyboardInterrupt under Python's own SIGINT handler
         raise
-    return record("completed", **results)
+    done = record("completed", **results)
+    if output_dir is not None:
+        log.info("Run directory: %s", output_dir)  # what the next step's init_from=... names
+    return done
 
 
 def _process_info() -> dict[str, Any]:
