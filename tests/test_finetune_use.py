@@ -202,3 +202,28 @@ def test_run_model_name_is_the_judge_the_saved_model_or_the_option(sft_run: Path
     assert run_model_name("gpt2_small", "respond", str(sft_run)) == "tiny"
     assert run_model_name("gpt2_small", "generate", str(tmp_path / "no-such-run")) == "gpt2_small"
     assert run_model_name("gpt2_medium", "generate", None) == "gpt2_medium"
+
+
+@pytest.mark.parametrize(
+    ("override", "nearest"),
+    [("max_new_token=5", "max_new_tokens"), ("optim.lrr=5", "optim.lr"), ("model.emb_dims=8", "model.emb_dim")],
+)
+def test_an_unknown_key_is_one_paragraph_naming_the_nearest_keys_exit_2(
+    run_cli: Callable[..., Any], override: str, nearest: str
+) -> None:
+    done = run_cli("model=tiny", override)
+    assert done.returncode == 2
+    key = override.split("=")[0]
+    assert f"{key} is not a key of the config (did you mean {nearest}" in done.stderr
+    assert "Traceback" not in done.stderr and "Could not override" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0  # one paragraph
+
+
+def test_unknown_keys_leaves_groups_free_form_nodes_and_additions_alone() -> None:
+    from gpt_lab.run.options import unknown_keys
+
+    fine = ["experiment=ch06", "trainer.max_steps=3", "callbacks.progress_bar=null", "+trainer.foo=1", "lora.rank=4"]
+    fine += ["hydra.run.dir=x", "hydra/launcher=parallel", "model.n_heads=2", "dpo.beta=0.2", "~logger"]
+    assert unknown_keys(fine) == []
+    (message,) = unknown_keys(["foo=1"])
+    assert message.startswith("foo is not a key of the config (the top level has callbacks, ckpt_path,")
