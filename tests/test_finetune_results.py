@@ -32,3 +32,21 @@ def test_model_json_says_untied_after_a_merge_that_untied_the_head(tmp_path: Pat
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(idx), model.eval()(idx), atol=1e-4, rtol=1e-4)  # merged: round-off
     assert not torch.equal(rebuilt.out_head.weight, rebuilt.tok_emb.weight)
+
+
+def test_a_new_classification_head_left_out_of_lora_targets_trains_whole() -> None:
+    from gpt_lab.training.classifier import ClassifierLitModule
+
+    cfg = {**TINY, "drop_rate": 0.0}
+    lora = {"rank": 2, "alpha": 2, "targets": ["attention"]}
+    lit = ClassifierLitModule(cfg, ["ham", "spam"], lr=1e-3, weight_decay=0.0, finetune="lora", lora=lora)
+    head = lit.model.out_head
+    assert all(p.requires_grad for p in head.parameters())
+    # Hand count: rank-2 adapters on 4 attention Linears (16 -> 16) in 2 blocks, plus the whole 16 -> 2 head.
+    adapters = 2 * 4 * (16 * 2 + 2 * 16)
+    assert lit.trainable_params == adapters + (16 * 2 + 2)
+    # Appendix E's targets=all wraps the new head too: it trains through its adapter, as the book counts.
+    lit_all = ClassifierLitModule(
+        cfg, ["ham", "spam"], lr=1e-3, weight_decay=0.0, finetune="lora", lora={**lora, "targets": ["all"]}
+    )
+    assert not lit_all.model.out_head.weight.requires_grad and lit_all.model.out_head.lora_B.requires_grad

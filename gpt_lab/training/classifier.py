@@ -88,10 +88,17 @@ class ClassifierLitModule(GPTLitModule):
         self.model = GPTModel(cfg)
         if init_state:
             load_base_state(self.model, init_state)
-        if self.model.cfg["num_classes"] != num_classes:
+        new_head = self.model.cfg["num_classes"] != num_classes
+        if new_head:
             torch.manual_seed(seed)  # the book seeds right before the new head
             replace_head(self.model, num_classes)
         self.trainable_params = select_trainable(self.model, finetune, lora_cfg)
+        head_adapted = any("lora" in name for name, _ in self.model.out_head.named_parameters())
+        if new_head and finetune == "lora" and not head_adapted:
+            # lora.targets left the new head out: it trains whole (peft's modules_to_save), not frozen at
+            # its random values. A targeted head trains through its adapter (appendix E's count).
+            self.model.out_head.requires_grad_(True)
+            self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
         self.tokens_seen = 0
         self.examples_seen = 0
