@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from configs import TINY
 
@@ -50,3 +51,42 @@ def test_a_new_classification_head_left_out_of_lora_targets_trains_whole() -> No
         cfg, ["ham", "spam"], lr=1e-3, weight_decay=0.0, finetune="lora", lora={**lora, "targets": ["all"]}
     )
     assert not lit_all.model.out_head.weight.requires_grad and lit_all.model.out_head.lora_B.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (("classifier.pooling=last",), True),
+        (("classifier.pooling=mean",), True),
+        (("classifier.pooling=last_nonpad", "causal_mask=off"), True),
+        (("classifier.pooling=last_nonpad",), False),
+        (("classifier.pooling=first",), False),
+        (("classifier.pooling=last", "data.batch_size=1"), False),
+    ],
+)
+def test_pad_false_with_a_pooling_that_reads_padding_is_refused(compose_config, overrides, refused) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+
+    cfg = compose_config("experiment=ch06", "model=tiny", "data.pad=false", "data.batch_size=4", *overrides)
+    if refused:
+        with pytest.raises(ConfigError, match=r"data.pad=false with .* a text's class would depend on its batch"):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("pooling", ["last_nonpad", "first"])
+def test_the_poolings_pad_false_allows_give_a_text_the_same_logits_alone_and_batched(pooling: str) -> None:
+    from gpt_lab.model.classifier import pooled_logits, replace_head
+
+    torch.manual_seed(0)
+    model = GPTModel({**TINY, "drop_rate": 0.0, "vocab_size": 50257})
+    replace_head(model, 2)
+    model.eval()
+    short, longer = [11, 12, 13], [21, 22, 23, 24, 25, 26]
+    batch = torch.tensor([short + [50256] * 3, longer])  # pad=false: padded to the batch's longest text
+    with torch.no_grad():
+        alone = pooled_logits(model, torch.tensor([short]), pooling)
+        batched = pooled_logits(model, batch, pooling)
+    torch.testing.assert_close(batched[0:1], alone)

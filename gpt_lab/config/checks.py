@@ -49,6 +49,16 @@ def _check_classification(cfg: DictConfig) -> list[str]:
             f"data.val_ratio={d.val_ratio} must be in (0, 1) and leave a test split: data.train_ratio + "
             f"data.val_ratio = {d.train_ratio + d.val_ratio:g} must be below 1"
         )
+    reads_padding = c.pooling in ("last", "mean") or not cfg.model.causal_mask
+    if d.name == "classification" and d.pad is False and d.batch_size > 1 and reads_padding:
+        what = f"classifier.pooling={c.pooling}" if c.pooling in ("last", "mean") else "model.causal_mask=false"
+        problems.append(
+            f"data.pad=false with {what} and data.batch_size={d.batch_size}: each batch is padded to its own "
+            "longest text and that pooling reads the padding, so a text's class would depend on its batch "
+            "neighbours (and task=classify, which runs texts unpadded, would read another position); use "
+            "classifier.pooling=last_nonpad or first (with the causal mask), data.batch_size=1 (the bonus "
+            "table's no-padding row), or data.pad=true"
+        )
     m = d.max_length
     if d.name == "classification" and m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
         problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
