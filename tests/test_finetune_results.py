@@ -90,3 +90,31 @@ def test_the_poolings_pad_false_allows_give_a_text_the_same_logits_alone_and_bat
         alone = pooled_logits(model, torch.tensor([short]), pooling)
         batched = pooled_logits(model, batch, pooling)
     torch.testing.assert_close(batched[0:1], alone)
+
+
+def test_logged_val_loss_of_instruction_tuning_is_results_val_loss_over_unequal_batches() -> None:
+    """Batches of 3 and 1 entries with different target counts: the logged val/loss is the book's
+    calc_loss_loader (mean of batch means), written out here, as results.json's val_loss is."""
+    import lightning as L
+
+    from gpt_lab.data.instructions import collate_instructions
+    from gpt_lab.training.instruction_module import InstructionLitModule
+
+    torch.manual_seed(0)
+    cfg = {**TINY, "vocab_size": 50257, "context_length": 32, "drop_rate": 0.0}
+    lit = InstructionLitModule(cfg, lr=1e-3, weight_decay=0.0)
+    items = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [19, 20, 21]]
+    batches = [collate_instructions(items[:3]), collate_instructions(items[3:])]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the two batches as they are
+    (logged,) = trainer.validate(lit, dataloaders=loader, verbose=False)
+    lit.model.eval()
+    with torch.no_grad():
+        means = []
+        for inputs, targets in batches:
+            logits = lit.model(inputs)
+            keep = targets != -100
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            means.append(float(-logp[keep].gather(-1, targets[keep].unsqueeze(-1)).mean()))
+    assert logged["val/loss"] == pytest.approx(sum(means) / 2, rel=1e-5)
+    assert lit.mean_loss(batches) == pytest.approx(sum(means) / 2, rel=1e-5)

@@ -58,6 +58,13 @@ class InstructionLitModule(GPTLitModule):
         """The book's ``calc_loss_loader``: the mean of the batches' mean losses (padding ignored)."""
         return mean_loss(self.model, batches, self.device, per_batch=True)
 
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, "validation", batch_idx)
+        # Each batch counts once, as calc_loss_loader (and results.json's val_loss) count it: the logged
+        # val/loss over the same batches is the same number (docs/instructions.md, "Losses").
+        self.log("val/loss", loss, prog_bar=True, batch_size=1, sync_dist=True)
+        return loss
+
     def _first_val_entry(self) -> dict[str, Any] | None:
         datamodule = getattr(self.trainer, "datamodule", None)
         entries = getattr(datamodule, "splits", {}).get("val") or []
