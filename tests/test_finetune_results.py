@@ -118,3 +118,48 @@ def test_logged_val_loss_of_instruction_tuning_is_results_val_loss_over_unequal_
             means.append(float(-logp[keep].gather(-1, targets[keep].unsqueeze(-1)).mean()))
     assert logged["val/loss"] == pytest.approx(sum(means) / 2, rel=1e-5)
     assert lit.mean_loss(batches) == pytest.approx(sum(means) / 2, rel=1e-5)
+
+
+ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def _book_dpo_logprob(model: GPTModel, entry: dict[str, str], response: str) -> float:
+    """The book's DPO notebook, written out: the whole text tokenized at once, no end-of-text; the mask
+    starts 2 tokens after the instruction's own tokens (prompt_len + 2); the mean over the masked labels."""
+    from gpt_lab.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    instruction = f"{ALPACA}\n\n### Instruction:\n{entry['instruction']}"
+    instruction += f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    full = tok.encode(f"{instruction}\n\n### Response:\n{response}")
+    first = len(tok.encode(instruction)) + 2
+    with torch.no_grad():
+        logp = torch.log_softmax(model.eval()(torch.tensor([full]))[0].double(), dim=-1)
+    picked = [float(logp[i - 1, full[i]]) for i in range(first, len(full))]
+    return sum(picked) / len(picked)
+
+
+def test_dpo_mean_logprob_is_the_books_by_default_and_response_mean_is_the_other(tmp_path: Path) -> None:
+    from gpt_lab.data.preferences import PreferenceDataModule
+    from gpt_lab.training.dpo import response_logprobs
+
+    entries = [
+        {"instruction": "Name a colour.", "input": "", "chosen": "Red.", "rejected": "A colour is a thing."},
+        {"instruction": "Add the numbers.", "input": "2 and 3", "chosen": "5", "rejected": "It is six."},
+    ] * 5
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    torch.manual_seed(0)
+    model = GPTModel({**TINY, "vocab_size": 50257, "context_length": 96, "drop_rate": 0.0}).eval()
+    got = {}
+    for logprob in ("mean", "response_mean"):
+        data = PreferenceDataModule(path, max_length=96, batch_size=2, logprob=logprob)
+        data.setup("fit")
+        inputs, targets = next(iter(data.eval_dataloader("train")))
+        with torch.no_grad():
+            got[logprob] = response_logprobs(model(inputs), targets, "mean")
+    train = data.entries["train"][:2]
+    book = [_book_dpo_logprob(model, e, e[side]) for side in ("chosen", "rejected") for e in train]
+    torch.testing.assert_close(got["mean"].double(), torch.tensor(book, dtype=torch.float64), atol=1e-5, rtol=1e-5)
+    # response_mean: the response and its end-of-text, nothing of the header (instruction tuning's targets).
+    assert not torch.allclose(got["response_mean"].double(), torch.tensor(book, dtype=torch.float64), atol=1e-3)

@@ -21,7 +21,10 @@ SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
-DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
+# How a response's token log-probabilities combine (gpt_lab/data/preferences.py, which tokens count):
+# mean: the book's (averaged over the response header's last tokens and the response, no end-of-text);
+# response_mean: averaged over the response and its end-of-text; sum: summed over those (TRL).
+DPO_LOGPROBS = ("mean", "response_mean", "sum")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -190,7 +193,7 @@ class DPOConfig:
     """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
 
     beta: float = MISSING  # the book's 0.1
-    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    logprob: str = MISSING  # mean (the book) | response_mean | sum (TRL): DPO_LOGPROBS above
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
 
 

@@ -7,8 +7,10 @@ the same starting weights:
     loss = -logsigmoid(beta * ((pi_c - rho_c) - (pi_r - rho_r)))
 
 with ``pi`` / ``rho`` the policy's / reference's log-probability of a response's tokens (prompt
-and padding masked), averaged per response token as the book does (``dpo.logprob=mean``) or
-summed as TRL does (``dpo.logprob=sum``). The rewards are the book's: ``pi_c - rho_c`` (chosen)
+and padding masked), averaged per token as the book's notebook does (``dpo.logprob=mean``: the
+targets the data module's collate leaves, the last tokens of the response header and the
+response), averaged over the response and its end-of-text (``response_mean``) or summed as TRL
+does (``sum``). The rewards are the book's: ``pi_c - rho_c`` (chosen)
 and ``pi_r - rho_r`` (rejected), not scaled by beta (TRL's are beta times these); their
 difference is the reward margin.
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_lab.config import DPO_LOGPROBS
 from gpt_lab.data.preferences import IGNORE_INDEX
 from gpt_lab.errors import UserError
 from gpt_lab.model.finetune import load_base_state
@@ -42,14 +45,14 @@ from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
-LOGPROB_REDUCTIONS = ("mean", "sum")
 METRICS = ("loss", "reward_margin", "chosen_reward", "rejected_reward", "reward_accuracy")
 
 
 def response_logprobs(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Log-probability of each row's response: logits (n, t, vocab), targets (n, t) with -100 masked → (n,).
 
-    ``reduction="mean"``: averaged over the row's response tokens (the book); ``"sum"``: summed (TRL).
+    ``reduction="mean"`` or ``"response_mean"``: averaged over the row's targets that count; ``"sum"``:
+    summed (TRL). Which targets count is the collate's choice (gpt_lab.data.preferences).
     """
     n, t, vocab = logits.shape
     token_logp = -F.cross_entropy(
@@ -139,8 +142,8 @@ class DPOLitModule(GPTLitModule):
         super().__init__(model_cfg, lr, weight_decay, **kwargs)
         if not beta > 0:
             raise UserError(f"dpo.beta={beta} must be > 0 (the book's 0.1)")
-        if logprob not in LOGPROB_REDUCTIONS:
-            raise UserError(f"dpo.logprob={logprob} must be one of {', '.join(LOGPROB_REDUCTIONS)}")
+        if logprob not in DPO_LOGPROBS:
+            raise UserError(f"dpo.logprob={logprob} must be one of {', '.join(DPO_LOGPROBS)}")
         # One call holds every hyper-parameter (a second save_hyperparameters would replace the first's).
         self.save_hyperparameters(
             {**self.hparams, "beta": float(beta), "logprob": logprob, "shared_reference": bool(shared_reference)}
