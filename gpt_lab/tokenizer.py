@@ -80,3 +80,9 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     """The book's encoding of ``text`` (``<|endoftext|>`` allowed)."""
     tokenizer = tokenizer or get_tokenizer()
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
+
+
+def encode_text(tokenizer: tiktoken.Encoding, text: str) -> list[int]:
+    """``text``'s ids with every special-looking string as ordinary text (never id 50256): how an entry's
+    prompt and response are tokenized for training and for answering (tiktoken's ``encode_ordinary``)."""
+    return tokenizer.encode_ordinary(text)

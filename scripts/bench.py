@@ -28,64 +28,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from bench_common import (
+    ROOT,
+    book_training_seconds,
+    build_book,
+    build_hf,
+    have_transformers,
+    lit_training_seconds,
+)
+from book_reference import GPT_CONFIG_124M as GPT2_SMALL
+from book_reference import ref_greedy, ref_kv_greedy
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gpt_lab.config import GPT2_SIZES  # noqa: E402
-from gpt_lab.generation.sampling import generate  # noqa: E402
-from gpt_lab.model.gpt import GPTModel  # noqa: E402
-from gpt_lab.model.hf import export_hf_state_dict  # noqa: E402
-from tests.book_reference import GPT_CONFIG_124M as GPT2_SMALL  # noqa: E402
-from tests.book_reference import RefGPT, ref_greedy, ref_kv_greedy  # noqa: E402
+from gpt_lab.config import GPT2_SIZES
+from gpt_lab.generation.sampling import generate
+from gpt_lab.model.gpt import GPTModel
 
 SIZES = {name: {**GPT2_SMALL, **GPT2_SIZES[name]} for name in ("gpt2_medium", "gpt2_xl")}
 PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
-# --- The book's explicit code: tests/book_reference.py (formula LayerNorm and GELU, the ``mask``
-# buffer, softmax attention, the book's KV-cache variant), the reference the tests compare with too.
-
-
-def build_book(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> RefGPT:
-    model = RefGPT(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.endswith(".mask") for k in missing):
-        raise RuntimeError(f"book model: missing {missing}, unexpected {unexpected}")
-    return model
-
-
-# --- Hugging Face transformers with the same weights --------------------------------------------
-
-
-def build_hf(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    d = cfg["emb_dim"]
-    hf_cfg = GPT2Config(
-        vocab_size=cfg["vocab_size"],
-        n_positions=cfg["context_length"],
-        n_embd=d,
-        n_layer=cfg["n_layers"],
-        n_head=cfg["n_heads"],
-        activation_function="gelu_new",  # the tanh approximation
-        resid_pdrop=cfg["drop_rate"],
-        embd_pdrop=cfg["drop_rate"],
-        attn_pdrop=cfg["drop_rate"],
-        layer_norm_epsilon=1e-5,
-        tie_word_embeddings=False,  # our out_head is its own matrix
-    )
-    hf_cfg._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(hf_cfg)
-    hs = export_hf_state_dict(state)  # the project's one book <-> Hugging Face key map
-    missing, unexpected = model.load_state_dict(hs, strict=False)
-    if unexpected or any(".attn.bias" not in k and ".masked_bias" not in k for k in missing):
-        raise RuntimeError(f"transformers model: missing {missing}, unexpected {unexpected}")
-    if model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr():
-        raise RuntimeError("transformers tied lm_head to wte; the copy needs tie_word_embeddings=False")
-    return model
+# --- The book's explicit code: scripts/book_reference.py (formula LayerNorm and GELU, the ``mask``
+# buffer, softmax attention, the book's KV-cache variant), the reference the tests compare with too;
+# built with given weights by bench_common.build_book. Hugging Face transformers: bench_common.build_hf.
 
 
 def hf_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -102,14 +67,6 @@ def hf_generate(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
         use_cache=True,
         pad_token_id=0,
     )
-
-
-def have_transformers() -> bool:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -265,92 +222,6 @@ TRAIN_LIT = {
 }
 
 
-class StepTimer:
-    """A Lightning callback: seconds of each training batch (forward, loss, backward, optimizer, logging)."""
-
-    def __init__(self, warmup: int) -> None:
-        import lightning as L
-
-        self.warmup, self.seconds = warmup, []
-        timer = self
-
-        class _Callback(L.Callback):
-            def on_train_batch_start(self, *args: Any) -> None:
-                timer.start = time.perf_counter()
-
-            def on_train_batch_end(
-                self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-            ) -> None:
-                if batch_idx >= timer.warmup:
-                    timer.seconds.append(time.perf_counter() - timer.start)
-
-        self.callback = _Callback()
-
-
-def lit_training_seconds(
-    state: dict, cfg: dict, trainer_name: str, overrides: list[str], batches: list, warmup: int, compile_model: bool
-) -> list[float]:
-    """Seconds per step of GPTLitModule under the Trainer that ``trainer=<trainer_name>`` composes.
-
-    The Trainer logs to a CSV file every step (ch05's log_every_n_steps=1); validation, checkpoints
-    and the run's callbacks (which act at validation) are off: only training steps are timed.
-    """
-    import tempfile
-
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from lightning.pytorch.loggers import CSVLogger
-
-    from gpt_lab.training.cpu_memory import freed_memory_kept
-    from gpt_lab.training.lit_module import GPTLitModule
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        trainer_cfg = compose("config", overrides=[f"trainer={trainer_name}", *overrides]).trainer
-    lit = GPTLitModule(cfg, lr=4e-4, weight_decay=0.1)
-    lit.model.load_state_dict(state)
-    timer = StepTimer(warmup)
-    callbacks = [timer.callback]
-    if compile_model:  # as compile=true does: the callback compiles the model's forward at train start
-        from gpt_lab.tasks.train import CompileModel
-
-        callbacks.append(CompileModel())
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = instantiate(
-            trainer_cfg,
-            default_root_dir=tmp,
-            max_steps=len(batches),
-            logger=CSVLogger(tmp),
-            log_every_n_steps=1,
-            callbacks=callbacks,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        # batch_size=None: the loader hands out the prepared (inputs, targets) batches as they are. The fit
-        # keeps freed memory on the CPU, as task=train's does (gpt_lab/training/cpu_memory.py).
-        with freed_memory_kept(trainer.strategy.root_device.type == "cpu"):
-            trainer.fit(lit, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    return timer.seconds
-
-
-def book_training_seconds(state: dict, cfg: dict, batches: list, warmup: int) -> list[float]:
-    """The book's chapter-5 loop body on its explicit model: forward, loss, zero_grad, backward, AdamW step."""
-    model = build_book(state, cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
-    seconds = []
-    for i, (x, y) in enumerate(batches):
-        start = time.perf_counter()
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def training_runs(state: dict, cfg: dict, args: argparse.Namespace) -> dict[str, Callable[[], list[float]]]:
     """Chapter 5's training step (batch 2 x 256, dropout 0.1, AdamW lr 4e-4, wd 0.1) on the same
     weights and batches, one callable per row: each does ``train_warmup`` warm-up steps (the first
@@ -423,12 +294,10 @@ def bench_training(args: argparse.Namespace) -> tuple[dict[str, Any], dict]:
 
 
 _BUILD_CHILD = """
-import sys, time, torch
-sys.path.insert(0, {root!r})
+import time, torch
 torch.set_num_threads({threads})
 from gpt_lab.model.gpt import GPTModel
-sys.path.insert(0, {scripts!r})
-import bench
+import bench  # run in scripts/: python -c puts the working directory first on the module path
 
 
 def vm(field):  # this process's memory in bytes; VmHWM (peak RSS) starts afresh at exec, ru_maxrss does not
@@ -475,10 +344,10 @@ def bench_build(size: str, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in range(args.build_reps):
         for which in ("gpt_lab", "plain") if r % 2 == 0 else ("plain", "gpt_lab"):
-            code = _BUILD_CHILD.format(
-                root=str(ROOT), scripts=str(ROOT / "scripts"), threads=args.threads, cfg=SIZES[size], which=which
+            code = _BUILD_CHILD.format(threads=args.threads, cfg=SIZES[size], which=which)
+            res = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT / "scripts"
             )
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             secs, base, peak, nbytes = (float(v) for v in res.stdout.split()[-4:])
             row = out.setdefault(which, {"seconds": [], "peak_over_base": [], "weights_bytes": nbytes})
             row["seconds"].append(secs)

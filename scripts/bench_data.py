@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Run in a fresh process per corpus size, so each peak RSS is that prepare's own.
 PREPARE_CHILD = """

@@ -76,6 +76,8 @@ def _peft_model(size: str) -> tuple[Any, Any]:
     import transformers
     from peft import LoraConfig, get_peft_model
 
+    from gpt_lab.tokenizer import ENDOFTEXT_ID
+
     s = SIZES[size]
     cfg = transformers.GPT2Config(
         vocab_size=50257,
@@ -88,7 +90,7 @@ def _peft_model(size: str) -> tuple[Any, Any]:
         embd_pdrop=0.0,
         attn_pdrop=0.0,
         num_labels=2,
-        pad_token_id=50256,
+        pad_token_id=ENDOFTEXT_ID,
     )
     torch.manual_seed(123)
     base = transformers.GPT2ForSequenceClassification(cfg)
@@ -105,13 +107,16 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One row in this process: the median step time and the peak RSS."""
     import torch
 
+    from gpt_lab.tokenizer import ENDOFTEXT_ID
+
     torch.set_num_threads(args.threads)
     lib, finetune, precision = name.split()
     model, logits = _peft_model(args.model) if lib == "peft" else _gpt_lab_model(args.model, finetune)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 50256, (args.batch, args.tokens), generator=g)  # no padding id: GPT-2's score reads the last
+    # No padding id (<|endoftext|>) in the batch: GPT-2's score reads the last position.
+    x = torch.randint(0, ENDOFTEXT_ID, (args.batch, args.tokens), generator=g)
     y = torch.randint(0, 2, (args.batch,), generator=g)
     bf16 = precision == "bf16"
 

@@ -32,18 +32,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_common import book_training_seconds, build_hf, have_transformers, lit_training_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench import book_training_seconds, build_hf, have_transformers, lit_training_seconds  # noqa: E402
-
-from gpt_lab.config import GPT2_SIZES  # noqa: E402
-from gpt_lab.data.entries import read_entries  # noqa: E402
-from gpt_lab.data.instructions import collate_instructions, encode_entry  # noqa: E402
-from gpt_lab.model.gpt import GPTModel  # noqa: E402
-from gpt_lab.tokenizer import get_tokenizer  # noqa: E402
+from gpt_lab.config import GPT2_SIZES
+from gpt_lab.data.entries import read_entries
+from gpt_lab.data.instructions import collate_instructions, encode_entry
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.tokenizer import get_tokenizer
 
 ROW_BOOK = "book explicit fp32 (bare loop)"
 ROW_HF = "transformers fp32 (GPT2LMHeadModel, sdpa)"

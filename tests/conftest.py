@@ -46,7 +46,8 @@ def book_model() -> GPTModel:
     eval mode): the golden output's model, built once per suite. Tests only read it (generation
     restores the mode it found); a test that changes weights builds its own."""
     import torch
-    from book_reference import GPT_CONFIG_124M
+
+    from scripts.book_reference import GPT_CONFIG_124M
 
     torch.manual_seed(123)
     return GPTModel(GPT_CONFIG_124M).eval()

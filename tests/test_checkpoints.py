@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from book_reference import RefGPT
 from configs import TINY
 
 from gpt_lab.model.book_checkpoint import export_book_state_dict, save_book_checkpoint
 from gpt_lab.model.gpt import GPTModel
+from scripts.book_reference import RefGPT
 
 BIASED = {**TINY, "qkv_bias": True}  # the biases travel too
 

@@ -332,7 +332,7 @@ def test_lora_classifier_resumes_exactly_from_last_checkpoint(tmp_path: Path, cl
 
 
 def test_classify_with_a_language_model_or_without_text_is_a_user_error(tmp_path: Path, compose_config) -> None:
-    from gpt_lab.model.finetune import save_finetuned
+    from gpt_lab.model.finetuned import save_finetuned
 
     save_finetuned(GPTModel(TINY), tmp_path, {"finetune": "all"})
     with pytest.raises(NotAClassifierError, match=r"no classification head"):

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from book_reference import GPT_CONFIG_124M
 
 from gpt_lab.run.job import run_task
 from gpt_lab.tasks import sample
+from scripts.book_reference import GPT_CONFIG_124M
 
 # The chapter's golden generation: what the book's own code prints for seed 123.
 BOOK_OUTPUT_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from configs import TINY
 
-from gpt_lab.model.finetune import save_finetuned
+from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.lora import apply_lora, lora_layers
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from book_reference import RefGPT, ref_greedy
 from configs import TINY
 
 from gpt_lab.generation.sampling import generate, generate_text_simple, sample_next_token
 from gpt_lab.model.gpt import GPTModel
+from scripts.book_reference import RefGPT, ref_greedy
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from torch import nn
 
 from gpt_lab.config import GPT2_SIZES, validate_config
 from gpt_lab.errors import ConfigError, InitFromError
-from gpt_lab.model.finetune import load_finetuned, save_finetuned, select_trainable
+from gpt_lab.model.finetune import select_trainable
+from gpt_lab.model.finetuned import load_finetuned, save_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.lora import LoRALinear, apply_lora, lora_disabled, merge_lora, merged_state_dict
 from gpt_lab.model.weights import build_model

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 from configs import TINY
 from omegaconf import OmegaConf
 
@@ -23,6 +22,7 @@ from gpt_lab.model.gpt import (
 )
 from gpt_lab.model.stats import count_params, count_params_tied, model_report, size_mb
 from gpt_lab.tokenizer import get_tokenizer
+from scripts.book_reference import GPT_CONFIG_124M, RefGPT, gelu, layer_norm
 
 EXACT = {**TINY, "drop_rate": 0.0, "qkv_bias": True}  # deterministic, and every parameter present
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from book_reference import RefGPT
 from configs import TINY as TINY_MODEL
 from configs import TINY_RUN
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +19,7 @@ from gpt_lab.errors import UserError
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.run.job import run_task
 from gpt_lab.tokenizer import get_tokenizer
+from scripts.book_reference import RefGPT
 
 CONTEXT = 16  # TINY_RUN's context length
 SMALL = [

@@ -54,7 +54,7 @@ _NAMES = {
     "read_entries": "gpt_lab.data.entries",
     "split_sizes": "gpt_lab.data.entries",
     "split_entries": "gpt_lab.data.entries",
-    "encode_text": "gpt_lab.data.instructions",
+    "encode_text": "gpt_lab.tokenizer",
     "encode_entry": "gpt_lab.data.instructions",
     "collate_instructions": "gpt_lab.data.instructions",
     "InstructionCollator": "gpt_lab.data.instructions",

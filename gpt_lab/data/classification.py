@@ -36,11 +36,10 @@ from gpt_lab.data.labelled import (
     write_split_csv,
 )
 from gpt_lab.data.text import DataError, ShuffledDataModule
+from gpt_lab.model.classifier import PAD_TOKEN_ID
 from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
-
-PAD_TOKEN_ID = 50256  # <|endoftext|>, the book's padding
 
 
 # ---------------------------------------------------------------------------------------------

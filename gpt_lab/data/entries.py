@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,14 @@ class InstructionDataError(DataError):
     """An instruction file that cannot be read, an entry without its fields, an empty split."""
 
 
-def _parse(path: Path, text: str, key: str) -> list[Any]:
+def _parse(path: Path, text: str, key: str, error: type[DataError]) -> list[Any]:
     """A JSON list, or JSON Lines (one object per line); the error names the line that is neither."""
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); give a JSON "
                 "list of entries or JSON Lines (one entry per line)"
             ) from None
@@ -42,66 +42,83 @@ def _parse(path: Path, text: str, key: str) -> list[Any]:
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path} is neither a JSON list nor JSON Lines: line {number} is not JSON ({err.msg}); "
                 "give a JSON list of entries or one JSON object per line"
             ) from None
     return entries
 
 
+def _missing_instruction_field(
+    key: str, path: Path, index: int, name: str, names: Mapping[str, str], raw: Mapping[str, Any]
+) -> str:
+    """Chapter 7's message for an entry without one of its fields."""
+    mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
+    if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
+        return (
+            f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
+            "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
+            "it with experiment=dpo (data=preferences), or map one response as the output with "
+            "data.fields.output=chosen"
+        )
+    return (
+        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
+        f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "
+        f"data.fields.instruction=..., data.fields.input=..., data.fields.output=...)"
+    )
+
+
+MissingField = Callable[[str, Path, int, str, Mapping[str, str], Mapping[str, Any]], str]
+
+
 def read_entries(
-    path: str | Path, fields: Mapping[str, str] | None = None, key: str = "data.path"
+    path: str | Path,
+    fields: Mapping[str, str] | None = None,
+    key: str = "data.path",
+    *,
+    names: Sequence[str] = FIELDS,
+    required: Sequence[str] = REQUIRED_FIELDS,
+    error: type[DataError] = InstructionDataError,
+    missing: MissingField = _missing_instruction_field,
+    expected: str = "a JSON list or JSON Lines file of instruction / input / output entries",
 ) -> list[dict[str, Any]]:
-    """The entries of a JSON list or JSONL file, each with ``instruction``, ``input`` and ``output``.
+    """The entries of a JSON list or JSONL file, each with the fields ``names`` (chapter 7's
+    ``instruction``, ``input`` and ``output`` by default; preference pairs add ``chosen`` and ``rejected``).
 
     ``fields`` maps those names to the file's own (``{"instruction": "question", "output":
-    "answer"}``); a missing or null ``input`` becomes ``""``; other keys of an entry are kept
-    (preference data's ``chosen`` / ``rejected``). Any problem is an ``InstructionDataError``
-    naming ``key``, the file and the entry's index (counted from 0).
+    "answer"}``); a missing or null field not in ``required`` becomes ``""``; other keys of an entry
+    are kept. Any problem is an ``error`` naming ``key``, the file and the entry's index (counted
+    from 0); ``missing`` words the one for a required field an entry lacks.
     """
     path = Path(path)
-    text = read_text(
-        path, key, "a JSON list or JSON Lines file of instruction / input / output entries", InstructionDataError
-    )
-    data = _parse(path, text, key)
+    text = read_text(path, key, expected, error)
+    data = _parse(path, text, key, error)
     if not isinstance(data, list):
-        raise InstructionDataError(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
-    names = {name: (fields or {}).get(name) or name for name in FIELDS}
+        raise error(f"{key}={path} holds a JSON {type(data).__name__}, not a list of entries")
+    mapped = {name: (fields or {}).get(name) or name for name in names}
     entries = []
     for index, raw in enumerate(data):
         if not isinstance(raw, Mapping):
-            raise InstructionDataError(
+            raise error(
                 f"{key}={path}: entry {index} (counting from 0) is a {type(raw).__name__}, not an object with "
-                f"{', '.join(repr(names[f]) for f in FIELDS)}"
+                f"{', '.join(repr(mapped[f]) for f in names)}"
             )
-        entry = {k: v for k, v in raw.items() if k not in names.values()}
-        for name in FIELDS:
-            value = raw.get(names[name])
-            if value is None and name not in REQUIRED_FIELDS:
+        entry = {k: v for k, v in raw.items() if k not in mapped.values()}
+        for name in names:
+            value = raw.get(mapped[name])
+            if value is None and name not in required:
                 value = ""
             if value is None:
-                mapped = f" (data.fields.{name}={names[name]})" if names[name] != name else ""
-                if name == "output" and "chosen" in raw and "rejected" in raw:  # issue 20
-                    raise InstructionDataError(
-                        f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r} but 'chosen' and "
-                        "'rejected': it looks like preference data; preference-tune an instruction-tuned model on "
-                        "it with experiment=dpo (data=preferences), or map one response as the output with "
-                        "data.fields.output=chosen"
-                    )
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has no {names[name]!r}{mapped}; every entry "
-                    f"needs {' and '.join(repr(names[f]) for f in REQUIRED_FIELDS)} (map other names with "
-                    f"data.fields.instruction=..., data.fields.input=..., data.fields.output=...)"
-                )
+                raise error(missing(key, path, index, name, mapped, raw))
             if not isinstance(value, str):
-                raise InstructionDataError(
-                    f"{key}={path}: entry {index} (counting from 0) has {names[name]!r} of type "
+                raise error(
+                    f"{key}={path}: entry {index} (counting from 0) has {mapped[name]!r} of type "
                     f"{type(value).__name__}; it must be a string"
                 )
             entry[name] = value
         entries.append(entry)
     if not entries:
-        raise InstructionDataError(f"{key}={path} holds no entries")
+        raise error(f"{key}={path} holds no entries")
     return entries
 
 

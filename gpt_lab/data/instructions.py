@@ -4,7 +4,7 @@ Plain functions the other fine-tuning objectives reuse (the entries and their sp
 gpt_lab/data/entries.py): ``encode_entry`` (prompt and response as the book tokenizes them) and
 ``collate_instructions`` (the book's padding and target masking, with exercise 7.2's prompt mask).
 
-Text that contains ``<|endoftext|>`` is tokenized as ordinary text (``disallowed_special=()``:
+Text that contains ``<|endoftext|>`` is tokenized as ordinary text (``gpt_lab.tokenizer.encode_text``:
 ``<``, ``|``, ``endoftext``, ``|``, ``>``), so the only id 50256 of an item is the one appended to
 end it; padding is told apart from it by position, never by value.
 """
@@ -28,7 +28,7 @@ from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, spl
 from gpt_lab.data.text import ShuffledDataModule
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
 from gpt_lab.storage import write_text_atomic
-from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
+from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ SPLIT_FILES = {split: f"{split}.json" for split in SPLITS}  # what a run writes 
 
 # ---------------------------------------------------------------------------------------------
 # Tokens and batches
-
-
-def encode_text(tokenizer: tiktoken.Encoding, text: str) -> list[int]:
-    """``text``'s ids with every special-looking string as ordinary text (never id 50256)."""
-    return tokenizer.encode(text, disallowed_special=())
 
 
 def encode_entry(entry: Mapping[str, Any], style: str, tokenizer: tiktoken.Encoding) -> tuple[list[int], int]:

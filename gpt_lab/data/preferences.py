@@ -19,9 +19,8 @@ ln 2 to the loss and nothing to the gradient).
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
-from gpt_lab.data.entries import split_entries
-from gpt_lab.data.instructions import encode_text
+from gpt_lab.data.entries import read_entries, split_entries
 from gpt_lab.data.text import DataError, ShuffledDataModule
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
-from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, get_tokenizer
+from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +48,7 @@ class PreferenceDataError(DataError):
 def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
     """The prompt style to train with: ``data.prompt_style`` when given, else the one saved with the
     ``init_from`` run (its ``model.json``), else alpaca (the book's)."""
-    from gpt_lab.model.finetune import META_FILE, MODEL_FILE, read_meta
+    from gpt_lab.model.model_file import META_FILE, MODEL_FILE, read_meta
 
     saved = None
     if init_from is not None and init_from.exists():
@@ -71,68 +69,52 @@ def carried_prompt_style(given: str | None, init_from: Path | None) -> str:
     return style
 
 
+PREFERENCE_FIELDS = ("instruction", "input", "chosen", "rejected")
+
+
+def _missing_preference_field(
+    key: str, path: Path, index: int, name: str, names: Mapping[str, str], raw: Mapping[str, Any]
+) -> str:
+    chosen_key, rejected_key = names["chosen"], names["rejected"]
+    if "output" in raw and chosen_key not in raw and rejected_key not in raw:
+        hint = (
+            " — it looks like instruction data (instruction / input / output): train on it with "
+            "data=instructions, or add the two responses to compare"
+        )
+    elif chosen_key != "chosen" or rejected_key != "rejected":
+        hint = f" (data.chosen_key={chosen_key}, data.rejected_key={rejected_key})"
+    else:
+        hint = " (name other fields with data.chosen_key= / data.rejected_key=)"
+    return (
+        f"{key}={path}: entry {index} has no {names[name]} field; data=preferences needs "
+        f"{names['instruction']}, {chosen_key} and {rejected_key} ({names['input']} optional){hint}"
+    )
+
+
 def read_preference_entries(
     path: Path,
     chosen_key: str = "chosen",
     rejected_key: str = "rejected",
-    fields: dict[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """The entries of a JSON list or JSONL file, each with ``instruction``, ``input``, ``chosen``, ``rejected``.
+    """The entries of a JSON list or JSONL file, each with ``instruction``, ``input``, ``chosen``, ``rejected``
+    (chapter 7's reader, ``gpt_lab.data.entries.read_entries``, with the two responses for ``output``).
 
     ``chosen_key`` / ``rejected_key`` name the two response fields in the file, ``fields`` the
     instruction and input (``data.fields``, as chapter 7's data); the entries come back with the
     standard names. A missing field, a non-string field, or an instruction file given here
     (``output`` but no responses) is a ``PreferenceDataError``.
     """
-    instruction_key = (fields or {}).get("instruction") or "instruction"
-    input_key = (fields or {}).get("input") or "input"
-    if not path.is_file():
-        raise PreferenceDataError(f"data.path={path} is not a file; give a JSON or JSONL file of preference entries")
-    text = path.read_text(encoding="utf-8")
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise PreferenceDataError(
-                f"data.path={path} is neither a JSON list nor JSONL (line {err.lineno}: {err.msg})"
-            ) from None
-    if isinstance(entries, dict):
-        entries = [entries]
-    if not isinstance(entries, list) or not entries:
-        raise PreferenceDataError(f"data.path={path} holds no entries; expected a JSON list of objects (or JSONL)")
-    out = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise PreferenceDataError(f"data.path={path}: entry {i} is a {type(entry).__name__}, not an object")
-        missing = [key for key in (instruction_key, chosen_key, rejected_key) if entry.get(key) is None]
-        if missing:
-            hint = ""
-            if "output" in entry and chosen_key not in entry and rejected_key not in entry:
-                hint = (
-                    " — it looks like instruction data (instruction / input / output): train on it with "
-                    "data=instructions, or add the two responses to compare"
-                )
-            elif chosen_key != "chosen" or rejected_key != "rejected":
-                hint = f" (data.chosen_key={chosen_key}, data.rejected_key={rejected_key})"
-            else:
-                hint = " (name other fields with data.chosen_key= / data.rejected_key=)"
-            raise PreferenceDataError(
-                f"data.path={path}: entry {i} has no {', '.join(missing)} field; data=preferences needs "
-                f"{instruction_key}, {chosen_key} and {rejected_key} ({input_key} optional){hint}"
-            )
-        item = {
-            "instruction": entry[instruction_key],
-            "input": entry.get(input_key) or "",
-            "chosen": entry[chosen_key],
-            "rejected": entry[rejected_key],
-        }
-        bad = [key for key, value in item.items() if not isinstance(value, str)]
-        if bad:
-            raise PreferenceDataError(f"data.path={path}: entry {i} has non-string field(s) {', '.join(bad)}")
-        out.append({**entry, **item})
-    return out
+    names = {**{k: v for k, v in (fields or {}).items() if v}, "chosen": chosen_key, "rejected": rejected_key}
+    return read_entries(
+        path,
+        names,
+        names=PREFERENCE_FIELDS,
+        required=("instruction", "chosen", "rejected"),
+        error=PreferenceDataError,
+        missing=_missing_preference_field,
+        expected="a JSON or JSONL file of preference entries (instruction, input, chosen, rejected)",
+    )
 
 
 @dataclass
@@ -231,10 +213,6 @@ class PreferenceDataset(Dataset):
 
     def __getitem__(self, idx: int) -> PreferencePair:
         return self.pairs[idx]
-
-
-def _own_generator() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
 
 
 class PreferenceDataModule(ShuffledDataModule):

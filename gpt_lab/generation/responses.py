@@ -13,12 +13,13 @@ import torch
 from gpt_lab.errors import InitFromError
 from gpt_lab.generation.prompt_styles import PromptStyleError, extract_response, format_prompt, get_prompt_style
 from gpt_lab.generation.sampling import generate
-from gpt_lab.model.finetune import MODEL_FILE, read_meta
 from gpt_lab.model.gpt import GPTModel
-from gpt_lab.tokenizer import ENDOFTEXT_ID
+from gpt_lab.model.model_file import MODEL_FILE, read_meta
+from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
 
 BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
 RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
+RESPONSES_FILE = "test-responses.json"  # the test entries with their responses, in a chapter-7 run directory
 
 
 def answer(
@@ -38,7 +39,7 @@ def answer(
     ``response`` (the book's extraction), ``new_tokens`` and the speed.
     """
     prompt = format_prompt(entry, style)
-    ids = tokenizer.encode(prompt, disallowed_special=())
+    ids = encode_text(tokenizer, prompt)
     device = model.out_head.weight.device
     started = time.perf_counter()
     out = generate(

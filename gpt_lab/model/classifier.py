@@ -23,8 +23,9 @@ from torch import nn
 
 from gpt_lab.config import POOLINGS
 from gpt_lab.errors import ConfigError, UserError
+from gpt_lab.tokenizer import ENDOFTEXT_ID
 
-PAD_TOKEN_ID = 50256
+PAD_TOKEN_ID = ENDOFTEXT_ID  # the book pads texts with <|endoftext|>
 
 
 class NotAClassifierError(UserError):
@@ -113,7 +114,7 @@ def classify_texts(
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A classification run's model and its ``model.json`` (class names, pooling, max_length)."""
-    from gpt_lab.model.finetune import load_finetuned
+    from gpt_lab.model.finetuned import load_finetuned
 
     model, meta = load_finetuned(path)
     if model.cfg.get("num_classes") is None or not meta.get("class_names"):

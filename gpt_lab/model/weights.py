@@ -23,15 +23,14 @@ import torch
 
 from gpt_lab.config import GPT2_SIZES
 from gpt_lab.errors import InitFromError
-from gpt_lab.model.finetune import read_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
 from gpt_lab.model.lora import lora_scale, merge_lora_state
+from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-BOOK_WEIGHT_FILES = ("model.pth",)
 MAX_LISTED = 12  # mismatched tensors listed one by one in an error message
 
 
@@ -49,7 +48,7 @@ class PretrainedWeights:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] = field(default_factory=dict)
     stated: dict[str, Any] = field(default_factory=dict)
-    # A fine-tuned model's model.json (gpt_lab.model.finetune): class names, pooling, prompt style, ...
+    # A fine-tuned model's model.json (gpt_lab.model.model_file): class names, pooling, prompt style, ...
     meta: dict[str, Any] | None = None
 
 
@@ -87,14 +86,14 @@ def _weights_file(path: Path) -> Path:
         raise InitFromError(f"init_from={path}: no such file or directory")
     if path.is_file():
         return path
-    for name in (*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES):
+    for name in (*HF_WEIGHT_FILES, MODEL_FILE):
         if (path / name).is_file():
             return path / name
     ckpts = sorted(path.glob("*.ckpt"))
     if len(ckpts) == 1:
         return ckpts[0]
     raise InitFromError(
-        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, *BOOK_WEIGHT_FILES))}"
+        f"init_from={path}: the directory holds none of {', '.join((*HF_WEIGHT_FILES, MODEL_FILE))}"
         + (f" and {len(ckpts)} .ckpt files (name one)" if ckpts else "")
     )
 

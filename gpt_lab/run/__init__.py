@@ -15,7 +15,7 @@ _NAMES = {
     "read_results": "gpt_lab.run.files",
     "run_task": "gpt_lab.run.job",
     "task_function": "gpt_lab.run.job",
-    "exit_with_error": "gpt_lab.run.job",
+    "exit_with_error": "gpt_lab.run.error_exit",
     "run_command_line": "gpt_lab.run.job",
     "run_job": "gpt_lab.run.job",
     "quiet_known_warnings": "gpt_lab.run.job",

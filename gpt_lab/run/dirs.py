@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config.saved_model import run_model_name
 from gpt_lab.errors import UserError
+from gpt_lab.run.error_exit import exit_with_error
 from gpt_lab.run.files import RESULTS_FILE, holds_only_bookkeeping, read_results
 from gpt_lab.run.status import is_rank_zero, watch_sweep
 from gpt_lab.run.sweep import JOB_DIR_RESOLVER, continues_sweep, job_dir_name
@@ -81,9 +82,7 @@ class RunDirError(UserError):
 
 def _refuse(message: str) -> None:
     # Hydra would print an exception raised by its callback with a traceback: the command line's own
-    # error printer (gpt_lab.run.job.exit_with_error) prints it and ends the process here.
-    from gpt_lab.run.job import exit_with_error
-
+    # error printer (gpt_lab.run.error_exit.exit_with_error) prints it and ends the process here.
     raise exit_with_error(RunDirError(message))
 
 

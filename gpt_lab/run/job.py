@@ -32,11 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.run.dirs import register_resolver
+from gpt_lab.run.error_exit import exit_with_error
 from gpt_lab.run.files import holds_only_bookkeeping, write_results
 from gpt_lab.run.preflight import check_resources
 from gpt_lab.run.status import (
-    EXIT_FAILURE,
-    USER_ERROR_EXIT_CODE,
     RunInterrupted,
     as_interruption,
     install_signal_handlers,
@@ -140,13 +139,6 @@ def run_command_line(hydra_main: Callable[[], Any]) -> None:
         raise SystemExit(interrupted.exit_code) from None
     except (UserError, StorageError) as err:  # a Hydra callback's refusal (gpt_lab.run.dirs.RunDirGuard)
         raise exit_with_error(err) from None
-
-
-def exit_with_error(err: UserError | StorageError) -> SystemExit:
-    """Print ``err`` as the one paragraph ``gpt_lab: error: ...`` on stderr (the one place that prints
-    a user error); return the ``SystemExit`` to raise: status 2 for a user error, 1 for a full disk."""
-    print(f"gpt_lab: error: {err}", file=sys.stderr, flush=True)
-    return SystemExit(USER_ERROR_EXIT_CODE if isinstance(err, UserError) else EXIT_FAILURE)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpt_lab.errors import ConfigError
+from gpt_lab.run.error_exit import exit_with_error  # the one printer of a user error (exit status 2)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -245,6 +246,4 @@ def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR
     args = sys.argv[1:] if args is None else args
     problems = unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir) or unknown_keys(args)
     if problems:
-        from gpt_lab.run.job import exit_with_error  # the one printer of a user error (exit status 2)
-
         raise exit_with_error(ConfigError("; ".join(problems)))

@@ -24,12 +24,12 @@ from omegaconf import DictConfig
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
+from gpt_lab.generation.responses import RESPONSES_FILE  # what a chapter-7 training run writes
 from gpt_lab.storage import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "judge-scores.json"
-RESPONSES_FILE = "test-responses.json"  # what a chapter-7 training run writes (gpt_lab/training/instruction_module.py)
 CHAT_PATH = "/api/chat"
 
 

@@ -19,7 +19,7 @@ from gpt_lab.config import input_path
 from gpt_lab.errors import InitFromError, UserError
 from gpt_lab.generation.prompt_styles import PROMPT_STYLES, PromptStyleError, get_prompt_style
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, saved_meta, saved_prompt_style
-from gpt_lab.model.finetune import load_finetuned
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model

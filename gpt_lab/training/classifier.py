@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gpt_lab.model.classifier import pooled_logits, replace_head
-from gpt_lab.model.finetune import load_base_state, lora_settings, save_finetuned, select_trainable
+from gpt_lab.model.classifier import PAD_TOKEN_ID, pooled_logits, replace_head
+from gpt_lab.model.finetune import load_base_state
+from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.model.gpt import GPTModel, model_config_dict
-from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError, _primitive
+from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -63,44 +64,43 @@ class ClassifierLitModule(GPTLitModule):
         max_length: int | None = None,
         init_state: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        L.LightningModule.__init__(self)  # GPTLitModule's own __init__ builds a language model
-        cfg = _primitive(model_config_dict(model_cfg))
-        lora_cfg = lora_settings(lora)
-        num_classes = len(class_names)
+        cfg = model_config_dict(model_cfg)
+        model = GPTModel(cfg)
+        if init_state:
+            load_base_state(model, init_state)
+        new_head = model.cfg["num_classes"] != len(class_names)
+        if new_head:
+            torch.manual_seed(seed)  # the book seeds right before the new head
+            replace_head(model, len(class_names))
+        super().__init__(
+            cfg,
+            lr,
+            weight_decay,
+            max_new_tokens=0,
+            scheduler=scheduler,
+            clip_grad_norm=clip_grad_norm,
+            finetune=finetune,
+            lora=lora,
+            model=model,
+        )
+        # One call holds every hyper-parameter (a second save_hyperparameters would replace the first's).
         self.save_hyperparameters(
             {
-                "model_cfg": cfg,
+                **self.hparams,
                 "class_names": list(class_names),
-                "lr": float(lr),
-                "weight_decay": float(weight_decay),
                 "pooling": pooling,
-                "finetune": finetune,
-                "lora": lora_cfg,
                 "seed": int(seed),
-                "scheduler": _primitive(dict(scheduler or {"name": "constant"})),
-                "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
                 "initial_eval_batches": initial_eval_batches,
                 "epoch_eval_batches": epoch_eval_batches,
                 "max_length": max_length,
-                "max_new_tokens": 0,
             }
         )
-        self.model = GPTModel(cfg)
-        if init_state:
-            load_base_state(self.model, init_state)
-        new_head = self.model.cfg["num_classes"] != num_classes
-        if new_head:
-            torch.manual_seed(seed)  # the book seeds right before the new head
-            replace_head(self.model, num_classes)
-        self.trainable_params = select_trainable(self.model, finetune, lora_cfg)
         head_adapted = any("lora" in name for name, _ in self.model.out_head.named_parameters())
         if new_head and finetune == "lora" and not head_adapted:
             # lora.targets left the new head out: it trains whole (peft's modules_to_save), not frozen at
             # its random values. A targeted head trains through its adapter (appendix E's count).
             self.model.out_head.requires_grad_(True)
             self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.example_input_array = torch.zeros((1, min(8, self.model.context_length)), dtype=torch.long)
-        self.tokens_seen = 0
         self.examples_seen = 0
         self.warmup_steps = 0
         self._resume_rng_state: torch.Tensor | None = None
@@ -318,7 +318,7 @@ class ClassifierLitModule(GPTLitModule):
                 "class_names": names,
                 "pooling": self.hparams.pooling,
                 "max_length": results["max_length"],
-                "pad_token_id": 50256,
+                "pad_token_id": PAD_TOKEN_ID,
                 "finetune": self.hparams.finetune,
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,

@@ -8,21 +8,33 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import lightning as L
 import torch
 from torch import nn
 
+from gpt_lab.generation.responses import RESPONSES_FILE
 from gpt_lab.storage import atomic_write, write_text_atomic
-
-if TYPE_CHECKING:
-    from gpt_lab.training.dpo import DPOLitModule
 
 log = logging.getLogger(__name__)
 
+
+class DPORun(Protocol):
+    """What this report reads of ``gpt_lab.training.dpo.DPOLitModule`` (which calls it: no import back)."""
+
+    model: nn.Module
+    reference: nn.Module | None
+    hparams: Any
+    tokens_seen: int
+
+    @property
+    def history(self) -> list[dict[str, Any]]: ...
+
+    def eval_metrics(self, batches: Any) -> dict[str, float]: ...
+
+
 PLOT_FILE = "dpo-plot.png"
-RESPONSES_FILE = "test-responses.json"
 REFERENCE_KEY = "reference_response"  # beside chapter 7's model_response: the starting model's answer
 
 
@@ -55,7 +67,7 @@ def plot_dpo_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 @contextmanager
-def reference_model(lit: DPOLitModule) -> Iterator[nn.Module]:
+def reference_model(lit: DPORun) -> Iterator[nn.Module]:
     """The reference as a model to run: the frozen copy, or the policy with its LoRA adapters off."""
     if lit.reference is not None:
         yield lit.reference
@@ -66,7 +78,7 @@ def reference_model(lit: DPOLitModule) -> Iterator[nn.Module]:
         yield lit.model
 
 
-def write_test_responses(lit: DPOLitModule, datamodule: Any, cfg: Any, path: Path) -> int:
+def write_test_responses(lit: DPORun, datamodule: Any, cfg: Any, path: Path) -> int:
     """The test entries with ``model_response`` (the policy's, chapter 7's layout, so ``task=judge`` scores it
     as it is) and ``reference_response`` (the starting model's), answered as chapter 7 answers (greedy unless
     ``temperature``, up to ``max_response_tokens``); ``dpo.test_responses`` bounds how many."""
@@ -103,8 +115,8 @@ def initial_metrics(trainer: L.Trainer) -> dict[str, dict[str, float]]:
     return {}
 
 
-def finish_dpo(lit: DPOLitModule, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
-    from gpt_lab.model.finetune import save_finetuned
+def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
+    from gpt_lab.model.finetuned import save_finetuned
 
     out_dir = Path(cfg.paths.output_dir)
     final = {split: lit.eval_metrics(datamodule.eval_dataloader(split)) for split in ("train", "val")}

@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_lab.generation.prompt_styles import get_prompt_style
-from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, generate_responses
-from gpt_lab.model.finetune import save_finetuned
+from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, RESPONSES_FILE, answer, generate_responses
+from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
@@ -29,7 +29,6 @@ from gpt_lab.training.loss_plot import plot_losses
 
 log = logging.getLogger(__name__)
 
-RESPONSES_FILE = "test-responses.json"
 LOSS_PLOT_FILE = "loss-plot.png"
 EPOCH_RESPONSE_TOKENS = 50  # the book's generate_and_print_sample after each epoch
 

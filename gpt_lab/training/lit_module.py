@@ -23,12 +23,11 @@ from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
 from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.model.model_file import MODEL_FILE
 from gpt_lab.training.loss import batch_loss, mean_loss
 from gpt_lab.training.schedule import build_scheduler, resolve_schedule
 
 log = logging.getLogger(__name__)
-
-BOOK_CHECKPOINT = "model.pth"  # the trained weights, in the book's format, in the run directory
 
 
 class NonFiniteLossError(UserError):
@@ -77,7 +76,10 @@ class GPTLitModule(L.LightningModule):
         clip_grad_norm: float | None = None,
         finetune: str = "all",
         lora: Mapping[str, Any] | None = None,
+        model: GPTModel | None = None,
     ) -> None:
+        """``model``: the ``GPTModel`` to train, built from ``model_cfg`` by a subclass that changes it
+        first (a classification head); None builds ``GPTModel(model_cfg)`` here."""
         super().__init__()
         cfg = _primitive(model_config_dict(model_cfg))
         lora_cfg = lora_settings(lora)
@@ -93,7 +95,7 @@ class GPTLitModule(L.LightningModule):
                 "lora": lora_cfg,
             }
         )
-        self.model = GPTModel(cfg)
+        self.model = GPTModel(cfg) if model is None else model
         # What trains (finetune=): LoRA adapters are added here, so a checkpoint's keys match on resume.
         self.trainable_params = select_trainable(self.model, finetune, lora_cfg)
         # For the TensorBoard graph and the model summary: any length up to the context traces the same graph.
@@ -127,7 +129,7 @@ class GPTLitModule(L.LightningModule):
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
-        from gpt_lab.model.finetune import save_finetuned, write_meta
+        from gpt_lab.model.finetuned import save_finetuned, write_meta
         from gpt_lab.tokenizer import get_tokenizer
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
@@ -136,7 +138,7 @@ class GPTLitModule(L.LightningModule):
             log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
         tokenizer = get_tokenizer()
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
-        book_path = Path(cfg.paths.output_dir) / BOOK_CHECKPOINT
+        book_path = Path(cfg.paths.output_dir) / MODEL_FILE
         if trainer.is_global_zero:
             if self.hparams.finetune == "all":
                 save_book_checkpoint(self.model, book_path)

@@ -3,8 +3,9 @@
 Written out in plain tensor math (mean/variance LayerNorm, the tanh GELU formula, softmax
 attention over a stored causal ``mask`` buffer, and the book's KV-cache variant) so tests can
 compare gpt_lab's fused-kernel model with it, weight for weight, and ``scripts/bench.py`` can time
-it as the code to beat (it lives in the package so that both can import it). Its state dict has
-the book's keys, ``att.mask`` buffers included.
+it as the code to beat (it lives beside the benchmarks, outside the package: the tests import it as
+``scripts.book_reference``, the benchmarks as ``book_reference``). Its state dict has the book's keys,
+``att.mask`` buffers included.
 """
 
 from __future__ import annotations
