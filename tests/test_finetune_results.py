@@ -163,3 +163,56 @@ def test_dpo_mean_logprob_is_the_books_by_default_and_response_mean_is_the_other
     torch.testing.assert_close(got["mean"].double(), torch.tensor(book, dtype=torch.float64), atol=1e-5, rtol=1e-5)
     # response_mean: the response and its end-of-text, nothing of the header (instruction tuning's targets).
     assert not torch.allclose(got["response_mean"].double(), torch.tensor(book, dtype=torch.float64), atol=1e-3)
+
+
+def test_a_text_spelling_endoftext_is_text_in_classification_not_padding(tmp_path: Path) -> None:
+    from gpt_lab.data.classification import ClassificationDataModule
+    from gpt_lab.model.classifier import encode_for_classification, last_nonpad_positions
+    from gpt_lab.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    text = "win <|endoftext|> now"
+    ids = encode_for_classification(tok, text, max_length=12, context_length=64)
+    assert ids[: len(tok.encode_ordinary(text))] == tok.encode_ordinary(text) and 50256 not in ids[:5]
+    # last_nonpad reads the last token of the text ("now"), not the token before a 50256 inside it.
+    assert int(last_nonpad_positions(torch.tensor([ids]))[0]) == len(tok.encode_ordinary(text)) - 1
+    rows = [("ham", "see you <|endoftext|> later"), ("spam", "win money")] * 10
+    path = tmp_path / "sms.tsv"
+    path.write_text("".join(f"{label}\t{t}\n" for label, t in rows), encoding="utf-8")
+    data = ClassificationDataModule(context_length=64, path=path, batch_size=2, output_dir=tmp_path)
+    data.setup("fit")
+    encoded = [x for x, _ in data.datasets["train"]]
+    assert all(50256 not in x[: len(tok.encode_ordinary("see you <|endoftext|> later"))] for x in encoded)
+
+
+def test_a_sharded_models_file_is_written_from_the_gathered_state(tmp_path: Path) -> None:
+    """Under FSDP rank 0's own parameters are shards: the file comes from the gathered whole state dict,
+    its adapters merged as W + scale * (A @ B)^T, written out here."""
+    from types import SimpleNamespace
+
+    from gpt_lab.training.fsdp import gathered_model_state
+
+    torch.manual_seed(0)
+    model = GPTModel({**TINY, "drop_rate": 0.0})
+    apply_lora(model, rank=2, alpha=4, targets=["W_query"])
+    whole = {k: torch.randn_like(v) for k, v in model.state_dict().items()}  # what the gather returns
+    with torch.no_grad():  # the rank's own copy: not the model (a shard, here zeros)
+        for p in model.parameters():
+            p.zero_()
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(
+            lightning_module_state_dict=lambda: {
+                **{f"model.{k}": v for k, v in whole.items()},
+                "reference.tok_emb.weight": torch.zeros(1),
+            }
+        )
+    )
+    state = gathered_model_state(trainer)
+    assert set(state) == set(whole)
+    save_finetuned(model, tmp_path, {"finetune": "lora"}, state)
+    saved = torch.load(tmp_path / "model.pth", weights_only=True)
+    key = "trf_blocks.0.att.W_query"
+    expected = whole[f"{key}.weight"] + (4 / 2) * (whole[f"{key}.lora_A"] @ whole[f"{key}.lora_B"]).T
+    torch.testing.assert_close(saved[f"{key}.weight"], expected)
+    torch.testing.assert_close(saved["tok_emb.weight"], whole["tok_emb.weight"])
+    assert not any(k.endswith(("lora_A", "lora_B")) for k in saved)

@@ -17,23 +17,31 @@ from torch import nn
 
 from gpt_lab.errors import InitFromError
 from gpt_lab.model.book_checkpoint import book_masks
-from gpt_lab.model.lora import merged_state_dict
+from gpt_lab.model.lora import lora_layers, merge_lora_state, merged_state_dict
 from gpt_lab.model.model_file import META_FILE, META_VERSION, MODEL_FILE, plain_settings
 from gpt_lab.model.weights import load_pretrained, model_from_weights, resolve_model_config
 from gpt_lab.storage import atomic_write, write_text_atomic
 
 
-def save_finetuned(model: nn.Module, run_dir: str | Path, meta: Mapping[str, Any]) -> Path:
+def save_finetuned(
+    model: nn.Module, run_dir: str | Path, meta: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None
+) -> Path:
     """Write ``run_dir/model.pth`` (adapters merged; book layout) and ``run_dir/model.json``; return model.pth.
 
     ``meta``: what using the model needs, e.g. ``{"kind": "classifier", "class_names": [...],
     "pooling": "last", "finetune": "lora", "lora": {...}}`` (``prompt_style`` for instruction
     models). ``model`` (the model's config, ``model.cfg``) and ``version`` are added. Both files are
-    written atomically (beside, then renamed).
+    written atomically (beside, then renamed). ``state``: the model's whole state dict (adapters
+    not merged) when ``model``'s own parameters are shards (FSDP: gpt_lab.training.fsdp.gathered_model_state).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in merged_state_dict(model).items()}
+    if state is None:
+        state = merged_state_dict(model)
+    else:
+        scales = {layer.scale for _, layer in lora_layers(model)}
+        state = merge_lora_state(state, scales.pop()) if len(scales) == 1 else dict(state)
+    state = {k: v.detach().cpu() for k, v in state.items()}
     state.update(book_masks(state, model.cfg["context_length"]))
     path = run_dir / MODEL_FILE
     with atomic_write(path) as f:

@@ -32,6 +32,7 @@ from gpt_lab.model.classifier import PAD_TOKEN_ID, pooled_logits, replace_head
 from gpt_lab.model.finetune import load_base_state
 from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,7 @@ class ClassifierLitModule(GPTLitModule):
         results["tokens_seen"] = self.tokens_seen
         results["eval_history"] = self.eval_history
         results["epoch_history"] = self.epoch_history
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
             log.info(
                 "Accuracy over the full sets: training %.2f%%, validation %.2f%%, test %.2f%%",
@@ -323,7 +325,7 @@ class ClassifierLitModule(GPTLitModule):
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,
             }
-            results["model_file"] = str(save_finetuned(self.model, out, meta))
+            results["model_file"] = str(save_finetuned(self.model, out, meta, state))
             figures = save_figures(out, self.eval_history, self.epoch_history, metrics["test"], names)
             results["figures"] = {k: str(v) for k, v in figures.items()}
             self._log_final(trainer, results, figures)

@@ -23,6 +23,7 @@ from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
+from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.loss import mean_loss
 from gpt_lab.training.loss_plot import plot_losses
@@ -91,10 +92,11 @@ class InstructionLitModule(GPTLitModule):
         super().on_load_checkpoint(checkpoint)
         self.epoch_responses = list(checkpoint.get("epoch_responses", []))
 
-    def save_model(self, run_dir: Path) -> Path:
-        """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style."""
+    def save_model(self, run_dir: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style.
+        ``state``: the whole state dict when the model is sharded (FSDP)."""
         meta = {"prompt_style": self.prompt_style, "finetune": self.hparams.finetune, "lora": self.hparams.lora}
-        return save_finetuned(self.model, run_dir, meta)
+        return save_finetuned(self.model, run_dir, meta, state)
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """Final losses, the model and its prompt style, the loss plot, then the test split answered."""
@@ -109,11 +111,12 @@ class InstructionLitModule(GPTLitModule):
             "tokens_seen": self.tokens_seen,
             "epoch_responses": list(self.epoch_responses),
         }
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if not trainer.is_global_zero:
             return results
         log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
         run_dir = Path(cfg.paths.output_dir)
-        results["book_checkpoint"] = str(self.save_model(run_dir))
+        results["book_checkpoint"] = str(self.save_model(run_dir, state))
         history = next((c for c in trainer.callbacks if isinstance(c, LossHistory)), None)
         steps_per_epoch = max(int(trainer.num_training_batches) // trainer.accumulate_grad_batches, 1)
         plot = plot_losses(history.evaluations if history else [], steps_per_epoch, run_dir / LOSS_PLOT_FILE)

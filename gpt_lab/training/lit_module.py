@@ -131,6 +131,7 @@ class GPTLitModule(L.LightningModule):
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
         from gpt_lab.model.finetuned import save_finetuned, write_meta
         from gpt_lab.tokenizer import get_tokenizer
+        from gpt_lab.training.fsdp import gathered_model_state
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
         val_loss = self.mean_loss(datamodule.eval_dataloader("val"))
@@ -139,13 +140,14 @@ class GPTLitModule(L.LightningModule):
         tokenizer = get_tokenizer()
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
         book_path = Path(cfg.paths.output_dir) / MODEL_FILE
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
             if self.hparams.finetune == "all":
                 save_book_checkpoint(self.model, book_path)
                 write_meta(self.model, cfg.paths.output_dir, {"finetune": "all"})  # init_from=<run> builds it
             else:  # a fine-tuned model: adapters merged, and model.json saying how it was made
                 meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
-                save_finetuned(self.model, cfg.paths.output_dir, meta)
+                save_finetuned(self.model, cfg.paths.output_dir, meta, state)
         results = {
             "prompt": cfg.prompt,
             **sample,
