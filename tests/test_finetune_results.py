@@ -5,6 +5,7 @@ DPO's log-probabilities, LoRA's initialisation."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,38 @@ def test_a_sharded_models_file_is_written_from_the_gathered_state(tmp_path: Path
     torch.testing.assert_close(saved[f"{key}.weight"], expected)
     torch.testing.assert_close(saved["tok_emb.weight"], whole["tok_emb.weight"])
     assert not any(k.endswith(("lora_A", "lora_B")) for k in saved)
+
+
+def test_lora_init_book_draws_a_with_bound_one_over_sqrt_rank_and_peft_over_sqrt_in() -> None:
+    """Appendix E stores A as (in, rank): Kaiming-uniform's fan_in is the rank (bound 1/sqrt(16) = 0.25);
+    peft / litgpt / torchtune draw A as (rank, in): bound 1/sqrt(768) = 0.036, their values for a seed."""
+    from gpt_lab.model.lora import LoRALinear
+
+    base = torch.nn.Linear(768, 768)
+    torch.manual_seed(1)
+    book = LoRALinear.from_linear(base, rank=16, alpha=16).lora_A.detach()
+    torch.manual_seed(1)
+    peft = LoRALinear.from_linear(base, rank=16, alpha=16, init="peft").lora_A.detach()
+    assert book.shape == peft.shape == (768, 16)
+    assert 0.24 < float(book.abs().max()) <= 0.25
+    bound = 1 / math.sqrt(768)
+    assert 0.95 * bound < float(peft.abs().max()) <= bound
+    # The anchors' draw written out: uniform(-1/sqrt(in), 1/sqrt(in)) over a (rank, in) tensor, transposed.
+    torch.manual_seed(1)
+    expected = torch.empty(16, 768).uniform_(-bound, bound).T
+    torch.testing.assert_close(peft, expected)
+
+
+def test_lora_init_is_a_config_key_and_a_bad_value_names_the_choices(compose_config) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+    from gpt_lab.model.finetune import select_trainable
+
+    assert validate_config(compose_config("finetune=lora")).lora.init == "book"
+    cfg = validate_config(compose_config("finetune=lora", "lora.init=peft", "lora.rank=2", "lora.targets=[W_query]"))
+    model = GPTModel({**TINY, "emb_dim": 64, "n_heads": 4})
+    torch.manual_seed(3)
+    select_trainable(model, "lora", cfg.lora)
+    assert float(model.trf_blocks[0].att.W_query.lora_A.abs().max()) <= 1 / math.sqrt(64)  # not 1/sqrt(2)
+    with pytest.raises(ConfigError, match=r"lora.init=kaiming is not an initialisation; choose one of book, peft"):
+        validate_config(compose_config("finetune=lora", "lora.init=kaiming"))

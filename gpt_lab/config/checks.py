@@ -22,6 +22,7 @@ from gpt_lab.config.schema import (
     DPO_LOGPROBS,
     DROPOUT_KEYS,
     FINETUNE_NAMES,
+    LORA_INITS,
     LORA_SCALINGS,
     MAX_LR,
     MAX_SEED,
@@ -76,6 +77,8 @@ def _check_finetune(cfg: DictConfig) -> list[str]:
         problems.append(f"lora.alpha={lora.alpha} must be a positive number")
     if lora.scaling not in LORA_SCALINGS:
         problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
+    if lora.init not in LORA_INITS:
+        problems.append(f"lora.init={lora.init} is not an initialisation; choose one of {', '.join(LORA_INITS)}")
     if not lora.targets or any(not t for t in lora.targets):
         problems.append(f"lora.targets={list(lora.targets)} must name Linear layers, e.g. [all] or [W_query,W_value]")
     return problems

@@ -135,6 +135,9 @@ FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt
 
 
 LORA_SCALINGS = ("rank", "alpha")
+# lora_A's draw (gpt_lab/model/lora.py): book: Kaiming-uniform over A stored (in, rank), bound 1/sqrt(rank)
+# (appendix E); peft: over (rank, in) as peft, litgpt and torchtune draw it, bound 1/sqrt(in_features).
+LORA_INITS = ("book", "peft")
 
 
 @dataclass
@@ -152,6 +155,7 @@ class LoRAConfig:
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
     scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+    init: str = MISSING  # book (appendix E) | peft: lora_A's draw (LORA_INITS)
 
 
 POOLINGS = ("last", "last_nonpad", "first", "mean")

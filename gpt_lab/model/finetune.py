@@ -35,12 +35,13 @@ def _lora_get(lora_cfg: Any, key: str, default: Any) -> Any:
 
 
 def lora_settings(lora_cfg: Any) -> dict[str, Any]:
-    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling (appendix E's defaults)."""
+    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling, init (appendix E's defaults)."""
     return {
         "rank": int(_lora_get(lora_cfg, "rank", 16)),
         "alpha": float(_lora_get(lora_cfg, "alpha", 16)),
         "targets": [str(t) for t in _lora_get(lora_cfg, "targets", ["all"])],
         "scaling": str(_lora_get(lora_cfg, "scaling", "rank")),
+        "init": str(_lora_get(lora_cfg, "init", "book")),
     }
 
 
@@ -59,7 +60,7 @@ def select_trainable(model: nn.Module, finetune: str, lora_cfg: Any = None) -> i
         raise ConfigError(f"finetune={finetune} is not a choice; choose one of {', '.join(FINETUNE_NAMES)}")
     if finetune == "lora":
         s = lora_settings(lora_cfg)
-        return apply_lora(model, s["rank"], s["alpha"], s["targets"], s["scaling"])
+        return apply_lora(model, s["rank"], s["alpha"], s["targets"], s["scaling"], s["init"])
     train_all = finetune == "all"
     for p in model.parameters():
         p.requires_grad_(train_all)
