@@ -252,3 +252,32 @@ def test_lora_init_is_a_config_key_and_a_bad_value_names_the_choices(compose_con
     assert float(model.trf_blocks[0].att.W_query.lora_A.abs().max()) <= 1 / math.sqrt(64)  # not 1/sqrt(2)
     with pytest.raises(ConfigError, match=r"lora.init=kaiming is not an initialisation; choose one of book, peft"):
         validate_config(compose_config("finetune=lora", "lora.init=kaiming"))
+
+
+def test_classifier_loss_curve_starts_at_step_0_with_the_initial_losses(compose_config, tmp_path: Path) -> None:
+    from configs import TINY_RUN
+
+    from gpt_lab.run.job import run_task
+
+    rows = [("ham", f"see you at {i} today") for i in range(12)] + [("spam", f"win {i} prizes now") for i in range(12)]
+    data = tmp_path / "sms.tsv"
+    data.write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
+    cfg = compose_config(
+        "experiment=ch06",
+        *TINY_RUN,
+        f"data.path={data}",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.val_check_interval=4",  # one evaluation, at the epoch's last step
+        "callbacks.progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        "logger=csv",
+        run_dir=tmp_path / "run",
+    )
+    results = run_task(cfg)
+    history = results["eval_history"]
+    assert [r["step"] for r in history] == [0, 4]
+    assert (history[0]["examples_seen"], history[0]["epoch"]) == (0, 0.0)
+    assert history[0]["val_loss"] == results["initial_val_loss"]
+    assert history[0]["train_loss"] == results["initial_train_loss"]
+    assert (tmp_path / "run" / "loss-plot.png").is_file()

@@ -191,6 +191,17 @@ class ClassifierLitModule(GPTLitModule):
         )
         self._window = []
 
+    def _history_from_step_0(self, trainer: L.Trainer) -> list[dict[str, float | int]]:
+        """The evaluations, led by the losses before the first step (the initial-loss callback's), as the
+        book's log and the DPO plot start: a curve even when training evaluated once."""
+        from gpt_lab.training.callbacks import InitialLossEvaluation
+
+        initial = next((c for c in trainer.callbacks if isinstance(c, InitialLossEvaluation)), None)
+        if initial is None or initial.train_loss is None or any(r["step"] == 0 for r in self.eval_history):
+            return list(self.eval_history)
+        start = {"step": 0, "epoch": 0.0, "examples_seen": 0, "train_loss": initial.train_loss}
+        return [{**start, "val_loss": initial.val_loss}, *self.eval_history]
+
     def _epochs_done(self) -> float:
         batches = self.trainer.num_training_batches
         if not batches or batches == float("inf"):
@@ -306,7 +317,7 @@ class ClassifierLitModule(GPTLitModule):
         results["truncated_texts"] = dict(datamodule.truncated)
         results["examples_seen"] = self.examples_seen
         results["tokens_seen"] = self.tokens_seen
-        results["eval_history"] = self.eval_history
+        results["eval_history"] = self._history_from_step_0(trainer)
         results["epoch_history"] = self.epoch_history
         state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
@@ -326,7 +337,7 @@ class ClassifierLitModule(GPTLitModule):
                 "prompt_style": None,
             }
             results["model_file"] = str(save_finetuned(self.model, out, meta, state))
-            figures = save_figures(out, self.eval_history, self.epoch_history, metrics["test"], names)
+            figures = save_figures(out, results["eval_history"], self.epoch_history, metrics["test"], names)
             results["figures"] = {k: str(v) for k, v in figures.items()}
             self._log_final(trainer, results, figures)
         return results
