@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,21 @@ def _dpo(compose_config: Callable[..., DictConfig], sft: Path, out: Path, *overr
 
 
 def test_dpo_from_an_sft_run_directory_builds_the_saved_model(
-    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path
+    sft_run: Path, compose_config: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The documented two-command flow: no model=... repeated; the run's model.json gives the architecture."""
     saved = json.loads((sft_run / "model.json").read_text())["model"]
     assert (saved["name"], saved["emb_dim"], saved["n_layers"], saved["context_length"]) == ("tiny", 16, 1, 64)
-    results = run_task(_dpo(compose_config, sft_run, tmp_path / "dpo"))
+    with caplog.at_level("INFO"):
+        results = run_task(_dpo(compose_config, sft_run, tmp_path / "dpo"))
+    # The book's progress line, margins included (issue 27, point 6).
+    line = (
+        r"Ep 1 \(Step 000002\): Train loss \d\.\d{3}, Val loss \d\.\d{3}, Train reward margins -?\d+\.\d{3}, Val reward"
+    )
+    assert any(re.match(line, r.getMessage()) for r in caplog.records), [r.getMessage() for r in caplog.records][-5:]
+    # Pairs cut to the context are kept and counted apart from those left out.
+    assert set(results["skipped_pairs"]["train"]) == {"identical", "no_room"}
+    assert set(results["truncated_pairs"]) == {"train", "val", "test"}
     assert results["status"] == "completed"
     assert results["model"] == "tiny"
     built = results["model_config"]
@@ -177,6 +187,7 @@ def test_a_run_refused_before_it_starts_leaves_its_directory_free(run_cli: Calla
     assert good.returncode == 0, good.stderr[-2000:]
     assert _results(tmp_path / "r")["status"] == "completed"
     assert f"Run directory: {tmp_path / 'r'}" in good.stdout + good.stderr  # a training run says where it wrote
+    assert (good.stdout + good.stderr).count("GPU available") == 1  # Lightning's messages once, not twice
     # A run that wrote something (a completed one) still keeps its directory.
     again = run_cli(*common, f"data.path={text}", "hydra.run.dir=r")
     assert again.returncode == 2 and "already holds another run" in again.stderr
@@ -193,6 +204,7 @@ def test_respond_run_is_named_and_recorded_with_the_saved_model_and_prints_its_d
     assert run_dir.name.endswith("_respond_tiny")  # not the model group's default, gpt2_small
     assert _results(run_dir)["model"] == "tiny"
     assert f"Run directory: {run_dir}" in done.stdout + done.stderr
+    assert "-" * 40 + "\nResponse:\n" in done.stdout  # the prompt and the answer told apart
 
 
 def test_run_model_name_is_the_judge_the_saved_model_or_the_option(sft_run: Path, tmp_path: Path) -> None:

@@ -311,9 +311,10 @@ class PreferenceDataModule(ShuffledDataModule):
                 self.max_length,
             )
         if skipped.truncated:
+            every = skipped.truncated >= len(self.datasets[split])
             log.warning(
-                "data=preferences: %d %s pair(s) are cut to the context of %d tokens",
-                skipped.truncated,
+                "data=preferences: %s %s pair(s) are cut to the context of %d tokens (kept, their ends cut off)",
+                f"all {skipped.truncated}" if every else str(skipped.truncated),
                 split,
                 self.max_length,
             )
@@ -342,10 +343,12 @@ class PreferenceDataModule(ShuffledDataModule):
         """results.json fields: pairs per split and those left out."""
         return {
             "split_sizes": {s: len(self.datasets[s]) for s in SPLITS},
+            # Left out of training: identical responses, prompts that fill the context.
             "skipped_pairs": {
-                s: {"identical": len(k.identical), "no_room": len(k.no_room), "truncated": k.truncated}
-                for s, k in self.skipped.items()
+                s: {"identical": len(k.identical), "no_room": len(k.no_room)} for s, k in self.skipped.items()
             },
+            # Kept, but cut to the context.
+            "truncated_pairs": {s: k.truncated for s, k in self.skipped.items()},
         }
 
     def describe(self) -> str:

@@ -76,6 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.top_k,
     )
     log.info("Prompt (%s):\n%s", style, got["prompt"])
+    log.info("%s\nResponse:", "-" * 40)  # the answer below is the model's, not the prompt's end
     print(got["response"], flush=True)
     return {
         "model_config": model.cfg,
