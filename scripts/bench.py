@@ -29,15 +29,19 @@ from typing import Any
 
 import torch
 from bench_common import (
+    PROMPT_IDS,
     ROOT,
     book_training_seconds,
     build_book,
     build_hf,
     have_transformers,
+    hf_generate,
+    interleaved,
     lit_training_seconds,
+    summary,
+    timed,
 )
 from book_reference import GPT_CONFIG_124M as GPT2_SMALL
-from book_reference import ref_greedy, ref_kv_greedy
 from torch import nn
 
 from gpt_lab.config import GPT2_SIZES
@@ -45,7 +49,12 @@ from gpt_lab.generation.sampling import generate
 from gpt_lab.model.gpt import GPTModel
 
 SIZES = {name: {**GPT2_SMALL, **GPT2_SIZES[name]} for name in ("gpt2_medium", "gpt2_xl")}
-PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
+
+
+def seeded_state(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights ``torch.manual_seed(123); GPTModel(cfg)`` gives: every implementation gets them."""
+    torch.manual_seed(123)
+    return GPTModel(cfg).state_dict()
 
 
 # --- The book's explicit code: scripts/book_reference.py (formula LayerNorm and GELU, the ``mask``
@@ -57,44 +66,7 @@ def hf_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     return model(idx).logits
 
 
-def hf_generate(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
-    return model.generate(
-        idx,
-        attention_mask=torch.ones_like(idx),
-        max_new_tokens=n,
-        min_new_tokens=n,
-        do_sample=False,
-        use_cache=True,
-        pad_token_id=0,
-    )
-
-
 # --- timing ---------------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, round-robin over ``reps`` rounds (order rotated)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names = list(fns)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            out[n].append(timed(fns[n]))
-    return out
-
-
-def summary(seconds: list[float], work: float) -> dict[str, float]:
-    """Throughput (work per second): median, min, max over the runs."""
-    rates = [work / s for s in seconds]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
 
 
 def read_bandwidth_gbs(reps: int = 7) -> float:
@@ -115,36 +87,6 @@ def gemm_gflops(reps: int = 5) -> float:
 # --- the sections -----------------------------------------------------------------------------------
 
 
-def bench_generation(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
-    n = args.new_tokens
-    idx = torch.tensor([PROMPT_IDS])
-    ours = GPTModel(cfg).eval()
-    ours.load_state_dict(state)
-    book = build_book(state, cfg).eval()
-    impls: dict[str, Callable[[], torch.Tensor]] = {
-        "gpt_lab generate (cache)": lambda: generate(ours, idx, n, cfg["context_length"]),
-        "book KV-cache variant": lambda: ref_kv_greedy(book, idx, n),
-    }
-    if hf:
-        hf_model = build_hf(state, cfg).eval()
-        impls["transformers generate (cache)"] = lambda: hf_generate(hf_model, idx, n)
-    # Correctness first: every implementation gives the book loop's tokens.
-    t0 = time.perf_counter()
-    reference = ref_greedy(book, idx, n, cfg["context_length"])
-    book_loop_s = time.perf_counter() - t0
-    for name, fn in impls.items():
-        if not torch.equal(fn(), reference):
-            raise AssertionError(f"{name}: greedy tokens differ from the book's loop")
-    print(f"  tokens identical over {n} new tokens: {', '.join(impls)}, book loop", flush=True)
-    times = interleaved(impls, args.reps, warmup=0)  # the correctness pass was the warm-up
-    rows = {name: summary(s, n) for name, s in times.items()}
-    # At ~4 tok/s the book's loop takes minutes: the correctness run plus book_loop_reps - 1 more.
-    extra = [timed(lambda: ref_greedy(book, idx, n, cfg["context_length"])) for _ in range(args.book_loop_reps - 1)]
-    book_times = [book_loop_s, *extra]
-    rows["book loop, no cache (generate_text_simple)"] = summary(book_times, n)
-    return rows
-
-
 def busy_process() -> subprocess.Popen:
     """One CPU-bound process (a Python busy loop): the other job on a shared machine."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -153,24 +95,27 @@ def busy_process() -> subprocess.Popen:
 def bench_generation_under_load(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
     """Greedy generation while ``busy_process()`` holds a core: gpt_lab's path choice
     (gpt_lab.generation.decoding), its plain single-thread path (``generate`` at
-    ``torch.set_num_threads(1)``), and transformers."""
+    ``torch.set_num_threads(1)``), the same two with int8 weights, and transformers."""
+    from gpt_lab.generation.weights import use_weights
+
     n = args.load_tokens
     idx = torch.tensor([PROMPT_IDS])
-    ours = GPTModel(cfg).eval()
-    ours.load_state_dict(state)
+    impls: dict[str, Callable[[], torch.Tensor]] = {}
+    for weights, (auto, plain) in {"fp32": (LOAD_OURS, LOAD_PLAIN), "int8": (LOAD_INT8, LOAD_INT8_PLAIN)}.items():
+        model = GPTModel(cfg).eval()
+        model.load_state_dict(state)
+        use_weights(model, weights)
 
-    def one_thread() -> torch.Tensor:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return generate(ours, idx, n, cfg["context_length"])
-        finally:
-            torch.set_num_threads(threads)
+        def one_thread(model: nn.Module = model) -> torch.Tensor:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return generate(model, idx, n, cfg["context_length"])
+            finally:
+                torch.set_num_threads(threads)
 
-    impls: dict[str, Callable[[], torch.Tensor]] = {
-        LOAD_OURS: lambda: generate(ours, idx, n, cfg["context_length"]),
-        LOAD_PLAIN: one_thread,
-    }
+        impls[auto] = lambda model=model: generate(model, idx, n, cfg["context_length"])
+        impls[plain] = one_thread
     if hf:
         hf_model = build_hf(state, cfg).eval()
         impls[LOAD_HF] = lambda: hf_generate(hf_model, idx, n)
@@ -187,6 +132,8 @@ def bench_generation_under_load(state: dict, cfg: dict, args: argparse.Namespace
 LOAD_OURS = "gpt_lab generate, under load"
 LOAD_PLAIN = "gpt_lab plain path (1 thread), under load"
 LOAD_HF = "transformers generate, under load"
+LOAD_INT8 = "gpt_lab generate, int8 weights, under load"
+LOAD_INT8_PLAIN = "gpt_lab int8 plain path (1 thread), under load"
 
 
 def bench_forward(state: dict, cfg: dict, args: argparse.Namespace, hf: bool) -> dict[str, Any]:
@@ -361,6 +308,13 @@ def bench_build(size: str, args: argparse.Namespace) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------------------
 
 
+def fmt_limit(row: dict[str, Any]) -> str:
+    """Bytes read per token and the fraction of the bandwidth limit, for the rows that have them."""
+    if "fraction_of_limit" not in row:
+        return ""
+    return f"  {row['bytes_per_token'] / 1e6:7.1f} MB/token, {100 * row['fraction_of_limit']:3.0f} % of the limit"
+
+
 def fmt(row: dict[str, float], unit: str = "tok/s") -> str:
     return f"{row['median']:8.1f} {unit} ({row['min']:.1f}-{row['max']:.1f}, n={row['runs']})"
 
@@ -378,6 +332,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, help="generated tokens (default 200, quick 50)")
     parser.add_argument("--reps", type=int, help="timed rounds per section (default 5, quick 3)")
     parser.add_argument(
+        "--gen-sizes",
+        nargs="*",
+        default=["gpt2_medium"],
+        choices=["gpt2_medium", "gpt2_xl"],
+        help="larger models' generation rows (default gpt2_medium; 50 new tokens, quick 20)",
+    )
+    parser.add_argument(
         "--instruction-data", type=Path, help="chapter 7's instruction-data.json for the instruction rows"
     )
     parser.add_argument("--train-row", help=argparse.SUPPRESS)  # internal: one training row, seconds as JSON
@@ -385,6 +346,7 @@ def main() -> None:
     args.new_tokens = args.new_tokens or (50 if args.quick else 200)
     args.reps = args.reps or (3 if args.quick else 5)
     args.book_loop_reps = 1
+    args.big_new_tokens = 20 if args.quick else 50
     args.load_tokens = 30 if args.quick else 100
     args.load_reps = 2 if args.quick else 3
     args.forward_batch = (2, 256) if args.quick else (8, 256)
@@ -397,8 +359,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = dict(GPT2_SMALL)
-    torch.manual_seed(123)
-    state = GPTModel(cfg).state_dict()  # the book's seed-123 weights, shared by every implementation
+    state = seeded_state(cfg)  # the book's seed-123 weights, shared by every implementation
     if args.train_row:  # a child of bench_training (it needs no transformers)
         print(json.dumps(training_runs(state, cfg, args)[args.train_row]()))
         return
@@ -417,10 +378,19 @@ def main() -> None:
     print(f"machine: {machine}", flush=True)
     results: dict[str, Any] = {"machine": machine, "command": " ".join(["python", *sys.argv])}
     tables: list[tuple[str, dict[str, Any]]] = []
-    if "generation" not in args.skip:
-        print(f"generation: greedy, batch 1, 'Hello, I am' + {args.new_tokens} tokens", flush=True)
-        results["generation"] = bench_generation(state, cfg, args, hf)
-        tables.append((f"greedy generation, batch 1, prompt + {args.new_tokens} tokens", results["generation"]))
+    if "generation" not in args.skip:  # scripts/bench_generation.py: every precision, bytes and the limit
+        import bench_generation
+
+        bandwidth = machine["read_bandwidth_GBps"]
+        for size in ["gpt2_small", *args.gen_sizes]:
+            n = args.new_tokens if size == "gpt2_small" else args.big_new_tokens
+            print(f"generation: {size}, greedy, batch 1, 'Hello, I am' + {n} tokens", flush=True)
+            size_cfg, size_state = (cfg, state) if size == "gpt2_small" else (SIZES[size], seeded_state(SIZES[size]))
+            size_args = argparse.Namespace(**{**vars(args), "new_tokens": n})
+            key = "generation" if size == "gpt2_small" else f"generation_{size}"
+            book = size == "gpt2_small"  # the book's code is timed on the small model only
+            results[key] = bench_generation.bench_generation(size_state, size_cfg, size_args, hf, bandwidth, book)
+            tables.append((f"greedy generation, {size}, batch 1, prompt + {n} tokens", results[key]))
     if "load" not in args.skip:
         print(f"generation under load: one busy process beside it, + {args.load_tokens} tokens", flush=True)
         results["generation_under_load"] = bench_generation_under_load(state, cfg, args, hf)
@@ -458,7 +428,10 @@ def main() -> None:
     for title, rows in tables:
         print(f"## {title}")
         for name, row in rows.items():
-            print(f"  {name:52s} {fmt(row)}")
+            if "seconds" in row:  # time to first token
+                print(f"  {name:52s} {row['seconds']:8.3f} s")
+            else:
+                print(f"  {name:52s} {fmt(row)}{fmt_limit(row)}")
     if "build" in results:
         print(f"## building {build_size} (fresh interpreter, seconds; peak RSS over the interpreter's baseline)")
         for name, row in results["build"].items():
@@ -487,27 +460,20 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
             out.append({"what": what, "value": value, "target": f">= {target}", "met": value >= target})
 
     gen = "gpt_lab generate (cache)"
-    ratio("generation", gen, "transformers generate (cache)", 1.6, "generation vs transformers (idle machine)")
     ratio("generation", gen, "book loop, no cache (generate_text_simple)", 6.0, "generation vs book loop")
     ratio("generation", gen, "book KV-cache variant", 1.0, "generation vs book KV-cache variant")
     # "At least": within the ~5 % run-to-run noise of two timings of the same work.
     ratio("generation_under_load", LOAD_OURS, LOAD_PLAIN, 0.95, "under load: generate vs its plain 1-thread path")
     ratio("generation_under_load", LOAD_OURS, LOAD_HF, 1.0, "under load: generation vs transformers")
-    if gen in results.get("generation", {}):
-        d, v, n = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
-        # Read per token: every block's matrices and vectors, the final norm and the head (one embedding row each).
-        per_token = 4 * (n * (12 * d * d + 13 * d) + 2 * d + v * d)
-        limit = results["machine"]["read_bandwidth_GBps"] * 1e9 / per_token
-        frac = results["generation"][gen]["median"] / limit
-        results["generation_bandwidth_limit_tok_s"] = limit
-        out.append(
-            {
-                "what": f"generation, fraction of the bandwidth limit ({limit:.1f} tok/s)",
-                "value": frac,
-                "target": "report",
-                "met": True,
-            }
-        )
+    ratio("generation_under_load", LOAD_INT8, LOAD_INT8_PLAIN, 0.9, "under load: int8 generate vs its 1-thread path")
+    for key in [k for k in results if k.startswith("generation") and k != "generation_under_load"]:
+        import bench_generation
+
+        def add(what: str, value: float, target: str, met: bool) -> None:
+            out.append({"what": what, "value": value, "target": target, "met": met})
+
+        size = key.removeprefix("generation_") if key != "generation" else "gpt2_small"
+        bench_generation.generation_targets(results[key], add, size)
     ratio("forward", "gpt_lab GPTModel", "transformers GPT2LMHeadModel", 1.15, "forward vs transformers")
     ratio("forward", "gpt_lab GPTModel", "book explicit", 1.0, "forward vs book explicit")
     bf16, fp32 = "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)", "gpt_lab fp32 (Lightning, trainer=cpu)"

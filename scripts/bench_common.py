@@ -1,13 +1,17 @@
 """What the benchmark scripts share: the book's explicit model and transformers' GPT-2 built with
-given weights, and the two training-step timers (the book's bare loop, gpt_lab's Lightning path).
+given weights, transformers' greedy generation, interleaved timing and its summary, and the two
+training-step timers (the book's bare loop, gpt_lab's Lightning path).
 
-Imported by ``scripts/bench.py`` and ``scripts/bench_instructions.py`` as a module beside them (run
-as ``python scripts/<name>.py``, the scripts' folder comes first on the module path).
+Imported by ``scripts/bench.py``, ``scripts/bench_generation.py`` and ``scripts/bench_instructions.py``
+as a module beside them (run as ``python scripts/<name>.py``, the scripts' folder comes first on the
+module path).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from torch import nn
 from gpt_lab.model.hf import export_hf_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPT_IDS = [15496, 11, 314, 716]  # "Hello, I am"
 
 
 def build_book(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> RefGPT:
@@ -57,12 +62,52 @@ def build_hf(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> nn.Module:
     return model
 
 
+def hf_generate(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
+    return model.generate(
+        idx,
+        attention_mask=torch.ones_like(idx),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+
+
 def have_transformers() -> bool:
     try:
         import transformers  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, round-robin over ``reps`` rounds (order rotated)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            out[n].append(timed(fns[n]))
+    return out
+
+
+def summary(seconds: list[float], work: float) -> dict[str, float]:
+    """Throughput (work per second): median, min, max over the runs."""
+    rates = [work / s for s in seconds]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
 
 
 class StepTimer:

@@ -1,5 +1,5 @@
 """Every option of every config group in ``conf/`` composes and validates, and every ``_target_``
-(and ``data.lit_module``) it holds names a class or function that exists, so a module moved or
+(and ``objective.lit_module``) it holds names a class or function that exists, so a module moved or
 renamed without its YAML fails here and not in the middle of a sweep. Nothing is instantiated or run."""
 
 from __future__ import annotations

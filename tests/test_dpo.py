@@ -355,7 +355,7 @@ def test_experiment_dpo_has_the_books_settings(dpo_config: Callable[..., DictCon
     cfg = validate_config(dpo_config(tmp_path, "optim.lr=5e-6", "data.batch_size=8", "trainer.val_check_interval=5"))
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size) == (5e-6, 0.01, 8)
     assert (cfg.trainer.max_epochs, cfg.dpo.beta, cfg.dpo.logprob, cfg.model.drop_rate) == (1, 0.1, "mean", 0.0)
-    assert cfg.task.name == "train" and cfg.data.lit_module.endswith("DPOLitModule")
+    assert cfg.task.name == "train" and cfg.objective.lit_module.endswith("DPOLitModule")
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def test_response_is_cut_out_as_the_book_does() -> None:
 
 def test_unknown_prompt_style_names_the_choices() -> None:
     with pytest.raises(
-        PromptStyleError, match=r"data.prompt_style=chatml is not a prompt style; choose one of alpaca, phi3"
+        PromptStyleError, match=r"prompt_style=chatml is not a prompt style; choose one of alpaca, gemma3"
     ):
         format_prompt({"instruction": "x", "output": "y"}, "chatml")
 
@@ -385,7 +385,7 @@ def test_an_experiment_that_picks_data_instructions_accepts_its_keys_on_the_comm
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.prompt_style=chatml"], r"data.prompt_style=chatml is not a prompt style; choose one of alpaca, phi3"),
+        (["data.prompt_style=chatml"], r"prompt_style=chatml is not a prompt style; choose one of alpaca"),
         (["data.max_length=100"], r"data.max_length=100 exceeds the model's context length 64"),
         (["data.train_path=a.json"], r"give either data.path .* not both"),
         (["data.path=null"], r"data=instructions needs entries: data.path="),

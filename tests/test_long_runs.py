@@ -407,7 +407,7 @@ def test_appendix_d_preset_runs_the_appendix_schedule(compose_config: Callable[.
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     total = trainer.max_epochs * 9 // trainer.accumulate_grad_batches
     assert total == 135
-    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
+    lit = get_class(cfg.objective.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
     assert lit.hparams.clip_grad_norm == 1.0
     schedule = lit.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert resolve_schedule(schedule, total) == 27
@@ -514,7 +514,7 @@ def test_pretrain_preset_runs_nanogpts_gpt2_schedule(compose_config: Callable[..
     cfg = validate_config(compose_config("experiment=pretrain", "data.dir=data/books"))
     assert (cfg.task.name, cfg.data.name) == ("train", "corpus")
     assert count_params_on_meta(cfg.model) == 163_009_536  # exercise 4.2's gpt2_small, context 1024
-    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
+    lit = get_class(cfg.objective.lit_module).from_config(cfg, {**TINY, "vocab_size": 50257}, None)
     assert lit.hparams.clip_grad_norm == 1.0
     optimizers = lit.configure_optimizers()
     assert optimizers["optimizer"].defaults["weight_decay"] == 0.1

@@ -162,7 +162,7 @@ def test_written_out_attention_is_chapter_3s_with_its_gradients(t: int, s: int, 
 def test_bf16_training_attention_is_written_out_up_to_its_length_and_fused_beyond(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gpt_lab.model.gpt as gpt
+    import gpt_lab.model.attention as gpt
 
     calls: list[int] = []
     monkeypatch.setattr(gpt, "attention_written_out", lambda q, *a, **kw: calls.append(q.shape[-2]) or q)
@@ -179,7 +179,7 @@ def test_bf16_training_attention_is_written_out_up_to_its_length_and_fused_beyon
 
 
 def test_bf16_training_attention_is_close_to_the_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gpt_lab.model.gpt as gpt
+    import gpt_lab.model.attention as gpt
 
     torch.manual_seed(6)
     att = MultiHeadAttention(16, 16, context_length=16, dropout=0.0, num_heads=4)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpt_lab.run.sweep import summarise_sweep, write_summary
+from gpt_lab.run.sweep_plot import job_labels, plot_summary
 
 
 def _rows(sweep_dir: Path) -> list[dict[str, str]]:
@@ -130,3 +131,41 @@ def test_an_interrupted_sweep_continues_in_place_with_ckpt_path_last(run_cli, tm
     assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed"), ("2", "completed")]
     other = run_cli(*sweep[:-2], "optim.lr=0.005", "hydra.sweep.dir=sw", "ckpt_path=last")
     assert other.returncode == 2 and "already holds a sweep" in other.stderr  # another sweep is not a continuation
+
+
+def test_sweep_summary_compares_variants_by_size_cache_and_speed(tmp_path: Path) -> None:
+    # Issue 25's columns come from results.json's nested figures (a training run writes them).
+    figures = {
+        "status": "completed",
+        "job_num": 0,
+        "parameters": {"total": 300, "unique": 200, "active": 120},
+        "kv_cache": {"bytes": 4096, "bytes_per_token": 64},
+        "train_tokens_per_second": 1500.5,
+        "generation_tokens_per_second": 80.25,
+        "val_loss": 6.5,
+    }
+    (tmp_path / "attention=mla" / ".hydra").mkdir(parents=True)
+    (tmp_path / "attention=mla" / ".hydra" / "overrides.yaml").write_text("- attention=mla\n")
+    (tmp_path / "attention=mla" / "results.json").write_text(json.dumps(figures))
+    write_summary(tmp_path, summarise_sweep(tmp_path))
+    (row,) = _rows(tmp_path)
+    assert (row["parameters"], row["active_parameters"], row["kv_bytes_per_token"]) == ("300", "120", "64")
+    assert (row["train_tokens_per_second"], row["generation_tokens_per_second"], row["val_loss"]) == (
+        "1500.5",
+        "80.25",
+        "6.5",
+    )
+    md = (tmp_path / "summary.md").read_text()
+    assert "| parameters | active_parameters | kv_bytes_per_token | train_tokens_per_second |" in md
+    assert "| 300 | 120 | 64 | 1500.50 |" in md
+
+
+def test_sweep_plot_labels_jobs_by_what_differs(tmp_path: Path) -> None:
+    rows = [
+        {"job": 0, "overrides": "+ablation=mha experiment=ablation", "status": "completed", "val_loss": 7.0},
+        {"job": 1, "overrides": "+ablation=mla experiment=ablation", "status": "completed", "val_loss": 6.9},
+        {"job": 2, "overrides": "+ablation=moe experiment=ablation", "status": "failed", "val_loss": None},
+    ]
+    assert job_labels(rows) == ["+ablation=mha", "+ablation=mla", "+ablation=moe"]
+    assert plot_summary(tmp_path, rows).read_bytes().startswith(b"\x89PNG")
+    assert plot_summary(tmp_path / "one", rows[:1]) is None  # nothing to compare

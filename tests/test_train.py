@@ -89,6 +89,13 @@ def test_train_lowers_the_loss_and_writes_the_run_files(
     assert [e["epoch"] for e in results["loss_curve"]] == [1, 2, 3]
     assert results["output_text"].startswith("Hello, I am")
     assert Path(results["checkpoint"]).is_file()
+    # What a sweep compares variants by (issue 25): the tiny model's 1 block of width 16 caches, per token,
+    # a key and a value of 16 float32 numbers; the untied head is counted apart in total, not in unique.
+    emb, vocab = 16, 50257
+    assert results["kv_cache"]["bytes_per_token"] == 2 * emb * 4 * 1
+    assert results["parameters"]["total"] == results["total_params"]
+    assert results["parameters"]["unique"] == results["parameters"]["total"] - vocab * emb
+    assert results["train_tokens_per_second"] > 0 and results["generation_tokens_per_second"] > 0
 
     # The book's model loads the exported weights with strict=True and computes the same logits.
     book = RefGPT(OmegaConf.to_container(config(out).model)).eval()
@@ -161,7 +168,7 @@ def test_ch05_preset_builds_the_books_run(compose_config: Callable[..., DictConf
     assert model.drop_emb.p == model.trf_blocks[0].drop_shortcut.p == 0.1
     assert model.trf_blocks[0].att.W_query.bias is None
     # AdamW with lr 0.0004 and weight decay 0.1, from the LightningModule the preset names.
-    lit = get_class(cfg.data.lit_module).from_config(cfg, {**TINY_MODEL, "vocab_size": 50257}, None)
+    lit = get_class(cfg.objective.lit_module).from_config(cfg, {**TINY_MODEL, "vocab_size": 50257}, None)
     optimizer = lit.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW)
     assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.0004, 0.1)

@@ -16,12 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from gpt_lab.config.architecture import check_architecture
 from gpt_lab.config.saved_model import adopt_saved_model
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
+    DPO_LOSSES,
     DROPOUT_KEYS,
+    ESTIMATE_DTYPES,
     FINETUNE_NAMES,
+    GENERATION_WEIGHTS,
     LORA_INITS,
     LORA_SCALINGS,
     MAX_LR,
@@ -79,6 +83,10 @@ def _check_finetune(cfg: DictConfig) -> list[str]:
         problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
     if lora.init not in LORA_INITS:
         problems.append(f"lora.init={lora.init} is not an initialisation; choose one of {', '.join(LORA_INITS)}")
+    if not 0.0 <= lora.dropout < 1.0:
+        problems.append(f"lora.dropout={lora.dropout} must be a rate in [0, 1)")
+    if any(not t for t in lora.train_also):
+        problems.append(f"lora.train_also={list(lora.train_also)} must name modules, e.g. [out_head,final_norm]")
     if not lora.targets or any(not t for t in lora.targets):
         problems.append(f"lora.targets={list(lora.targets)} must name Linear layers, e.g. [all] or [W_query,W_value]")
     return problems
@@ -126,17 +134,19 @@ def check_config(cfg: DictConfig) -> list[str]:
     for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
         if m[key] <= 0:
             problems.append(f"model.{key}={m[key]} must be a positive integer")
-    if m.vocab_size != N_VOCAB:
+    # A family preset's own vocabulary (issue 26) comes with its tokenizer.json (init_from), checked there.
+    if m.vocab_size != N_VOCAB and not (m.vocab_size > N_VOCAB and m.pos_emb != "learned"):
         why = (
             f"a smaller one has no embedding for the ids up to {N_VOCAB - 1}"
             if m.vocab_size < N_VOCAB
             else f"a larger one generates ids from {N_VOCAB} on, which the tokenizer cannot decode"
         )
         problems.append(f"model.vocab_size={m.vocab_size} must be {N_VOCAB}, GPT-2's vocabulary ({why})")
-    if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads:
+    if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads and m.head_dim is None:
         divisors = [d for d in range(1, m.emb_dim + 1) if m.emb_dim % d == 0]
         shown = ", ".join(map(str, divisors[:16])) + (", ..." if len(divisors) > 16 else "")
         problems.append(f"model.n_heads={m.n_heads} must divide model.emb_dim={m.emb_dim} (choose one of {shown})")
+    problems += check_architecture(m)
     for key in DROPOUT_KEYS:
         rate = m[key]
         if rate is not None and not 0.0 <= rate < 1.0:
@@ -189,23 +199,75 @@ def check_config(cfg: DictConfig) -> list[str]:
     problems += _check_instructions(cfg)
     problems += _check_trainer_lengths(cfg)
     problems += _check_preferences(cfg)
+    problems += _check_objective(cfg)
+    problems += _check_estimate(cfg)
+    problems += _check_generation_weights(cfg)
     return problems
+
+
+def _check_estimate(cfg: DictConfig) -> list[str]:
+    """Issue 25: task=estimate's ``estimate.*`` keys."""
+    e = cfg.estimate
+    if e is None:
+        needed = cfg.task.name == "estimate"
+        return ["task=estimate needs the estimate.* keys (conf/task/estimate.yaml sets them)"] if needed else []
+    problems = []
+    if e.batch_size <= 0:
+        problems.append(f"estimate.batch_size={e.batch_size} must be a positive integer")
+    if e.dtype not in ESTIMATE_DTYPES:
+        problems.append(f"estimate.dtype={e.dtype} is not a dtype; choose one of {', '.join(ESTIMATE_DTYPES)}")
+    return problems
+
+
+def _check_objective(cfg: DictConfig) -> list[str]:
+    """Issue 29: task=train's objective trains on the data it is for (the experiment presets set both)."""
+    o, d = cfg.objective, cfg.data
+    if cfg.task.name != "train" or d.name in o.data:
+        return []
+    fits = ", ".join(f"data={name}" for name in o.data)
+    return [
+        f"objective={o.name} trains on {fits}, not on data={d.name}: choose the objective for this data "
+        "(objective=next_token|classification|instruction|dpo; experiment=ch05, ch06, ch07 and dpo set both)"
+    ]
+
+
+def _check_generation_weights(cfg: DictConfig) -> list[str]:
+    """Issue 28: ``generation.weights``, a known value and never with a task that trains."""
+    weights = cfg.generation.weights
+    if weights not in GENERATION_WEIGHTS:
+        return [
+            f"generation.weights={weights} is not a choice; choose one of {', '.join(GENERATION_WEIGHTS)} (fp32 the "
+            "book's weights, bf16 half the bytes, int8 weight-only a quarter)"
+        ]
+    if weights != "fp32" and cfg.task.name == "train":
+        return [
+            f"generation.weights={weights} is for tasks that only read the weights (generate, respond, chat, "
+            "classify, evaluate); task=train trains in fp32, or in bf16 through trainer=cpu_bf16 or "
+            "trainer.precision=bf16-mixed, and its sample text uses the trained fp32 weights: drop generation.weights"
+        ]
+    return []
 
 
 def _check_preferences(cfg: DictConfig) -> list[str]:
     """Issue 20: data=preferences and the dpo.* keys."""
     problems = []
     d, dpo = cfg.data, cfg.dpo
-    if d.name != "preferences":
-        return problems
-    if isinstance(d.max_length, str) or (d.max_length is not None and d.max_length < 2):
-        problems.append(f"data.max_length={d.max_length} must be an integer >= 2 (prompt and response tokens), or null")
-    if dpo is None:
-        return [*problems, "data=preferences needs the dpo.* keys (conf/data/preferences.yaml sets them)"]
     if not dpo.beta > 0 or not math.isfinite(dpo.beta):
         problems.append(f"dpo.beta={dpo.beta} must be a number > 0 (the book's 0.1)")
     if dpo.logprob not in DPO_LOGPROBS:
         problems.append(f"dpo.logprob={dpo.logprob} must be one of {', '.join(DPO_LOGPROBS)}")
+    if dpo.loss not in DPO_LOSSES:
+        problems.append(f"dpo.loss={dpo.loss} is not a DPO loss; choose one of {', '.join(DPO_LOSSES)}")
+    if not 0.0 <= dpo.label_smoothing < 0.5:
+        problems.append(f"dpo.label_smoothing={dpo.label_smoothing} must be in [0, 0.5) (0: the book's loss)")
+    elif dpo.label_smoothing and dpo.loss != "sigmoid":
+        problems.append(f"dpo.label_smoothing={dpo.label_smoothing} applies to dpo.loss=sigmoid only, not {dpo.loss}")
+    if dpo.reference_free and dpo.precompute_reference:
+        problems.append("dpo.precompute_reference=true has no reference to compute with dpo.reference_free=true")
+    if d.name != "preferences":
+        return problems
+    if isinstance(d.max_length, str) or (d.max_length is not None and d.max_length < 2):
+        problems.append(f"data.max_length={d.max_length} must be an integer >= 2 (prompt and response tokens), or null")
     if dpo.test_responses is not None and dpo.test_responses < 0:
         problems.append(f"dpo.test_responses={dpo.test_responses} must be >= 0, or null for the whole test split")
     if cfg.task.name == "train" and not cfg.init_from:

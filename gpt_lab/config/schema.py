@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from gpt_lab.config.architecture import FAMILY_DEFAULTS
+
 MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow float32 (1e-45: inf, then NaN probabilities)
 MAX_TEMPERATURE = 1e3
 MAX_LR = 1.0  # AdamW steps of about lr per weight: beyond 1 no run learns anything
@@ -25,6 +27,9 @@ DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
 # mean: the book's (averaged over the response header's last tokens and the response, no end-of-text);
 # response_mean: averaged over the response and its end-of-text; sum: summed over those (TRL).
 DPO_LOGPROBS = ("mean", "response_mean", "sum")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # issue 29: the book's (DPO paper), IPO, SLiC's hinge (TRL's names)
+# Issue 28: the weights a generating or classifying task reads (gpt_lab/generation/weights.py).
+GENERATION_WEIGHTS = ("fp32", "bf16", "int8")
 
 
 # OpenAI's four GPT-2 sizes (the book's GPT_CONFIG_124M and exercise 4.2), by model group option.
@@ -59,6 +64,37 @@ class ModelConfig:
     qkv_bias: bool = MISSING
     tie_weights: bool = MISSING
     causal_mask: bool = MISSING  # false: no causal mask (chapter 6's bonus table; conf/causal_mask)
+    # The architecture lab (issue 25): conf/{attention,window,ffn,norm,qk_norm,pos_emb}/*.yaml set these;
+    # what each means and its default: gpt_lab/config/architecture.py.
+    attention: str = MISSING  # mha | gqa | mla | deltanet
+    n_kv_heads: int | None = MISSING
+    latent_dim: int | None = MISSING
+    full_attention_every: int = MISSING
+    window: str = MISSING  # full | sliding
+    sliding_window: int | None = MISSING
+    sliding_pattern: Any = MISSING  # "5:1", a list of full-attention layer indices, or null
+    ffn: str = MISSING  # gelu | swiglu | moe
+    hidden_dim: int | None = MISSING
+    num_experts: int | None = MISSING
+    experts_per_token: int | None = MISSING
+    moe_hidden_dim: int | None = MISSING
+    norm: str = MISSING  # layernorm | rmsnorm
+    norm_eps: float = MISSING
+    qk_norm: bool = MISSING
+    pos_emb: str = MISSING  # learned | rope
+    rope_base: float = MISSING
+    rope_scaling: dict[str, Any] | None = MISSING  # null or Llama 3's {type: llama3, factor, ...}
+    head_dim: int | None = MISSING
+    # Issue 26's family flags: a family preset sets them (conf/model/gemma3_270m.yaml, ...); every other
+    # model keeps GPT-2's values, the defaults here (gpt_lab/config/architecture.py FAMILY_DEFAULTS).
+    rope_local_base: float | None = FAMILY_DEFAULTS["rope_local_base"]
+    emb_scale: bool = FAMILY_DEFAULTS["emb_scale"]
+    query_scale: float | None = FAMILY_DEFAULTS["query_scale"]
+    norm_offset: bool = FAMILY_DEFAULTS["norm_offset"]
+    post_norms: bool = FAMILY_DEFAULTS["post_norms"]
+    ffn_activation: str = FAMILY_DEFAULTS["ffn_activation"]  # silu | gelu_tanh
+    attn_out_bias: bool = FAMILY_DEFAULTS["attn_out_bias"]
+    ffn_bias: bool = FAMILY_DEFAULTS["ffn_bias"]
 
 
 @dataclass
@@ -73,10 +109,9 @@ class TaskConfig:
 class DataConfig:
     name: str = MISSING  # the data group's option: text (data.path) or corpus (task=prepare's data.dir)
     _target_: str = MISSING  # the LightningDataModule's from_config(cfg, context_length)
-    lit_module: str = MISSING  # the LightningModule class that trains on it (task=train)
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
-    stride: int | None = MISSING  # null: the context length
+    stride: int | None = None  # data=text: the window step (null: the context length)
     train_ratio: float = MISSING
     num_workers: int | None = MISSING  # loader processes (text); task=prepare's processes (null: all cores)
     # data=corpus only (conf/data/corpus.yaml sets them; None: not used by this data option).
@@ -113,6 +148,15 @@ class DataConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """``cfg.objective``: what task=train optimises (``conf/objective/<name>.yaml``; the experiments set it)."""
+
+    name: str = MISSING  # next_token | classification | instruction | dpo
+    lit_module: str = MISSING  # the LightningModule class: its from_config(cfg, model_cfg, init_state, datamodule)
+    data: list[str] = MISSING  # the data options it trains on
+
+
+@dataclass
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -134,7 +178,7 @@ class SchedulerConfig:
 FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt_lab.model.finetune's
 
 
-LORA_SCALINGS = ("rank", "alpha")
+LORA_SCALINGS = ("rank", "alpha", "rslora")
 # lora_A's draw (gpt_lab/model/lora.py): book: Kaiming-uniform over A stored (in, rank), bound 1/sqrt(rank)
 # (appendix E); peft: over (rank, in) as peft, litgpt and torchtune draw it, bound 1/sqrt(in_features).
 LORA_INITS = ("book", "peft")
@@ -154,8 +198,10 @@ class LoRAConfig:
     rank: int = MISSING
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
-    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script)
+    scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script); rslora
     init: str = MISSING  # book (appendix E) | peft: lora_A's draw (LORA_INITS)
+    dropout: float = MISSING  # on the adapters' input only (issue 29); 0: appendix E's
+    train_also: list[str] = MISSING  # modules trained whole beside the adapters, e.g. [out_head, final_norm]
 
 
 POOLINGS = ("last", "last_nonpad", "first", "mean")
@@ -194,11 +240,48 @@ class JudgeConfig:
 
 @dataclass
 class DPOConfig:
-    """Issue 20: ``cfg.dpo``, the preference objective (set by conf/data/preferences.yaml)."""
+    """Issue 20: ``cfg.dpo``, the preference objective's settings (conf/config.yaml; objective=dpo reads them)."""
 
     beta: float = MISSING  # the book's 0.1
     logprob: str = MISSING  # mean (the book) | response_mean | sum (TRL): DPO_LOGPROBS above
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
+    loss: str = MISSING  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
+    label_smoothing: float = MISSING  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's
+    reference_free: bool = MISSING  # no reference: its log-probabilities are taken as 0
+    precompute_reference: bool = MISSING  # the reference's log-probabilities computed once, before training
+
+
+@dataclass
+class GenerationConfig:
+    """Issue 28: ``cfg.generation``, how generating and classifying tasks hold the weights."""
+
+    weights: str = MISSING  # fp32 (the book's tokens) | bf16 | int8 (weight-only, bf16 activations)
+
+
+@dataclass
+class ExportConfig:
+    """Issue 26, ``task=export``: where the Hugging Face directory goes."""
+
+    dir: str | None = MISSING  # a new or empty directory, relative to where the user ran from
+
+
+# Issue 25, task=estimate: the dtype names estimate.dtype accepts, each with torch's name for it.
+ESTIMATE_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+@dataclass
+class EstimateConfig:
+    """Issue 25: ``cfg.estimate``, what ``task=estimate`` sizes (conf/task/estimate.yaml)."""
+
+    batch_size: int = MISSING  # sequences of the key/value cache and of the counted forward pass
+    dtype: str = MISSING  # the cache's element type: one of ESTIMATE_DTYPES (the book's estimators: bf16)
 
 
 @dataclass
@@ -208,6 +291,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # issue 29
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -230,6 +314,7 @@ class Config:
     init_from: str | None = MISSING
     ckpt_path: str | None = MISSING
     compile: bool = MISSING  # torch.compile the model for training (task=train); generation stays eager
+    use_cache: bool = MISSING  # generation through the key/value cache (false: the uncached reference)
     # Issue 19: task=respond's instruction and input (conf/task/respond.yaml), the prompt style of weights
     # that carry none, and task=judge's settings (conf/task/judge.yaml). None: not used by this task.
     instruction: str | None = None
@@ -237,7 +322,10 @@ class Config:
     prompt_style: str | None = None
     max_response_tokens: int | None = None  # new tokens of an answer (test responses, task=respond); None: 256
     judge: JudgeConfig | None = None
-    dpo: DPOConfig | None = None  # issue 20: data=preferences only
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # issue 20: objective=dpo
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # issue 28
+    export: ExportConfig | None = None  # issue 26: task=export only
+    estimate: EstimateConfig | None = None  # issue 25: task=estimate only
 
 
 # Issue 21: the run's length, checked before anything is built (Lightning would refuse it after the model).

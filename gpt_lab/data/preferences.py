@@ -119,11 +119,13 @@ def read_preference_entries(
 
 @dataclass
 class PreferencePair:
-    """One entry's token ids: the prompt, and each response followed by ``<|endoftext|>``."""
+    """One entry's token ids: the prompt, and each response followed by ``<|endoftext|>``; with
+    ``dpo.precompute_reference`` also the reference's log-probabilities (chosen, rejected)."""
 
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    reference: tuple[float, float] | None = None
 
 
 @dataclass
@@ -163,13 +165,14 @@ def encode_pair(
 
 def collate_preferences(
     pairs: Sequence[PreferencePair], pad_id: int = EOT_ID, prompt_tail: int = 0, count_eot: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """``b`` pairs → ``inputs`` and ``targets``, each (2b, T): rows ``[:b]`` chosen, ``[b:]`` rejected.
 
     Each sequence ``prompt + response`` (T + 1 tokens for the longest) gives inputs ``[:-1]`` and
     targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it counts: the response's
     tokens, its end-of-text unless ``count_eot=False``, and the prompt's last ``prompt_tail`` tokens
-    (the book's DPO mask, ``dpo.logprob=mean``: ``book_prompt_tail``).
+    (the book's DPO mask, ``dpo.logprob=mean``: ``book_prompt_tail``). Pairs that carry the
+    reference's log-probabilities add a third tensor (2b,) in the same row order.
     """
     seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     width = max(len(prompt) + len(resp) for prompt, resp in seqs) - 1
@@ -182,6 +185,9 @@ def collate_preferences(
         start = len(prompt) - 1 - min(prompt_tail, len(prompt) - 1)
         end = len(ids) - 1 - (1 if not count_eot and resp and resp[-1] == EOT_ID else 0)
         targets[row, start:end] = ids[start + 1 : end + 1]
+    if pairs and all(p.reference is not None for p in pairs):
+        reference = [p.reference[0] for p in pairs] + [p.reference[1] for p in pairs]  # type: ignore[index]
+        return inputs, targets, torch.tensor(reference, dtype=torch.float32)
     return inputs, targets
 
 
@@ -200,7 +206,7 @@ class PreferenceCollate:
     prompt_tail: int = 0
     count_eot: bool = True
 
-    def __call__(self, pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, ...]:
         return collate_preferences(pairs, prompt_tail=self.prompt_tail, count_eot=self.count_eot)
 
 
@@ -321,11 +327,14 @@ class PreferenceDataModule(ShuffledDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self.datasets, "call setup() first"
+        return self.split_loader(self.datasets[split], shuffle, shuffle, self.collate)
+
+    @property
+    def collate(self) -> PreferenceCollate:
+        """The batches' collate: the targets ``dpo.logprob`` counts."""
         if self.logprob == "mean":  # the book's targets (book_prompt_tail)
-            collate = PreferenceCollate(book_prompt_tail(self.prompt_style), count_eot=False)
-        else:
-            collate = PreferenceCollate()
-        return self.split_loader(self.datasets[split], shuffle, shuffle, collate)
+            return PreferenceCollate(book_prompt_tail(self.prompt_style), count_eot=False)
+        return PreferenceCollate()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

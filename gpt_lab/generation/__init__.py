@@ -22,6 +22,8 @@ _NAMES = {
     "PROMPT_STYLES": "gpt_lab.generation.prompt_styles",
     "register_prompt_style": "gpt_lab.generation.prompt_styles",
     "get_prompt_style": "gpt_lab.generation.prompt_styles",
+    "use_weights": "gpt_lab.generation.weights",
+    "check_weights_device": "gpt_lab.generation.weights",
     "format_prompt": "gpt_lab.generation.prompt_styles",
     "format_response": "gpt_lab.generation.prompt_styles",
     "format_example": "gpt_lab.generation.prompt_styles",

@@ -32,7 +32,8 @@ def continue_prompt(
 ) -> dict[str, Any]:
     """Continue one prompt with ``cfg``'s settings (greedy unless ``cfg.temperature > 0``), timed.
 
-    ``cfg`` is the run's config (``max_new_tokens``, ``temperature``, ``top_k``, ``stop_at_eos``).
+    ``cfg`` is the run's config (``max_new_tokens``, ``temperature``, ``top_k``, ``stop_at_eos``,
+    ``use_cache``).
     With ``stream``, the prompt and each new piece of text are written to stdout as produced.
     """
     printer = TextPrinter(tokenizer, prompt_ids) if stream else None
@@ -46,6 +47,7 @@ def continue_prompt(
         temperature=cfg.temperature,
         top_k=cfg.top_k,
         eos_id=tokenizer.eot_token if cfg.stop_at_eos else None,
+        use_cache=cfg.use_cache,
     )
     for token in steps:
         output_ids.append(int(token))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -9,13 +10,27 @@ from typing import Any
 
 import tiktoken
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.errors import InitFromError
-from gpt_lab.generation.prompt_styles import PromptStyleError, extract_response, format_prompt, get_prompt_style
+from gpt_lab.config import input_path
+from gpt_lab.errors import InitFromError, UserError
+from gpt_lab.generation.prompt_styles import (
+    PROMPT_STYLES,
+    PromptStyleError,
+    extract_response,
+    format_prompt,
+    get_prompt_style,
+)
 from gpt_lab.generation.sampling import generate
+from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.hf_families import CHAT_STYLES
+from gpt_lab.model.hf_files import family_directory, read_config
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
+from gpt_lab.model.weights import build_model
 from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
+
+log = logging.getLogger(__name__)
 
 BOOK_RESPONSE_TOKENS = 256  # the book's max_new_tokens for test responses (max_response_tokens: null)
 RESPONSE_KEY = "model_response"  # the key the book adds to each test entry
@@ -30,11 +45,13 @@ def answer(
     max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
+    eos_id: int = ENDOFTEXT_ID,
 ) -> dict[str, Any]:
     """The model's answer to ``entry`` (instruction and input), the book's way, timed.
 
     The prompt is tokenized with special-looking text as ordinary text (as in training); generation
-    is greedy unless ``temperature > 0``, stops at end-of-text and slides the window past the
+    is greedy unless ``temperature > 0``, stops at ``eos_id`` (end-of-text; a chat family: its
+    end-of-turn token, gpt_lab.generation.chat's ``stop_id``) and slides the window past the
     context. Returns ``prompt``, ``output_ids`` / ``output_text`` (prompt and continuation),
     ``response`` (the book's extraction), ``new_tokens`` and the speed.
     """
@@ -49,7 +66,7 @@ def answer(
         model.context_length,
         temperature=temperature,
         top_k=top_k,
-        eos_id=ENDOFTEXT_ID,
+        eos_id=eos_id,
     )[0].tolist()
     seconds = time.perf_counter() - started
     text = tokenizer.decode(out)
@@ -114,3 +131,37 @@ def saved_prompt_style(path: str | Path) -> str | None:
         return get_prompt_style(style, key=f"prompt_style in the model.json of {path}").name
     except PromptStyleError as err:
         raise InitFromError(str(err)) from None
+
+
+def load_instruction_model(cfg: DictConfig) -> tuple[GPTModel, str]:
+    """The model of ``init_from`` in eval mode and the prompt style to use (saved, or ``prompt_style``)."""
+    init_from = input_path(cfg, cfg.init_from)
+    if init_from is None:
+        raise UserError(
+            f"task={cfg.task.name} needs an instruction-tuned model: init_from=outputs/<run> (the directory of an "
+            "experiment=ch07 run, or its model.pth)"
+        )
+    if not init_from.exists():
+        raise InitFromError(f"init_from={init_from}: no such file or directory")
+    saved = saved_prompt_style(init_from)
+    family = family_directory(init_from)
+    # A Hugging Face directory of a chat family: the family's chat format (another one is warned below).
+    saved = saved or (CHAT_STYLES[str(read_config(family)["model_type"])] if family else None)
+    if cfg.prompt_style is not None:
+        style = get_prompt_style(cfg.prompt_style, key="prompt_style").name
+        if saved is not None and saved != style:
+            log.warning("prompt_style=%s replaces the style %s the model was trained with", style, saved)
+    elif saved is not None:
+        style = saved
+    else:
+        raise PromptStyleError(
+            f"init_from={cfg.init_from} carries no prompt style (no model.json with one beside the weights): add "
+            f"prompt_style=alpaca (the book's), or another of {', '.join(sorted(PROMPT_STYLES))}, the style the "
+            "model was fine-tuned with"
+        )
+    meta = saved_meta(init_from)
+    if meta is not None and isinstance(meta.get("model"), dict):
+        model, _ = load_finetuned(init_from)  # the saved config: no model=... to repeat
+    else:
+        model = build_model(OmegaConf.to_container(cfg.model), init_from)
+    return model.eval(), style

@@ -1,5 +1,5 @@
-"""The book's model as pure PyTorch: its classes, weights in and out (book model.pth, Hugging Face
-GPT-2, book checkpoints), size statistics."""
+"""The book's model as pure PyTorch: its classes and the architecture lab's parts, weights in and out
+(book model.pth, Hugging Face GPT-2, book checkpoints), size statistics."""
 
 from gpt_lab import lazy_exports
 
@@ -10,13 +10,19 @@ _NAMES = {
     "LayerNorm": "gpt_lab.model.gpt",
     "GELU": "gpt_lab.model.gpt",
     "FeedForward": "gpt_lab.model.gpt",
-    "KVCache": "gpt_lab.model.gpt",
+    "KVCache": "gpt_lab.model.cache",
     "MultiHeadAttention": "gpt_lab.model.gpt",
     "TransformerBlock": "gpt_lab.model.gpt",
     "GPTModel": "gpt_lab.model.gpt",
     "DummyTransformerBlock": "gpt_lab.model.gpt",
     "DummyLayerNorm": "gpt_lab.model.gpt",
     "DummyGPTModel": "gpt_lab.model.gpt",
+    "MultiHeadLatentAttention": "gpt_lab.model.attention",
+    "GatedDeltaNet": "gpt_lab.model.deltanet",
+    "SwiGLU": "gpt_lab.model.feedforward",
+    "MoEFeedForward": "gpt_lab.model.feedforward",
+    "RMSNorm": "gpt_lab.model.norms",
+    "RotaryEmbedding": "gpt_lab.model.rope",
     "read_hf_config": "gpt_lab.model.hf",
     "convert_hf_state_dict": "gpt_lab.model.hf",
     "export_hf_state_dict": "gpt_lab.model.hf",
@@ -32,6 +38,8 @@ _NAMES = {
     "init_model_config": "gpt_lab.model.weights",
     "model_from_weights": "gpt_lab.model.weights",
     "LoRALinear": "gpt_lab.model.lora",
+    "Int8Linear": "gpt_lab.model.quantized",
+    "quantize_linears_": "gpt_lab.model.quantized",
     "apply_lora": "gpt_lab.model.lora",
     "merge_lora": "gpt_lab.model.lora",
     "merged_state_dict": "gpt_lab.model.lora",

@@ -7,7 +7,8 @@
   7,090,946 of gpt2_small's parameters with a 2-class head and qkv bias);
 - ``last_two_blocks``: the same with the last two blocks;
 - ``head``: the output head only;
-- ``lora``: the base frozen, LoRA adapters on ``lora.targets`` (appendix E; ``gpt_lab.model.lora``).
+- ``lora``: the base frozen, LoRA adapters on ``lora.targets`` (appendix E; ``gpt_lab.model.lora``),
+  and the modules of ``lora.train_also`` (e.g. ``[out_head, final_norm]``) trained whole, without adapters.
 
 The fine-tuned model file a run writes at the end is ``gpt_lab.model.finetuned``'s.
 
@@ -17,6 +18,7 @@ Pure PyTorch.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -35,12 +37,15 @@ def _lora_get(lora_cfg: Any, key: str, default: Any) -> Any:
 
 
 def lora_settings(lora_cfg: Any) -> dict[str, Any]:
-    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling, init (appendix E's defaults)."""
+    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling, dropout, train_also, init
+    (appendix E's defaults)."""
     return {
         "rank": int(_lora_get(lora_cfg, "rank", 16)),
         "alpha": float(_lora_get(lora_cfg, "alpha", 16)),
         "targets": [str(t) for t in _lora_get(lora_cfg, "targets", ["all"])],
         "scaling": str(_lora_get(lora_cfg, "scaling", "rank")),
+        "dropout": float(_lora_get(lora_cfg, "dropout", 0.0)),
+        "train_also": [str(t) for t in _lora_get(lora_cfg, "train_also", [])],
         "init": str(_lora_get(lora_cfg, "init", "book")),
     }
 
@@ -48,6 +53,21 @@ def lora_settings(lora_cfg: Any) -> dict[str, Any]:
 def _last_blocks(model: nn.Module, n: int) -> list[nn.Module]:
     blocks = list(model.trf_blocks)
     return blocks[-n:] if n <= len(blocks) else blocks
+
+
+def _modules_named(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    """``lora.train_also``'s modules (names or globs of qualified names); a name matching none is a ConfigError."""
+    out = []
+    for name in names:
+        found = [m for qualified, m in model.named_modules() if qualified and fnmatchcase(qualified, name)]
+        if not found:
+            tops = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(
+                f"lora.train_also=[{name}] names no module of the model; give module names or globs such as "
+                f"{tops}, trf_blocks.11"
+            )
+        out += found
+    return out
 
 
 def select_trainable(model: nn.Module, finetune: str, lora_cfg: Any = None) -> int:
@@ -60,7 +80,13 @@ def select_trainable(model: nn.Module, finetune: str, lora_cfg: Any = None) -> i
         raise ConfigError(f"finetune={finetune} is not a choice; choose one of {', '.join(FINETUNE_NAMES)}")
     if finetune == "lora":
         s = lora_settings(lora_cfg)
-        return apply_lora(model, s["rank"], s["alpha"], s["targets"], s["scaling"], s["init"])
+        whole = _modules_named(model, s["train_also"])  # checked before the model changes
+        apply_lora(
+            model, s["rank"], s["alpha"], s["targets"], s["scaling"], s["dropout"], keep=s["train_also"], init=s["init"]
+        )
+        for module in whole:  # trained whole, without adapters (apply_lora left them plain)
+            module.requires_grad_(True)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
     train_all = finetune == "all"
     for p in model.parameters():
         p.requires_grad_(train_all)

@@ -1,4 +1,5 @@
-"""Chapter 4's GPT-2 model, with the book's names, computed with PyTorch's fused kernels.
+"""Chapter 4's GPT-2 model, with the book's names, computed with PyTorch's fused kernels; and the
+architecture lab's composition of other parts (issue 25) behind config keys that default to the book's.
 
 Modules are created in the book's order with PyTorch's default initialisation, so
 ``torch.manual_seed(123); GPTModel(cfg)`` gives exactly the book's weights. The math is the
@@ -6,9 +7,16 @@ book's (pre-LayerNorm blocks, biased variance, eps 1e-5, tanh GELU, causal multi
 but runs through ``F.layer_norm``, ``F.gelu`` and ``F.scaled_dot_product_attention`` (bf16
 training steps of up to 256 tokens: ``attention_written_out``, faster there on the CPU).
 
+The parts live beside this file, one job each: ``attention`` (MHA, GQA, sliding windows, QK-norm,
+MLA), ``deltanet`` (Gated DeltaNet), ``feedforward`` (GELU, SwiGLU, MoE), ``norms`` (LayerNorm,
+RMSNorm), ``rope`` (rotary positions) and ``cache`` (every attention kind's key/value cache). A
+block composes them from ``cfg`` (``model.attention``, ``model.ffn``, ``model.norm``, ...; the keys
+and their defaults: gpt_lab/config/architecture.py); the book's class names are importable from here.
+
 Generation's extras are two optional arguments of ``GPTModel.forward``: a key/value cache
-(``kv_cache``) and ``last_only`` (logits of the last position only). The CPU decoding products live
-in ``gpt_lab.generation.decoding``, which ``gpt_lab.generation.sampling`` drives; these classes know nothing of them.
+(``kv_cache``, from ``new_kv_cache``) and ``last_only`` (logits of the last position only). The CPU
+decoding products live in ``gpt_lab.generation.decoding``, which ``gpt_lab.generation.sampling``
+drives; these classes know nothing of them.
 
 Pure PyTorch: no Lightning, no Hydra.
 """
@@ -16,12 +24,47 @@ Pure PyTorch: no Lightning, no Hydra.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from gpt_lab.config.architecture import ARCH_DEFAULTS, check_architecture, head_dim_of, layer_kinds
+from gpt_lab.model.attention import (
+    EXPLICIT_ATTENTION_MAX_TOKENS,
+    MultiHeadAttention,
+    MultiHeadLatentAttention,
+    attention_written_out,
+    make_attention,
+)
+from gpt_lab.model.cache import KVCache
+from gpt_lab.model.deltanet import GatedDeltaNet
+from gpt_lab.model.feedforward import GELU, FeedForward, MoEFeedForward, SwiGLU, make_feedforward
+from gpt_lab.model.norms import LayerNorm, RMSNorm, make_norm
+from gpt_lab.model.rope import RotaryEmbedding
+
+__all__ = [
+    "BOOK_KEYS",
+    "EXPLICIT_ATTENTION_MAX_TOKENS",
+    "GELU",
+    "DummyGPTModel",
+    "DummyLayerNorm",
+    "DummyTransformerBlock",
+    "FeedForward",
+    "GPTModel",
+    "GatedDeltaNet",
+    "KVCache",
+    "LayerNorm",
+    "MoEFeedForward",
+    "MultiHeadAttention",
+    "MultiHeadLatentAttention",
+    "RMSNorm",
+    "SwiGLU",
+    "TransformerBlock",
+    "attention_written_out",
+    "model_config_dict",
+]
 
 BOOK_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
 
@@ -30,7 +73,8 @@ def model_config_dict(cfg: Any) -> dict[str, Any]:
     """The model config as a plain dict, from the book's dict, an OmegaConf node or a dataclass.
 
     Fills the optional keys: ``drop_rate_emb/attn/shortcut`` default to ``drop_rate``,
-    ``tie_weights`` to False, ``num_classes`` to None (the vocabulary head) and ``causal_mask`` to True.
+    ``tie_weights`` to False, ``num_classes`` to None (the vocabulary head), ``causal_mask`` to True
+    and the architecture keys to ``ARCH_DEFAULTS`` (the book's parts); raises ``ValueError`` naming a bad key.
     """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out = dataclasses.asdict(cfg)
@@ -49,225 +93,50 @@ def model_config_dict(cfg: Any) -> dict[str, Any]:
     out["num_classes"] = None if out.get("num_classes") is None else int(out["num_classes"])
     # The bonus table's "no causal mask" row: every position attends to every other (off = the book's model).
     out["causal_mask"] = True if out.get("causal_mask") is None else bool(out["causal_mask"])
-    if out["emb_dim"] % out["n_heads"] != 0:
+    # The architecture lab's keys (issue 25): absent or null, the book's choice.
+    for key, default in ARCH_DEFAULTS.items():
+        if out.get(key) is None:
+            out[key] = default
+        elif isinstance(out[key], Mapping):  # an OmegaConf node: plain values, for model.json
+            out[key] = {str(k): v for k, v in out[key].items()}
+        elif isinstance(out[key], Sequence) and not isinstance(out[key], str):
+            out[key] = list(out[key])
+    if out["head_dim"] is None and out["emb_dim"] % out["n_heads"] != 0:
         raise ValueError(f"model.n_heads={out['n_heads']} must divide model.emb_dim={out['emb_dim']}")
+    problems = check_architecture(out)
+    if problems:
+        raise ValueError("; ".join(problems))
     return out
 
 
-class LayerNorm(nn.Module):
-    """Layer norm over the last dimension with the book's ``scale``/``shift`` names (biased variance)."""
-
-    def __init__(self, emb_dim: int) -> None:
-        super().__init__()
-        self.eps = 1e-5
-        self.scale = nn.Parameter(torch.ones(emb_dim))
-        self.shift = nn.Parameter(torch.zeros(emb_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
-
-
-class GELU(nn.Module):
-    """GELU with the tanh approximation GPT-2 was trained with."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate="tanh")
-
-
-class FeedForward(nn.Module):
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
-            GELU(),
-            nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class KVCache:
-    """Pre-allocated keys and values of every layer, filled left to right.
-
-    ``k`` and ``v`` are ``(n_layers, b, n_heads, max_len, head_dim)``; ``pos`` is how many
-    positions hold valid entries.
-    """
-
-    def __init__(
-        self,
-        n_layers: int,
-        batch_size: int,
-        n_heads: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        shape = (n_layers, batch_size, n_heads, max_len, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.pos = 0
-
-
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention (chapter 3), through ``scaled_dot_product_attention``.
-
-    The book keeps a ``mask`` buffer; SDPA's ``is_causal`` makes it unnecessary, so it is not
-    stored, and a book checkpoint's ``mask`` entries are dropped on load.
-    """
-
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        context_length: int,
-        dropout: float,
-        num_heads: int,
-        qkv_bias: bool = False,
-        causal: bool = True,
-    ) -> None:
-        super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"model.n_heads={num_heads} must divide model.emb_dim={d_out}")
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
-        self.context_length = context_length
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(dropout)
-        self.causal = causal  # False: no mask at all (the chapter's "no causal mask" experiment)
-        self.register_load_state_dict_pre_hook(_drop_book_mask)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
-    ) -> torch.Tensor:
-        """``x``: (b, t, d_in). ``kv``: this layer's cache buffers, ``start``: position of ``x[:, 0]``."""
-        b, t, _ = x.shape
-        # (b, n_heads, t, head_dim)
-        q, k, v = (
-            p.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-            for p in _project(x, (self.W_query, self.W_key, self.W_value))
-        )
-        if kv is not None:
-            k_buf, v_buf = kv
-            k_buf[:, :, start : start + t] = k
-            v_buf[:, :, start : start + t] = v
-            k, v = k_buf[:, :, : start + t], v_buf[:, :, : start + t]
-        mask = None
-        if start > 0 and t > 1 and self.causal:
-            # New queries sit at positions start..start+t-1 and may see every key up to their own.
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        dropout_p = self.dropout.p if self.training else 0.0
-        if kv is None and _explicit_attention_pays(q):
-            ctx = attention_written_out(q, k, v, self.causal, dropout_p)
-        else:
-            ctx = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=dropout_p,
-                # bool(): sizes are tensors under torch.jit.trace (graph)
-                is_causal=bool(self.causal and start == 0 and t > 1),
-            )
-        ctx = ctx.transpose(1, 2).reshape(b, t, self.d_out)  # (b, t, d_out)
-        return self.out_proj(ctx)
-
-
-def _project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
-    """Each layer applied to ``x``. Layers of one class that defines ``forward_group(layers, x)``
-    compute together (appendix E's ``LoRALinear``: query, key and value as one product)."""
-    group = getattr(type(layers[0]), "forward_group", None)
-    if group is not None and all(type(layer) is type(layers[0]) for layer in layers):
-        return group(layers, x)
-    return tuple(layer(x) for layer in layers)
-
-
-# Training in bf16 on the CPU (trainer=cpu_bf16), PyTorch's fused attention is slow to back-propagate
-# through short sequences: forward + backward at batch 8, 12 heads of 64 took 2.9x as long as
-# attention_written_out at 128 tokens, 1.2x at 256 and 0.75x at 384 (`python scripts/bench_finetune.py
-# --attention`; docs/performance.md). Up to this length training steps take the written-out path;
-# fp32, inference and longer sequences keep the fused kernel.
-EXPLICIT_ATTENTION_MAX_TOKENS = 256
-
-
-def _explicit_attention_pays(q: torch.Tensor) -> bool:
-    return (
-        q.dtype == torch.bfloat16
-        and q.device.type == "cpu"
-        and q.requires_grad
-        and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_TOKENS
-    )
-
-
-def attention_written_out(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    dropout_p: float = 0.0,
-    dropout: Callable[[torch.Tensor, float], torch.Tensor] = F.dropout,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask) v`` with ``dropout`` on the weights: chapter 3's attention.
-
-    ``q``: (b, n_heads, t, head_dim), ``k`` / ``v``: (b, n_heads, s, head_dim); ``scale`` defaults to
-    1 / sqrt(head_dim); ``causal``: query ``i`` sees keys ``0..i`` (SDPA's ``is_causal``). The mask
-    (0, or -inf above the diagonal) is added by the scores' own product (``baddbmm``), so neither it
-    nor the scale costs a pass. The softmax runs in the scores' dtype (bf16 under autocast: PyTorch's
-    kernel computes in float32 and rounds once).
-    """
-    b, h, t, d = q.shape
-    s = k.shape[-2]
-    mask = torch.full((t, s), float("-inf") if causal else 0.0, dtype=q.dtype, device=q.device).triu(1)
-    scores = torch.baddbmm(
-        mask,
-        q.reshape(b * h, t, d),
-        k.reshape(b * h, s, d).transpose(1, 2),
-        alpha=d**-0.5 if scale is None else scale,
-    )
-    weights = torch.softmax(scores, dim=-1)
-    if dropout_p > 0:
-        weights = dropout(weights, dropout_p)
-    return (weights @ v.reshape(b * h, s, v.shape[-1])).view(b, h, t, v.shape[-1])
-
-
-def _drop_book_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    state_dict.pop(prefix + "mask", None)
-
-
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
+    """Pre-norm block: ``x + att(norm1(x))``, then ``x + ff(norm2(x))``; ``kind``: full, sliding or deltanet.
+
+    ``model.post_norms`` (Gemma 3) adds a norm after each sub-layer, before its shortcut:
+    ``x + post_att_norm(att(norm1(x)))``, then ``x + post_ff_norm(ff(norm2(x)))``.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], kind: str = "full") -> None:
         super().__init__()
-        self.att = MultiHeadAttention(
-            d_in=cfg["emb_dim"],
-            d_out=cfg["emb_dim"],
-            context_length=cfg["context_length"],
-            num_heads=cfg["n_heads"],
-            dropout=cfg.get("drop_rate_attn", cfg["drop_rate"]),
-            qkv_bias=cfg["qkv_bias"],
-            causal=cfg.get("causal_mask", True),
-        )
-        self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        cfg = {**ARCH_DEFAULTS, **cfg}
+        self.att = make_attention(cfg, kind)
+        self.ff = make_feedforward(cfg)
+        self.norm1 = make_norm(cfg, cfg["emb_dim"])
+        self.norm2 = make_norm(cfg, cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg.get("drop_rate_shortcut", cfg["drop_rate"]))
+        self.post_norms = bool(cfg["post_norms"])
+        if self.post_norms:  # after the book's modules: norms draw no random numbers anyway
+            self.post_att_norm = make_norm(cfg, cfg["emb_dim"])
+            self.post_ff_norm = make_norm(cfg, cfg["emb_dim"])
 
     def forward(
-        self,
-        x: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
+        self, x: torch.Tensor, cache: Any = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv, start))
+        """``cache``: this block's entry of a ``KVCache``; ``start``: the position of ``x[:, 0]``."""
+        if self.post_norms:
+            x = x + self.drop_shortcut(self.post_att_norm(self.att(self.norm1(x), cache, start, rope)))
+            return x + self.drop_shortcut(self.post_ff_norm(self.ff(self.norm2(x))))
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, start, rope))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -278,8 +147,11 @@ class GPTModel(nn.Module):
     Extra keys: ``drop_rate_emb``, ``drop_rate_attn``, ``drop_rate_shortcut`` (each defaults to
     ``drop_rate``), ``tie_weights`` (``out_head.weight`` is ``tok_emb.weight``), ``num_classes``
     (the output head is ``Linear(emb_dim, num_classes)`` with a bias: a chapter-6 classifier, as
-    saved; training one builds the vocabulary head and replaces it, as the book does) and
-    ``causal_mask`` (False: attention sees every position).
+    saved; training one builds the vocabulary head and replaces it, as the book does),
+    ``causal_mask`` (False: attention sees every position) and the architecture lab's keys
+    (gpt_lab/config/architecture.py: ``attention``, ``window``, ``ffn``, ``norm``, ``qk_norm``,
+    ``pos_emb`` and their settings). ``pos_emb=rope`` has no ``pos_emb`` module; its rotation
+    tables are the non-persistent buffers of ``rope``.
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -289,16 +161,26 @@ class GPTModel(nn.Module):
         self.context_length = cfg["context_length"]
         # Creation order is the book's: it fixes which random numbers each weight receives.
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        if cfg["pos_emb"] == "learned":
+            self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate_emb"])
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg, kind) for kind in layer_kinds(cfg)])
+        self.final_norm = make_norm(cfg, cfg["emb_dim"])
         if cfg["num_classes"] is None:
             self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         else:
             self.out_head = nn.Linear(cfg["emb_dim"], cfg["num_classes"])
         if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
+        self.rope = None
+        self.rope_local = None  # model.rope_local_base: the sliding layers' own RoPE (Gemma 3)
+        self.layer_kinds = layer_kinds(cfg)
+        if cfg["pos_emb"] == "rope":  # no random draws: the weights above are the same with or without it
+            self.rope = RotaryEmbedding(head_dim_of(cfg), cfg["context_length"], cfg["rope_base"], cfg["rope_scaling"])
+            if cfg["rope_local_base"] is not None and "sliding" in self.layer_kinds:
+                self.rope_local = RotaryEmbedding(head_dim_of(cfg), cfg["context_length"], cfg["rope_local_base"])
+        # model.emb_scale (Gemma 3): token embeddings times sqrt(emb_dim), rounded to the activations' dtype.
+        self.emb_scale = float(cfg["emb_dim"]) ** 0.5 if cfg["emb_scale"] else None
 
     def forward(
         self,
@@ -322,30 +204,40 @@ class GPTModel(nn.Module):
                 f"sequence of {start + t} tokens is longer than model.context_length={self.context_length}; "
                 f"crop the input to its last {self.context_length} tokens"
             )
-        pos = torch.arange(start, start + t, device=in_idx.device)
-        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))  # (b, t, emb_dim)
+        x = self.tok_emb(in_idx)  # (b, t, emb_dim)
+        if self.emb_scale is not None:
+            x = x * torch.tensor(self.emb_scale, dtype=x.dtype)
+        if self.rope is None:
+            x = x + self.pos_emb(torch.arange(start, start + t, device=in_idx.device))
+        x = self.drop_emb(x)
         for i, block in enumerate(self.trf_blocks):
-            kv = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            x = block(x, kv, start)
+            rope = self.rope_local if self.rope_local is not None and self.layer_kinds[i] == "sliding" else self.rope
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
         if kv_cache is not None:
             kv_cache.pos = start + t
         if last_only:
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty key/value cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (gpt_lab.model.cache).
+
+        ``dtype`` / ``device`` default to the model's floating parameters' (the first one's: the
+        token embedding; never a quantized head's). ``device="meta"`` sizes it without memory.
+        """
         max_len = min(max_len or self.context_length, self.context_length)
-        att = self.trf_blocks[0].att
-        return KVCache(
-            len(self.trf_blocks),
-            batch_size,
-            att.num_heads,
-            max_len,
-            att.head_dim,
-            self.out_head.weight.dtype,
-            self.out_head.weight.device,
-        )
+        weight = next(p for p in self.parameters() if p.is_floating_point())
+        dtype = dtype or weight.dtype
+        device = torch.device(device) if device is not None else weight.device
+        layers = [block.att.new_cache(batch_size, max_len, dtype, device) for block in self.trf_blocks]
+        return KVCache(layers, max_len)
 
 
 class DummyTransformerBlock(nn.Module):

@@ -5,19 +5,16 @@ own still map key for key) with two more parameters, ``lora_A`` (in_features, ra
 with a = √5 as appendix E, and ``lora_B`` (rank, out_features), zeros — so a freshly wrapped model
 computes exactly what the base model computes:
 
-    y = x W^T + b + scale * (x @ A @ B),   scale = alpha / rank  (scaling="rank", the book's appendix)
-                                           scale = alpha         (scaling="alpha", the chapter's bonus script)
+    y = x W^T + b + scale * (dropout(x) @ A @ B),   scale = alpha / rank   (scaling="rank", the appendix)
+                                                    scale = alpha          (scaling="alpha", the bonus script)
+                                                    scale = alpha / √rank  (scaling="rslora", rank-stabilised)
 
+``dropout`` (``lora.dropout``, 0 by default as in the appendix) acts on the adapter's input only.
 ``apply_lora`` freezes the model and wraps the target Linears (by default every one, the output
 head included, as appendix E), in module order, so ``torch.manual_seed`` before it reproduces the
 book's draws. ``merge_lora`` folds the adapters into plain ``nn.Linear`` weights (export);
 ``merged_state_dict`` gives the same weights without touching the model; ``lora_disabled``
 switches the adapters off for a block of code (the base model: DPO's reference).
-
-Speed (docs/classification.md, "Speed"): the product has its own backward (``_LoRAProduct``), and
-under autocast the frozen weights' low-precision copies are kept between steps and attention's
-query, key and value run as one product (``LoRALinear.forward_group``, which the model's attention
-calls when all three projections are ``LoRALinear``).
 
 Pure PyTorch.
 """
@@ -28,7 +25,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,20 +35,30 @@ from gpt_lab.config import LORA_SCALINGS as SCALINGS
 from gpt_lab.errors import ConfigError
 
 # Short names for groups of the model's Linears (lora.targets); anything else is a glob matched
-# against a Linear's qualified name (trf_blocks.11.att.W_query) or its last part (W_query).
+# against a Linear's qualified name (trf_blocks.11.att.W_query) or its short name: the last part
+# (W_query, MLA's W_DKV / W_UK / W_UV, SwiGLU's fc1), or for a list of experts the list's name
+# (fc1 names every expert's trf_blocks.0.ff.fc1.<e>). attention / feedforward: every Linear of the
+# blocks' att / ff, whatever their kind (the book's W_query .. out_proj and layers.0 / layers.2).
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "all": ("*",),
-    "attention": ("*.att.W_query", "*.att.W_key", "*.att.W_value", "*.att.out_proj"),
-    "feedforward": ("*.ff.layers.*",),
+    "attention": ("*.att.*",),
+    "feedforward": ("*.ff.*",),
     "head": ("out_head",),
 }
 
 
 def lora_scale(rank: int, alpha: float, scaling: str = "rank") -> float:
-    """The factor of ``x @ A @ B``: ``alpha / rank`` (appendix E) or ``alpha`` (the bonus script)."""
+    """The factor of ``x @ A @ B`` (the one place rank, alpha and scaling are checked): ``alpha / rank``
+    (appendix E), ``alpha`` (the bonus script) or ``alpha / sqrt(rank)`` (rsLoRA, Kalajdzievski 2023)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ConfigError(f"lora.rank={rank} must be a positive integer")
+    if not alpha > 0:  # NaN too
+        raise ConfigError(f"lora.alpha={alpha} must be a positive number")
     if scaling not in SCALINGS:
         raise ConfigError(f"lora.scaling={scaling} is not a scaling; choose one of {', '.join(SCALINGS)}")
-    return alpha / rank if scaling == "rank" else float(alpha)
+    if scaling == "rank":
+        return alpha / rank
+    return alpha / math.sqrt(rank) if scaling == "rslora" else float(alpha)
 
 
 def draw_lora_a(lora_a: torch.Tensor, init: str = "book") -> None:
@@ -72,7 +78,7 @@ def draw_lora_a(lora_a: torch.Tensor, init: str = "book") -> None:
 
 
 class LoRALinear(nn.Linear):
-    """``nn.Linear`` plus ``scale * (x @ lora_A @ lora_B)``; ``lora_enabled=False`` drops the update."""
+    """``nn.Linear`` plus ``scale * (dropout(x) @ lora_A @ lora_B)``; ``lora_enabled=False`` drops the update."""
 
     def __init__(
         self,
@@ -82,89 +88,46 @@ class LoRALinear(nn.Linear):
         alpha: float,
         bias: bool = True,
         scaling: str = "rank",
-        device: Any = None,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if rank <= 0:
-            raise ConfigError(f"lora.rank={rank} must be a positive integer")
+        scale = lora_scale(rank, alpha, scaling)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = scaling
-        self.scale = lora_scale(rank, alpha, scaling)
+        self.rank, self.alpha, self.scaling, self.scale = rank, alpha, scaling, scale
         self.lora_enabled = True
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.empty(in_features, rank, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(rank, out_features, device=device, dtype=dtype))
         draw_lora_a(self.lora_A)
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, rank: int, alpha: float, scaling: str = "rank", init: str = "book"
+        cls,
+        linear: nn.Linear,
+        rank: int,
+        alpha: float,
+        scaling: str = "rank",
+        dropout: float = 0.0,
+        init: str = "book",
     ) -> LoRALinear:
-        """A ``LoRALinear`` sharing ``linear``'s weight and bias (same tensors, no copy); ``init``: see
-        ``draw_lora_a``."""
+        """A ``LoRALinear`` sharing ``linear``'s weight and bias (same tensors, no copy); one draw, for
+        ``lora_A`` (``init``: see ``draw_lora_a``)."""
         weight = linear.weight
-        with torch.device("meta"):  # the base weights are about to be replaced: draw nothing for them
-            new = cls.__new__(cls)
-            nn.Linear.__init__(new, linear.in_features, linear.out_features, bias=linear.bias is not None)
-        new.weight = weight
-        new.bias = linear.bias
-        new.rank, new.alpha, new.scaling = rank, alpha, scaling
-        if rank <= 0:
-            raise ConfigError(f"lora.rank={rank} must be a positive integer")
-        new.scale = lora_scale(rank, alpha, scaling)
-        new.lora_enabled = True
-        kw = {"device": weight.device, "dtype": weight.dtype}
-        new.lora_A = nn.Parameter(torch.empty(linear.in_features, rank, **kw))
-        new.lora_B = nn.Parameter(torch.zeros(rank, linear.out_features, **kw))
+        with torch.device("meta"):  # nothing is drawn for the weights about to be replaced
+            new = cls(linear.in_features, linear.out_features, rank, alpha, linear.bias is not None, scaling, dropout)
+        new.weight, new.bias = weight, linear.bias
+        new.lora_A = nn.Parameter(torch.empty(linear.in_features, rank, device=weight.device, dtype=weight.dtype))
+        new.lora_B = nn.Parameter(torch.zeros(rank, linear.out_features, device=weight.device, dtype=weight.dtype))
         if not weight.is_meta:
             draw_lora_a(new.lora_A, init)
-        new.train(linear.training)
-        return new
+        return new.train(linear.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_group((self,), x)[0]
-
-    @staticmethod
-    def forward_group(layers: Sequence[LoRALinear], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The outputs of ``layers`` that all read ``x`` (attention's query, key and value).
-
-        Under autocast (``trainer=cpu_bf16``, GPU mixed precision) the group is one product: ``x``
-        is cast once, the frozen weights are joined and cast once and kept until one of them
-        changes (the same values autocast would produce, without a copy each step), and the
-        adapters join as ``[A_1 .. A_k]`` and ``blockdiag(B_1 .. B_k)``. At full precision each
-        layer is its own product (joining would keep a second copy of the weights for little gain).
-        """
-        if torch.compiler.is_compiling():  # compile=true: the plain expression, for the compiler to fuse
-            return tuple(layer.plain_forward(x) for layer in layers)
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        if len(layers) > 1 and (
-            dtype is None
-            or len({layer.lora_enabled for layer in layers}) > 1
-            or len({layer.bias is None for layer in layers}) > 1
-        ):
-            return tuple(layer(x) for layer in layers)
-        weight, bias = _joined(layers, "weight", dtype), _joined(layers, "bias", dtype)
-        lead = x.shape[:-1]
-        rows = x.reshape(-1, x.shape[-1]) if dtype is None else x.to(dtype).reshape(-1, x.shape[-1])
-        with torch.autocast(device, enabled=False):
-            if not layers[0].lora_enabled:
-                out = F.linear(rows, weight, bias)
-            else:
-                scaled = [layer.lora_B * layer.scale for layer in layers]
-                a = torch.cat([layer.lora_A for layer in layers], dim=1) if len(layers) > 1 else layers[0].lora_A
-                b = torch.block_diag(*scaled) if len(layers) > 1 else scaled[0]
-                if dtype is not None:
-                    a, b = a.to(dtype), b.to(dtype)
-                out = _LoRAProduct.apply(rows, weight, bias, a, b)
-        sizes = [layer.out_features for layer in layers]
-        return tuple(part.view(*lead, part.shape[-1]) for part in out.split(sizes, dim=-1))
-
-    def plain_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Appendix E's expression as written, with autograd's own backward (what ``compile=true`` traces)."""
         out = F.linear(x, self.weight, self.bias)
-        return out + self.scale * ((x @ self.lora_A) @ self.lora_B) if self.lora_enabled else out
+        if not self.lora_enabled:
+            return out
+        return out + self.scale * (self.lora_dropout(x) @ self.lora_A @ self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         """The update folded into ``weight`` (out_features, in_features): ``scale * (A @ B)^T``."""
@@ -174,70 +137,24 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling}"
 
 
-def _joined(layers: Sequence[LoRALinear], name: str, dtype: torch.dtype | None) -> torch.Tensor | None:
-    """The layers' ``weight`` or ``bias`` joined along the output dimension, in ``dtype``.
-
-    Frozen tensors are joined and cast once and kept on the first layer until one of them changes
-    (data pointer or version counter); trainable ones are joined each call, so gradients flow.
-    """
-    parts = [getattr(layer, name) for layer in layers]
-    if parts[0] is None:
-        return None
-    if len(parts) == 1 and (dtype is None or parts[0].dtype == dtype):
-        return parts[0]
-    dtype = dtype or parts[0].dtype
-    if any(t.requires_grad for t in parts):
-        return torch.cat(parts).to(dtype)
-    key = (dtype, tuple((t.device, t.data_ptr(), t._version) for t in parts))
-    cache = layers[0].__dict__.setdefault("_joined", {})
-    slot = (name, tuple(id(layer) for layer in layers))
-    if slot not in cache or cache[slot][0] != key:
-        cache[slot] = (key, torch.cat([t.detach() for t in parts]).to(dtype))
-    return cache[slot][1]
-
-
-class _LoRAProduct(torch.autograd.Function):
-    """``x W^T + bias + (x A) B`` over rows ``x`` (n, in), with a backward written for it.
-
-    ``B`` arrives scaled. The bias rides on the low-rank product as one more rank (a column of
-    ones in ``x A``, a row ``bias`` in ``B``), so the output takes one pass after ``x W^T``
-    instead of two. Autograd over the plain expression would add the two input gradients in a
-    pass of its own and transpose the whole input for ``A``'s gradient; here the input gradient
-    is one ``addmm_`` onto ``g W`` and ``A``'s gradient is ``((g B^T)^T x)^T``, whose transposed
-    operand has ``rank`` rows. Gradients are computed only for what requires them.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x, weight, bias, a, b):  # type: ignore[no-untyped-def]
-        low = x @ a  # (n, rank)
-        out = x @ weight.t()
-        if bias is None:
-            out.addmm_(low, b)
-        else:
-            out.addmm_(torch.cat([low, low.new_ones(low.shape[0], 1)], dim=1), torch.cat([b, bias[None]]))
-        ctx.save_for_backward(x, weight, a, b, low)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[no-untyped-def]
-        x, weight, a, b, low = ctx.saved_tensors
-        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad
-        g_low = g @ b.t() if (need_x or need_a) else None  # (n, rank)
-        grad_x = (g @ weight).addmm_(g_low, a.t()) if need_x else None
-        grad_w = g.t() @ x if need_w else None
-        grad_bias = g.sum(0) if need_bias else None
-        grad_a = (g_low.t() @ x).t() if need_a else None
-        grad_b = low.t() @ g if need_b else None
-        return grad_x, grad_w, grad_bias, grad_a, grad_b
+def _short_name(name: str) -> str:
+    """``W_query`` for ``trf_blocks.0.att.W_query``; ``fc1`` for an expert, ``trf_blocks.0.ff.fc1.3``."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1].isdigit() else parts[-1]
 
 
 def _matches(name: str, targets: Sequence[str]) -> bool:
-    last = name.rpartition(".")[2]
+    last = _short_name(name)
     for target in targets:
         for pattern in TARGET_GROUPS.get(target, (target,)):
             if fnmatchcase(name, pattern) or fnmatchcase(last, pattern):
                 return True
     return False
+
+
+def _inside(name: str, modules: Sequence[str]) -> bool:
+    """Whether the module ``name`` is one of ``modules`` (names or globs) or lies inside one."""
+    return any(fnmatchcase(name, m) or fnmatchcase(name, f"{m}.*") for m in modules)
 
 
 def _set_child(model: nn.Module, name: str, child: nn.Module) -> None:
@@ -252,6 +169,8 @@ def apply_lora(
     alpha: float,
     targets: Sequence[str] = ("all",),
     scaling: str = "rank",
+    dropout: float = 0.0,
+    keep: Sequence[str] = (),
     init: str = "book",
 ) -> int:
     """Freeze every parameter of ``model`` and wrap each target ``nn.Linear`` as a ``LoRALinear``
@@ -261,28 +180,29 @@ def apply_lora(
     ``feedforward``, ``head``, or globs over the Linears' names (``W_query``, ``trf_blocks.11.*``).
     Linears are wrapped in module order (the book's ``replace_linear_with_lora`` order), so the
     ``lora_A`` draws follow the caller's seed. Returns the number of trainable parameters (the
-    adapters). Wrapping a model twice is refused.
+    adapters). Linears inside the modules named by ``keep`` (``lora.train_also``: trained whole, see
+    ``gpt_lab.model.finetune``) are left plain. Wrapping a model twice is refused.
     """
-    if not isinstance(rank, int) or rank <= 0:
-        raise ConfigError(f"lora.rank={rank} must be a positive integer")
-    if not alpha > 0:  # NaN too
-        raise ConfigError(f"lora.alpha={alpha} must be a positive number")
-    lora_scale(rank, alpha, scaling)  # checks the name
+    lora_scale(rank, alpha, scaling)  # rank, alpha and scaling checked before anything changes
     if init not in INITS:
         raise ConfigError(f"lora.init={init} is not an initialisation; choose one of {', '.join(INITS)}")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already holds LoRA adapters; merge_lora(model) first to add new ones")
     for p in model.parameters():
         p.requires_grad_(False)
-    chosen = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(name, targets)]
+    chosen = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and _matches(name, targets) and not _inside(name, keep)
+    ]
     if not chosen:
-        linears = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [_short_name(name) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ConfigError(
             f"lora.targets={list(targets)} matches none of the model's Linear layers; use all, attention, "
             f"feedforward, head, or names such as {', '.join(sorted(set(linears)))}"
         )
     for name in chosen:
-        _set_child(model, name, LoRALinear.from_linear(model.get_submodule(name), rank, alpha, scaling, init))
+        _set_child(model, name, LoRALinear.from_linear(model.get_submodule(name), rank, alpha, scaling, dropout, init))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -29,6 +29,21 @@ def size_mb(n_params: int, dtype: torch.dtype = torch.float32) -> float:
     return n_params * torch.empty((), dtype=dtype).element_size() / MIB
 
 
+def step_read_bytes(model: nn.Module) -> int:
+    """Bytes of weights one generation step reads: every parameter and buffer once, in the dtype it
+    is held in, but a single row of each embedding table (a token looks up one). Shared tensors
+    count once. The memory-bandwidth bound of generation is bandwidth / (this + the cache read)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            total += t[0].nbytes if isinstance(module, nn.Embedding) else t.nbytes
+    return total
+
+
 def model_report(model: nn.Module) -> dict[str, float | int]:
     """The chapter's figures for ``model``: counts, and float32 / bf16 sizes of the total."""
     total = count_params(model)

@@ -7,7 +7,9 @@ file states it). ``build_model`` applies those to the chosen config, refuses a c
 cannot hold the weights (tensor by tensor: name, expected shape, found shape) and returns a
 ``GPTModel`` holding them.
 
-The Hugging Face layout and its conversion: gpt_lab.model.hf.
+The Hugging Face layout and its conversion: gpt_lab.model.hf. Other families' Hugging Face
+directories (Llama 3, Qwen3, Gemma 3; their config.json decides the whole architecture):
+gpt_lab.model.hf_files.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from typing import Any
 import torch
 
 from gpt_lab.config import GPT2_SIZES
+from gpt_lab.config.architecture import ARCH_DEFAULTS, ARCH_GROUPS, arch_summary, is_book_architecture
 from gpt_lab.errors import InitFromError
+from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, adapter_base_path, load_adapter, load_base_of, read_adapter_meta
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.hf import block_index, convert_hf_state_dict, n_blocks, read_hf_config
+from gpt_lab.model.hf_files import check_preset, family_directory, read_family
 from gpt_lab.model.lora import lora_scale, merge_lora_state
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
 
@@ -50,6 +55,18 @@ class PretrainedWeights:
     stated: dict[str, Any] = field(default_factory=dict)
     # A fine-tuned model's model.json (gpt_lab.model.model_file): class names, pooling, prompt style, ...
     meta: dict[str, Any] | None = None
+    # The architecture lab's keys the file's saved config states (issue 25); None: a GPT-2 file that
+    # states none (Hugging Face, the book's model.pth): the book's parts, the only ones it can hold.
+    architecture: dict[str, Any] | None = None
+    # Another family's directory (its config.json's model_type): ``config`` is then its whole architecture.
+    family: str | None = None
+
+
+def _stated_architecture(model_cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The architecture keys of a saved model config (a key it lacks is the book's); None without one."""
+    if not isinstance(model_cfg, Mapping):
+        return None
+    return {k: ARCH_DEFAULTS[k] if model_cfg.get(k) is None else model_cfg[k] for k in ARCH_DEFAULTS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +140,19 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     as float32.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        raise InitFromError(f"init_from={path}: no such file or directory")
+    family_dir = family_directory(path)
+    if family_dir is not None:
+        config, state = read_family(family_dir)
+        kind = str(json.loads((family_dir / "config.json").read_text(encoding="utf-8"))["model_type"])
+        return PretrainedWeights(family_dir, "huggingface", state, config, family=kind)
     file = _weights_file(path)
+    adapter = read_adapter_meta(file)
+    if adapter is not None:  # a LoRA run's adapter.safetensors: its base, then the adapters, merged
+        state = load_adapter(file, adapter, load_pretrained(adapter_base_path(file, adapter)).state_dict)
+        state = _merge_checkpoint_lora(state, adapter, file)
+        return PretrainedWeights(file, "adapter", state, _architecture_from_tensors(state, str(file)), {}, None)
     if file.name.endswith((".safetensors", ".safetensors.index.json")):
         raw: Any = _safetensors_load(file)
     else:
@@ -133,6 +162,7 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
 
     stated: dict[str, Any] = {}
     meta = None
+    architecture = None
     if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):  # Lightning checkpoint
         fmt = "lightning"
         prefix = "model."
@@ -140,9 +170,14 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         if not state:
             raise InitFromError(f"init_from={file}: a Lightning checkpoint without GPTLitModule's model.* weights")
         hyper = raw.get("hyper_parameters") or {}
+        base = raw.get(BASE_WEIGHTS_KEY)
+        if isinstance(base, Mapping):  # a LoRA run's checkpoint holds its own tensors only: the base first
+            base_state = load_pretrained(adapter_base_path(file, {"base": base})).state_dict
+            state = {**load_base_of(file, {"base": base}, base_state), **state}
         hparams = _find_model_config(hyper)
         if hparams is not None:
             stated = {"n_heads": hparams["n_heads"]}
+        architecture = _stated_architecture(hparams)
         state = _merge_checkpoint_lora(state, hyper, file)
     elif "model_state_dict" in raw and isinstance(raw["model_state_dict"], Mapping):  # book, chapter 5
         fmt, state = "book", dict(raw["model_state_dict"])
@@ -151,10 +186,16 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
         meta = read_meta(file)  # a fine-tuned model's model.json, when one sits beside it
         if meta and isinstance(meta.get("model"), Mapping):
             stated = {k: meta["model"][k] for k in ("n_heads",) if k in meta["model"]}
+            architecture = _stated_architecture(meta["model"])
     elif any(k.removeprefix("transformer.") == "wte.weight" for k in raw):
         fmt = "huggingface"
         state = convert_hf_state_dict(raw, source=str(file))
         stated = read_hf_config(file.parent)
+    elif any(k.startswith("model.layers.") for k in raw):
+        raise InitFromError(
+            f"init_from={file}: Hugging Face weights of a Llama / Qwen3 / Gemma 3 style model, without the "
+            f"config.json that says which one: put the model's config.json (and tokenizer.json) beside {file.name}"
+        )
     else:
         sample = ", ".join(list(raw)[:5])
         raise InitFromError(
@@ -173,7 +214,7 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     config = _architecture_from_tensors(state, str(file))
     if meta and isinstance(meta.get("model"), Mapping) and "causal_mask" in meta["model"]:
         config["causal_mask"] = bool(meta["model"]["causal_mask"])  # the tensors cannot show it
-    return PretrainedWeights(file, fmt, state, config, stated, meta)
+    return PretrainedWeights(file, fmt, state, config, stated, meta, architecture)
 
 
 def _merge_checkpoint_lora(state: dict[str, torch.Tensor], hyper: Mapping[str, Any], file: Path) -> dict[str, Any]:
@@ -191,16 +232,17 @@ def _merge_checkpoint_lora(state: dict[str, torch.Tensor], hyper: Mapping[str, A
 
 # ---------------------------------------------------------------------------------------------
 def _architecture_from_tensors(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
-    """What the tensors decide: context length, query/key/value biases, a tied output head."""
-    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
-        raise InitFromError(f"init_from={source}: the weights have no tok_emb / pos_emb")
+    """What the tensors decide: context length (learned positions), query/key/value biases, a tied output head."""
+    if "tok_emb.weight" not in state:
+        raise InitFromError(f"init_from={source}: the weights have no tok_emb")
     tok = state["tok_emb.weight"]
     head = state.get("out_head.weight")
     tied = head is None or head is tok or (head.shape == tok.shape and torch.equal(head, tok))
     # A head with another number of rows than the vocabulary is chapter 6's classification head.
     classes = int(head.shape[0]) if head is not None and head.shape[0] != tok.shape[0] else None
+    learned = {"context_length": int(state["pos_emb.weight"].shape[0])} if "pos_emb.weight" in state else {}
     return {
-        "context_length": int(state["pos_emb.weight"].shape[0]),
+        **learned,
         "qkv_bias": "trf_blocks.0.att.W_query.bias" in state,
         "tie_weights": bool(tied),
         "num_classes": classes,
@@ -224,10 +266,17 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     states (e.g. ``n_heads``) that differs from the config.
     """
     cfg = model_config_dict(model_cfg)
+    problems: list[str] = []
+    if weights.family is None:
+        _check_architecture(cfg, weights)
+    elif cfg.get("pos_emb", "learned") != "learned":
+        # A family preset named beside the directory: checked against its config.json, not replaced.
+        problems += check_preset(cfg, weights.config, str(weights.path))
+        if cfg.get("context_length") and not problems:
+            weights.config["context_length"] = min(int(cfg["context_length"]), weights.config["context_length"])
     changes = {key: (cfg.get(key), value) for key, value in weights.config.items() if cfg.get(key) != value}
     cfg.update(weights.config)
 
-    problems: list[str] = []
     for key, value in weights.stated.items():
         if key in cfg and cfg[key] != value:
             problems.append(f"model.{key}={cfg[key]} but the weights were made with {key}={value}")
@@ -267,6 +316,34 @@ def resolve_model_config(model_cfg: Any, weights: PretrainedWeights) -> dict[str
     for key, (old, new) in changes.items():
         log.info("init_from: model.%s=%s (was %s) to fit %s", key, new, old, weights.path)
     return cfg
+
+
+def _check_architecture(cfg: Mapping[str, Any], weights: PretrainedWeights) -> None:
+    """Refuse, in one paragraph, weights of another architecture than ``cfg``'s (issue 25)."""
+    if weights.architecture is None:  # a GPT-2 file: the book's parts only
+        if is_book_architecture(cfg):
+            return
+        raise InitFromError(
+            f"init_from={weights.path} holds GPT-2 weights ({weights.format} format), which only the book's parts "
+            f"can hold ({arch_summary(ARCH_DEFAULTS)}); this run asks for {arch_summary(cfg)}"
+            f"{_settings(cfg, ARCH_DEFAULTS)}. Choose the book's parts to start from these weights, or train "
+            "the variant from fresh weights (no init_from)."
+        )
+    if all(cfg[k] == v for k, v in weights.architecture.items()):
+        return
+    raise InitFromError(
+        f"init_from={weights.path} holds a model of another architecture than this run's: "
+        + ", ".join(f"model.{k}={cfg[k]} (weights: {v})" for k, v in weights.architecture.items() if cfg[k] != v)
+        + ". Run with the weights' settings (the groups and keys above), or train this variant from fresh "
+        "weights (no init_from)."
+    )
+
+
+def _settings(cfg: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """`` (model.n_kv_heads=2, ...)``: the non-group keys of ``cfg`` that differ from ``reference``."""
+    keys = [k for k in reference if k not in ARCH_GROUPS]
+    differ = [f"model.{k}={cfg[k]}" for k in keys if cfg[k] != reference[k]]
+    return f" ({', '.join(differ)})" if differ else ""
 
 
 def _size_hint(state: Mapping[str, torch.Tensor], stated: Mapping[str, Any]) -> str:
@@ -326,6 +403,9 @@ def model_from_weights(cfg: Mapping[str, Any], weights: PretrainedWeights) -> GP
     model.load_state_dict(weights.state_dict, strict=True, assign=True)
     if model.cfg["tie_weights"]:
         model.out_head.weight = model.tok_emb.weight  # assignment gave each name its own Parameter
+    for rope in (model.rope, model.rope_local):  # RoPE's tables are computed, not saved
+        if rope is not None:
+            rope.reset()
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # e.g. a non-persistent buffer
         model = GPTModel(cfg)
         model.load_state_dict(weights.state_dict, strict=True)

@@ -99,12 +99,25 @@ def misplaced_group_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list
         if keys is None or key in keys:
             continue
         owners = [o for o in groups[group] if key in (_option_keys(conf_dir, group, o) or ())]
-        if owners:
+        if owners and key not in _keys_from_other_groups(conf_dir, group):
             problems.append(
                 f"{group}.{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of "
                 f"{group}={option}: add {group}={owners[0]}"
             )
     return problems
+
+
+def _keys_from_other_groups(conf_dir: Path, package: str) -> set[str]:
+    """Keys that options of other groups write into ``package`` (``# @package model``: the lab's
+    ``ffn=moe`` sets ``model.num_experts``, which a family preset of ``model`` also sets)."""
+    from omegaconf import OmegaConf
+
+    keys: set[str] = set()
+    for path in conf_dir.glob("*/*.yaml"):
+        if path.parent.name != package and path.read_text(encoding="utf-8").startswith(f"# @package {package}\n"):
+            node = OmegaConf.to_container(OmegaConf.load(path))
+            keys |= {str(k) for k in node if k != "defaults"} if isinstance(node, dict) else set()
+    return keys
 
 
 def _preset_choices(

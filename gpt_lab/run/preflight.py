@@ -42,7 +42,32 @@ MODEL_TASKS = ("generate", "train", "evaluate")  # the tasks that build the mode
 def check_resources(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` when ``cfg`` cannot run here (see the module's docstring)."""
     if cfg.task.name in MODEL_TASKS:
+        check_family_data(cfg)
         check_memory(cfg)
+
+
+def _family_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """The architecture of ``init_from`` when it is a Llama 3 / Qwen3 / Gemma 3 directory (its config.json)."""
+    from gpt_lab.config import input_path
+    from gpt_lab.model.hf_families import family_config
+    from gpt_lab.model.hf_files import family_directory, read_config
+
+    init_from = input_path(cfg, cfg.get("init_from"))
+    directory = family_directory(init_from) if init_from is not None and init_from.exists() else None
+    if directory is None:
+        return None
+    return family_config(read_config(directory) or {}, str(directory))
+
+
+def check_family_data(cfg: DictConfig) -> None:
+    """Training and evaluation read their data with GPT-2's tokenizer: refuse a family directory's weights there."""
+    if cfg.task.name in ("train", "evaluate") and _family_config(cfg) is not None:
+        raise ConfigError(
+            f"task={cfg.task.name} init_from={cfg.init_from}: the data pipelines tokenize with GPT-2's tokenizer, "
+            "not this model's tokenizer.json, so training or evaluating a Llama / Qwen3 / Gemma 3 directory's "
+            "weights is not supported yet; train the small presets (model=qwen3_tiny, ...) from scratch, or "
+            "use task=generate / respond / chat / export with these weights"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +118,8 @@ def check_memory(cfg: DictConfig) -> None:
     them across devices); the machine then needs the weights only, to build the model.
     """
     training = cfg.task.name == "train"
-    n_params = count_params_on_meta(OmegaConf.to_container(cfg.model))
+    # init_from=<family directory>: its config.json is the architecture, whatever cfg.model says.
+    n_params = count_params_on_meta(_family_config(cfg) or OmegaConf.to_container(cfg.model))
     gpu = _gpu_memory_bytes(cfg) if training else None
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
     checks = [("this machine", machine_memory_bytes(), "training" if training and gpu is None else "inference")]

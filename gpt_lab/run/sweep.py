@@ -29,6 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.run.sweep_plot import plot_summary
 from gpt_lab.storage import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,16 @@ COLUMNS = (
     "output_text",
 )
 MODEL_SIZE_KEYS = ("emb_dim", "n_layers", "n_heads", "context_length")
+# Columns read from results.json's nested figures (issue 25: what an ablation compares variants by).
+NESTED_COLUMNS = {
+    "parameters": ("parameters", "total"),
+    "active_parameters": ("parameters", "active"),
+    "kv_bytes_per_token": ("kv_cache", "bytes_per_token"),
+}
 # Shown too when at least one job has them (training and evaluation runs).
 OPTIONAL_COLUMNS = (
+    *NESTED_COLUMNS,
+    "train_tokens_per_second",
     "train_loss",
     "val_loss",
     "loss",
@@ -92,6 +101,7 @@ class SweepSummary(Callback):
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         rows = summarise_sweep(sweep_dir, since=self._started - 5.0)
         csv_path, md_path = write_summary(sweep_dir, rows)
+        plot_summary(sweep_dir, rows)  # summary.png: training jobs side by side (an ablation)
         failed = sum(row["status"] != "completed" for row in rows)
         log.info(f"Sweep summary ({len(rows)} jobs, {failed} failed): {md_path} and {csv_path.name}")
         if failed and self.fail_on_error:
@@ -240,6 +250,9 @@ def _job_row(job_dir: Path, interrupted: bool = False) -> dict[str, Any]:
         "dir": str(job_dir),
     }
     row["model_config"] = _model_sizes(results.get("model_config"))
+    for column, (node, key) in NESTED_COLUMNS.items():
+        value = results.get(node)
+        row[column] = value.get(key) if isinstance(value, dict) else None
     for key in (*COLUMNS, *OPTIONAL_COLUMNS):
         row.setdefault(key, results.get(key))
     return row

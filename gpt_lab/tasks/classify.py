@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
+from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.model.classifier import classify_texts, load_classifier
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "task=classify needs the classifier: init_from=<the run directory of a data=classification run>"
         )
     texts = _texts(cfg)
+    on_gpu = torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
+    check_weights_device(cfg.generation.weights, "cuda" if on_gpu else "cpu")  # before any weight is read
     model, meta = load_classifier(input_path(cfg, cfg.init_from))
-    if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto"):
+    use_weights(model, cfg.generation.weights)
+    if on_gpu:
         model = model.cuda()
     pooling = meta.get("pooling", "last")
     predictions = classify_texts(model, texts, meta["class_names"], pooling, meta.get("max_length"))
@@ -56,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"{p['label']}\t{p['probability']:.4f}\t{p['text']}")
     return {
         "init_from": str(cfg.init_from),
+        "generation_weights": cfg.generation.weights,
         "class_names": meta["class_names"],
         "pooling": pooling,
         "predictions": predictions,

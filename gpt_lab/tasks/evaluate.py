@@ -22,6 +22,7 @@ from tqdm import tqdm
 from gpt_lab.config import input_path
 from gpt_lab.errors import ConfigError
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
@@ -60,11 +61,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = get_tokenizer()
     prompt_ids = encode_prompt(tokenizer, cfg.prompt)
 
+    device = _device(cfg)
+    check_weights_device(cfg.generation.weights, device)  # before any weight is read
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model), input_path(cfg, cfg.init_from))
-    device = _device(cfg)
-    model.to(device).eval()
-    report = model_report(model)
+    report = model_report(model)  # the book's counts, of the model as built
+    use_weights(model, cfg.generation.weights).to(device).eval()
 
     windows = data.windows(model.context_length)
     log.info(f"Evaluating on {windows.description}")
@@ -87,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model_config": model.cfg,  # as built (init_from may have changed it)
         **report,
+        "generation_weights": cfg.generation.weights,
         "prompt": cfg.prompt,
         **sample,
         **windows.fields,

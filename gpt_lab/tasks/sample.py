@@ -18,16 +18,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
 from gpt_lab.generation.prompts import continue_prompt, encode_prompt
+from gpt_lab.generation.weights import check_weights_device, use_weights
+from gpt_lab.hf_tokenizer import HFTokenizer, check_vocab, tokenizer_for
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
 from gpt_lab.run.tensorboard import run_hparams, write_run_tensorboard
-from gpt_lab.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
 # The run's settings in TensorBoard's HPARAMS tab: the model's keys and the generation settings.
-HPARAM_KEYS = ("task", "model", "seed", "prompt", "prompts", "max_new_tokens", "temperature", "top_k", "init_from")
+HPARAM_KEYS = (
+    "task",
+    "model",
+    "seed",
+    "prompt",
+    "prompts",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "init_from",
+    "generation",
+)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -36,11 +48,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     The first prompt's continuation fills ``prompt``/``output_ids``/``output_text``; with several
     prompts, ``samples`` lists every one.
     """
-    tokenizer = get_tokenizer()
+    init_from = input_path(cfg, cfg.init_from)
+    tokenizer = tokenizer_for(init_from)  # GPT-2's, or a family directory's tokenizer.json
     prompts = list(cfg.prompts) or [cfg.prompt]
     prompt_ids = [encode_prompt(tokenizer, text) for text in prompts]
+    check_weights_device(cfg.generation.weights, "cpu")  # before any weight is read
     model = build(cfg)
-    report = model_report(model)
+    if isinstance(tokenizer, HFTokenizer):
+        check_vocab(tokenizer.n_vocab, int(model.cfg["vocab_size"]), init_from)
+    report = model_report(model)  # the book's counts, of the model as built
+    use_weights(model, cfg.generation.weights)
     log.info(f"Total number of parameters: {report['total_params']:,}")
     log.info(f"Number of trainable parameters considering weight tying: {report['total_params_tied']:,}")
     log.info(f"Total size of the model: {report['size_mb']:.2f} MB")
@@ -63,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = {
         "model_config": model.cfg,  # as built (init_from may have set qkv_bias, tie_weights, context_length)
         **report,
+        "generation_weights": cfg.generation.weights,
         "input_ids": prompt_ids[0],
         **samples[0],
         "new_tokens": new_tokens,

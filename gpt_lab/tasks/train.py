@@ -1,4 +1,4 @@
-"""The train task: fit the LightningModule that ``data.lit_module`` names on the data module that
+"""The train task: fit the LightningModule that ``objective.lit_module`` names on the data module that
 ``data._target_`` builds, with a Lightning Trainer from config. One task for every objective.
 
 Order of work: the Trainer, its loggers and callbacks first (``build_trainer``: a bad setting is a
@@ -10,7 +10,6 @@ what the objective's ``finish`` writes (chapter 5: the trained weights as the bo
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import time
@@ -27,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
+from gpt_lab.model.estimate import architecture_figures
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config
 from gpt_lab.run.preflight import check_components
 from gpt_lab.run.tensorboard import run_hparams
-from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText
+from gpt_lab.training.callbacks import InitialLossEvaluation, LossHistory, SampleText, Throughput
 from gpt_lab.training.cpu_memory import freed_memory_kept
 from gpt_lab.training.resume import ResumedOptimizerSettings, check_resume, check_resume_data
 from gpt_lab.training.resume_last import newest_checkpoint, resolve_ckpt_path
@@ -93,12 +93,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer
 
 
 def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
-    """``data.lit_module``'s ``from_config(cfg, model_cfg, init_state)``; also given the set-up
-    ``datamodule`` when it takes one (a classifier's class names come from the data)."""
-    from_config = get_class(cfg.data.lit_module).from_config
-    if "datamodule" in inspect.signature(from_config).parameters:
-        return from_config(cfg, model_cfg, init_state, datamodule=datamodule)
-    return from_config(cfg, model_cfg, init_state)
+    """``objective.lit_module``'s ``from_config(cfg, model_cfg, init_state, datamodule)`` (``datamodule`` set up)."""
+    return get_class(cfg.objective.lit_module).from_config(cfg, model_cfg, init_state, datamodule)
 
 
 def _find(callbacks: list[Any], kind: type) -> Any:
@@ -199,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
+    del init_state  # the module holds what it keeps of it (a DPO reference shares its tensors); free the rest
     report = model_report(lit.model)
     log.info("Model %s: %s parameters", cfg.model.name, f"{report['total_params']:,}")
 
@@ -219,8 +216,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     initial = _find(trainer.callbacks, InitialLossEvaluation)
     history = _find(trainer.callbacks, LossHistory)
     sampler = _find(trainer.callbacks, SampleText)
+    throughput = _find(trainer.callbacks, Throughput)
     trainable = sum(p.numel() for p in lit.model.parameters() if p.requires_grad)
     results: dict[str, Any] = {"model_config": lit.model.cfg, **report, "trainable_params": trainable}
+    # What a sweep compares variants by (experiment=ablation): sizes, cache per token, both speeds.
+    results.update(
+        architecture_figures(lit.model),
+        train_tokens_per_second=throughput.tokens_per_second if throughput is not None else None,
+        generation_tokens_per_second=sampler.tokens_per_second if sampler is not None else None,
+    )
 
     checkpoint_cb = trainer.checkpoint_callback
     checkpoint = newest_checkpoint(getattr(checkpoint_cb, "dirpath", None)) if checkpoint_cb is not None else None

@@ -188,11 +188,15 @@ class SampleText(L.Callback):
         self.temperature = temperature
         self.top_k = top_k
         self.last_text: str | None = None
+        self.tokens_per_second: float | None = None  # the last sample's generation speed
 
     def sample(self, pl_module: GPTLitModule) -> str:
         idx = torch.tensor([text_to_token_ids(self.prompt)])
+        started = time.perf_counter()
         with isolate_rng():
             out = pl_module.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
+        seconds, new_tokens = time.perf_counter() - started, out.shape[1] - idx.shape[1]
+        self.tokens_per_second = new_tokens / seconds if new_tokens and seconds > 0 else None
         return get_tokenizer().decode(out[0].tolist())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -235,6 +239,13 @@ class Throughput(L.Callback):
     def __init__(self) -> None:
         self._started: float | None = None
         self._peak_flops: int | None = None
+        self.tokens = 0  # training tokens this process timed, and the seconds they took (results.json's rate)
+        self.seconds = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Training tokens per second over every timed step of this fit (all processes together)."""
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         precision = str(trainer.precision)
@@ -257,6 +268,8 @@ class Throughput(L.Callback):
         seconds = time.perf_counter() - self._started
         inputs = batch[0]
         tokens_per_sec = inputs.numel() / seconds  # this process
+        self.tokens += inputs.numel() * trainer.world_size
+        self.seconds += seconds
         pl_module.log("train/tokens_per_sec", tokens_per_sec * trainer.world_size, prog_bar=True)
         if self._peak_flops:
             model = getattr(pl_module, "model", pl_module)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from gpt_lab.config import input_path
 from gpt_lab.model.classifier import PAD_TOKEN_ID, pooled_logits, replace_head
 from gpt_lab.model.finetune import load_base_state
-from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
@@ -123,7 +123,7 @@ class ClassifierLitModule(GPTLitModule):
         """The run's classifier; ``datamodule`` (set up) gives the class names and the padded length."""
         if datamodule is None or not getattr(datamodule, "class_names", None):
             raise ValueError("ClassifierLitModule.from_config needs the set-up classification data module")
-        return cls(
+        lit = cls(
             model_cfg,
             class_names=datamodule.class_names,
             lr=cfg.optim.lr,
@@ -139,6 +139,8 @@ class ClassifierLitModule(GPTLitModule):
             max_length=datamodule.max_length if datamodule.pad else None,
             init_state=init_state,
         )
+        lit.remember_base(cfg.init_from and str(input_path(cfg, cfg.init_from)), init_state)
+        return lit
 
     # -- the objective ---------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -336,7 +338,7 @@ class ClassifierLitModule(GPTLitModule):
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,
             }
-            results["model_file"] = str(save_finetuned(self.model, out, meta, state))
+            results["model_file"] = str(self.write_model_files(out, meta, state))
             figures = save_figures(out, results["eval_history"], self.epoch_history, metrics["test"], names)
             results["figures"] = {k: str(v) for k, v in figures.items()}
             self._log_final(trainer, results, figures)

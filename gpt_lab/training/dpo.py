@@ -10,14 +10,18 @@ with ``pi`` / ``rho`` the policy's / reference's log-probability of a response's
 and padding masked), averaged per token as the book's notebook does (``dpo.logprob=mean``: the
 targets the data module's collate leaves, the last tokens of the response header and the
 response), averaged over the response and its end-of-text (``response_mean``) or summed as TRL
-does (``sum``). The rewards are the book's: ``pi_c - rho_c`` (chosen)
-and ``pi_r - rho_r`` (rejected), not scaled by beta (TRL's are beta times these); their
-difference is the reward margin.
+does (``sum``); ``dpo.loss=ipo|hinge`` and ``dpo.label_smoothing`` are the other losses TRL offers
+(``gpt_lab.training.dpo_loss``, with the metrics under the book's and TRL's names). The rewards are
+the book's: ``pi_c - rho_c`` (chosen) and ``pi_r - rho_r`` (rejected), not scaled by beta (TRL's
+are beta times these); their difference is the reward margin.
 
 The reference: with full fine-tuning a second ``GPTModel`` holding the starting weights, frozen,
 in eval mode, left out of checkpoints (rebuilt from ``init_from`` on resume; a fingerprint in the
 checkpoint checks it is the same). With ``finetune=lora`` no copy: the policy's own base weights,
-which LoRA never changes, with the adapters switched off.
+which LoRA never changes, with the adapters switched off. ``dpo.precompute_reference=true``: no
+reference model at all; the starting model's log-probabilities of every training and validation
+pair are computed once, before training (on resume too, from ``init_from``), and travel with the
+pairs in their batches. ``dpo.reference_free=true``: no reference, ``rho = 0``.
 """
 
 from __future__ import annotations
@@ -28,77 +32,23 @@ import logging
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gpt_lab.config import DPO_LOGPROBS
-from gpt_lab.data.preferences import IGNORE_INDEX
+from gpt_lab.config import DPO_LOGPROBS, input_path
+from gpt_lab.data.preferences import collate_preferences
 from gpt_lab.errors import UserError
 from gpt_lab.model.finetune import load_base_state
 from gpt_lab.model.gpt import GPTModel
+from gpt_lab.training.dpo_loss import METRICS, DPOOutput, dpo_loss, response_logprobs
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("loss", "reward_margin", "chosen_reward", "rejected_reward", "reward_accuracy")
-
-
-def response_logprobs(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Log-probability of each row's response: logits (n, t, vocab), targets (n, t) with -100 masked → (n,).
-
-    ``reduction="mean"`` or ``"response_mean"``: averaged over the row's targets that count; ``"sum"``:
-    summed (TRL). Which targets count is the collate's choice (gpt_lab.data.preferences).
-    """
-    n, t, vocab = logits.shape
-    token_logp = -F.cross_entropy(
-        logits.reshape(n * t, vocab).float(), targets.reshape(n * t), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(n, t)  # masked positions are 0
-    total = token_logp.sum(dim=-1)
-    if reduction == "sum":
-        return total
-    return total / (targets != IGNORE_INDEX).sum(dim=-1).clamp_min(1)
-
-
-@dataclass
-class DPOOutput:
-    """Per pair (b,): the loss and the rewards (chosen, rejected); ``margin = chosen - rejected``."""
-
-    loss: torch.Tensor
-    chosen_reward: torch.Tensor
-    rejected_reward: torch.Tensor
-
-    @property
-    def margin(self) -> torch.Tensor:
-        return self.chosen_reward - self.rejected_reward
-
-    def means(self) -> dict[str, torch.Tensor]:
-        margin = self.margin
-        return {
-            "loss": self.loss.mean(),
-            "reward_margin": margin.mean(),
-            "chosen_reward": self.chosen_reward.mean(),
-            "rejected_reward": self.rejected_reward.mean(),
-            "reward_accuracy": (margin > 0).float().mean(),
-        }
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor,
-    beta: float,
-) -> DPOOutput:
-    """The DPO loss of each pair from the four log-probabilities (b,) each."""
-    chosen = policy_chosen - reference_chosen
-    rejected = policy_rejected - reference_rejected
-    loss = -F.logsigmoid(beta * (chosen - rejected))
-    return DPOOutput(loss, chosen.detach(), rejected.detach())
+REFERENCE_KINDS = ("frozen_copy", "lora_base", "precomputed", "none")  # results.json dpo_reference
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -126,6 +76,8 @@ class DPOLitModule(GPTLitModule):
     ``shared_reference=False``: ``self.reference`` is a frozen copy of the starting weights (one
     more model in memory: its weights only, no gradients or optimizer state). ``True`` (LoRA): no
     copy; the reference is ``self.model`` with its adapters off (``gpt_lab.model.lora.lora_disabled``).
+    ``precompute_reference``: no reference model; ``precompute_reference_logprobs`` stores the starting
+    model's log-probabilities with the pairs. ``reference_free``: none at all (``rho = 0``).
     Everything else (AdamW, schedule, clipping, exact resume, generation) is ``GPTLitModule``'s.
     """
 
@@ -137,6 +89,10 @@ class DPOLitModule(GPTLitModule):
         beta: float = 0.1,
         logprob: str = "mean",
         shared_reference: bool = False,
+        loss: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        reference_free: bool = False,
+        precompute_reference: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_cfg, lr, weight_decay, **kwargs)
@@ -146,7 +102,16 @@ class DPOLitModule(GPTLitModule):
             raise UserError(f"dpo.logprob={logprob} must be one of {', '.join(DPO_LOGPROBS)}")
         # One call holds every hyper-parameter (a second save_hyperparameters would replace the first's).
         self.save_hyperparameters(
-            {**self.hparams, "beta": float(beta), "logprob": logprob, "shared_reference": bool(shared_reference)}
+            {
+                **self.hparams,
+                "beta": float(beta),
+                "logprob": logprob,
+                "shared_reference": bool(shared_reference),
+                "loss": loss,
+                "label_smoothing": float(label_smoothing),
+                "reference_free": bool(reference_free),
+                "precompute_reference": bool(precompute_reference) and not reference_free,
+            }
         )
         self.reference: nn.Module | None = None
         self._history: list[dict[str, Any]] = []  # one row per validation: the book's plot
@@ -155,7 +120,13 @@ class DPOLitModule(GPTLitModule):
         self._val_count = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Mapping[str, Any], init_state: Mapping[str, torch.Tensor] | None) -> Any:
+    def from_config(
+        cls,
+        cfg: Any,
+        model_cfg: Mapping[str, Any],
+        init_state: Mapping[str, torch.Tensor] | None,
+        datamodule: Any = None,
+    ) -> Any:
         """The policy loaded from ``init_from`` and its reference (a frozen copy, or the LoRA base)."""
         if not init_state:
             raise UserError(
@@ -170,6 +141,10 @@ class DPOLitModule(GPTLitModule):
             beta=cfg.dpo.beta,
             logprob=cfg.dpo.logprob,
             shared_reference=finetune == "lora",
+            loss=cfg.dpo.loss,
+            label_smoothing=cfg.dpo.label_smoothing,
+            reference_free=cfg.dpo.reference_free,
+            precompute_reference=cfg.dpo.precompute_reference,
             scheduler=dict(cfg.scheduler),
             clip_grad_norm=cfg.optim.clip_grad_norm,
             max_new_tokens=cfg.max_new_tokens,
@@ -177,16 +152,50 @@ class DPOLitModule(GPTLitModule):
             lora=cfg.lora,
         )
         load_base_state(lit.model, init_state)  # with finetune=lora the adapters keep their start (B = 0)
-        lit.attach_reference(init_state)
+        lit.remember_base(str(input_path(cfg, cfg.init_from)), init_state)
+        if lit.hparams.precompute_reference:  # the policy holds the starting weights now: it is the reference
+            if datamodule is None:
+                raise ValueError("dpo.precompute_reference needs the set-up preference data module")
+            lit.precompute_reference_logprobs(datamodule, cfg.data.batch_size)
+        else:
+            lit.attach_reference(init_state)
         return lit
+
+    @property
+    def reference_kind(self) -> str:
+        """How the reference's log-probabilities are had: one of ``REFERENCE_KINDS``."""
+        if self.hparams.get("reference_free"):
+            return "none"
+        if self.hparams.get("precompute_reference"):
+            return "precomputed"
+        return "lora_base" if self.reference is None else "frozen_copy"
+
+    @torch.no_grad()
+    def precompute_reference_logprobs(self, datamodule: Any, batch_size: int) -> None:
+        """Store the starting model's log-probabilities (chosen, rejected) with every training and
+        validation pair of ``datamodule``; call while ``self.model`` holds the starting weights."""
+        # The targets dpo.logprob counts, as the training batches' (PreferenceDataModule.collate).
+        collate = getattr(datamodule, "collate", None) or collate_preferences
+        with _eval_mode(self.model):
+            for split in ("train", "val"):
+                pairs = datamodule.datasets[split].pairs
+                for start in range(0, len(pairs), batch_size):
+                    chunk = pairs[start : start + batch_size]
+                    inputs, targets = collate(chunk)[:2]
+                    logits = self.model(inputs.to(self.device))
+                    logps = response_logprobs(logits, targets.to(self.device), self.hparams.logprob)
+                    chosen, rejected = logps.cpu().chunk(2)
+                    for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                        pair.reference = (c, r)
+        self.reference = None
 
     def attach_reference(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Freeze the reference: a model holding ``state`` (the starting weights; by default a copy of the
         policy as it is now). Call once, before training.
 
-        With ``state`` the reference's parameters *are* those tensors (no copy): the train task keeps
-        the ``init_from`` state dict alive for the whole run anyway, so the reference costs no memory
-        beyond it. The policy loaded copies of them, so training never writes into the reference.
+        With ``state`` the reference's parameters *are* those tensors (no copy): the reference costs
+        no memory beyond the ``init_from`` state dict the train task read. The policy loaded copies of
+        them, so training never writes into the reference.
         """
         if self.hparams.shared_reference:
             self.reference = None
@@ -261,8 +270,16 @@ class DPOLitModule(GPTLitModule):
     # -- the objective ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _reference_logprobs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _reference_logprobs(
+        self, inputs: torch.Tensor, targets: torch.Tensor, precomputed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         reduction = self.hparams.logprob
+        if self.hparams.get("reference_free"):
+            return torch.zeros(inputs.shape[0], device=inputs.device)
+        if self.hparams.get("precompute_reference"):
+            if precomputed is None:
+                raise RuntimeError("dpo.precompute_reference: a batch came without the reference's log-probabilities")
+            return precomputed.to(inputs.device)
         if self.reference is not None:
             return response_logprobs(self.reference(inputs), targets, reduction)
         from gpt_lab.model.lora import lora_disabled
@@ -270,14 +287,16 @@ class DPOLitModule(GPTLitModule):
         with lora_disabled(self.model), _eval_mode(self.model):
             return response_logprobs(self.model(inputs), targets, reduction)
 
-    def pair_losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> DPOOutput:
-        """The batch's (2b, t) inputs and targets — b chosen rows, then b rejected — → per-pair loss and rewards."""
-        inputs, targets = batch
+    def pair_losses(self, batch: tuple[torch.Tensor, ...]) -> DPOOutput:
+        """The batch's (2b, t) inputs and targets — b chosen rows, then b rejected — (and, precomputed, the
+        reference's (2b,) log-probabilities) → per-pair loss and rewards."""
+        inputs, targets, *precomputed = batch
         policy = response_logprobs(self.model(inputs), targets, self.hparams.logprob)
-        reference = self._reference_logprobs(inputs, targets)
+        reference = self._reference_logprobs(inputs, targets, precomputed[0] if precomputed else None)
         pi_c, pi_r = policy.chunk(2)
         rho_c, rho_r = reference.chunk(2)
-        return dpo_loss(pi_c, pi_r, rho_c, rho_r, self.hparams.beta)
+        h = self.hparams
+        return dpo_loss(pi_c, pi_r, rho_c, rho_r, h.beta, h.get("loss", "sigmoid"), h.get("label_smoothing", 0.0))
 
     @torch.no_grad()
     def eval_metrics(self, batches: Iterable[Any]) -> dict[str, float]:
@@ -285,8 +304,8 @@ class DPOLitModule(GPTLitModule):
         sums = {k: torch.zeros((), dtype=torch.float64) for k in METRICS}
         count = 0
         with _eval_mode(self.model):
-            for inputs, targets in batches:
-                out = self.pair_losses((inputs.to(self.device), targets.to(self.device)))
+            for batch in batches:
+                out = self.pair_losses(tuple(t.to(self.device) for t in batch))
                 n = out.loss.shape[0]
                 for key, value in out.means().items():
                     sums[key] += value.double().cpu() * n
@@ -298,7 +317,7 @@ class DPOLitModule(GPTLitModule):
     def mean_loss(self, batches: Any) -> float:
         return self.eval_metrics(batches)["loss"]
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         means = self.pair_losses(batch).means()
         loss = means["loss"]
         if not torch.isfinite(loss):
@@ -309,14 +328,15 @@ class DPOLitModule(GPTLitModule):
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         for key, value in means.items():
             self.log(f"train/{key}", value, prog_bar=key in ("loss", "reward_margin"))
-            self._window.setdefault(key, []).append(float(value.detach()))
+            if key in ("loss", "reward_margin"):  # the book's plot
+                self._window.setdefault(key, []).append(float(value.detach()))
         self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums, self._val_count = {}, 0
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         means = self.pair_losses(batch).means()
         n = batch[0].shape[0] // 2
         for key, value in means.items():

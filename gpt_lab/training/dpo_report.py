@@ -27,11 +27,14 @@ class DPORun(Protocol):
     reference: nn.Module | None
     hparams: Any
     tokens_seen: int
+    reference_kind: str
 
     @property
     def history(self) -> list[dict[str, Any]]: ...
 
     def eval_metrics(self, batches: Any) -> dict[str, float]: ...
+
+    def write_model_files(self, out_dir: Path, meta: dict[str, Any]) -> Path: ...
 
 
 PLOT_FILE = "dpo-plot.png"
@@ -68,7 +71,8 @@ def plot_dpo_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 @contextmanager
 def reference_model(lit: DPORun) -> Iterator[nn.Module]:
-    """The reference as a model to run: the frozen copy, or the policy with its LoRA adapters off."""
+    """The reference as a model to run: the frozen copy, or the policy with its LoRA adapters off (call
+    only when there is one: not with precomputed log-probabilities or reference-free)."""
     if lit.reference is not None:
         yield lit.reference
         return
@@ -81,7 +85,8 @@ def reference_model(lit: DPORun) -> Iterator[nn.Module]:
 def write_test_responses(lit: DPORun, datamodule: Any, cfg: Any, path: Path) -> int:
     """The test entries with ``model_response`` (the policy's, chapter 7's layout, so ``task=judge`` scores it
     as it is) and ``reference_response`` (the starting model's), answered as chapter 7 answers (greedy unless
-    ``temperature``, up to ``max_response_tokens``); ``dpo.test_responses`` bounds how many."""
+    ``temperature``, up to ``max_response_tokens``); ``dpo.test_responses`` bounds how many. Without a
+    reference model (``dpo.precompute_reference``, ``dpo.reference_free``) the policy's answers only."""
     from gpt_lab.generation.responses import RESPONSE_KEY, generate_response
     from gpt_lab.tokenizer import get_tokenizer
 
@@ -97,6 +102,9 @@ def write_test_responses(lit: DPORun, datamodule: Any, cfg: Any, path: Path) -> 
     torch.manual_seed(cfg.seed)  # sampled answers (temperature > 0) depend on the seed only
     for entry in tqdm(entries, desc="Test responses (policy, reference)", unit="entry"):
         policy = generate_response(lit.model, tokenizer, entry, *settings)
+        if lit.reference_kind in ("precomputed", "none"):
+            out.append({**entry, RESPONSE_KEY: policy})
+            continue
         with reference_model(lit) as ref:
             reference = generate_response(ref, tokenizer, entry, *settings)
         out.append({**entry, RESPONSE_KEY: policy, REFERENCE_KEY: reference})
@@ -116,7 +124,6 @@ def initial_metrics(trainer: L.Trainer) -> dict[str, dict[str, float]]:
 
 
 def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
-    from gpt_lab.model.finetuned import save_finetuned
     from gpt_lab.training.fsdp import gathered_model_state
 
     out_dir = Path(cfg.paths.output_dir)
@@ -139,7 +146,9 @@ def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> di
     results.update(
         dpo_beta=lit.hparams.beta,
         dpo_logprob=lit.hparams.logprob,
-        dpo_reference="lora_base" if lit.reference is None else "frozen_copy",
+        dpo_loss=lit.hparams.get("loss", "sigmoid"),
+        dpo_label_smoothing=lit.hparams.get("label_smoothing", 0.0),
+        dpo_reference=lit.reference_kind,
         prompt_style=datamodule.prompt_style,
         data_path=str(datamodule.path),
         tokens_seen=lit.tokens_seen,
@@ -156,7 +165,7 @@ def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> di
             "prompt_style": datamodule.prompt_style,
             "objective": "dpo",
         }
-        results["book_checkpoint"] = str(save_finetuned(lit.model, out_dir, meta, state))
+        results["book_checkpoint"] = str(lit.write_model_files(out_dir, meta, state))
         n = write_test_responses(lit, datamodule, cfg, out_dir / RESPONSES_FILE)
         results["test_responses"] = str(out_dir / RESPONSES_FILE) if n else None
     return results

@@ -19,7 +19,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_lab.generation.prompt_styles import get_prompt_style
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, RESPONSES_FILE, answer, generate_responses
-from gpt_lab.model.finetuned import save_finetuned
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
@@ -47,8 +46,8 @@ class InstructionLitModule(GPTLitModule):
         self.epoch_responses: list[dict[str, Any]] = []  # the first validation instruction, answered per epoch
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Any, init_state: Any) -> InstructionLitModule:
-        lit = super().from_config(cfg, model_cfg, init_state)
+    def from_config(cls, cfg: Any, model_cfg: Any, init_state: Any, datamodule: Any = None) -> InstructionLitModule:
+        lit = super().from_config(cfg, model_cfg, init_state, datamodule)
         lit.prompt_style = get_prompt_style(cfg.data.prompt_style).name
         lit.response_tokens = cfg.max_response_tokens or BOOK_RESPONSE_TOKENS
         lit.temperature, lit.top_k = cfg.temperature, cfg.top_k
@@ -96,7 +95,7 @@ class InstructionLitModule(GPTLitModule):
         """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style.
         ``state``: the whole state dict when the model is sharded (FSDP)."""
         meta = {"prompt_style": self.prompt_style, "finetune": self.hparams.finetune, "lora": self.hparams.lora}
-        return save_finetuned(self.model, run_dir, meta, state)
+        return self.write_model_files(run_dir, meta, state)
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """Final losses, the model and its prompt style, the loss plot, then the test split answered."""

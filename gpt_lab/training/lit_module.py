@@ -1,8 +1,8 @@
 """The LightningModule around chapter 4's GPTModel: the book's loss, AdamW (with appendix D's
 schedule and gradient clipping when configured), greedy generation.
 
-Every objective ``task=train`` runs (``data.lit_module`` names its class) follows the same small
-protocol: ``from_config(cfg, model_cfg, init_state)`` builds it, ``mean_loss(loader)`` is the loss
+Every objective ``task=train`` runs (``objective.lit_module`` names its class) follows the same small
+protocol: ``from_config(cfg, model_cfg, init_state, datamodule)`` builds it, ``mean_loss(loader)`` is the loss
 the callbacks report before and after training, ``finish(trainer, datamodule, cfg)`` writes the
 objective's own files and returns its results.json fields.
 """
@@ -19,8 +19,11 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.sampling import generate
+from gpt_lab.model.adapters import BASE_WEIGHTS_KEY, base_reference, write_adapter
+from gpt_lab.model.adapters import base_keys as find_base_keys
 from gpt_lab.model.finetune import load_base_state, lora_settings, select_trainable
 from gpt_lab.model.gpt import GPTModel, model_config_dict
 from gpt_lab.model.model_file import MODEL_FILE
@@ -32,6 +35,24 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: training diverged."""
+
+
+def check_same_base(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse to resume a LoRA checkpoint (it holds no base) on base weights other than its own."""
+    if saved.get("path") != now.get("path"):
+        raise UserError(
+            f"ckpt_path: this LoRA checkpoint holds the adapters only; its base weights were "
+            f"init_from={saved.get('path') or 'null (drawn from the seed)'} and this run gives "
+            f"init_from={now.get('path') or 'null'}. Resume with the init_from the run started from (if those weights "
+            "moved, put them back where they were), or start a new run from this run's model.pth"
+        )
+    if saved.get("fingerprint") != now.get("fingerprint"):
+        raise UserError(
+            f"ckpt_path: this LoRA checkpoint holds the adapters only, and the base weights at "
+            f"init_from={now.get('path') or 'null (drawn from the seed)'} are not the ones it was trained on (their "
+            "checksum differs: the file changed, or the seed or model settings did). Resume on the original base "
+            "weights, or start a new run from this run's model.pth"
+        )
 
 
 def _fused_adamw_devices() -> tuple[str, ...]:
@@ -63,7 +84,10 @@ class GPTLitModule(L.LightningModule):
     Hyper-parameters are stored as plain Python values, so
     ``GPTLitModule.load_from_checkpoint(path)`` needs neither Hydra nor ``weights_only=False``.
     Checkpoints also carry ``tokens_seen`` and the global RNG state (dropout), so a run resumed
-    from an epoch-end checkpoint continues exactly as the uninterrupted run would.
+    from an epoch-end checkpoint continues exactly as the uninterrupted run would. A LoRA run's
+    checkpoints on ``init_from`` weights leave that base out (``gpt_lab.model.adapters``): they hold
+    the adapters, whatever else trains or was made new (a head), the optimizer state, and a
+    reference to the base weights (``init_from`` path and checksum) that a resume checks.
     """
 
     def __init__(
@@ -104,10 +128,64 @@ class GPTLitModule(L.LightningModule):
         self.warmup_steps = 0  # the schedule's, set when training starts: clipping starts here
         self._resume_rng_state: torch.Tensor | None = None
         self._resume_cuda_rng_state: list[torch.Tensor] | None = None
+        # A LoRA run's base: where it came from, its parameters' names, and (made when first asked for) the reference.
+        self._base_path: str | None = None
+        self._base_keys: list[str] | None = None
+        self._base: dict[str, Any] | None = None
+
+    # -- a LoRA run's base: left out of checkpoints, referred to instead ------------------------------
+
+    def remember_base(self, init_from: str | None, init_state: Mapping[str, torch.Tensor] | None) -> None:
+        """Where the base weights came from (``init_from``, its state dict; None: drawn from the seed)."""
+        self._base_path, self._base_keys, self._base = init_from, find_base_keys(self.model, init_state), None
+
+    @property
+    def adapters_only(self) -> bool:
+        """A LoRA run on base weights read from ``init_from``: its checkpoints refer to them instead of
+        holding them (a base drawn from the seed has no file to refer to: it stays in the checkpoints)."""
+        return self.hparams.get("finetune") == "lora" and self._base_path is not None
+
+    @property
+    def base_keys(self) -> list[str]:
+        """The model's parameters its base provides (``gpt_lab.model.adapters.base_keys``)."""
+        if self._base_keys is None:
+            self._base_keys = find_base_keys(self.model, None)
+        return self._base_keys
+
+    @property
+    def base_reference(self) -> dict[str, Any]:
+        """``{"path", "fingerprint", "keys"}`` of the frozen base (``gpt_lab.model.adapters``), computed once."""
+        if self._base is None:
+            self._base = base_reference(self.model, self.base_keys, self._base_path)
+        return self._base
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        if self.adapters_only and not getattr(self, "whole_state_dict", False):
+            prefix = kwargs.get("prefix", "")
+            for key in self.base_keys:
+                state.pop(f"{prefix}model.{key}", None)
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if self.adapters_only:  # the base keys a checkpoint left out: the model holds them already
+            own = self.model.state_dict()  # (loaded from init_from, or drawn from the seed)
+            state_dict = {**{f"model.{k}": own[k] for k in self.base_keys}, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
-    def from_config(cls, cfg: Any, model_cfg: Mapping[str, Any], init_state: Mapping[str, torch.Tensor] | None) -> Any:
-        """The module of a run: ``model_cfg`` built (seeded by the caller), starting from ``init_state``."""
+    def from_config(
+        cls,
+        cfg: Any,
+        model_cfg: Mapping[str, Any],
+        init_state: Mapping[str, torch.Tensor] | None,
+        datamodule: Any = None,
+    ) -> Any:
+        """The module of a run: ``model_cfg`` built (seeded by the caller), starting from ``init_state``.
+
+        Every objective's module is built through this one signature (``objective.lit_module``'s
+        ``from_config``); ``datamodule``, set up, is there for the objectives that read the data
+        (a classifier's class names)."""
         lit = cls(
             model_cfg,
             lr=cfg.optim.lr,
@@ -119,6 +197,7 @@ class GPTLitModule(L.LightningModule):
         )
         if init_state:
             load_base_state(lit.model, init_state)
+        lit.remember_base(cfg.init_from and str(input_path(cfg, cfg.init_from)), init_state)
         return lit
 
     def mean_loss(self, batches: Any) -> float:
@@ -127,9 +206,10 @@ class GPTLitModule(L.LightningModule):
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """After ``fit``: final losses over the whole sets, a sample continuation, the book's ``model.pth``."""
+        from gpt_lab.config.architecture import is_book_architecture
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
-        from gpt_lab.model.finetuned import save_finetuned, write_meta
+        from gpt_lab.model.finetuned import write_meta
         from gpt_lab.tokenizer import get_tokenizer
         from gpt_lab.training.fsdp import gathered_model_state
 
@@ -142,12 +222,12 @@ class GPTLitModule(L.LightningModule):
         book_path = Path(cfg.paths.output_dir) / MODEL_FILE
         state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
-            if self.hparams.finetune == "all":
+            if self.hparams.finetune == "all" and is_book_architecture(self.model.cfg):
                 save_book_checkpoint(self.model, book_path)
                 write_meta(self.model, cfg.paths.output_dir, {"finetune": "all"})  # init_from=<run> builds it
-            else:  # a fine-tuned model: adapters merged, and model.json saying how it was made
+            else:  # adapters merged, and model.json saying how it was made (an architecture variant's parts)
                 meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
-                save_finetuned(self.model, cfg.paths.output_dir, meta, state)
+                self.write_model_files(cfg.paths.output_dir, meta, state)
         results = {
             "prompt": cfg.prompt,
             **sample,
@@ -245,13 +325,31 @@ class GPTLitModule(L.LightningModule):
         idx = batch[0] if isinstance(batch, list | tuple) else batch
         return self.generate(idx)
 
+    def write_model_files(
+        self, out_dir: str | Path, meta: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None
+    ) -> Path:
+        """``model.pth`` and ``model.json`` (``save_finetuned``; ``state``: the whole state dict when the
+        model is sharded, FSDP); a LoRA run on ``init_from`` weights adds ``adapter.safetensors`` and
+        ``adapter.json`` (its own tensors and the base reference)."""
+        from gpt_lab.model.finetuned import save_finetuned
+
+        path = save_finetuned(self.model, out_dir, meta, state)
+        if self.adapters_only:
+            write_adapter(self.model, Path(out_dir), self.hparams.lora, self.base_reference)
+        return path
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.adapters_only:
+            checkpoint[BASE_WEIGHTS_KEY] = self.base_reference
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(BASE_WEIGHTS_KEY)
+        if saved is not None and self.hparams.get("finetune") == "lora":
+            check_same_base(saved, self.base_reference)
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
         self._resume_rng_state = checkpoint.get("rng_state")
         self._resume_cuda_rng_state = checkpoint.get("cuda_rng_state")

@@ -26,11 +26,23 @@ from typing import Any
 import lightning as L
 import torch
 
+from gpt_lab.config.architecture import ARCH_DEFAULTS
 from gpt_lab.errors import UserError
+from gpt_lab.model.adapters import BASE_WEIGHTS_KEY
 
 log = logging.getLogger(__name__)
 
-SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_weights")
+# The book's shape keys, then the architecture lab's (issue 25: another variant's checkpoint is refused).
+SHAPE_KEYS = (
+    "vocab_size",
+    "context_length",
+    "emb_dim",
+    "n_heads",
+    "n_layers",
+    "qkv_bias",
+    "tie_weights",
+    *ARCH_DEFAULTS,
+)
 # GPTLitModule's hyper-parameter → the config key that sets it.
 OPTIMIZER_KEYS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
 MAX_LISTED = 8
@@ -177,7 +189,12 @@ def check_resume(path: Path, model_cfg: Mapping[str, Any], optim: Mapping[str, A
         model_keys = [k for k in state if k.startswith("model.") and not k.endswith((".lora_A", ".lora_B"))]
         if not model_keys:
             raise ResumeError(f"ckpt_path={path} is a Lightning checkpoint without GPTLitModule's model.* weights")
+        # A LoRA run's checkpoint leaves out the base it refers to (gpt_lab.model.adapters); a resume checks it.
+        base = checkpoint.get(BASE_WEIGHTS_KEY)
+        left_out = {f"model.{k}" for k in base.get("keys", [])} if isinstance(base, Mapping) else set()
         for key in sorted(set(expected) | set(model_keys)):
+            if key in left_out and key not in state:
+                continue
             found = tuple(state[key].shape) if key in state else None
             if found != expected.get(key):
                 differences.append(

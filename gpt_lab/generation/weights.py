@@ -1,0 +1,50 @@
+"""``generation.weights``: the precision of the weights a generating or classifying task reads.
+
+Generation on the CPU is bound by reading every weight once per token, so fewer bytes per weight
+means more tokens per second:
+
+- ``fp32``: the model as built (the book's tokens);
+- ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
+  the key/value cache follow;
+- ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
+  weights, one scale per output feature, PyTorch's int8 weight-only kernel: a quarter of the
+  bytes), the rest (embeddings, norms, biases) and the activations in bfloat16.
+
+``use_weights`` converts in place, layer by layer: a model whose weights came from a file never
+exists twice (the fp32 tensor of each layer is freed as its converted copy is made).
+``check_weights_device`` refuses int8 on a device without the kernel before any weight is read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gpt_lab.config import GENERATION_WEIGHTS
+from gpt_lab.errors import ConfigError
+from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
+
+ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+
+
+def check_weights_device(weights: str, device: torch.device | str) -> None:
+    """Raise ``ConfigError`` (one paragraph, exit 2) for int8 where the int8 kernel has no ``device`` version."""
+    device = torch.device(device)
+    if weights == "int8" and not has_int8_kernel(device):
+        raise ConfigError(
+            f"generation.weights=int8 needs PyTorch's int8 weight-only kernel (aten::_weight_int8pack_mm), which "
+            f"torch {torch.__version__} does not provide on the {device.type} device this run would use. Choose "
+            "generation.weights=bf16 (half of fp32's bytes) or fp32 on this device, or run on the CPU "
+            "(trainer=cpu), where the int8 kernel exists."
+        )
+
+
+def use_weights(model: nn.Module, weights: str) -> nn.Module:
+    """``model`` holding its weights as ``weights`` says (in place; returned for chaining)."""
+    if weights not in GENERATION_WEIGHTS:
+        raise ValueError(f"weights={weights!r} must be one of {', '.join(GENERATION_WEIGHTS)}")
+    if weights == "int8":
+        quantize_linears_(model, ACTIVATION_DTYPE["int8"])  # from the fp32 weights, before they are rounded
+    if weights != "fp32":
+        model.to(ACTIVATION_DTYPE[weights])  # float tensors only: int8 weights stay int8
+    return model

@@ -1,0 +1,105 @@
+"""Feed-forward parts: the book's GELU network (chapter 4), SwiGLU (Llama) and a mixture of SwiGLU experts.
+
+Names: ``FeedForward`` keeps the book's ``layers.0`` / ``layers.2``; ``SwiGLU`` is
+``fc3(silu(fc1 x) * fc2 x)``, bias-free; ``MoEFeedForward`` has a bias-free router ``gate`` and
+``fc1`` / ``fc2`` / ``fc3`` as lists of per-expert Linears (the book's MoE bonus): each token goes
+to the ``experts_per_token`` experts with the largest router logits, weighted by the softmax over
+those logits only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt_lab.config.architecture import ffn_hidden_dim
+
+
+def gate_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.ffn_activation``: the gate's activation of SwiGLU and the experts (silu; Gemma 3's gelu_tanh)."""
+    if name == "gelu_tanh":
+        return functools.partial(F.gelu, approximate="tanh")  # picklable, unlike a lambda
+    return F.silu
+
+
+class GELU(nn.Module):
+    """GELU with the tanh approximation GPT-2 was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        hidden = ffn_hidden_dim(cfg)  # the book's 4 * emb_dim unless model.hidden_dim says otherwise
+        self.layers = nn.Sequential(
+            nn.Linear(cfg["emb_dim"], hidden, bias=cfg.get("ffn_bias", True)),
+            GELU(),
+            nn.Linear(hidden, cfg["emb_dim"], bias=cfg.get("ffn_bias", True)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated feed-forward: ``fc3(silu(fc1(x)) * fc2(x))``, no biases."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int, activation: str = "silu") -> None:
+        super().__init__()
+        self.act = gate_activation(activation)
+        self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=False)  # gate
+        self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=False)  # up
+        self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act(self.fc1(x)) * self.fc2(x))
+
+
+class MoEFeedForward(nn.Module):
+    """A mixture of ``num_experts`` SwiGLU experts; each token runs ``experts_per_token`` of them."""
+
+    def __init__(
+        self, emb_dim: int, hidden_dim: int, num_experts: int, experts_per_token: int, activation: str = "silu"
+    ) -> None:
+        super().__init__()
+        self.act = gate_activation(activation)
+        self.num_experts = num_experts
+        self.experts_per_token = experts_per_token
+        self.gate = nn.Linear(emb_dim, num_experts, bias=False)
+        self.fc1 = nn.ModuleList(nn.Linear(emb_dim, hidden_dim, bias=False) for _ in range(num_experts))
+        self.fc2 = nn.ModuleList(nn.Linear(emb_dim, hidden_dim, bias=False) for _ in range(num_experts))
+        self.fc3 = nn.ModuleList(nn.Linear(hidden_dim, emb_dim, bias=False) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (n_tokens, emb_dim)
+        top_logits, top_experts = torch.topk(self.gate(x), self.experts_per_token, dim=-1)  # (n, k)
+        top_weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            token, slot = torch.where(top_experts == e)  # a token picks an expert at most once
+            if token.numel() == 0:
+                continue
+            rows = x[token]
+            y = self.fc3[e](self.act(self.fc1[e](rows)) * self.fc2[e](rows))
+            out.index_add_(0, token, y * top_weights[token, slot, None])
+        return out.view(shape)
+
+
+def make_feedforward(cfg: Mapping[str, Any]) -> nn.Module:
+    """``model.ffn``'s feed-forward for one block."""
+    kind = cfg.get("ffn", "gelu")
+    if kind == "swiglu":
+        return SwiGLU(cfg["emb_dim"], ffn_hidden_dim(cfg), cfg.get("ffn_activation", "silu"))
+    if kind == "moe":
+        hidden = ffn_hidden_dim(cfg, moe=True)
+        experts, k = int(cfg["num_experts"]), int(cfg["experts_per_token"])
+        return MoEFeedForward(cfg["emb_dim"], hidden, experts, k, cfg.get("ffn_activation", "silu"))
+    return FeedForward(cfg)

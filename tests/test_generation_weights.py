@@ -1,0 +1,206 @@
+"""generation.weights=fp32|bf16|int8 (issue 28): the int8 layer against a float64 reference, greedy
+generation with and without the cache, the model's dtypes, and the bad inputs refused before any
+weight is read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from configs import TINY, TINY_RUN
+from torch import nn
+
+from gpt_lab.config import validate_config
+from gpt_lab.errors import ConfigError
+from gpt_lab.generation.sampling import generate
+from gpt_lab.generation.weights import use_weights
+from gpt_lab.model import quantized
+from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.quantized import Int8Linear
+from gpt_lab.tasks import sample
+
+BF16_EPS = 2.0**-8  # bfloat16's spacing relative to a value: 8 significant bits
+
+
+def _dequantized_reference(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test's own int8 quantization of ``linear`` in float64 (per output row, max |w| -> 127) and
+    ``x @ W_deq^T + b`` in float64, with ``sum |x| |W_deq|`` (the size of what the sum adds)."""
+    w = linear.weight.detach().double()
+    scales = w.abs().amax(dim=1) / 127
+    w_deq = torch.round(w / scales[:, None]) * scales[:, None]
+    xd = x.double()
+    bias = linear.bias.detach().double()
+    return xd @ w_deq.T + bias, xd.abs() @ w_deq.abs().T + bias.abs()
+
+
+@pytest.mark.parametrize("n_in", [64, 24])  # 24: not a multiple of the kernel's 16 (the dequantized path)
+def test_int8_linear_matches_a_float64_dequantized_reference(n_in: int) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(n_in, 48)
+    layer = Int8Linear.from_linear(linear)
+    assert layer.weight.dtype == torch.int8
+    # Per output row, the largest weight maps to +-127 (the row's own scale, not one for the tensor).
+    assert (layer.weight.abs().amax(dim=1) == 127).all()
+    x = torch.randn(2, 3, n_in).to(torch.bfloat16)
+    ref, size = _dequantized_reference(linear, x)
+    y = layer(x)
+    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
+    # Stated tolerance: the result and the bias sum are each rounded to bf16 once (half a spacing each),
+    # the scales too (half a spacing): 2 bf16 spacings of the sum's size, float32 accumulation aside.
+    err = (y.double() - ref).abs()
+    assert (err <= 2 * BF16_EPS * size).all(), float((err / size).max())
+    # And the reference is a real bound: the product without the per-row scales is far off.
+    assert ((layer.weight.double() @ x.double().reshape(-1, n_in).T).T - ref.reshape(-1, 48)).abs().max() > 1
+
+
+def test_int8_model_logits_match_a_float64_dequantized_model() -> None:
+    torch.manual_seed(1)
+    fp32 = GPTModel(TINY).eval()
+    reference = GPTModel(TINY).double().eval()
+    reference.load_state_dict(fp32.state_dict())
+    # The reference: the test's own per-row quantization of every Linear, everything else the
+    # bf16-rounded values the int8 model holds, computed in float64.
+    with torch.no_grad():
+        for name, module in reference.named_modules():
+            if type(module) is nn.Linear:
+                w = module.weight
+                scales = w.abs().amax(dim=1, keepdim=True) / 127
+                w.copy_(torch.round(w / scales) * scales.to(torch.bfloat16).double())
+                if module.bias is not None:
+                    module.bias.copy_(module.bias.to(torch.bfloat16))
+            elif name in ("tok_emb", "pos_emb") or "norm" in name:
+                for p in module.parameters():
+                    p.copy_(p.to(torch.bfloat16))
+    int8 = use_weights(fp32, "int8")
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    with torch.no_grad():
+        got, want = int8(idx).double(), reference(idx)
+    # Stated tolerance: 1.5 % of the largest logit (bf16 activations through two blocks: 0.5 % measured).
+    assert (got - want).abs().max() <= 0.015 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("cfg", [TINY, {**TINY, "context_length": 64, "emb_dim": 32}], ids=["slides", "fits"])
+def test_greedy_generation_with_and_without_cache_is_identical(weights: str, cfg: dict) -> None:
+    torch.manual_seed(123)
+    model = use_weights(GPTModel(cfg), weights)
+    idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    n = 2 * cfg["context_length"]  # past the window: the cached loop slides it as the book's does
+    with_cache = generate(model, idx, n, cfg["context_length"])
+    assert torch.equal(with_cache, generate(model, idx, n, cfg["context_length"], use_cache=False))
+
+
+def test_weights_choice_sets_each_layers_dtype_and_the_cache() -> None:
+    torch.manual_seed(123)
+    bf16 = use_weights(GPTModel(TINY), "bf16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    int8 = use_weights(GPTModel(TINY), "int8")
+    kinds = {name: type(m) for name, m in int8.named_modules() if isinstance(m, nn.Linear | Int8Linear)}
+    # 4 attention + 2 feed-forward Linears per block, and the output head: all int8.
+    assert len(kinds) == 6 * TINY["n_layers"] + 1 and set(kinds.values()) == {Int8Linear}
+    assert int8.tok_emb.weight.dtype == torch.bfloat16 and int8.final_norm.scale.dtype == torch.bfloat16
+    # The key/value cache in the activation dtype (the floating parameters'), not the int8 head's.
+    assert {t.dtype for layer in int8.new_kv_cache(1).layers for t in layer.tensors()} == {torch.bfloat16}
+    fp32_cache = use_weights(GPTModel(TINY), "fp32").new_kv_cache(1)
+    assert {t.dtype for layer in fp32_cache.layers for t in layer.tensors()} == {torch.float32}
+
+
+def test_int8_leaves_lora_layers_alone() -> None:
+    from gpt_lab.model.lora import LoRALinear
+
+    model = GPTModel(TINY)
+    model.trf_blocks[0].att.W_query = LoRALinear.from_linear(model.trf_blocks[0].att.W_query, rank=2, alpha=2)
+    use_weights(model, "int8")
+    assert isinstance(model.trf_blocks[0].att.W_query, LoRALinear)
+    assert isinstance(model.trf_blocks[0].att.W_key, Int8Linear)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["generation.weights=int4"], "generation.weights=int4 is not a choice; choose one of fp32, bf16, int8"),
+        (["task=train", "generation.weights=int8"], "generation.weights=int8 is for tasks that only read"),
+        (["task=train", "generation.weights=bf16"], "task=train trains in fp32, or in bf16 through trainer=cpu_bf16"),
+    ],
+)
+def test_bad_weights_settings_are_refused_by_the_schema(compose_config, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config("model=tiny", *overrides))
+
+
+def test_int8_without_a_kernel_is_refused_before_the_weights_are_read(compose_config, monkeypatch) -> None:
+    monkeypatch.setattr(quantized.torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: False)
+
+    def build_model(*args: object) -> None:
+        raise AssertionError("the model was built before the device check")
+
+    monkeypatch.setattr(sample, "build_model", build_model)
+    cfg = validate_config(compose_config("model=tiny", "generation.weights=int8", "logger=none"))
+    with pytest.raises(
+        ConfigError, match=r"generation.weights=int8 needs .* on the cpu device .* generation.weights=bf16"
+    ):
+        sample.run(cfg)
+
+
+def test_cli_unknown_weights_exit_2(run_cli) -> None:
+    proc = run_cli("model=tiny", "generation.weights=fp16", "hydra.run.dir=run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "generation.weights=fp16 is not a choice" in proc.stderr
+
+
+def test_step_read_bytes_counts_what_a_generation_step_reads() -> None:
+    """The bytes behind the bench's bandwidth limit, against a count by hand (TINY: untied, no qkv bias)."""
+    from gpt_lab.model.stats import step_read_bytes
+
+    d, v, n = TINY["emb_dim"], TINY["vocab_size"], TINY["n_layers"]
+    linear = n * 12 * d * d + v * d  # W_query, W_key, W_value, out_proj, the feed-forward's two; the head
+    rest = n * (6 * d + 4 * d) + 2 * d + 2 * d  # biases and norms per block, final norm, one row of each embedding
+    scales = n * (3 * d + d + 4 * d + d) + v  # one per output feature of every Linear
+    assert step_read_bytes(GPTModel(TINY)) == 4 * (linear + rest)
+    assert step_read_bytes(use_weights(GPTModel(TINY), "bf16")) == 2 * (linear + rest)
+    assert step_read_bytes(use_weights(GPTModel(TINY), "int8")) == linear + 2 * (rest + scales)
+
+
+def test_evaluate_reads_the_chosen_weights(compose_config, tmp_path) -> None:
+    from gpt_lab.tasks import evaluate
+
+    (tmp_path / "text.txt").write_text("Every effort moves you forward, one small step at a time. " * 6)
+
+    def run(weights: str) -> dict:
+        overrides = ("task=evaluate", "data.path=text.txt", "max_new_tokens=2", "logger=none", *TINY_RUN)
+        return evaluate.run(validate_config(compose_config(*overrides, f"generation.weights={weights}")))
+
+    fp32, int8 = run("fp32"), run("int8")
+    assert int8["generation_weights"] == "int8" and int8["total_params"] == fp32["total_params"]
+    assert int8["loss"] != fp32["loss"]  # other weights were read...
+    assert abs(int8["loss"] / fp32["loss"] - 1) < 0.01  # ...holding nearly the same model
+
+
+def test_int8_on_a_gpu_run_is_refused_before_the_weights_are_read(compose_config, monkeypatch) -> None:
+    from gpt_lab.tasks import evaluate
+
+    def build_model(*args: object) -> None:
+        raise AssertionError("the model was built before the device check")
+
+    monkeypatch.setattr(evaluate, "build_model", build_model)
+    monkeypatch.setattr(evaluate, "_device", lambda cfg: torch.device("cuda"))  # as trainer=gpu with CUDA would
+    overrides = ("task=evaluate", "data.path=gpt_lab:the-verdict.txt", *TINY_RUN, "generation.weights=int8")
+    with pytest.raises(ConfigError, match="on the cuda device this run would use"):
+        evaluate.run(validate_config(compose_config(*overrides)))
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["sliding_gqa_rope", "mla", "moe", "swiglu_rmsnorm_qknorm", "deltanet_hybrid"])
+def test_lab_variants_generate_the_same_with_and_without_cache(weights: str, name: str) -> None:
+    """The architecture lab's parts hold bf16 / int8 weights too (swiglu's 24 inputs: the layer's
+    dequantized path), and their caches follow the activation dtype."""
+    from test_arch_lab import BASE, VARIANTS
+
+    torch.manual_seed(0)
+    model = use_weights(GPTModel({**BASE, **VARIANTS[name]}).eval(), weights)
+    prompt = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, 12, BASE["context_length"])
+    assert torch.equal(cached, generate(model, prompt, 12, BASE["context_length"], use_cache=False))
+    dtypes = {t.dtype for layer in model.new_kv_cache(1).layers for t in layer.tensors()}
+    # A DeltaNet layer keeps its recurrent state in float32 whatever the activations (the lab's choice).
+    assert dtypes == ({torch.bfloat16, torch.float32} if name.startswith("deltanet") else {torch.bfloat16})
