@@ -334,7 +334,8 @@ def test_lora_classifier_resumes_exactly_from_last_checkpoint(tmp_path: Path, cl
 def test_classify_with_a_language_model_or_without_text_is_a_user_error(tmp_path: Path, compose_config) -> None:
     from gpt_lab.model.finetuned import save_finetuned
 
-    save_finetuned(GPTModel(TINY), tmp_path, {"finetune": "all"})
+    # GPT-2's vocabulary: init_from's model.json is checked against the tokenizer before the text is.
+    save_finetuned(GPTModel({**TINY, "vocab_size": 50257}), tmp_path, {"finetune": "all"})
     with pytest.raises(NotAClassifierError, match=r"no classification head"):
         classify(tmp_path, "hello")
     assert issubclass(NotAClassifierError, UserError)

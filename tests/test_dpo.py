@@ -363,7 +363,7 @@ def test_experiment_dpo_has_the_books_settings(dpo_config: Callable[..., DictCon
     [
         ("dpo.beta=0", r"dpo.beta=0.0 must be a number in \(0, 100\]"),
         ("dpo.beta=-0.1", r"dpo.beta=-0.1 must be a number in \(0, 100\]"),
-        ("dpo.logprob=median", r"dpo.logprob=median must be one of mean, sum"),
+        ("dpo.logprob=median", r"dpo.logprob=median must be one of mean, response_mean, sum"),
         ("init_from=null", r"data=preferences \(DPO\) needs a starting model: init_from="),
     ],
 )
@@ -378,7 +378,9 @@ def test_dpo_run_writes_metrics_plot_and_both_responses(
     dpo_config: Callable[..., DictConfig], files: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    results = run_task(dpo_config(out))
+    # response_mean: the written-out check below averages over the response and its end-of-text (the
+    # default, the book's mask, is checked in test_finetune_results.py).
+    results = run_task(dpo_config(out, "dpo.logprob=response_mean"))
     # Before the first step the policy is the reference.
     assert abs(results["initial_val_loss"] - LN2) < 1e-7 and abs(results["initial_train_loss"] - LN2) < 1e-7
     assert results["initial_val_reward_margin"] == 0.0

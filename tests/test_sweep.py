@@ -28,10 +28,10 @@ def test_sweep_two_by_two_gives_four_jobs_and_a_summary(run_cli, tmp_path: Path)
     assert "Traceback" not in proc.stderr
     names = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert names == [
-        "dropout=book,max_new_tokens=2,model.n_heads=2,model=tiny",
-        "dropout=book,max_new_tokens=2,model.n_heads=3,model=tiny",
-        "dropout=none,max_new_tokens=2,model.n_heads=2,model=tiny",
-        "dropout=none,max_new_tokens=2,model.n_heads=3,model=tiny",
+        "0_dropout=book,max_new_tokens=2,model.n_heads=2,model=tiny",
+        "1_dropout=none,max_new_tokens=2,model.n_heads=2,model=tiny",
+        "2_dropout=book,max_new_tokens=2,model.n_heads=3,model=tiny",
+        "3_dropout=none,max_new_tokens=2,model.n_heads=3,model=tiny",
     ]
     rows = _rows(sweep)
     assert [r["job"] for r in rows] == ["0", "1", "2", "3"]

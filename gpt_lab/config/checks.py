@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from gpt_lab.config.architecture import check_architecture
+from gpt_lab.config.saved_model import adopt_saved_model
 from gpt_lab.config.schema import (
     DATA_NAMES,
     DPO_LOGPROBS,
@@ -25,6 +26,7 @@ from gpt_lab.config.schema import (
     ESTIMATE_DTYPES,
     FINETUNE_NAMES,
     GENERATION_WEIGHTS,
+    LORA_INITS,
     LORA_SCALINGS,
     MAX_LR,
     MAX_SEED,
@@ -52,6 +54,16 @@ def _check_classification(cfg: DictConfig) -> list[str]:
             f"data.val_ratio={d.val_ratio} must be in (0, 1) and leave a test split: data.train_ratio + "
             f"data.val_ratio = {d.train_ratio + d.val_ratio:g} must be below 1"
         )
+    reads_padding = c.pooling in ("last", "mean") or not cfg.model.causal_mask
+    if d.name == "classification" and d.pad is False and d.batch_size > 1 and reads_padding:
+        what = f"classifier.pooling={c.pooling}" if c.pooling in ("last", "mean") else "model.causal_mask=false"
+        problems.append(
+            f"data.pad=false with {what} and data.batch_size={d.batch_size}: each batch is padded to its own "
+            "longest text and that pooling reads the padding, so a text's class would depend on its batch "
+            "neighbours (and task=classify, which runs texts unpadded, would read another position); use "
+            "classifier.pooling=last_nonpad or first (with the causal mask), data.batch_size=1 (the bonus "
+            "table's no-padding row), or data.pad=true"
+        )
     m = d.max_length
     if d.name == "classification" and m is not None and not (m == "context" or (isinstance(m, int) and m > 0)):
         problems.append(f"data.max_length={m} must be a positive integer, context, or null (the longest training text)")
@@ -69,6 +81,8 @@ def _check_finetune(cfg: DictConfig) -> list[str]:
         problems.append(f"lora.alpha={lora.alpha} must be a positive finite number (appendix E: 16, with lora.rank=16)")
     if lora.scaling not in LORA_SCALINGS:
         problems.append(f"lora.scaling={lora.scaling} is not a scaling; choose one of {', '.join(LORA_SCALINGS)}")
+    if lora.init not in LORA_INITS:
+        problems.append(f"lora.init={lora.init} is not an initialisation; choose one of {', '.join(LORA_INITS)}")
     if not 0.0 <= lora.dropout < 1.0:
         problems.append(f"lora.dropout={lora.dropout} must be a rate in [0, 1)")
     if any(not t for t in lora.train_also):
@@ -85,11 +99,18 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     a structured ``DictConfig`` (assigning a wrong type to it fails) with every interpolation
     resolved. Raises ``ConfigError`` naming every problem found.
     """
+    overrides = command_line_overrides(cfg)
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:  # compose(..., return_hydra_config=True)
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     try:
         plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve {err.full_key or 'the config'}: {first_line(err)}") from None
     plain.pop("hydra", None)
+    init_from = plain.get("init_from")
+    if init_from and isinstance(plain.get("paths"), dict):
+        root = plain["paths"].get("root_dir") or "."
+        adopt_saved_model(plain, Path(root, str(init_from)).resolve(), overrides)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
     except ConfigKeyError as err:
@@ -345,6 +366,16 @@ def _check_long_run(cfg: DictConfig) -> list[str]:
             "(or null: checkpoints at epoch ends)"
         )
     return problems
+
+
+def command_line_overrides(cfg: Any = None) -> list[str]:
+    """The command line's overrides: those of a composed config's ``hydra`` node, or Hydra's running job's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) if isinstance(cfg, DictConfig) else None
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    return [str(o) for o in task or []]
 
 
 def input_path(cfg: DictConfig, path: str | None) -> Path | None:

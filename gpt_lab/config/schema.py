@@ -23,7 +23,10 @@ SCHEDULER_NAMES = ("constant", "warmup_cosine")
 DROPOUT_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_shortcut")
 MAX_SEED = 2**32 - 1
 DATA_NAMES = ("text", "corpus", "classification", "instructions", "preferences")
-DPO_LOGPROBS = ("mean", "sum")  # issue 20: per response token as the book, or summed as TRL
+# How a response's token log-probabilities combine (gpt_lab/data/preferences.py, which tokens count):
+# mean: the book's (averaged over the response header's last tokens and the response, no end-of-text);
+# response_mean: averaged over the response and its end-of-text; sum: summed over those (TRL).
+DPO_LOGPROBS = ("mean", "response_mean", "sum")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # issue 29: the book's (DPO paper), IPO, SLiC's hinge (TRL's names)
 # Issue 28: the weights a generating or classifying task reads (gpt_lab/generation/weights.py).
 GENERATION_WEIGHTS = ("fp32", "bf16", "int8")
@@ -176,6 +179,9 @@ FINETUNE_NAMES = ("all", "last_block", "last_two_blocks", "head", "lora")  # gpt
 
 
 LORA_SCALINGS = ("rank", "alpha", "rslora")
+# lora_A's draw (gpt_lab/model/lora.py): book: Kaiming-uniform over A stored (in, rank), bound 1/sqrt(rank)
+# (appendix E); peft: over (rank, in) as peft, litgpt and torchtune draw it, bound 1/sqrt(in_features).
+LORA_INITS = ("book", "peft")
 
 
 @dataclass
@@ -193,6 +199,7 @@ class LoRAConfig:
     alpha: float = MISSING
     targets: list[str] = MISSING  # all | attention | feedforward | head | Linear names or globs
     scaling: str = MISSING  # rank: alpha / rank (appendix E); alpha: alpha alone (the bonus script); rslora
+    init: str = MISSING  # book (appendix E) | peft: lora_A's draw (LORA_INITS)
     dropout: float = MISSING  # on the adapters' input only (issue 29); 0: appendix E's
     train_also: list[str] = MISSING  # modules trained whole beside the adapters, e.g. [out_head, final_norm]
 
@@ -236,7 +243,7 @@ class DPOConfig:
     """Issue 20: ``cfg.dpo``, the preference objective's settings (conf/config.yaml; objective=dpo reads them)."""
 
     beta: float = MISSING  # the book's 0.1
-    logprob: str = MISSING  # mean (the book) | sum (TRL): how a response's token log-probabilities combine
+    logprob: str = MISSING  # mean (the book) | response_mean | sum (TRL): DPO_LOGPROBS above
     test_responses: int | None = MISSING  # test entries answered by policy and reference after training; null: all
     loss: str = MISSING  # sigmoid (the book) | ipo | hinge (issue 29, TRL's loss_type names)
     label_smoothing: float = MISSING  # sigmoid only: the share of pairs assumed mislabelled (cDPO); 0: the book's

@@ -37,7 +37,7 @@ from gpt_lab.data.labelled import (
 )
 from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity, write_run_splits
 from gpt_lab.model.classifier import PAD_TOKEN_ID
-from gpt_lab.tokenizer import get_tokenizer
+from gpt_lab.tokenizer import encode_text, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class ClassificationDataModule(ShuffledDataModule):
         tokenizer = get_tokenizer()
         index = {name: i for i, name in enumerate(self.class_names)}
         encoded = {
-            split: [tokenizer.encode(e.text, allowed_special={"<|endoftext|>"}) for e in rows]
+            split: [encode_text(tokenizer, e.text) for e in rows]  # "<|endoftext|>" is text, not padding
             for split, rows in self.splits.items()
         }
         setting = self.max_length_setting

@@ -163,12 +163,16 @@ def encode_pair(
     return PreferencePair(prompt[:max_tokens], *responses), cut
 
 
-def collate_preferences(pairs: Sequence[PreferencePair], pad_id: int = EOT_ID) -> tuple[torch.Tensor, ...]:
+def collate_preferences(
+    pairs: Sequence[PreferencePair], pad_id: int = EOT_ID, prompt_tail: int = 0, count_eot: bool = True
+) -> tuple[torch.Tensor, ...]:
     """``b`` pairs → ``inputs`` and ``targets``, each (2b, T): rows ``[:b]`` chosen, ``[b:]`` rejected.
 
     Each sequence ``prompt + response`` (T + 1 tokens for the longest) gives inputs ``[:-1]`` and
-    targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it is a response token. Pairs
-    that carry the reference's log-probabilities add a third tensor (2b,) in the same row order.
+    targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it counts: the response's
+    tokens, its end-of-text unless ``count_eot=False``, and the prompt's last ``prompt_tail`` tokens
+    (the book's DPO mask, ``dpo.logprob=mean``: ``book_prompt_tail``). Pairs that carry the
+    reference's log-probabilities add a third tensor (2b,) in the same row order.
     """
     seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     width = max(len(prompt) + len(resp) for prompt, resp in seqs) - 1
@@ -178,12 +182,32 @@ def collate_preferences(pairs: Sequence[PreferencePair], pad_id: int = EOT_ID) -
         ids = torch.tensor(prompt + resp, dtype=torch.long)
         inputs[row, : len(ids) - 1] = ids[:-1]
         # Target j is token j + 1: the response's tokens are targets len(prompt) - 1 onwards.
-        start = len(prompt) - 1
-        targets[row, start : len(ids) - 1] = ids[start + 1 :]
+        start = len(prompt) - 1 - min(prompt_tail, len(prompt) - 1)
+        end = len(ids) - 1 - (1 if not count_eot and resp and resp[-1] == EOT_ID else 0)
+        targets[row, start:end] = ids[start + 1 : end + 1]
     if pairs and all(p.reference is not None for p in pairs):
         reference = [p.reference[0] for p in pairs] + [p.reference[1] for p in pairs]  # type: ignore[index]
         return inputs, targets, torch.tensor(reference, dtype=torch.float32)
     return inputs, targets
+
+
+def book_prompt_tail(style: str, tokenizer: Any = None) -> int:
+    """The prompt tokens the book's DPO notebook counts: its mask starts 2 tokens after the instruction
+    (``prompt_len + 2``), so all of the style's response header but its first 2 tokens (alpaca:
+    ``\\n\\n``, ``###`` masked; `` Response``, ``:``, ``\\n`` counted)."""
+    tokenizer = tokenizer or get_tokenizer()
+    return max(len(encode_text(tokenizer, get_prompt_style(style).response_prefix)) - 2, 0)
+
+
+@dataclass(frozen=True)
+class PreferenceCollate:
+    """``collate_preferences`` with the targets ``dpo.logprob`` counts (picklable for loader workers)."""
+
+    prompt_tail: int = 0
+    count_eot: bool = True
+
+    def __call__(self, pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, ...]:
+        return collate_preferences(pairs, prompt_tail=self.prompt_tail, count_eot=self.count_eot)
 
 
 class PreferenceDataset(Dataset):
@@ -220,9 +244,11 @@ class PreferenceDataModule(ShuffledDataModule):
         train_ratio: float = 0.85,
         test_ratio: float = 0.10,
         shuffle_seed: int | None = None,
+        logprob: str = "mean",
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.logprob = logprob  # dpo.logprob: which targets count (PreferenceCollate)
         self.fields = fields
         self.train_ratio, self.test_ratio, self.shuffle_seed = train_ratio, test_ratio, shuffle_seed
         self.eval_max_batches = eval_max_batches
@@ -300,16 +326,24 @@ class PreferenceDataModule(ShuffledDataModule):
                 self.max_length,
             )
         if skipped.truncated:
+            every = skipped.truncated >= len(self.datasets[split])
             log.warning(
-                "data=preferences: %d %s pair(s) are cut to the context of %d tokens",
-                skipped.truncated,
+                "data=preferences: %s %s pair(s) are cut to the context of %d tokens (kept, their ends cut off)",
+                f"all {skipped.truncated}" if every else str(skipped.truncated),
                 split,
                 self.max_length,
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self.datasets, "call setup() first"
-        return self.split_loader(self.datasets[split], shuffle, shuffle, collate_preferences)
+        return self.split_loader(self.datasets[split], shuffle, shuffle, self.collate)
+
+    @property
+    def collate(self) -> PreferenceCollate:
+        """The batches' collate: the targets ``dpo.logprob`` counts."""
+        if self.logprob == "mean":  # the book's targets (book_prompt_tail)
+            return PreferenceCollate(book_prompt_tail(self.prompt_style), count_eot=False)
+        return PreferenceCollate()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -327,10 +361,12 @@ class PreferenceDataModule(ShuffledDataModule):
         """results.json fields: pairs per split and those left out."""
         return {
             "split_sizes": {s: len(self.datasets[s]) for s in SPLITS},
+            # Left out of training: identical responses, prompts that fill the context.
             "skipped_pairs": {
-                s: {"identical": len(k.identical), "no_room": len(k.no_room), "truncated": k.truncated}
-                for s, k in self.skipped.items()
+                s: {"identical": len(k.identical), "no_room": len(k.no_room)} for s, k in self.skipped.items()
             },
+            # Kept, but cut to the context.
+            "truncated_pairs": {s: k.truncated for s, k in self.skipped.items()},
         }
 
     def describe(self) -> str:
@@ -363,4 +399,5 @@ class PreferenceDataModule(ShuffledDataModule):
             train_ratio=d.train_ratio,
             test_ratio=d.test_ratio if d.test_ratio is not None else 0.10,
             shuffle_seed=cfg.seed if d.shuffle else None,
+            logprob=cfg.dpo.logprob if cfg.get("dpo") else "mean",
         )

@@ -23,7 +23,7 @@ from torch import nn
 
 from gpt_lab.config import POOLINGS
 from gpt_lab.errors import ConfigError, UserError
-from gpt_lab.tokenizer import ENDOFTEXT_ID
+from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
 
 PAD_TOKEN_ID = ENDOFTEXT_ID  # the book pads texts with <|endoftext|>
 
@@ -68,7 +68,7 @@ def encode_for_classification(
     tokenizer: Any, text: str, max_length: int | None, context_length: int, pad_token_id: int = PAD_TOKEN_ID
 ) -> list[int]:
     """The book's ``classify_review`` input: tokens cut to ``min(max_length, context)``, padded to it."""
-    ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    ids = encode_text(tokenizer, text)  # "<|endoftext|>" in a text is text: 50256 is padding only
     length = min(max_length or len(ids), context_length)
     ids = ids[:length]
     return ids + [pad_token_id] * (length - len(ids))

@@ -37,7 +37,7 @@ def _lora_get(lora_cfg: Any, key: str, default: Any) -> Any:
 
 
 def lora_settings(lora_cfg: Any) -> dict[str, Any]:
-    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling, dropout, train_also
+    """``cfg.lora`` (or None) as a plain dict: rank, alpha, targets, scaling, dropout, train_also, init
     (appendix E's defaults)."""
     return {
         "rank": int(_lora_get(lora_cfg, "rank", 16)),
@@ -46,6 +46,7 @@ def lora_settings(lora_cfg: Any) -> dict[str, Any]:
         "scaling": str(_lora_get(lora_cfg, "scaling", "rank")),
         "dropout": float(_lora_get(lora_cfg, "dropout", 0.0)),
         "train_also": [str(t) for t in _lora_get(lora_cfg, "train_also", [])],
+        "init": str(_lora_get(lora_cfg, "init", "book")),
     }
 
 
@@ -80,7 +81,9 @@ def select_trainable(model: nn.Module, finetune: str, lora_cfg: Any = None) -> i
     if finetune == "lora":
         s = lora_settings(lora_cfg)
         whole = _modules_named(model, s["train_also"])  # checked before the model changes
-        apply_lora(model, s["rank"], s["alpha"], s["targets"], s["scaling"], s["dropout"], keep=s["train_also"])
+        apply_lora(
+            model, s["rank"], s["alpha"], s["targets"], s["scaling"], s["dropout"], keep=s["train_also"], init=s["init"]
+        )
         for module in whole:  # trained whole, without adapters (apply_lora left them plain)
             module.requires_grad_(True)
         return sum(p.numel() for p in model.parameters() if p.requires_grad)

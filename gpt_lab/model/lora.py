@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_lab.config import LORA_INITS as INITS
 from gpt_lab.config import LORA_SCALINGS as SCALINGS
 from gpt_lab.errors import ConfigError
 
@@ -60,6 +61,22 @@ def lora_scale(rank: int, alpha: float, scaling: str = "rank") -> float:
     return alpha / math.sqrt(rank) if scaling == "rslora" else float(alpha)
 
 
+def draw_lora_a(lora_a: torch.Tensor, init: str = "book") -> None:
+    """Draw ``lora_a`` (in_features, rank) in place: Kaiming-uniform with a = √5 over the tensor as
+    appendix E stores it (``book``: fan_in = rank, bound 1/√rank), or over its transpose (rank,
+    in_features) as peft, litgpt and torchtune store and draw it (``peft``: bound 1/√in_features, the
+    same values their seed gives, so their learning rates carry over)."""
+    if init not in INITS:
+        raise ConfigError(f"lora.init={init} is not an initialisation; choose one of {', '.join(INITS)}")
+    with torch.no_grad():
+        if init == "book":
+            nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
+        else:
+            drawn = torch.empty(lora_a.shape[1], lora_a.shape[0], device=lora_a.device, dtype=lora_a.dtype)
+            nn.init.kaiming_uniform_(drawn, a=math.sqrt(5))
+            lora_a.copy_(drawn.T)
+
+
 class LoRALinear(nn.Linear):
     """``nn.Linear`` plus ``scale * (dropout(x) @ lora_A @ lora_B)``; ``lora_enabled=False`` drops the update."""
 
@@ -82,13 +99,20 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.empty(in_features, rank, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(rank, out_features, device=device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # appendix E's draw (fan_in = rank for (in, rank))
+        draw_lora_a(self.lora_A)
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, rank: int, alpha: float, scaling: str = "rank", dropout: float = 0.0
+        cls,
+        linear: nn.Linear,
+        rank: int,
+        alpha: float,
+        scaling: str = "rank",
+        dropout: float = 0.0,
+        init: str = "book",
     ) -> LoRALinear:
-        """A ``LoRALinear`` sharing ``linear``'s weight and bias (same tensors, no copy); one draw, for ``lora_A``."""
+        """A ``LoRALinear`` sharing ``linear``'s weight and bias (same tensors, no copy); one draw, for
+        ``lora_A`` (``init``: see ``draw_lora_a``)."""
         weight = linear.weight
         with torch.device("meta"):  # nothing is drawn for the weights about to be replaced
             new = cls(linear.in_features, linear.out_features, rank, alpha, linear.bias is not None, scaling, dropout)
@@ -96,7 +120,7 @@ class LoRALinear(nn.Linear):
         new.lora_A = nn.Parameter(torch.empty(linear.in_features, rank, device=weight.device, dtype=weight.dtype))
         new.lora_B = nn.Parameter(torch.zeros(rank, linear.out_features, device=weight.device, dtype=weight.dtype))
         if not weight.is_meta:
-            nn.init.kaiming_uniform_(new.lora_A, a=math.sqrt(5))
+            draw_lora_a(new.lora_A, init)
         return new.train(linear.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,8 +171,10 @@ def apply_lora(
     scaling: str = "rank",
     dropout: float = 0.0,
     keep: Sequence[str] = (),
+    init: str = "book",
 ) -> int:
-    """Freeze every parameter of ``model`` and wrap each target ``nn.Linear`` as a ``LoRALinear``.
+    """Freeze every parameter of ``model`` and wrap each target ``nn.Linear`` as a ``LoRALinear``
+    (``init``: how ``lora_A`` is drawn, ``draw_lora_a``).
 
     ``targets``: ``all`` (every Linear, the head included: appendix E), ``attention``,
     ``feedforward``, ``head``, or globs over the Linears' names (``W_query``, ``trf_blocks.11.*``).
@@ -158,6 +184,8 @@ def apply_lora(
     ``gpt_lab.model.finetune``) are left plain. Wrapping a model twice is refused.
     """
     lora_scale(rank, alpha, scaling)  # rank, alpha and scaling checked before anything changes
+    if init not in INITS:
+        raise ConfigError(f"lora.init={init} is not an initialisation; choose one of {', '.join(INITS)}")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already holds LoRA adapters; merge_lora(model) first to add new ones")
     for p in model.parameters():
@@ -174,7 +202,7 @@ def apply_lora(
             f"feedforward, head, or names such as {', '.join(sorted(set(linears)))}"
         )
     for name in chosen:
-        _set_child(model, name, LoRALinear.from_linear(model.get_submodule(name), rank, alpha, scaling, dropout))
+        _set_child(model, name, LoRALinear.from_linear(model.get_submodule(name), rank, alpha, scaling, dropout, init))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# model.pth (the trained weights in the book's format, in a run directory) and model.json are named in
+# the config layer, which reads model.json to give init_from's run its model (gpt_lab/config/saved_model.py).
+from gpt_lab.config.saved_model import META_FILE, MODEL_FILE
 from gpt_lab.errors import InitFromError
 
-MODEL_FILE = "model.pth"  # the trained weights in the book's format, in a run directory
-META_FILE = "model.json"
+__all__ = ["META_FILE", "META_VERSION", "MODEL_FILE", "plain_settings", "read_meta"]
 META_VERSION = 1
 
 

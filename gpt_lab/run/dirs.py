@@ -28,12 +28,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_lab.config.saved_model import run_model_name
 from gpt_lab.errors import UserError
 from gpt_lab.run.error_exit import exit_with_error
-from gpt_lab.run.files import RESULTS_FILE, read_results
+from gpt_lab.run.files import RESULTS_FILE, holds_only_bookkeeping, read_results
 from gpt_lab.run.previous import keep_previous_run
 from gpt_lab.run.status import is_rank_zero, watch_sweep
-from gpt_lab.run.sweep import continues_sweep
+from gpt_lab.run.sweep import JOB_DIR_RESOLVER, continues_sweep, job_dir_name
 from gpt_lab.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ def register_resolver() -> None:
     """Make ``${unique_dir:...}`` available to Hydra's config (call before ``@hydra.main`` runs)."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
+    if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
+    if not OmegaConf.has_resolver("run_model"):
+        OmegaConf.register_new_resolver("run_model", run_model_name)
 
 
 class RunDirError(UserError):
@@ -146,6 +151,10 @@ def check_run_dir(config: DictConfig, run_dir: Path) -> None:
     except ValueError:
         previous = {}
     status = previous.get("status", "unknown")
+    if status == "failed" and previous.get("refused") and holds_only_bookkeeping(run_dir):
+        log.info("%s held a run refused before it started: this run takes its place", run_dir)
+        lock_run_dir(run_dir)
+        return
     if resumes_run(config, run_dir):
         lock_run_dir(run_dir)  # a live run holds it; a pid in results.json proves nothing (pids are reused)
         keep_previous_run(run_dir)  # before Hydra rewrites .hydra/: a failed attempt puts the record back

@@ -11,6 +11,8 @@ from typing import Any
 from gpt_lab.storage import write_text_atomic
 
 RESULTS_FILE = "results.json"
+# What every run has before its task writes anything: Hydra's files, the log, the record, the lock.
+RUN_BOOKKEEPING = (".hydra", "run.log", RESULTS_FILE, ".run.lock")
 
 
 def write_results(output_dir: str | Path, results: Mapping[str, Any]) -> Path:
@@ -25,6 +27,16 @@ def read_results(output_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def holds_only_bookkeeping(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds no file but a run's bookkeeping (``RUN_BOOKKEEPING``; empty folders
+    aside): a run that stopped there wrote nothing a later run could lose."""
+    root = Path(run_dir)
+    for path in root.rglob("*"):
+        if path.is_file() and path.relative_to(root).parts[0] not in RUN_BOOKKEEPING:
+            return False
+    return True
 
 
 def _json_safe(value: Any) -> Any:

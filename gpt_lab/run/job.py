@@ -33,7 +33,7 @@ from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError, UserError
 from gpt_lab.run.dirs import register_resolver
 from gpt_lab.run.error_exit import exit_with_error
-from gpt_lab.run.files import write_results
+from gpt_lab.run.files import holds_only_bookkeeping, write_results
 from gpt_lab.run.preflight import check_resources
 from gpt_lab.run.previous import forget_previous_run, keep_previous_run, restore_previous_run
 from gpt_lab.run.status import (
@@ -89,7 +89,10 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
                     step, checkpoint = _saved_checkpoint(cfg, step)
                 record("interrupted", signal=interrupted.signal_name, step=step, checkpoint=checkpoint)
             else:
-                record("failed", error=_error_text(err))
+                # A bad input refused before the task wrote anything leaves the directory free for the
+                # corrected command (gpt_lab.run.dirs.check_run_dir).
+                refused = isinstance(err, UserError) and output_dir is not None and holds_only_bookkeeping(output_dir)
+                record("failed", error=_error_text(err), **({"refused": True} if refused else {}))
         except StorageError as write_err:  # e.g. the disk is still full: the "running" file stays, intact
             log.error("gpt_lab: could not record the run's end in results.json: %s", write_err)
         if interrupted is not None and interrupted is not err:
@@ -98,7 +101,10 @@ def run_task(cfg: DictConfig, run_info: dict[str, Any] | None = None) -> dict[st
     finally:
         if output_dir is not None:
             forget_previous_run(output_dir)
-    return record("completed", **results)
+    done = record("completed", **results)
+    if output_dir is not None:
+        log.info("Run directory: %s", output_dir)  # what the next step's init_from=... names
+    return done
 
 
 def _saved_checkpoint(cfg: DictConfig, step: int | None) -> tuple[int | None, str | None]:

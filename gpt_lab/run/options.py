@@ -238,10 +238,77 @@ def unknown_group_options(args: Iterable[str], conf_dir: Path = CONF_DIR) -> lis
     return problems
 
 
+def schema_keys(schema: type | None = None, prefix: str = "") -> dict[str, bool]:
+    """``{dotted key: takes free-form sub-keys}`` for every key of the run's schema (gpt_lab/config/schema.py).
+
+    A dataclass field is followed into its fields; a ``dict`` field (``trainer``, ``logger``,
+    ``callbacks``) is free-form: Lightning's arguments, checked when they are built.
+    """
+    import dataclasses
+    import types
+    import typing
+
+    from gpt_lab.config import Config
+
+    keys: dict[str, bool] = {}
+    hints = typing.get_type_hints(schema or Config)
+    for f in dataclasses.fields(schema or Config):
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
+        target = inner[0] if len(inner) == 1 else hint
+        name = prefix + f.name
+        if dataclasses.is_dataclass(target):
+            keys[name] = False
+            keys.update(schema_keys(target, name + "."))
+        else:
+            keys[name] = typing.get_origin(target) is dict or target is dict
+    return keys
+
+
+def unknown_keys(args: Iterable[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """One message per ``key=value`` whose key the run's schema does not have, naming the nearest keys.
+
+    Hydra would say "Could not override ... use +key=value" (exit 1), and following that advice gets
+    the schema's refusal; this says it once. Group choices, Hydra's keys, ``+`` / ``~`` overrides and
+    the free-form nodes' sub-keys (``trainer.max_steps``) are left to Hydra and to validation.
+    """
+    import difflib
+
+    known = schema_keys()
+    groups = group_options(conf_dir)
+    problems = []
+    for text in _overrides(args):
+        if text.startswith(("+", "~")):
+            continue
+        key = text.partition("=")[0]
+        if key in groups or key.startswith("hydra") or "/" in key or "@" in key:
+            continue
+        parts = key.split(".")
+        if any(known.get(".".join(parts[:i])) for i in range(1, len(parts))):
+            continue  # inside a free-form node
+        if key in known:
+            continue
+        near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+        parent = ".".join(parts[:-1])
+        siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+        where = parent or "the top level"
+        hint = f"did you mean {' or '.join(near)}?" if near else f"{where} has {', '.join(siblings)}"
+        problems.append(
+            f"{key} is not a key of the config ({hint}); the keys and their types: python scripts/run.py --help "
+            "and gpt_lab/config/schema.py"
+        )
+    return problems
+
+
 def check_group_options(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> None:
     """Refuse (one paragraph on stderr, exit status 2) a command line naming an option no group has,
-    or a key of a group option it did not choose."""
+    a key of a group option it did not choose, or a key the config does not have."""
     args = sys.argv[1:] if args is None else args
-    problems = grammar_problems(args) or unknown_group_options(args, conf_dir) or misplaced_group_keys(args, conf_dir)
+    problems = (
+        grammar_problems(args)
+        or unknown_group_options(args, conf_dir)
+        or misplaced_group_keys(args, conf_dir)
+        or unknown_keys(args)
+    )
     if problems:
         raise exit_with_error(ConfigError("; ".join(problems)))

@@ -17,6 +17,7 @@ is (``kept_job_results``), an interrupted one resumes from its last checkpoint, 
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import logging
@@ -119,6 +120,21 @@ class SweepSummary(Callback):
         _, md_path = write_summary(self._sweep_dir, rows, note=f"Interrupted by {signal_name}.")
         log.info(f"Sweep interrupted by {signal_name}; summary of {len(rows)} jobs: {md_path}")
         return md_path
+
+
+JOB_DIR_RESOLVER = "job_dir"
+MAX_READABLE_NAME = 60  # longer override lists (or ones holding a path) name the job by a hash
+
+
+def job_dir_name(num: Any, override_dirname: Any) -> str:
+    """A sweep job's directory name: short and flat whatever its overrides (``${job_dir:...}`` in
+    conf/hydra/default.yaml). ``<num>_<overrides>`` when they are short and hold no ``/``, else
+    ``<num>_<8 hex digits of their SHA-1>``; the full overrides are in the job's ``.hydra/overrides.yaml``,
+    its results.json and the summary. ``ckpt_path`` is not part of them, so a continued sweep finds its jobs."""
+    overrides = str(override_dirname)
+    if overrides and len(overrides) <= MAX_READABLE_NAME and "/" not in overrides and "\\" not in overrides:
+        return f"{num}_{overrides}"
+    return f"{num}_{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
 
 
 def _without_resume(overrides: Any) -> list[str]:

@@ -210,6 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.warning("No reply was an integer score: no average")
     return {
         "responses": str(source),
+        "model": j.model,  # the run's model is the judging one (results.json, the run directory's name)
         "judge_model": j.model,
         "judge_url": j.url,
         "scores_file": str(out_path),

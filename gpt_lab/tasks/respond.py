@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eos_id=stop_id(tokenizer, style),
     )
     log.info("Prompt (%s):\n%s", style, got["prompt"])
+    log.info("%s\nResponse:", "-" * 40)  # the answer below is the model's, not the prompt's end
     print(got["response"], flush=True)
     return {
         "model_config": model.cfg,

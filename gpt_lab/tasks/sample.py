@@ -105,7 +105,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "config": "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "),  # indented: Markdown code
         },
     )
-    log.info(f"Run directory: {cfg.paths.output_dir}")
     return results
 
 

@@ -155,8 +155,20 @@ def _drop_lr_monitor_without_logger(callbacks: list[Any], loggers: list[Any]) ->
     return kept
 
 
+def _one_console_for_lightning() -> None:
+    """Lightning's package logger prints to stderr itself ("INFO: GPU available: ...") and passes every
+    message on to the root logger, which Hydra's console and the run's log file hold: each message
+    showed twice. Its own console goes; the message is printed (and logged to run.log) once."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    _one_console_for_lightning()
     trainer = build_trainer(cfg, [CompileModel()] if cfg.get("compile") else [])
     _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)

@@ -121,13 +121,20 @@ class LossHistory(L.Callback):
                 "val_loss": float(val) if val is not None else None,
             }
         )
-        log.info(
-            "Ep %d (Step %06d): Train loss %.3f, Val loss %.3f",
+        line = "Ep %d (Step %06d): Train loss %.3f, Val loss %.3f" % (  # noqa: UP031 (the book's format)
             trainer.current_epoch + 1,
             trainer.global_step,
             train,
             float(val) if val is not None else float("nan"),
         )
+        # DPO: the book's line goes on with the reward margins (the objective's row for this evaluation).
+        row = (getattr(pl_module, "history", None) or [{}])[-1]
+        if row.get("step") == trainer.global_step and row.get("val_reward_margin") is not None:
+            margins = (row.get("train_reward_margin"), row["val_reward_margin"])
+            line += ", Train reward margins %.3f, Val reward margins %.3f" % tuple(  # noqa: UP031
+                float("nan") if m is None else m for m in margins
+            )
+        log.info(line)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val = trainer.callback_metrics.get("val/loss")

@@ -57,8 +57,9 @@ def plot_values(
     """The book's ``plot_values``: training and validation ``label`` against epochs, examples seen on a second axis."""
     plt = _pyplot()
     fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
-    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    marker = "o" if len(epochs_seen) < 20 else None  # a few points: each one visible
+    ax1.plot(epochs_seen, train_values, marker=marker, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", marker=marker, label=f"Validation {label}")
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel(label.capitalize())
     ax1.legend()

@@ -32,6 +32,7 @@ from gpt_lab.config import input_path
 from gpt_lab.model.classifier import PAD_TOKEN_ID, pooled_logits, replace_head
 from gpt_lab.model.finetune import load_base_state
 from gpt_lab.model.gpt import GPTModel, model_config_dict
+from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class ClassifierLitModule(GPTLitModule):
         model = GPTModel(cfg)
         if init_state:
             load_base_state(model, init_state)
-        if model.cfg["num_classes"] != len(class_names):
+        new_head = model.cfg["num_classes"] != len(class_names)
+        if new_head:
             torch.manual_seed(seed)  # the book seeds right before the new head
             replace_head(model, len(class_names))
         super().__init__(
@@ -94,6 +96,12 @@ class ClassifierLitModule(GPTLitModule):
                 "max_length": max_length,
             }
         )
+        head_adapted = any("lora" in name for name, _ in self.model.out_head.named_parameters())
+        if new_head and finetune == "lora" and not head_adapted:
+            # lora.targets left the new head out: it trains whole (peft's modules_to_save), not frozen at
+            # its random values. A targeted head trains through its adapter (appendix E's count).
+            self.model.out_head.requires_grad_(True)
+            self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.examples_seen = 0
         self.warmup_steps = 0
         self._resume_rng_state: torch.Tensor | None = None
@@ -184,6 +192,17 @@ class ClassifierLitModule(GPTLitModule):
             }
         )
         self._window = []
+
+    def _history_from_step_0(self, trainer: L.Trainer) -> list[dict[str, float | int]]:
+        """The evaluations, led by the losses before the first step (the initial-loss callback's), as the
+        book's log and the DPO plot start: a curve even when training evaluated once."""
+        from gpt_lab.training.callbacks import InitialLossEvaluation
+
+        initial = next((c for c in trainer.callbacks if isinstance(c, InitialLossEvaluation)), None)
+        if initial is None or initial.train_loss is None or any(r["step"] == 0 for r in self.eval_history):
+            return list(self.eval_history)
+        start = {"step": 0, "epoch": 0.0, "examples_seen": 0, "train_loss": initial.train_loss}
+        return [{**start, "val_loss": initial.val_loss}, *self.eval_history]
 
     def _epochs_done(self) -> float:
         batches = self.trainer.num_training_batches
@@ -300,8 +319,9 @@ class ClassifierLitModule(GPTLitModule):
         results["truncated_texts"] = dict(datamodule.truncated)
         results["examples_seen"] = self.examples_seen
         results["tokens_seen"] = self.tokens_seen
-        results["eval_history"] = self.eval_history
+        results["eval_history"] = self._history_from_step_0(trainer)
         results["epoch_history"] = self.epoch_history
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
             log.info(
                 "Accuracy over the full sets: training %.2f%%, validation %.2f%%, test %.2f%%",
@@ -318,8 +338,8 @@ class ClassifierLitModule(GPTLitModule):
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,
             }
-            results["model_file"] = str(self.write_model_files(out, meta))
-            figures = save_figures(out, self.eval_history, self.epoch_history, metrics["test"], names)
+            results["model_file"] = str(self.write_model_files(out, meta, state))
+            figures = save_figures(out, results["eval_history"], self.epoch_history, metrics["test"], names)
             results["figures"] = {k: str(v) for k, v in figures.items()}
             self._log_final(trainer, results, figures)
         return results

@@ -7,10 +7,13 @@ the same starting weights:
     loss = -logsigmoid(beta * ((pi_c - rho_c) - (pi_r - rho_r)))
 
 with ``pi`` / ``rho`` the policy's / reference's log-probability of a response's tokens (prompt
-and padding masked), averaged per response token as the book does (``dpo.logprob=mean``) or
-summed as TRL does (``dpo.logprob=sum``); ``dpo.loss=ipo|hinge`` and ``dpo.label_smoothing`` are
-the other losses TRL offers (``gpt_lab.training.dpo_loss``, with the metrics under the book's and
-TRL's names).
+and padding masked), averaged per token as the book's notebook does (``dpo.logprob=mean``: the
+targets the data module's collate leaves, the last tokens of the response header and the
+response), averaged over the response and its end-of-text (``response_mean``) or summed as TRL
+does (``sum``); ``dpo.loss=ipo|hinge`` and ``dpo.label_smoothing`` are the other losses TRL offers
+(``gpt_lab.training.dpo_loss``, with the metrics under the book's and TRL's names). The rewards are
+the book's: ``pi_c - rho_c`` (chosen) and ``pi_r - rho_r`` (rejected), not scaled by beta (TRL's
+are beta times these); their difference is the reward margin.
 
 The reference: with full fine-tuning a second ``GPTModel`` holding the starting weights, frozen,
 in eval mode, left out of checkpoints (rebuilt from ``init_from`` on resume; a fingerprint in the
@@ -35,7 +38,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from gpt_lab.config import input_path
+from gpt_lab.config import DPO_LOGPROBS, input_path
 from gpt_lab.data.preferences import collate_preferences
 from gpt_lab.errors import UserError
 from gpt_lab.model.finetune import load_base_state
@@ -45,7 +48,6 @@ from gpt_lab.training.lit_module import GPTLitModule, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
-LOGPROB_REDUCTIONS = ("mean", "sum")
 REFERENCE_KINDS = ("frozen_copy", "lora_base", "precomputed", "none")  # results.json dpo_reference
 
 
@@ -96,8 +98,8 @@ class DPOLitModule(GPTLitModule):
         super().__init__(model_cfg, lr, weight_decay, **kwargs)
         if not beta > 0:
             raise UserError(f"dpo.beta={beta} must be > 0 (the book's 0.1)")
-        if logprob not in LOGPROB_REDUCTIONS:
-            raise UserError(f"dpo.logprob={logprob} must be one of {', '.join(LOGPROB_REDUCTIONS)}")
+        if logprob not in DPO_LOGPROBS:
+            raise UserError(f"dpo.logprob={logprob} must be one of {', '.join(DPO_LOGPROBS)}")
         # One call holds every hyper-parameter (a second save_hyperparameters would replace the first's).
         self.save_hyperparameters(
             {
@@ -172,12 +174,14 @@ class DPOLitModule(GPTLitModule):
     def precompute_reference_logprobs(self, datamodule: Any, batch_size: int) -> None:
         """Store the starting model's log-probabilities (chosen, rejected) with every training and
         validation pair of ``datamodule``; call while ``self.model`` holds the starting weights."""
+        # The targets dpo.logprob counts, as the training batches' (PreferenceDataModule.collate).
+        collate = getattr(datamodule, "collate", None) or collate_preferences
         with _eval_mode(self.model):
             for split in ("train", "val"):
                 pairs = datamodule.datasets[split].pairs
                 for start in range(0, len(pairs), batch_size):
                     chunk = pairs[start : start + batch_size]
-                    inputs, targets = collate_preferences(chunk)[:2]
+                    inputs, targets = collate(chunk)[:2]
                     logits = self.model(inputs.to(self.device))
                     logps = response_logprobs(logits, targets.to(self.device), self.hparams.logprob)
                     chosen, rejected = logps.cpu().chunk(2)

@@ -41,7 +41,8 @@ METRICS = BOOK_METRICS + TRL_METRICS
 def response_logprobs(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Log-probability of each row's response: logits (n, t, vocab), targets (n, t) with -100 masked → (n,).
 
-    ``reduction="mean"``: averaged over the row's response tokens (the book); ``"sum"``: summed (TRL).
+    ``reduction="mean"`` or ``"response_mean"``: averaged over the row's targets that count; ``"sum"``:
+    summed (TRL). Which targets count is the collate's choice (gpt_lab.data.preferences).
     """
     n, t, vocab = logits.shape
     token_logp = -F.cross_entropy(

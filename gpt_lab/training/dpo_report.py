@@ -124,6 +124,8 @@ def initial_metrics(trainer: L.Trainer) -> dict[str, dict[str, float]]:
 
 
 def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
+    from gpt_lab.training.fsdp import gathered_model_state
+
     out_dir = Path(cfg.paths.output_dir)
     final = {split: lit.eval_metrics(datamodule.eval_dataloader(split)) for split in ("train", "val")}
     if trainer.is_global_zero:
@@ -153,6 +155,7 @@ def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> di
         dpo_curve=rows,
         **datamodule.split_sizes(),
     )
+    state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
     if trainer.is_global_zero:
         results["plot"] = str(plot_dpo_curves(rows, out_dir / PLOT_FILE))
         # model.pth (adapters merged, the book's layout) and model.json with the prompt style: init_from=<this run>.
@@ -162,7 +165,7 @@ def finish_dpo(lit: DPORun, trainer: L.Trainer, datamodule: Any, cfg: Any) -> di
             "prompt_style": datamodule.prompt_style,
             "objective": "dpo",
         }
-        results["book_checkpoint"] = str(lit.write_model_files(out_dir, meta))
+        results["book_checkpoint"] = str(lit.write_model_files(out_dir, meta, state))
         n = write_test_responses(lit, datamodule, cfg, out_dir / RESPONSES_FILE)
         results["test_responses"] = str(out_dir / RESPONSES_FILE) if n else None
     return results

@@ -22,6 +22,7 @@ from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, RESPONSES_FILE, a
 from gpt_lab.storage import write_text_atomic
 from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
+from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.loss import mean_loss
 from gpt_lab.training.loss_plot import plot_losses
@@ -56,6 +57,13 @@ class InstructionLitModule(GPTLitModule):
         """The book's ``calc_loss_loader``: the mean of the batches' mean losses (padding ignored)."""
         return mean_loss(self.model, batches, self.device, per_batch=True)
 
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, "validation", batch_idx)
+        # Each batch counts once, as calc_loss_loader (and results.json's val_loss) count it: the logged
+        # val/loss over the same batches is the same number (docs/instructions.md, "Losses").
+        self.log("val/loss", loss, prog_bar=True, batch_size=1, sync_dist=True)
+        return loss
+
     def _first_val_entry(self) -> dict[str, Any] | None:
         datamodule = getattr(self.trainer, "datamodule", None)
         entries = getattr(datamodule, "splits", {}).get("val") or []
@@ -83,10 +91,11 @@ class InstructionLitModule(GPTLitModule):
         super().on_load_checkpoint(checkpoint)
         self.epoch_responses = list(checkpoint.get("epoch_responses", []))
 
-    def save_model(self, run_dir: Path) -> Path:
-        """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style."""
+    def save_model(self, run_dir: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """``model.pth`` (adapters merged, the book's layout) and ``model.json``: its config and prompt style.
+        ``state``: the whole state dict when the model is sharded (FSDP)."""
         meta = {"prompt_style": self.prompt_style, "finetune": self.hparams.finetune, "lora": self.hparams.lora}
-        return self.write_model_files(run_dir, meta)
+        return self.write_model_files(run_dir, meta, state)
 
     def finish(self, trainer: L.Trainer, datamodule: Any, cfg: Any) -> dict[str, Any]:
         """Final losses, the model and its prompt style, the loss plot, then the test split answered."""
@@ -101,11 +110,12 @@ class InstructionLitModule(GPTLitModule):
             "tokens_seen": self.tokens_seen,
             "epoch_responses": list(self.epoch_responses),
         }
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if not trainer.is_global_zero:
             return results
         log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
         run_dir = Path(cfg.paths.output_dir)
-        results["book_checkpoint"] = str(self.save_model(run_dir))
+        results["book_checkpoint"] = str(self.save_model(run_dir, state))
         history = next((c for c in trainer.callbacks if isinstance(c, LossHistory)), None)
         steps_per_epoch = max(int(trainer.num_training_batches) // trainer.accumulate_grad_batches, 1)
         plot = plot_losses(history.evaluations if history else [], steps_per_epoch, run_dir / LOSS_PLOT_FILE)

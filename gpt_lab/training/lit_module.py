@@ -161,7 +161,7 @@ class GPTLitModule(L.LightningModule):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().state_dict(*args, **kwargs)
-        if self.adapters_only:
+        if self.adapters_only and not getattr(self, "whole_state_dict", False):
             prefix = kwargs.get("prefix", "")
             for key in self.base_keys:
                 state.pop(f"{prefix}model.{key}", None)
@@ -209,7 +209,9 @@ class GPTLitModule(L.LightningModule):
         from gpt_lab.config.architecture import is_book_architecture
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
+        from gpt_lab.model.finetuned import write_meta
         from gpt_lab.tokenizer import get_tokenizer
+        from gpt_lab.training.fsdp import gathered_model_state
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
         val_loss = self.mean_loss(datamodule.eval_dataloader("val"))
@@ -218,12 +220,14 @@ class GPTLitModule(L.LightningModule):
         tokenizer = get_tokenizer()
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
         book_path = Path(cfg.paths.output_dir) / MODEL_FILE
+        state = gathered_model_state(trainer)  # every process: FSDP gathers its shards
         if trainer.is_global_zero:
             if self.hparams.finetune == "all" and is_book_architecture(self.model.cfg):
                 save_book_checkpoint(self.model, book_path)
+                write_meta(self.model, cfg.paths.output_dir, {"finetune": "all"})  # init_from=<run> builds it
             else:  # adapters merged, and model.json saying how it was made (an architecture variant's parts)
                 meta = {"finetune": self.hparams.finetune, "lora": self.hparams.lora}
-                self.write_model_files(cfg.paths.output_dir, meta)
+                self.write_model_files(cfg.paths.output_dir, meta, state)
         results = {
             "prompt": cfg.prompt,
             **sample,
@@ -321,12 +325,15 @@ class GPTLitModule(L.LightningModule):
         idx = batch[0] if isinstance(batch, list | tuple) else batch
         return self.generate(idx)
 
-    def write_model_files(self, out_dir: str | Path, meta: Mapping[str, Any]) -> Path:
-        """``model.pth`` and ``model.json`` (``save_finetuned``); a LoRA run on ``init_from`` weights adds
-        ``adapter.safetensors`` and ``adapter.json`` (its own tensors and the base reference)."""
+    def write_model_files(
+        self, out_dir: str | Path, meta: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None
+    ) -> Path:
+        """``model.pth`` and ``model.json`` (``save_finetuned``; ``state``: the whole state dict when the
+        model is sharded, FSDP); a LoRA run on ``init_from`` weights adds ``adapter.safetensors`` and
+        ``adapter.json`` (its own tensors and the base reference)."""
         from gpt_lab.model.finetuned import save_finetuned
 
-        path = save_finetuned(self.model, out_dir, meta)
+        path = save_finetuned(self.model, out_dir, meta, state)
         if self.adapters_only:
             write_adapter(self.model, Path(out_dir), self.hparams.lora, self.base_reference)
         return path
