@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gpt_lab.config.architecture import ARCH_DEFAULTS, ARCH_GROUPS
 from gpt_lab.config.schema import DROPOUT_KEYS, GPT2_SIZES, ModelConfig
 from gpt_lab.errors import ConfigError
 
@@ -76,6 +77,11 @@ def adopt_saved_model(plain: dict[str, Any], init_from: Path | None, overrides: 
     model = plain["model"]
     group, keys = explicit_model_overrides(overrides)
     stated = set(keys) | (set(SIZE_KEYS) if group else set())
+    # An architecture group named on the command line (attention=mla, ...) is the user's choice: the
+    # architecture keys stay as composed, and the weights' own check refuses a variant they cannot fill.
+    chosen_parts = any(str(item).split("=", 1)[0].lstrip("+~") in ARCH_GROUPS for item in overrides)
+    if chosen_parts:
+        stated -= set(ARCH_DEFAULTS)
     clashes = [
         f"model.{k}={model[k]} (saved: {saved[k]})"
         for k in sorted(stated - set(DROPOUT_KEYS) - {"name"})
@@ -90,7 +96,7 @@ def adopt_saved_model(plain: dict[str, Any], init_from: Path | None, overrides: 
             "saved model, or start from weights of the model you name"
         )
     for key in _SCHEMA_KEYS:
-        if key in saved and key not in DROPOUT_KEYS:
+        if key in saved and key not in DROPOUT_KEYS and not (chosen_parts and key in ARCH_DEFAULTS):
             model[key] = saved[key]
 
 
