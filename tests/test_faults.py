@@ -243,13 +243,14 @@ def test_sigterm_to_a_parallel_sweep_stops_each_job_with_its_checkpoint(workdir:
         "seed=1,2,3",
         "hydra.sweep.dir=sweep",
     )
+    # Job directories start with the job number (seed=1,2,3 are jobs 0, 1, 2; gpt_lab.run.sweep.job_dir_name).
     for seed in (1, 2):  # the two jobs running at once
-        _wait_for(lambda seed=seed: list((workdir / "sweep").glob(f"*seed={seed}*/run.log")), STARTED_TRAINING, sweep)
+        _wait_for(lambda seed=seed: list((workdir / "sweep").glob(f"{seed - 1}_*/run.log")), STARTED_TRAINING, sweep)
     sweep.send_signal(signal.SIGTERM)
     code, _, err = _finish(sweep)
     assert code == 143, err[-3000:]
     for seed in (1, 2):
-        results = _results(next((workdir / "sweep").glob(f"*seed={seed}*")))
+        results = _results(next((workdir / "sweep").glob(f"{seed - 1}_*")))
         assert (results["status"], results["signal"]) == ("interrupted", "SIGTERM"), results
         assert torch.load(results["checkpoint"], weights_only=True)["global_step"] == results["step"]
     summary = (workdir / "sweep" / "summary.md").read_text()
