@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from configs import TINY_RUN
+from configs import TINY_RUN, write_sms
 from omegaconf import DictConfig
 
 from gpt_lab.data.labelled import read_labelled
@@ -23,14 +23,6 @@ from gpt_lab.run.job import run_task
 from gpt_lab.training.resume import ResumeError
 
 C6 = ("experiment=ch06", *TINY_RUN, "trainer.max_steps=2", "classifier.initial_eval_batches=1", "logger=csv")
-HAM = ["see you at lunch", "how was the game", "call me later", "the meeting moved"]
-SPAM = ["win a prize now", "free money click here", "urgent offer call now"]
-
-
-def _sms(path: Path, n: int = 12, spam: str = "spam") -> Path:
-    lines = [f"ham\t{HAM[i % 4]} {i}" for i in range(n)] + [f"{spam}\t{SPAM[i % 3]} {i}" for i in range(n)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,7 +33,7 @@ def _sms(path: Path, n: int = 12, spam: str = "spam") -> Path:
 def test_case_5_resuming_a_classifier_checks_data_file_classes_and_batch_size(
     compose_config: Callable[..., DictConfig], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _sms(tmp_path / "sms.tsv")
+    data = write_sms(tmp_path / "sms.tsv")
     run = tmp_path / "run"
     first = run_task(compose_config(*C6, f"data.path={data}", run_dir=run))
     assert first["status"] == "completed"
@@ -54,12 +46,12 @@ def test_case_5_resuming_a_classifier_checks_data_file_classes_and_batch_size(
     def resume(*overrides: str) -> None:
         run_task(compose_config(*C6, "trainer.max_steps=4", "ckpt_path=last", *overrides, run_dir=run))
 
-    other = _sms(tmp_path / "other.tsv")
+    other = write_sms(tmp_path / "other.tsv")
     with pytest.raises(ResumeError, match=r"trained on data.path=.*sms.tsv, and this run reads data.path=.*other.tsv"):
         resume(f"data.path={other}")
     with pytest.raises(ResumeError, match=r"data.batch_size=8, and this run asks for data.batch_size=4"):
         resume(f"data.path={data}", "data.batch_size=4")
-    _sms(data, spam="junk")  # the same file, relabelled: class 1 would mean "junk"
+    write_sms(data, spam="junk")  # the same file, relabelled: class 1 would mean "junk"
     with pytest.raises(DataError, match=r"trained on the classes \['ham', 'spam'\].*gives \['ham', 'junk'\]"):
         resume(f"data.path={data}")
     # Nothing of the run changed: its record, its splits.
@@ -91,7 +83,7 @@ def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp
     # What such a checkpoint holds: the resumable loader's state, no data module hyper-parameters.
     old = {"loops": {"fit_loop": {"state_dict": {"combined_loader": [{"batches_done": 3}]}}}}
     plan = ResumePlan(tmp_path / "old.ckpt", data=trained_data(old))
-    dm = ClassificationDataModule(context_length=32, path=_sms(tmp_path / "sms.tsv"))
+    dm = ClassificationDataModule(context_length=32, path=write_sms(tmp_path / "sms.tsv"))
     check_resume_data(plan, dm)  # nothing to compare with: not refused
     # One written now names its files and batch size, and another batch size is refused.
     new = {"datamodule_hyper_parameters": dict(dm.hparams)}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from configs import TINY_RUN
+from configs import TINY_RUN, write_sms
 from conftest import RUN_SCRIPT
 from omegaconf import DictConfig
 
@@ -23,14 +23,6 @@ from gpt_lab.data.text import DataError
 from gpt_lab.run.job import run_task
 
 C6 = ("experiment=ch06", *TINY_RUN, "trainer.max_steps=4", "classifier.initial_eval_batches=1", "logger=csv")
-HAM = ["see you at lunch", "how was the game", "call me later", "the meeting moved"]
-SPAM = ["win a prize now", "free money click here", "urgent offer call now"]
-
-
-def _sms(path: Path, n: int = 12, spam: str = "spam") -> Path:
-    lines = [f"ham\t{HAM[i % 4]} {i}" for i in range(n)] + [f"{spam}\t{SPAM[i % 3]} {i}" for i in range(n)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,13 +41,13 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow  # one tiny training run and three refused attempts, each a process of its own
 def test_case_1_a_failed_attempt_leaves_a_finished_run_byte_for_byte(tmp_path: Path) -> None:
-    data = _sms(tmp_path / "sms.tsv")
+    data = write_sms(tmp_path / "sms.tsv")
     done = _cli(tmp_path, *C6, f"data.path={data}", "hydra.run.dir=run")
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     before = _files(run)
     assert json.loads(before["results.json"])["status"] == "completed"
-    other = _sms(tmp_path / "other.tsv", n=10, spam="junk")
+    other = write_sms(tmp_path / "other.tsv", n=10, spam="junk")
     attempts = [
         # A missing data file, with a value that would change the record's settings.
         (*C6, "data.path=x.tsv", "optim.lr=5", "ckpt_path=last"),
