@@ -158,3 +158,48 @@ def test_lora_instruction_tuning_of_qwen3_then_respond_and_dpo(qwen: Path, tmp_p
     dpo = _run_results(tmp_path / "dpo")
     assert dpo["status"] == "completed" and dpo["model_config"]["vocab_size"] == VOCAB
     assert (tmp_path / "dpo" / "tokenizer.json").is_file()
+
+
+def test_classification_of_qwen3_pads_with_its_end_of_sequence_id(
+    qwen: Path, tmp_path: Path, run_cli: Callable
+) -> None:
+    from configs import write_sms
+
+    write_sms(tmp_path / "sms.tsv", n=10)
+    done = run_cli(
+        "experiment=ch06",
+        f"init_from={qwen}",
+        "data.path=sms.tsv",
+        "data.batch_size=4",
+        "classifier.pooling=last_nonpad",
+        "trainer.max_epochs=1",
+        "hydra.run.dir=cls",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "cls" / "model.json").read_text())
+    assert meta["pad_token_id"] == ENDOFTEXT  # generation_config.json's eos_token_id, never 50256
+    done = run_cli("task=classify", "init_from=cls", "text='Hello, I am a small model.'", "hydra.run.dir=label")
+    assert done.returncode == 0, done.stderr[-3000:]
+    label = _run_results(tmp_path / "label")
+    assert label["predictions"][0]["label"] in meta["class_names"]
+
+
+def test_chapter5_training_reads_the_text_with_the_family_tokenizer(
+    qwen: Path, tmp_path: Path, run_cli: Callable
+) -> None:
+    from gpt_lab.data.text import packaged_text, read_text, split_text
+
+    done = run_cli(
+        "task=train",
+        f"init_from={qwen}",
+        "data.path=gpt_lab:the-verdict.txt",
+        "trainer.max_steps=2",
+        "callbacks.sample_text.max_new_tokens=3",
+        "hydra.run.dir=ch05",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = _run_results(tmp_path / "ch05")
+    train_text, val_text = split_text(read_text(packaged_text("gpt_lab:the-verdict.txt")), 0.9)
+    assert results["train_tokens"] == len(raw_ids(qwen, train_text))  # not GPT-2's count of the same text
+    assert results["val_tokens"] == len(raw_ids(qwen, val_text))
+    assert results["model_config"]["vocab_size"] == VOCAB and results["global_step"] == 2
