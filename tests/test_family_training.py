@@ -203,3 +203,15 @@ def test_chapter5_training_reads_the_text_with_the_family_tokenizer(
     assert results["train_tokens"] == len(raw_ids(qwen, train_text))  # not GPT-2's count of the same text
     assert results["val_tokens"] == len(raw_ids(qwen, val_text))
     assert results["model_config"]["vocab_size"] == VOCAB and results["global_step"] == 2
+
+
+def test_a_vocabulary_other_than_gpt2s_needs_its_tokenizer(qwen: Path, compose_config: Callable) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"vocab_size=151936 must be 50257.*unless the model comes with its own"):
+        validate_config(compose_config("model=qwen3_0_6b"))  # GPT-2's tokenizer cannot decode its ids
+    with pytest.raises(ConfigError, match=r"model.vocab_size=320 must be 50257.*no embedding"):
+        validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320"))
+    validate_config(compose_config("task=estimate", "model=qwen3_0_6b"))  # sizes only: no tokenizer read
+    validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320", f"init_from={qwen}"))
