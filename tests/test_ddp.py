@@ -41,3 +41,32 @@ def test_ddp_two_cpu_processes_share_one_run_directory(tmp_path: Path, run_cli: 
     assert results["tokens_seen"] == 6 * 2 * 2 * 16
     assert (run / "model.pth").is_file() and Path(results["checkpoint"]).is_file()
     assert results["val_loss"] < results["initial_val_loss"] + 0.5
+
+
+@pytest.mark.slow  # two training processes started through the command line
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_ddp_trains_a_mixture_of_experts_whose_steps_leave_experts_unused(tmp_path: Path, run_cli: Callable) -> None:
+    # 8 experts, 1 per token, 8 tokens a batch: some expert gets no token in most steps, so its
+    # parameters have no gradient; plain DDP then waited for them for ever (hung at step 2).
+    (tmp_path / "story.txt").write_text("The cat sat on the mat. The dog lay by the door. " * 30, encoding="utf-8")
+    proc = run_cli(
+        "task=train",
+        *TINY_RUN,
+        "ffn=moe",
+        "model.num_experts=8",
+        "model.experts_per_token=1",
+        "model.moe_hidden_dim=8",
+        "data.path=story.txt",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "callbacks.sample_text.max_new_tokens=3",
+        "hydra.run.dir=runs/moe",
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "moe" / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["global_step"] == 6  # as the dense model's run above: every step of both processes ran
+    assert "ddp_find_unused_parameters_true" in (tmp_path / "runs" / "moe" / "run.log").read_text()
