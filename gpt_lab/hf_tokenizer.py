@@ -225,4 +225,15 @@ def copy_tokenizer_files(init_from: str | Path | None, run_dir: str | Path) -> l
             partial = run_dir / f"{name}.partial"
             shutil.copyfile(source / name, partial)
             copied.append(partial.replace(run_dir / name))
+    # config.json stays behind (it would make the run directory look like the family's weights): its
+    # end-of-sequence ids go in front of generation_config.json's, so the run reads the same stop_ids.
+    config = _json(source / "config.json")
+    first = _ids(config.get("eos_token_id")) + _ids((config.get("text_config") or {}).get("eos_token_id"))
+    if first:
+        generation = _json(source / "generation_config.json")
+        generation["eos_token_id"] = list(dict.fromkeys(first + _ids(generation.get("eos_token_id"))))
+        partial = run_dir / "generation_config.json.partial"
+        partial.write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+        written = partial.replace(run_dir / "generation_config.json")
+        copied = [*[f for f in copied if f != written], written]
     return copied
