@@ -86,21 +86,22 @@ def test_export_without_a_directory_is_a_user_error(run_cli: Callable[..., objec
 
 
 def test_a_lora_fine_tuned_llama_run_exports_to_transformers(tmp_path: Path, run_cli: Callable[..., object]) -> None:
-    """Point 6 for a family: a tiny Llama 3 directory (tied head, RoPE scaling), LoRA-trained on chapter 5's
-    text with its own tokenizer, exported: transformers gives gpt_lab's logits, the tokenizer travels."""
-    from hf_files import save_hf_model, write_tokenizer
+    """Point 6 for a family: a tiny Llama 3 directory (tied head, RoPE scaling), LoRA-trained on a short
+    chapter-5 text with its own tokenizer, exported: transformers gives gpt_lab's logits, the tokenizer travels."""
+    from hf_files import TEXT, save_hf_model, write_tokenizer
 
     from gpt_lab.model.finetuned import load_finetuned
 
     base = save_hf_model("llama", tmp_path / "llama", seed=4, vocab_size=320)
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     write_tokenizer(tmp_path / "llama", specials, bos="<|begin_of_text|>", vocab_size=300)
+    (tmp_path / "story.txt").write_text(" ".join(TEXT[:3] * 12), encoding="utf-8")
     done = run_cli(
         "task=train",
         "finetune=lora",
         "lora.rank=4",
         "init_from=llama",
-        "data.path=gpt_lab:the-verdict.txt",
+        "data.path=story.txt",
         "optim.lr=0.01",
         "trainer.max_steps=3",
         "callbacks.sample_text.max_new_tokens=2",

@@ -187,19 +187,23 @@ def test_classification_of_qwen3_pads_with_its_end_of_sequence_id(
 def test_chapter5_training_reads_the_text_with_the_family_tokenizer(
     qwen: Path, tmp_path: Path, run_cli: Callable
 ) -> None:
-    from gpt_lab.data.text import packaged_text, read_text, split_text
+    from hf_files import TEXT
 
+    from gpt_lab.data.text import split_text
+
+    text = " ".join(TEXT[:3] * 12)  # about 2,000 characters: a short chapter-5 text
+    (tmp_path / "story.txt").write_text(text, encoding="utf-8")
     done = run_cli(
         "task=train",
         f"init_from={qwen}",
-        "data.path=gpt_lab:the-verdict.txt",
+        "data.path=story.txt",
         "trainer.max_steps=2",
         "callbacks.sample_text.max_new_tokens=3",
         "hydra.run.dir=ch05",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = _run_results(tmp_path / "ch05")
-    train_text, val_text = split_text(read_text(packaged_text("gpt_lab:the-verdict.txt")), 0.9)
+    train_text, val_text = split_text(text, 0.9)
     assert results["train_tokens"] == len(raw_ids(qwen, train_text))  # not GPT-2's count of the same text
     assert results["val_tokens"] == len(raw_ids(qwen, val_text))
     assert results["model_config"]["vocab_size"] == VOCAB and results["global_step"] == 2
