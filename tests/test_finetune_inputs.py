@@ -93,6 +93,32 @@ def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. A resume from a step that was evaluated keeps that evaluation
+
+
+def test_case_7_sigterm_on_an_evaluation_step_resumes_with_every_evaluation(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """Evaluations every 2 steps of 6 (4 batches an epoch): SIGTERM during step 2 stopped before step 2's
+    evaluation, and the resume (Lightning skips the evaluation of the step it restarts at) lost it."""
+    from gpt_lab.run.status import RunInterrupted
+
+    data = write_sms(tmp_path / "sms.tsv")
+    common = (*C6, f"data.path={data}", "data.batch_size=4", "trainer.max_steps=6", "trainer.val_check_interval=2")
+    whole = run_task(compose_config(*common, run_dir=tmp_path / "whole"))
+    run = tmp_path / "run"
+    sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", "+callbacks.signal.batch=1")
+    with pytest.raises(RunInterrupted) as stopped:
+        run_task(compose_config(*common, *sigterm, run_dir=run))
+    assert stopped.value.step == 2
+    resumed = run_task(compose_config(*common, "ckpt_path=last", run_dir=run))
+    assert [r["step"] for r in whole["eval_history"]] == [0, 2, 4, 6]  # step 0: the untrained model
+    assert resumed["eval_history"] == whole["eval_history"]  # every field, the losses to the bit
+    assert resumed["epoch_history"] == whole["epoch_history"]
+    assert (resumed["val_loss"], resumed["test_accuracy"]) == (whole["val_loss"], whole["test_accuracy"])
+
+
+# ---------------------------------------------------------------------------------------------
 # 3, 4. Labelled files read as pandas reads them
 
 
