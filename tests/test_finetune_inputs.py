@@ -362,6 +362,32 @@ def test_case_11_a_binary_init_from_is_one_sentence_without_torchs_advice(tmp_pa
         assert "\n" not in text and "weights_only" not in text and "not a weights file gpt_lab can read" in text
 
 
+def test_case_11_dpo_pairs_without_room_say_max_length_and_cut_pairs_are_not_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """data.max_length=5 once said "give more entries"; pairs only cut to the context read as skipped
+    (issue 27 point 6): they are counted apart, and a warning says when all of them were cut."""
+    import logging
+
+    from gpt_lab.data.preferences import PreferenceDataError, PreferenceDataModule
+
+    words = " ".join(["word"] * 40)  # 40 tokens a response: beyond 60 with the alpaca prompt
+    entries = [{"instruction": f"Say {i}.", "chosen": f"{i} {words}", "rejected": words} for i in range(20)]
+    path = _write(tmp_path, "pairs.json", json.dumps(entries))
+    with pytest.raises(PreferenceDataError, match=r"fits data.max_length=5 tokens .*raise data.max_length") as err:
+        PreferenceDataModule(path, max_length=5, batch_size=4).setup()
+    assert "give more entries" not in str(err.value)
+    dm = PreferenceDataModule(path, max_length=60, batch_size=4)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    sizes = dm.split_sizes()
+    # The book's split of 20: 17 train, 2 test, the 1 left validates; every pair kept, every pair cut.
+    assert sizes["split_sizes"] == {"train": 17, "val": 1, "test": 2}
+    assert sizes["truncated_pairs"] == {"train": 17, "val": 1, "test": 2}
+    assert all(set(counts.values()) == {0} for counts in sizes["skipped_pairs"].values())
+    assert "all 17 train pair(s) are cut to the context of 60 tokens (kept" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------
 # 12. Smaller
 
