@@ -281,7 +281,12 @@ class StopOnSignal(L.Callback):
     """SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) during training: finish the
     current optimizer step, write a checkpoint there through the ModelCheckpoint callback, and
     raise ``RunInterrupted`` (signal, step, checkpoint). Stopping only where an optimizer step has
-    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step).
+    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step). A step
+    that the trainer evaluates after (``trainer.val_check_interval``) stops after that evaluation,
+    so the checkpoint holds it: a resume skips the evaluation of the step it starts from, and the
+    run's history, results.json and plots would otherwise lack that point (issue 30, case 7). An
+    epoch's last step still stops before its evaluation (a checkpoint after it does not resume
+    exactly): that one point is missing from the resumed run's history.
 
     A repeated SIGTERM changes nothing (schedulers and ``kill`` send it more than once; the stop is
     on its way); a second SIGINT (Ctrl-C again) stops at once, without a checkpoint. The handlers
@@ -296,6 +301,7 @@ class StopOnSignal(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._step_at_batch_start = 0
+        self._stop_after_evaluation_at: int | None = None  # the step whose evaluation comes before the stop
         self._trainer: L.Trainer | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -312,7 +318,7 @@ class StopOnSignal(L.Callback):
             log.warning("Received %s again: still stopping after this optimizer step", name)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received, self._trainer = None, trainer
+        self.received, self._trainer, self._stop_after_evaluation_at = None, trainer, None
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -344,6 +350,19 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
+        # An epoch's last step stops here: a checkpoint taken after its evaluation does not resume exactly.
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and _evaluation_follows(trainer):
+            self._stop_after_evaluation_at = trainer.global_step
+            log.warning("Stopping after the evaluation of step %d", trainer.global_step)
+            return
+        self._stop(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and self._stop_after_evaluation_at == trainer.global_step:
+            self._stop(trainer, pl_module)
+
+    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the checkpoint of this step (the ModelCheckpoint callback's) and raise ``RunInterrupted``."""
         signum = self.received or signal.SIGTERM
         stop = RunInterrupted(signum, trainer.global_step)
         callback = trainer.checkpoint_callback
@@ -360,3 +379,14 @@ class StopOnSignal(L.Callback):
                 stop.checkpoint = str(newest) if newest is not None else None
         log.warning("Stopping at step %d on %s; checkpoint %s", stop.step, stop.signal_name, stop.checkpoint)
         raise stop
+
+
+def _evaluation_follows(trainer: L.Trainer) -> bool:
+    """Whether the training loop evaluates after the step that has just ended (its own rule, asked of it:
+    ``val_check_interval`` in batches, the epoch's last batch, ``check_val_every_n_epoch``). A time-based
+    interval gives no answer ahead: False, the stop comes before the evaluation as for any other step."""
+    epoch_loop, fetcher = trainer.fit_loop.epoch_loop, getattr(trainer.fit_loop, "_data_fetcher", None)
+    check = getattr(epoch_loop, "_should_check_val_fx", None)
+    if check is None or fetcher is None or getattr(trainer, "_val_check_time_interval", None) is not None:
+        return False
+    return bool(check(fetcher))

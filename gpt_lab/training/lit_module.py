@@ -362,6 +362,15 @@ class GPTLitModule(L.LightningModule):
         self._resume_rng_state = checkpoint.get("rng_state")
         self._resume_cuda_rng_state = checkpoint.get("cuda_rng_state")
 
+    # Lightning writes a step's scalars at the count of optimizer steps finished before that step (the
+    # loss of step 1 at 0, an evaluation after step 5 at 4); a logged ``step`` is the x-axis it uses
+    # instead, so TensorBoard and CSV name the step the progress lines, results.json and the plots name.
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.log("step", float(self.global_step + 1))  # the optimizer step this batch is part of
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.log("step", float(self.global_step), batch_size=1)  # the steps taken before this evaluation
+
     def on_train_start(self) -> None:
         scheduler = self.lr_schedulers()
         if scheduler is not None:
