@@ -185,6 +185,13 @@ def check_architecture(m: Mapping[str, Any]) -> list[str]:
             parse_sliding_pattern(get("sliding_pattern"), int(m.get("n_layers") or 0))
         except ValueError as err:
             problems.append(str(err))
+    if m.get("causal_mask") is False and (get("window") == "sliding" or attention == "deltanet"):
+        chosen = "window=sliding" if get("window") == "sliding" else "attention=deltanet"
+        problems.append(
+            f"causal_mask=off lets every position see the whole text, but {chosen} is causal by construction "
+            "(a window of earlier tokens, a recurrent state): keep causal_mask=on, or use window=full with "
+            "attention=mha, gqa or mla"
+        )
     if get("ffn") == "moe":
         experts, k = m.get("num_experts"), m.get("experts_per_token")
         problems += _positive(m, "num_experts", "for ffn=moe", False)

@@ -172,7 +172,7 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"data.batch_size={d.batch_size} must be a positive integer")
     if d.stride is not None and d.stride <= 0:
         problems.append(f"data.stride={d.stride} must be a positive integer, or null for the context length")
-    if not 0.0 < d.train_ratio < 1.0:
+    if d.train_ratio is not None and not 0.0 < d.train_ratio < 1.0:
         problems.append(f"data.train_ratio={d.train_ratio} must be in (0, 1)")
     if d.num_workers is not None and d.num_workers < 0:
         problems.append(f"data.num_workers={d.num_workers} must be >= 0")

@@ -84,13 +84,40 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer
     problems = check_components(cfg)  # the types the constructors would accept and fail on later
     loggers = _instantiate_group(cfg, "logger", problems)
     callbacks = _drop_lr_monitor_without_logger(_instantiate_group(cfg, "callbacks", problems), loggers)
+    trainer_cfg = _ddp_for_experts(cfg)
     try:
-        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+        trainer = instantiate(trainer_cfg, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
     except InstantiationException as err:
         problems.append(_instantiation_problem("trainer", cfg.trainer, err))
     if problems:
         raise ConfigError("; ".join(problems))
     return trainer
+
+
+# Lightning's registered name for DDP that tolerates parameters without a gradient in a step.
+DDP_UNUSED = "ddp_find_unused_parameters_true"
+
+
+def _ddp_for_experts(cfg: DictConfig) -> DictConfig:
+    """``trainer.strategy=ddp`` with ``ffn=moe``: a step routes no token to some experts, their
+    parameters get no gradient, and plain DDP waits for them for ever (two CPU processes hung at step
+    2). Such a model trains with Lightning's ``ddp_find_unused_parameters_true`` instead (logged)."""
+    if OmegaConf.select(cfg, "trainer.strategy") != "ddp" or OmegaConf.select(cfg, "model.ffn") != "moe":
+        return cfg.trainer
+    log.info("ffn=moe under DDP: trainer.strategy=%s (experts a step does not use have no gradient)", DDP_UNUSED)
+    trainer_cfg = cfg.trainer.copy()
+    trainer_cfg.strategy = DDP_UNUSED
+    return trainer_cfg
+
+
+def _refuse_ddp_unused_experts(cfg: DictConfig, model_cfg: Any) -> None:
+    """The model came from ``init_from`` (not ``cfg.model``) with experts, under plain DDP: say how to run it."""
+    if model_cfg.get("ffn") == "moe" and _ddp_for_experts(cfg).get("strategy") == "ddp":
+        raise ConfigError(
+            f"init_from={cfg.init_from} is a mixture-of-experts model and trainer.strategy=ddp waits for a gradient "
+            f"from every expert, which a step may not route tokens to: add trainer.strategy={DDP_UNUSED} "
+            "(or ffn=moe, which sets it)"
+        )
 
 
 def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
@@ -173,6 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
+    _refuse_ddp_unused_experts(cfg, model_cfg)
     if cfg.data.name != "classification":  # every other objective trains a language model
         require_language_model(model_cfg, cfg.init_from, f"experiment / data={cfg.data.name}")
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
