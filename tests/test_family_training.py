@@ -219,3 +219,18 @@ def test_a_vocabulary_other_than_gpt2s_needs_its_tokenizer(qwen: Path, compose_c
         validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320"))
     validate_config(compose_config("task=estimate", "model=qwen3_0_6b"))  # sizes only: no tokenizer read
     validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320", f"init_from={qwen}"))
+
+
+def test_a_chat_style_the_tokenizer_lacks_is_warned_and_ends_with_its_eos(
+    qwen: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gpt_lab.data.instructions import end_of_item
+
+    with caplog.at_level("WARNING"):
+        assert end_of_item(tokenizer_for(qwen), "llama3") == (ENDOFTEXT, True)  # no <|eot_id|> in Qwen3's
+    assert "data.prompt_style=llama3 does not fit this model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert end_of_item(tokenizer_for(qwen), "alpaca") == (ENDOFTEXT, True)
+        assert end_of_item(tokenizer_for(None), "qwen3") == (50256, True)  # GPT-2: the book's end-of-text
+    assert caplog.text == ""
