@@ -96,26 +96,34 @@ def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp
 # 7. A resume from a step that was evaluated keeps that evaluation
 
 
-def test_case_7_sigterm_on_an_evaluation_step_resumes_with_every_evaluation(
+def test_case_7_a_resume_from_an_evaluated_step_keeps_every_evaluation(
     compose_config: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
-    """Evaluations every 2 steps of 6 (4 batches an epoch): SIGTERM during step 2 stopped before step 2's
-    evaluation, and the resume (Lightning skips the evaluation of the step it restarts at) lost it."""
+    """Evaluations every 2 steps of 6, 4 batches an epoch. SIGTERM during step 2 (mid-epoch) or step 4 (the
+    epoch's last) stopped before that step's evaluation and the resume (Lightning skips the evaluation of the
+    step it restarts at) lost it; a run extended from max_steps=4 replayed epoch 1's end with another
+    shuffle and recorded the epoch twice. Each resumed run must equal the uninterrupted one."""
     from gpt_lab.run.status import RunInterrupted
 
     data = write_sms(tmp_path / "sms.tsv")
-    common = (*C6, f"data.path={data}", "data.batch_size=4", "trainer.max_steps=6", "trainer.val_check_interval=2")
-    whole = run_task(compose_config(*common, run_dir=tmp_path / "whole"))
-    run = tmp_path / "run"
-    sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", "+callbacks.signal.batch=1")
-    with pytest.raises(RunInterrupted) as stopped:
-        run_task(compose_config(*common, *sigterm, run_dir=run))
-    assert stopped.value.step == 2
-    resumed = run_task(compose_config(*common, "ckpt_path=last", run_dir=run))
+    common = (*C6, f"data.path={data}", "data.batch_size=4", "trainer.val_check_interval=2")
+    whole = run_task(compose_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "whole"))
     assert [r["step"] for r in whole["eval_history"]] == [0, 2, 4, 6]  # step 0: the untrained model
-    assert resumed["eval_history"] == whole["eval_history"]  # every field, the losses to the bit
-    assert resumed["epoch_history"] == whole["epoch_history"]
-    assert (resumed["val_loss"], resumed["test_accuracy"]) == (whole["val_loss"], whole["test_accuracy"])
+    assert [r["step"] for r in whole["epoch_history"]] == [4, 6]
+    for batch, stop in ((1, 2), (3, 4), (None, 4)):
+        run = tmp_path / f"run{batch}-{stop}"
+        if batch is None:  # a finished run, extended
+            run_task(compose_config(*common, f"trainer.max_steps={stop}", run_dir=run))
+        else:
+            sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", f"+callbacks.signal.batch={batch}")
+            with pytest.raises(RunInterrupted) as stopped:
+                run_task(compose_config(*common, "trainer.max_steps=6", *sigterm, run_dir=run))
+            assert stopped.value.step == stop
+        resumed = run_task(compose_config(*common, "trainer.max_steps=6", "ckpt_path=last", run_dir=run))
+        assert resumed["eval_history"] == whole["eval_history"], (batch, stop)  # every field, losses to the bit
+        assert resumed["epoch_history"] == whole["epoch_history"], (batch, stop)
+        for key in ("val_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
+            assert resumed[key] == whole[key], (batch, stop, key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,7 +211,12 @@ def check_config(cfg: DictConfig) -> list[str]:
         problems.append(f"optim.lr={cfg.optim.lr} must be a number in (0, {MAX_LR:g}], e.g. 0.0004")
     if not 0 <= cfg.optim.weight_decay < math.inf:
         problems.append(f"optim.weight_decay={cfg.optim.weight_decay} must be a finite number >= 0")
-    if cfg.ckpt_path and cfg.task.name != "train":
+    if cfg.task.name == "judge" and cfg.ckpt_path and cfg.ckpt_path != "last":
+        problems.append(
+            f"ckpt_path={cfg.ckpt_path}: task=judge resumes with ckpt_path=last only (with the run's hydra.run.dir: "
+            "the scores it holds are kept)"
+        )
+    elif cfg.ckpt_path and cfg.task.name not in ("train", "judge"):
         problems.append(
             f"ckpt_path={cfg.ckpt_path} resumes training and only task=train uses it; to {cfg.task.name} with "
             f"a checkpoint's weights give init_from={cfg.ckpt_path}"

@@ -87,6 +87,7 @@ class ResumableDataLoader(DataLoader):
         self._epoch_start_state: torch.Tensor | None = None
         self._batches_done = 0
         self._resume: dict[str, Any] | None = None
+        self._next_epoch_state: torch.Tensor | None = None  # a resumed finished epoch: where the next one starts
 
     def __iter__(self) -> Iterator[Any]:
         skip = 0
@@ -95,7 +96,11 @@ class ResumableDataLoader(DataLoader):
                 self.generator.set_state(self._resume["epoch_start_state"])
                 skip = self._resume["batches_done"]
             else:  # the epoch was complete: go on from where its draws left the generator
-                self.generator.set_state(self._resume["generator_state"])
+                self._next_epoch_state = self._resume["generator_state"]
+        if self._next_epoch_state is not None and self.generator is not None:
+            # Until a batch is drawn: Lightning may make an iterator for the finished epoch first (a checkpoint
+            # taken after its last batch's evaluation) and draw nothing from it; the next epoch starts here too.
+            self.generator.set_state(self._next_epoch_state)
         self._resume = None
         self._epoch_start_state = self.generator.get_state() if self.generator is not None else None
         self._batches_done = 0
@@ -107,6 +112,7 @@ class ResumableDataLoader(DataLoader):
         self._batches_done = skip
         for batch in batches:
             self._batches_done += 1
+            self._next_epoch_state = None
             yield batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -285,8 +285,7 @@ class StopOnSignal(L.Callback):
     that the trainer evaluates after (``trainer.val_check_interval``) stops after that evaluation,
     so the checkpoint holds it: a resume skips the evaluation of the step it starts from, and the
     run's history, results.json and plots would otherwise lack that point (issue 30, case 7). An
-    epoch's last step still stops before its evaluation (a checkpoint after it does not resume
-    exactly): that one point is missing from the resumed run's history.
+    epoch's last step stops there too, before the epoch's end, which the resumed run then records.
 
     A repeated SIGTERM changes nothing (schedulers and ``kill`` send it more than once; the stop is
     on its way); a second SIGINT (Ctrl-C again) stops at once, without a checkpoint. The handlers
@@ -350,8 +349,7 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        # An epoch's last step stops here: a checkpoint taken after its evaluation does not resume exactly.
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and _evaluation_follows(trainer):
+        if _evaluation_follows(trainer):
             self._stop_after_evaluation_at = trainer.global_step
             log.warning("Stopping after the evaluation of step %d", trainer.global_step)
             return

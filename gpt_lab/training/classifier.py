@@ -269,6 +269,8 @@ class ClassifierLitModule(GPTLitModule):
             val = self.evaluate(datamodule.eval_dataloader("val"), n)["accuracy"]
         self.log("train/accuracy_epoch", train)
         self.log("val/accuracy_epoch", val)
+        if self.epoch_history and self.epoch_history[-1]["epoch"] == self.current_epoch + 1:
+            self.epoch_history.pop()  # a run resumed from this epoch's end checkpoint ends the epoch again
         self.epoch_history.append(
             {
                 "epoch": self.current_epoch + 1,

@@ -74,6 +74,8 @@ class InstructionLitModule(GPTLitModule):
         if entry is None or not self.trainer.is_global_zero:
             return
         got = answer(self.model, self.tokenizer, entry, self.prompt_style, EPOCH_RESPONSE_TOKENS)
+        if self.epoch_responses and self.epoch_responses[-1]["epoch"] == self.current_epoch + 1:
+            self.epoch_responses.pop()  # a run resumed from this epoch's end checkpoint ends the epoch again
         self.epoch_responses.append(
             {"epoch": self.current_epoch + 1, "step": self.global_step, "response": got["response"]}
         )
