@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_lab.model.packed import is_transposed
+
 MAX_ROWS = 4  # a decoding step: at most this many rows per product (batch x new tokens)
 
 
@@ -65,7 +67,10 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if k <= 1 or n == 0:
         return F.linear(x, weight, bias)
     rows = x.reshape(1, -1, n_in).expand(k, -1, n_in)  # (k, rows, n_in)
-    chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
+    if is_transposed(weight):  # stored (n_in, n_out): chunk j is columns j*n .. of it, rows of n contiguous
+        chunks = weight.t()[:, : k * n].unflatten(1, (k, n)).permute(1, 0, 2)  # (k, n_in, n), a view
+    else:
+        chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
     y = torch.bmm(rows, chunks) if bias is None else torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks)
     y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)  # (..., k * n)
     if k * n < n_out:  # the last n_out % k features (an odd vocabulary)
@@ -170,7 +175,9 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         weight = self.head.weight if self.head is not None else None
-        if weight is not None and weight.device.type == "cpu":
+        # A weight already stored (emb_dim, vocab) (generation.weights=fp32: packed.transpose_weights_)
+        # streams as fast as the copy would: the head then runs split_linear like the other layers.
+        if weight is not None and weight.device.type == "cpu" and not is_transposed(weight):
             self.head_chunks = transposed_chunks(weight.detach(), self.threads)
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
@@ -226,7 +233,7 @@ class Decoder:
         head = self.head
         chunks = self.head_chunks
         if chunks is None or not is_decode_call(x) or chunks.dtype != x.dtype:
-            return F.linear(x, head.weight, head.bias)
+            return self._linear(x, head)
         k, d, n = chunks.shape
         if self.path == "split":
             y = torch.bmm(x.reshape(1, -1, d).expand(k, -1, d), chunks)  # (k, rows, n)
