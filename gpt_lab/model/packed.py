@@ -85,6 +85,13 @@ class PackedLinear(nn.Module):
         destination[prefix + "weight"] = self.weight
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:  # the plain (out, in) weight, packed again
+            self._hold(weight.detach().to(self.weight.dtype))
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.packed
         if packed is None or x.dtype != packed.dtype or x.device.type != "cpu" or torch.is_grad_enabled():
