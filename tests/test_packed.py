@@ -140,3 +140,31 @@ def test_pack_skips_layers_named_and_subclasses() -> None:
         return
     assert isinstance(att.W_query, LoRALinear) and type(att.W_key) is nn.Linear
     assert isinstance(att.W_value, PackedLinear)
+
+
+def test_head_copy_is_kept_for_an_eval_model_and_rebuilt_when_its_weights_change() -> None:
+    from gpt_lab.generation import decoding
+
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    idx = torch.tensor([[1, 2, 3]])
+    first = generate(model, idx, 4, TINY["context_length"])
+    kept = decoding._HEAD_COPIES[model.out_head.weight][1]
+    generate(model, idx, 4, TINY["context_length"])
+    assert decoding._HEAD_COPIES[model.out_head.weight][1] is kept  # reused, not rebuilt
+    with torch.no_grad():
+        model.out_head.weight.mul_(-1)  # in place: the kept copy is stale
+    flipped = generate(model, idx, 4, TINY["context_length"])
+    assert decoding._HEAD_COPIES[model.out_head.weight][1] is not kept
+    reference = GPTModel(TINY).eval()
+    reference.load_state_dict(model.state_dict())
+    assert torch.equal(flipped, generate(reference, idx, 4, TINY["context_length"], use_cache=False))
+    assert not torch.equal(flipped, first)
+
+
+def test_no_head_copy_is_kept_for_a_model_in_training_mode() -> None:
+    from gpt_lab.generation import decoding
+
+    model = GPTModel(TINY).train()
+    generate(model, torch.tensor([[1, 2]]), 2, TINY["context_length"])
+    assert decoding._HEAD_COPIES.get(model.out_head.weight) is None and model.training

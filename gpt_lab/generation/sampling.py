@@ -118,7 +118,9 @@ def _steps(
     # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
-    decoder = Decoder(model) if is_gpt_model and idx.device.type == "cpu" else None
+    # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
+    # training run's sample: its weights change before the next one.
+    decoder = Decoder(model, keep_head_copy=not was_training) if is_gpt_model and idx.device.type == "cpu" else None
     try:
         with decoder or contextlib.nullcontext():
             for _ in range(max_new_tokens):
