@@ -191,9 +191,7 @@ class Decoder:
         # Only layers that compute nn.Linear's own function: a subclass (appendix E's LoRALinear adds
         # its adapters' product) keeps its forward.
         self.linears = [m for m in model.modules() if _plain_linear(m) and m is not self.head]
-        self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
-        if self.head is not None:
-            self.forwards.append((self.head, self._head))
+        self.forwards: list[tuple[nn.Module, object]] = []  # filled on entry, once the head copy is known
         self.head_chunks: torch.Tensor | None = None
         # Until the first look (after MIN_INTERVAL), the plain path: it never collapses, and on an
         # idle machine those first steps (the prompt's included) cost a step's time or so.
@@ -207,6 +205,12 @@ class Decoder:
         # streams as fast as the copy would: the head then runs split_linear like the other layers.
         if weight is not None and weight.device.type == "cpu" and not is_transposed(weight):
             self.head_chunks = head_copy(weight, self.threads, self.keep_head_copy)
+        # On one thread the split product is F.linear itself: only the head's copy changes anything
+        # (and a Python call per layer per token is what short generations of tiny models pay for).
+        if self.threads > 1:
+            self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
+        if self.head is not None and (self.threads > 1 or self.head_chunks is not None):
+            self.forwards.append((self.head, self._head))
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
             if not monitor.readable:  # no /proc/stat: the split path, unwatched
