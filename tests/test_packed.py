@@ -93,7 +93,10 @@ def test_fp32_weights_stored_transposed_keep_shape_values_and_tokens() -> None:
     model = GPTModel(TINY).eval()
     model.load_state_dict(book.state_dict())
     laid_out = transpose_weights_(model)
-    assert laid_out == 6 * TINY["n_layers"] + 1
+    # Per block the four attention projections (d -> d) and the feed-forward's first layer (d -> 4d);
+    # its second (4d -> d) narrows and stays as it is; and the head (d -> vocab).
+    assert laid_out == 5 * TINY["n_layers"] + 1
+    assert model.trf_blocks[0].ff.layers[2].weight.is_contiguous()
     head = model.out_head.weight
     assert is_transposed(head) and head.shape == book.out_head.weight.shape
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), book.state_dict().values(), strict=True))

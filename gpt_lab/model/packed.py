@@ -8,10 +8,12 @@ How fast a CPU library streams them depends on their layout in memory:
   once (``torch.ops.mkldnn._reorder_linear_weight``, as inductor's CPU freezing does) and multiplied
   by ``torch.ops.mkldnn._linear_pointwise``, the same product streams at 20-35 GB/s. ``PackedLinear``
   holds only the reordered weight (one copy: its ``weight`` is rebuilt on request).
-- fp32: MKL's one-row product reads an (in, out) matrix, row after row of outputs, about 1.5x faster
-  than ``nn.Linear``'s (out, in) (docs/performance.md). ``transpose_weights_`` stores each Linear's
-  weight that way in place: the same shape and values, strides (1, out); ``F.linear`` then runs
-  the fast product, and nothing is copied per call.
+- fp32: MKL's one-row product streams an (in, out) matrix 1.2-1.6x faster than ``nn.Linear``'s
+  (out, in) when the layer widens (out >= in: attention's projections, the feed-forward's first
+  layer, the output head), and 0.8x when it narrows (the feed-forward's second layer), measured
+  at one thread (docs/performance.md). ``transpose_weights_`` stores the weights of the widening
+  Linears that way, in place: the same shape and values, strides (1, out); ``F.linear`` then runs
+  the faster product, and nothing is copied per call.
 
 Both are exact: the products sum the same terms as ``F.linear`` (oneDNN's bf16 product is the one
 ``F.linear`` calls; MKL's two layouts may add in another order, which the tests bound).
@@ -130,9 +132,10 @@ def pack_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
 
 
 def transpose_weights_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
-    """Store every plain ``nn.Linear``'s weight as the transpose of an (in, out) matrix, in place:
-    the same shape, values and parameter, strides (1, out). Weights shared with another module
-    (a tied output head is the token embedding) are left alone. Returns how many were laid out."""
+    """Store the weight of every plain ``nn.Linear`` with out >= in features as the transpose of an
+    (in, out) matrix, in place: the same shape, values and parameter, strides (1, out). Narrowing
+    layers (out < in: faster as they are) and weights shared with another module (a tied output
+    head is the token embedding) are left alone. Returns how many were laid out."""
     linears = _plain_linears(model, skip)
     owners: dict[int, int] = {}
     for module in model.modules():
@@ -142,7 +145,7 @@ def transpose_weights_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
     with torch.no_grad():
         for _, _, linear in linears:
             w = linear.weight
-            if owners.get(id(w), 0) > 1 or w.dim() != 2 or w.stride() == (1, w.shape[0]):
+            if owners.get(id(w), 0) > 1 or w.dim() != 2 or w.shape[1] > w.shape[0] or is_transposed(w):
                 continue
             w.data = w.data.t().contiguous().t()
             count += 1
