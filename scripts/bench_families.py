@@ -2,7 +2,7 @@
 preset and of Qwen3 0.6B's shapes, gpt_lab against transformers in fp32 and bf16, and the peak memory
 of loading a 1B checkpoint.
 
-    python scripts/bench_families.py [--quick] [--threads N] [--new-tokens N] [--reps N] [--no-load] [--json PATH]
+    python scripts/bench_families.py [--quick] [--threads N] [--cpu-time] [--new-tokens N] [--reps N] [--no-load]
 
 1. Generation: for ``llama3_2_tiny``, ``qwen3_tiny``, ``qwen3_moe_tiny``, ``gemma3_tiny`` and (not with
    --quick) ``qwen3_0_6b``, the preset's shapes become a transformers config
@@ -26,11 +26,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import interleaved, summary
+from bench_common import summary
 
 from gpt_lab.generation.sampling import generate
 from gpt_lab.generation.weights import ACTIVATION_DTYPE, use_weights
@@ -47,6 +49,20 @@ PROMPT = [[15, 27, 3, 61, 8, 40]]
 CONTEXT = 256  # the cache's length: prompt + new tokens fit (Qwen3's 40,960 positions would allocate GBs)
 # A GPT-2 config for build_model to start from: the directory's config.json replaces it whole.
 START = {"vocab_size": 50257, "context_length": 64, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
+
+
+CLOCK = time.perf_counter  # --cpu-time: time.process_time
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each function (``CLOCK``), round-robin over ``reps`` rounds, the order rotated."""
+    names, out = list(fns), {name: [] for name in fns}
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            started = CLOCK()
+            fns[name]()
+            out[name].append(CLOCK() - started)
+    return out
 
 
 def preset_config(name: str) -> dict[str, Any]:
@@ -96,7 +112,7 @@ def bench_family(name: str, directory: Path, args: argparse.Namespace) -> dict[s
             if not torch.equal(tokens["gpt_lab fp32"], tokens["transformers fp32"]):
                 raise AssertionError(f"{name}: gpt_lab's fp32 greedy tokens differ from transformers'")
             reference = tokens["gpt_lab fp32"][0, idx.shape[1] :]
-        for label, seconds in interleaved(impls, args.reps, warmup=0).items():
+        for label, seconds in interleaved(impls, args.reps).items():
             agree = int((tokens[label][0, idx.shape[1] :] == reference).sum())
             rows[label] = {**summary(seconds, n), "tokens_equal_fp32": agree}
         rows[f"ratio {weights}"] = rows[f"gpt_lab {weights}"]["median"] / rows[f"transformers {weights}"]["median"]
@@ -181,11 +197,19 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="default 100 (quick: 30)")
     parser.add_argument("--reps", type=int, default=None, help="rounds (default 5, quick: 3)")
     parser.add_argument("--no-load", action="store_true", help="skip the 1B loading row")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time this process's CPU seconds, not the wall clock (a machine shared with other jobs; use --threads 1)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "families.json")
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (30 if args.quick else 100)
     args.reps = args.reps or (3 if args.quick else 5)
     torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     print(f"## model families: gpt_lab vs transformers, greedy, batch 1 (torch {torch.__version__})", flush=True)
     results: dict[str, Any] = {}
     for name in PRESETS if args.quick else (*PRESETS, LARGE):
