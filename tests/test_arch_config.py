@@ -76,6 +76,11 @@ def test_every_group_composes_with_every_other(compose_config) -> None:
         (["pos_emb=rope", "+model.rope_scaling.type=linear"], "model.rope_scaling={'type': 'linear'} must be null"),
         (["norm=rmsnorm", "model.norm_eps=0"], "model.norm_eps=0.0 must be a positive number"),
         (["attention=deltanet", "model.full_attention_every=-1"], "model.full_attention_every=-1 must be 0"),
+        (
+            ["window=sliding", "causal_mask=off"],
+            "causal_mask=off lets every position see the whole text, but window=sliding",
+        ),
+        (["attention=deltanet", "causal_mask=off"], "but attention=deltanet is causal by construction"),
         (["model.attention=gqq"], "model.attention=gqq is not a choice; choose one of mha, gqa, mla, deltanet"),
     ],
 )

@@ -204,5 +204,9 @@ def test_config_key_of_another_group_option_is_refused_naming_it() -> None:
     assert misplaced_group_keys(["task=prepare", "data.source=books/"]) == [
         "data.source is a key of data=corpus, not of data=text: add data=corpus"
     ]
-    assert misplaced_group_keys(["data=corpus", "data.source=b", "data.stride=4", "data.path=a"]) == []
+    assert misplaced_group_keys(["data=corpus", "data.source=b", "data.path=a"]) == []
+    # Issue 29: data=corpus no longer inherits the text option's windows (it never used them).
+    assert misplaced_group_keys(["data=corpus", "data.stride=4"]) == [
+        "data.stride is a key of data=text, not of data=corpus: add data=text"
+    ]
     assert misplaced_group_keys(["data.stride=4", "+data.source=b", "model.emb_dim=8", "trainer.max_steps=3"]) == []

@@ -303,6 +303,46 @@ def test_train_lowers_the_loss_then_evaluate_reports_loss_and_perplexity(
     assert evaluated["eval_windows"] == len(blocks)
 
 
+VARIANT = [
+    "attention=gqa",
+    "model.n_kv_heads=1",
+    "window=sliding",
+    "model.sliding_window=6",
+    "model.sliding_pattern=1:1",
+    "model.n_layers=2",
+    "pos_emb=rope",
+    "norm=rmsnorm",
+    "ffn=swiglu",
+]
+
+
+def test_a_lab_variant_pretrains_on_the_corpus_and_evaluates_from_its_run_directory(
+    corpus: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 25 point 4: corpus pretraining of a composed variant (GQA, sliding window shorter than the
+    context, RoPE, RMSNorm, SwiGLU); evaluate rebuilds it from the run's model.json alone."""
+    out = tmp_path / "train"
+    results = run_task(
+        _config(
+            corpus["root"], out, "task=train", "data.dir=prepared", "++trainer.max_steps=24", "optim.lr=0.02", *VARIANT
+        )
+    )
+    assert results["status"] == "completed"
+    assert results["val_loss"] < results["initial_val_loss"] - 0.5
+    saved = json.loads((out / "model.json").read_text())["model"]
+    assert (saved["attention"], saved["window"], saved["pos_emb"], saved["ffn"]) == ("gqa", "sliding", "rope", "swiglu")
+
+    evaluated = run_task(
+        _config(corpus["root"], tmp_path / "eval", "task=evaluate", "data.dir=prepared", f"init_from={out}")
+    )
+    model = GPTModel(saved).eval()  # the variant, from the file a user would pass on
+    model.load_state_dict(torch.load(out / "model.pth", weights_only=True))
+    blocks = torch.tensor(_blocks(corpus["streams"]["val"], CONTEXT + 1))
+    with torch.no_grad():
+        expected = F.cross_entropy(model(blocks[:, :-1]).flatten(0, 1), blocks[:, 1:].flatten()).item()
+    assert evaluated["loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_resume_mid_epoch_continues_with_the_same_batches(corpus: dict[str, Any], tmp_path: Path) -> None:
     n_batches = len(_blocks(corpus["streams"]["train"], CONTEXT + 1)) // BATCH
     assert n_batches >= 6  # step 3 is in the middle of the first epoch

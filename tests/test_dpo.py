@@ -449,6 +449,30 @@ def test_dpo_resumes_with_ckpt_path_last(dpo_config: Callable[..., DictConfig], 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # three DPO runs (~30 s on two busy cores); test_finetune_inputs' case 7 covers the callback fast
+def test_dpo_sigterm_on_an_evaluation_step_resumes_with_the_whole_curve(
+    dpo_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """Issue 30 case 7: stopped during step 4, which is evaluated, the resumed run's curve lacked step 4."""
+    from gpt_lab.run.status import RunInterrupted
+
+    quick = (
+        "logger=none",
+        "dpo.test_responses=0",
+        "trainer.val_check_interval=2",
+        "trainer.max_steps=6",
+        "trainer.max_epochs=2",
+    )
+    whole = run_task(dpo_config(tmp_path / "whole", *quick))
+    sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", "+callbacks.signal.batch=3")
+    with pytest.raises(RunInterrupted) as stopped:
+        run_task(dpo_config(tmp_path / "resumed", *quick, *sigterm))
+    assert stopped.value.step == 4
+    resumed = run_task(dpo_config(tmp_path / "resumed", *quick, "ckpt_path=last"))
+    assert [row["step"] for row in whole["dpo_curve"]] == [0, 2, 4, 6]
+    assert resumed["dpo_curve"] == whole["dpo_curve"]
+
+
 def test_cli_without_init_from_exits_2_with_one_paragraph(run_cli: Callable, files: dict[str, Path]) -> None:
     done = run_cli("experiment=dpo", *MODEL_OVERRIDES, f"data.path={files['pairs']}")
     assert done.returncode == 2

@@ -93,6 +93,40 @@ def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. A resume from a step that was evaluated keeps that evaluation
+
+
+def test_case_7_a_resume_from_an_evaluated_step_keeps_every_evaluation(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """Evaluations every 2 steps of 6, 4 batches an epoch. SIGTERM during step 2 (mid-epoch) or step 4 (the
+    epoch's last) stopped before that step's evaluation and the resume (Lightning skips the evaluation of the
+    step it restarts at) lost it; a run extended from max_steps=4 replayed epoch 1's end with another
+    shuffle and recorded the epoch twice. Each resumed run must equal the uninterrupted one."""
+    from gpt_lab.run.status import RunInterrupted
+
+    data = write_sms(tmp_path / "sms.tsv")
+    common = (*C6, f"data.path={data}", "data.batch_size=4", "trainer.val_check_interval=2")
+    whole = run_task(compose_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "whole"))
+    assert [r["step"] for r in whole["eval_history"]] == [0, 2, 4, 6]  # step 0: the untrained model
+    assert [r["step"] for r in whole["epoch_history"]] == [4, 6]
+    for batch, stop in ((1, 2), (3, 4), (None, 4)):
+        run = tmp_path / f"run{batch}-{stop}"
+        if batch is None:  # a finished run, extended
+            run_task(compose_config(*common, f"trainer.max_steps={stop}", run_dir=run))
+        else:
+            sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", f"+callbacks.signal.batch={batch}")
+            with pytest.raises(RunInterrupted) as stopped:
+                run_task(compose_config(*common, "trainer.max_steps=6", *sigterm, run_dir=run))
+            assert stopped.value.step == stop
+        resumed = run_task(compose_config(*common, "trainer.max_steps=6", "ckpt_path=last", run_dir=run))
+        assert resumed["eval_history"] == whole["eval_history"], (batch, stop)  # every field, losses to the bit
+        assert resumed["epoch_history"] == whole["epoch_history"], (batch, stop)
+        for key in ("val_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
+            assert resumed[key] == whole[key], (batch, stop, key)
+
+
+# ---------------------------------------------------------------------------------------------
 # 3, 4. Labelled files read as pandas reads them
 
 
@@ -334,6 +368,32 @@ def test_case_11_a_binary_init_from_is_one_sentence_without_torchs_advice(tmp_pa
             load_pretrained(tmp_path / name)
         text = str(err.value)
         assert "\n" not in text and "weights_only" not in text and "not a weights file gpt_lab can read" in text
+
+
+def test_case_11_dpo_pairs_without_room_say_max_length_and_cut_pairs_are_not_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """data.max_length=5 once said "give more entries"; pairs only cut to the context read as skipped
+    (issue 27 point 6): they are counted apart, and a warning says when all of them were cut."""
+    import logging
+
+    from gpt_lab.data.preferences import PreferenceDataError, PreferenceDataModule
+
+    words = " ".join(["word"] * 40)  # 40 tokens a response: beyond 60 with the alpaca prompt
+    entries = [{"instruction": f"Say {i}.", "chosen": f"{i} {words}", "rejected": words} for i in range(20)]
+    path = _write(tmp_path, "pairs.json", json.dumps(entries))
+    with pytest.raises(PreferenceDataError, match=r"fits data.max_length=5 tokens .*raise data.max_length") as err:
+        PreferenceDataModule(path, max_length=5, batch_size=4).setup()
+    assert "give more entries" not in str(err.value)
+    dm = PreferenceDataModule(path, max_length=60, batch_size=4)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    sizes = dm.split_sizes()
+    # The book's split of 20: 17 train, 2 test, the 1 left validates; every pair kept, every pair cut.
+    assert sizes["split_sizes"] == {"train": 17, "val": 1, "test": 2}
+    assert sizes["truncated_pairs"] == {"train": 17, "val": 1, "test": 2}
+    assert all(set(counts.values()) == {0} for counts in sizes["skipped_pairs"].values())
+    assert "all 17 train pair(s) are cut to the context of 60 tokens (kept" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,3 +166,42 @@ def test_a_reply_that_is_not_streamed_is_read_too(
     server = ollama(["100", "0", "55"], stream=False)
     results = _judge(compose_config, tmp_path / "judge", f"judge.url={server.url}", f"judge.responses={responses}")
     assert results["scores"] == [100, 0, 55]
+
+
+def test_a_judge_run_resumes_in_place_keeping_its_scores(
+    compose_config: Callable[..., DictConfig], ollama: Callable[..., FakeOllama], responses: Path, tmp_path: Path
+) -> None:
+    """Issue 30 case 12: the re-run once scored from entry 0 in a new directory. ckpt_path=last with the run's
+    directory keeps entries 0 and 1 as they were and asks the judge about entry 2 only."""
+    out = tmp_path / "judge"
+    dying = ollama(["75", "20", None])
+    with pytest.raises(UserError, match=rf"hydra.run.dir={out} ckpt_path=last continues from entry 2"):
+        _judge(compose_config, out, f"judge.url={dying.url}", f"judge.responses={responses}")
+    server = ollama(["55"])
+    results = _judge(compose_config, out, f"judge.url={server.url}", f"judge.responses={responses}", "ckpt_path=last")
+    assert results["scores"] == [75, 20, 55]
+    assert results["average_score"] == pytest.approx((75 + 20 + 55) / 3)
+    assert (
+        len(server.requests) == 1
+        and "score the model response `Hello.`" in server.requests[0]["messages"][0]["content"]
+    )
+    written = json.loads((out / "judge-scores.json").read_text())
+    assert [{k: v for k, v in e.items() if k not in ("score", "judge_reply")} for e in written] == ENTRIES
+    # Done: a resume asks nothing more; another responses file is refused, the scores left as they are.
+    assert _judge(compose_config, out, f"judge.url={server.url}", f"judge.responses={responses}", "ckpt_path=last")[
+        "scores"
+    ] == [75, 20, 55]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([ENTRIES[1], ENTRIES[0], ENTRIES[2]]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"entry 0 of .*judge-scores.json is not entry 0 of judge.responses="):
+        _judge(compose_config, out, f"judge.url={server.url}", f"judge.responses={other}", "ckpt_path=last")
+    assert json.loads((out / "judge-scores.json").read_text()) == written
+    assert len(server.requests) == 1
+
+
+def test_judge_takes_ckpt_path_last_only(compose_config: Callable[..., DictConfig], responses: Path) -> None:
+    from gpt_lab.config import validate_config
+    from gpt_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ckpt_path=a.ckpt: task=judge resumes with ckpt_path=last only"):
+        validate_config(compose_config("task=judge", f"judge.responses={responses}", "ckpt_path=a.ckpt"))

@@ -182,10 +182,12 @@ def test_grad_norm_and_tokens_per_sec_logged_every_step(tmp_path: Path, train: C
         for key, value in row.items():
             if value != "":
                 by_step.setdefault(int(row["step"]), {})[key] = value
-    grad_norms = [float(by_step[s]["train/grad_norm"]) for s in range(4)]
+    # A step's scalars at its 1-based number (the progress lines' "Step"); the recorder's step k is 0-based.
+    grad_norms = [float(by_step[s + 1]["train/grad_norm"]) for s in range(4)]
     # Logged before clipping: the recorder's own norm, not the limit.
     assert grad_norms == pytest.approx([r["before"] for r in StepRecorder.records], rel=1e-4)
-    assert all(float(by_step[s]["train/tokens_per_sec"]) > 0 for s in range(4))
+    assert all(float(by_step[s + 1]["train/tokens_per_sec"]) > 0 for s in range(4))
+    # The rate of the step about to be taken, at the count of steps before it (appendix D's x-axis).
     assert all(float(by_step[s]["lr-AdamW"]) == pytest.approx(0.0004) for s in range(4))
 
 

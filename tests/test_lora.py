@@ -321,14 +321,19 @@ def _qkv_lora(seed: int = 0) -> nn.Module:
 
 
 def test_lora_forward_is_the_plain_expression_under_autocast_too() -> None:
-    """Issue 29: no separate fast path; under autocast the layer is autocast's own reading of the formula."""
+    """Issue 29: no separate fast path; under autocast the layer computes the formula in bf16 (its inputs
+    rounded to bf16, as autocast does), within bf16's rounding of the float64 result."""
     att = _qkv_lora()
     x = torch.randn(2, 5, att.W_query.in_features)
     for m in (att.W_query, att.W_key, att.W_value):
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-            got = m(x)
-            expected = torch.nn.functional.linear(x, m.weight, m.bias) + m.scale * (x @ m.lora_A @ m.lora_B)
-        assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+        with torch.no_grad():
+            torch.nn.init.normal_(m.lora_B)  # B starts at zero: the update would vanish
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = m(x)
+            x64, w64, b64, a64, bb64 = (t.bfloat16().double() for t in (x, m.weight, m.bias, m.lora_A, m.lora_B))
+            expected = torch.nn.functional.linear(x64, w64, b64) + m.scale * (x64 @ a64 @ bb64)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.double(), expected, rtol=2**-7, atol=2**-7 * expected.abs().max().item())
         with torch.no_grad():
             torch.testing.assert_close(m(x), _written_out(x, m))
     assert not any(name.startswith("_") for name in vars(att.W_query) if name not in vars(nn.Linear(1, 1)))

@@ -151,3 +151,45 @@ def test_case_9_sigterm_after_training_records_the_checkpoint(
     # The checkpoint the fit wrote at its end, which ckpt_path=last resumes: its file says step 3.
     assert record["checkpoint"] is not None and record["step"] == 3
     assert torch.load(record["checkpoint"], weights_only=True, mmap=True)["global_step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A run or sweep directory that cannot be written: one paragraph, exit 2, before any work
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a directory no one may write)")
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("hydra.run.dir=/proc/self",), "hydra.run.dir=/proc/self"),  # exists; the log file could not be opened
+        (("hydra.run.dir=/proc/self/gpt_lab_run",), "hydra.run.dir=/proc/self/gpt_lab_run"),  # cannot be created
+        (("-m", "hydra.sweep.dir=/proc/self/gpt_lab_sweep", "seed=1,2"), "hydra.sweep.dir=/proc/self/gpt_lab_sweep"),
+    ],
+)
+def test_case_10_an_unwritable_output_directory_is_one_paragraph_exit_2(
+    tmp_path: Path, args: tuple[str, ...], key: str
+) -> None:
+    """As root, chmod stops no write: /proc is a directory the kernel refuses to let anyone write."""
+    done = _cli(tmp_path, *args, "model=tiny", "max_new_tokens=1")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("gpt_lab: error: ") == 1
+    assert f"{key} cannot be written (" in done.stderr and "this process can write" in done.stderr
+    assert "Traceback" not in done.stderr and "Unable to configure handler" not in done.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_case_10_a_read_only_file_system_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errno 30 (a read-only mount; mounting one needs privileges a test should not ask for): the check's own
+    probe write fails as it would there, and the paragraph names the cause."""
+    import errno
+    import tempfile
+
+    from gpt_lab.run.dirs import check_writable
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(SystemExit) as stop:
+        check_writable(tmp_path / "run", "hydra.run.dir")
+    assert stop.value.code == 2

@@ -169,3 +169,34 @@ def test_sweep_plot_labels_jobs_by_what_differs(tmp_path: Path) -> None:
     assert job_labels(rows) == ["+ablation=mha", "+ablation=mla", "+ablation=moe"]
     assert plot_summary(tmp_path, rows).read_bytes().startswith(b"\x89PNG")
     assert plot_summary(tmp_path / "one", rows[:1]) is None  # nothing to compare
+
+
+def test_summary_names_shared_overrides_once_drops_empty_columns_and_shows_accuracy_in_percent(
+    tmp_path: Path,
+) -> None:
+    """Issue 27 point 7: a training sweep's summary repeated `experiment=ch06 model=tiny` on every row, carried
+    empty generation columns and printed 0.975 where the console prints 97.50%."""
+    for job, lr, accuracy in ((0, "1e-3", 0.975), (1, "5e-5", 0.5)):
+        job_dir = tmp_path / f"{job}_x"
+        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text(f"- experiment=ch06\n- model=tiny\n- optim.lr={lr}\n")
+        results = {"status": "completed", "job_num": job, "model": "tiny", "val_loss": 0.25, "test_accuracy": accuracy}
+        (job_dir / "results.json").write_text(json.dumps(results))
+    csv_path, md_path = write_summary(tmp_path, summarise_sweep(tmp_path))
+    md = md_path.read_text()
+    assert "Every job: `experiment=ch06 model=tiny`" in md
+    header, _, first, second = [line for line in md.splitlines() if line.startswith("|")]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert "output_text" not in cells and "generation_tokens_per_second" not in cells and "total_params" not in cells
+    assert cells[:3] == ["job", "overrides", "status"] and "test_accuracy" in cells
+    at = cells.index("test_accuracy")
+    assert [c.strip() for c in first.strip("|").split("|")][1] == "optim.lr=1e-3"
+    assert [[c.strip() for c in row.strip("|").split("|")][at] for row in (first, second)] == ["97.50%", "50.00%"]
+    # The CSV keeps what a program reads: every job's full overrides, fractions; no empty column either.
+    rows = _rows(tmp_path)
+    assert [r["overrides"] for r in rows] == [
+        "experiment=ch06 model=tiny optim.lr=1e-3",
+        "experiment=ch06 model=tiny optim.lr=5e-5",
+    ]
+    assert [float(r["test_accuracy"]) for r in rows] == [0.975, 0.5] and "output_text" not in rows[0]
+    assert csv_path.name == "summary.csv"

@@ -85,3 +85,37 @@ def test_tensorboard_graph_trace_adds_no_copy_of_the_weights(tmp_path: Path) -> 
     assert weights_mib > 100
     assert growth_mib < 0.25 * weights_mib, (growth_mib, weights_mib)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_scalars_sit_at_the_steps_the_log_and_results_name(compose_config, tmp_path: Path) -> None:
+    """Issue 27 point 6: an evaluation after step 3 is at step 3 in TensorBoard, as in results.json and the
+    plot (Lightning's own x-axis is the count of steps finished before the one that logs: 2)."""
+    from configs import TINY_RUN, write_sms
+
+    cfg = compose_config(
+        "experiment=ch06",
+        *TINY_RUN,
+        f"data.path={write_sms(tmp_path / 'sms.tsv')}",
+        "data.batch_size=4",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.log_every_n_steps=1",
+        "classifier.initial_eval_batches=1",
+        "callbacks.progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        "logger.tensorboard.log_graph=false",
+        run_dir=tmp_path / "run",
+    )
+    results = run_task(cfg)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    # The evaluations of results.json (step 0 is the untrained model's, before the first step).
+    assert [r["step"] for r in results["eval_history"]] == [0, 3, 6]
+    assert [e.step for e in acc.Scalars("val/loss")] == [0, 3, 6]
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [3, 6]
+    # The loss of step k (1-based, as the progress line counts) is at k; so is the gradient norm of that step.
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 3, 4, 5, 6]
+    val = {e.step: e.value for e in acc.Scalars("val/loss")}
+    for row in results["eval_history"]:
+        assert val[row["step"]] == pytest.approx(row["val_loss"], rel=1e-6)

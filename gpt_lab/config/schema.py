@@ -95,6 +95,7 @@ class ModelConfig:
     ffn_activation: str = FAMILY_DEFAULTS["ffn_activation"]  # silu | gelu_tanh
     attn_out_bias: bool = FAMILY_DEFAULTS["attn_out_bias"]
     ffn_bias: bool = FAMILY_DEFAULTS["ffn_bias"]
+    moe_renormalize: bool = FAMILY_DEFAULTS["moe_renormalize"]  # ffn=moe's top-k weights (norm_topk_prob)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class DataConfig:
     path: str | None = MISSING  # a UTF-8 text file, relative to the directory the user ran from
     batch_size: int = MISSING
     stride: int | None = None  # data=text: the window step (null: the context length)
-    train_ratio: float = MISSING
+    train_ratio: float | None = None  # data=text / instructions / classification: the training share
     num_workers: int | None = MISSING  # loader processes (text); task=prepare's processes (null: all cores)
     # data=corpus only (conf/data/corpus.yaml sets them; None: not used by this data option).
     source: str | None = None  # a file, a directory or a glob that task=prepare tokenizes

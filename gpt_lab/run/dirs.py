@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -185,17 +186,35 @@ def check_sweep_dir(sweep_dir: Path, config: DictConfig | None = None) -> None:
         )
 
 
+def check_writable(directory: Path, key: str) -> None:
+    """Refuse (exit 2) a run or sweep directory that cannot be created or written (a read-only file
+    system, no permission): found here, before Hydra's own writes fail with a traceback and no record."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        _refuse(
+            f"{key}={directory} cannot be written ({err.strerror or err}): everything a run writes goes "
+            f"into its directory; name one this process can write, on a file system mounted read-write, "
+            f"with {key}=<directory>"
+        )
+
+
 class RunDirGuard(Callback):
     """Checks the run or sweep directory before Hydra creates it and writes ``.hydra/`` into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
+            run_dir = Path(str(config.hydra.run.dir))
+            check_writable(run_dir, "hydra.run.dir")
             try:
-                check_run_dir(config, Path(str(config.hydra.run.dir)))
+                check_run_dir(config, run_dir)
             except RunDirError as err:
                 _refuse(str(err))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
-            check_sweep_dir(Path(str(config.hydra.sweep.dir)), config)
+            check_sweep_dir(Path(str(config.hydra.sweep.dir)), config)  # before creating it: an existing sweep
+            check_writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
             watch_sweep(str(config.hydra.sweep.dir))  # an interrupted parallel sweep waits for its jobs there

@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_lab.run.sweep_plot import plot_summary
+from gpt_lab.run.sweep_plot import job_labels, plot_summary, shared_overrides
 from gpt_lab.storage import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ NESTED_COLUMNS = {
     "active_parameters": ("parameters", "active"),
     "kv_bytes_per_token": ("kv_cache", "bytes_per_token"),
 }
-# Shown too when at least one job has them (training and evaluation runs).
+ALWAYS_SHOWN = ("job", "overrides", "status")  # the other columns only when at least one job has a value
+PERCENT_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy")  # summary.md: as the console prints them
+# Training and evaluation runs' figures.
 OPTIONAL_COLUMNS = (
     *NESTED_COLUMNS,
     "train_tokens_per_second",
@@ -273,8 +275,14 @@ def _job_num(job_dir: Path) -> int | None:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], note: str = "") -> tuple[Path, Path]:
-    """Write ``summary.csv`` (every column) and ``summary.md`` (a table to read) in ``sweep_dir``, atomically."""
-    columns = [*COLUMNS, *(c for c in OPTIONAL_COLUMNS if any(row.get(c) is not None for row in rows))]
+    """Write ``summary.csv`` and ``summary.md`` (a table to read) in ``sweep_dir``, atomically.
+
+    Both leave out a column no job has a value in (a training sweep's generation columns). The CSV
+    keeps each job's full overrides and fractions; the table names the overrides every job shares
+    once, above it, shows each row's own, and accuracies as percentages, as the console prints them.
+    """
+    filled = {c for row in rows for c, value in row.items() if value not in (None, "")}
+    columns = [c for c in (*COLUMNS, *OPTIONAL_COLUMNS) if c in ALWAYS_SHOWN or c in filled]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     csv_path = sweep_dir / "summary.csv"
     with atomic_write(csv_path, "w", encoding="utf-8", newline="") as f:
@@ -282,22 +290,29 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], note: str = "") -
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     md_path = sweep_dir / "summary.md"
+    shared = shared_overrides(rows)
     lines = [
         f"# Sweep {sweep_dir}",
         "",
         f"{len(rows)} jobs, {sum(r['status'] == 'completed' for r in rows)} completed. {note}".rstrip(),
         "",
+        *([f"Every job: `{' '.join(shared)}`", ""] if shared else []),
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
     ]
-    lines += ["| " + " | ".join(_md_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    own = job_labels(rows) if shared else [row.get("overrides") for row in rows]
+    for row, label in zip(rows, own, strict=True):
+        cells = [_md_cell(label if c == "overrides" else row.get(c), percent=c in PERCENT_COLUMNS) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
-def _md_cell(value: Any) -> str:
+def _md_cell(value: Any, percent: bool = False) -> str:
     if value is None:
         return ""
+    if percent and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{100 * value:.2f}%"
     if isinstance(value, float):
         return f"{value:.2f}"
     if isinstance(value, int) and not isinstance(value, bool):

@@ -22,11 +22,19 @@ PANELS = (
 )
 
 
+def shared_overrides(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The overrides every one of two or more rows has, in the first row's order (none for a single row)."""
+    words = [str(row.get("overrides") or "").split() for row in rows]
+    if len(words) < 2:
+        return []
+    shared = set.intersection(*(set(w) for w in words))
+    return [w for w in words[0] if w in shared]
+
+
 def job_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Each row's overrides without those all rows share: ``+ablation=mla experiment=ablation`` -> ``+ablation=mla``."""
-    words = [str(row.get("overrides") or "").split() for row in rows]
-    shared = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
-    kept = [" ".join(w for w in ws if w not in shared) for ws in words]
+    shared = set(shared_overrides(rows))
+    kept = [" ".join(w for w in str(row.get("overrides") or "").split() if w not in shared) for row in rows]
     return [label or f"job {row.get('job')}" for label, row in zip(kept, rows, strict=True)]
 
 

@@ -7,6 +7,10 @@ written to ``judge-scores.json`` in the run directory after every entry, so the 
 before a server dies are kept; an unreachable server is one paragraph, not a traceback. A reply
 that is not an integer from 0 to 100 leaves that entry unscored (``score`` null, the reply kept),
 as the book skips it, and the run goes on; the average is over the scored entries.
+
+``ckpt_path=last`` with the run's ``hydra.run.dir`` resumes a judge run in place: the entries of
+its ``judge-scores.json`` are kept (checked against the responses file, entry by entry) and
+scoring goes on from the first entry that has no record there.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.generation.responses import RESPONSES_FILE  # what a chapter-7 training run writes
+from gpt_lab.run.previous import begin_changes
 from gpt_lab.storage import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "judge-scores.json"
 CHAT_PATH = "/api/chat"
+JUDGE_FIELDS = ("score", "judge_reply")  # what scoring adds to an entry of the responses file
 
 
 class JudgeError(UserError):
@@ -179,12 +185,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     source = input_path(cfg, j.responses)
     entries = read_responses(source, j.response_key)
     out_path = Path(cfg.paths.output_dir) / SCORES_FILE
-    scored: list[dict[str, Any]] = []
+    scored: list[dict[str, Any]] = kept_scores(out_path, entries, source) if cfg.get("ckpt_path") == "last" else []
+    begin_changes(cfg.paths.output_dir)  # every check passed: from here on this run may change its directory
 
     def write() -> None:
         write_text_atomic(out_path, json.dumps(scored, indent=4, ensure_ascii=False) + "\n")
 
-    for index, entry in enumerate(tqdm(entries, desc="Scoring entries", unit="entry")):
+    progress = tqdm(
+        entries[len(scored) :], desc="Scoring entries", unit="entry", initial=len(scored), total=len(entries)
+    )
+    for index, entry in enumerate(progress, start=len(scored)):
         response = entry[j.response_key]
         if not isinstance(response, str):  # null: no response to score (never sent as the text "None")
             log.warning("Entry %d: %s is %r, not a text: left unscored", index, j.response_key, response)
@@ -196,7 +206,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             reply = query_model(prompt, j.model, j.url, j.seed, j.temperature, j.num_ctx, j.timeout)
         except JudgeError as err:
             kept = f"; the {len(scored)} entries scored before it are in {out_path}" if scored else ""
-            raise JudgeError(f"{err} (at entry {index} of {len(entries)}{kept})") from None
+            again = (
+                f"; the same command with hydra.run.dir={out_path.parent} ckpt_path=last continues from entry {index}"
+            )
+            raise JudgeError(f"{err} (at entry {index} of {len(entries)}{kept}{again})") from None
         score = parse_score(reply)
         if score is None:
             log.warning("Entry %d: the judge's reply is not an integer from 0 to 100: %r (left unscored)", index, reply)
@@ -219,3 +232,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "unscored": len(entries) - len(scores),
         "average_score": average,
     }
+
+
+def kept_scores(path: Path, entries: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    """The records of a judge run resumed in place (``ckpt_path=last``): its ``judge-scores.json``, each
+    record the responses file's entry at the same place plus its score. None yet: start at entry 0."""
+    if not path.is_file():
+        log.info("ckpt_path=last: %s holds no %s yet; scoring from entry 0", path.parent, SCORES_FILE)
+        return []
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise JudgeError(f"ckpt_path=last: {path} is not a readable JSON file ({err}); start a new run") from None
+    if not isinstance(kept, list) or len(kept) > len(entries):
+        raise JudgeError(
+            f"ckpt_path=last: {path} is not the scores of judge.responses={source} (a list of at most "
+            f"{len(entries)} entries); resume with the responses it scored, or start a new run"
+        )
+    for index, (record, entry) in enumerate(zip(kept, entries, strict=False)):
+        if not isinstance(record, dict) or {k: v for k, v in record.items() if k not in JUDGE_FIELDS} != entry:
+            raise JudgeError(
+                f"ckpt_path=last: entry {index} of {path} is not entry {index} of judge.responses={source} (the "
+                "responses changed since it was scored); resume with the responses it scored, or start a new run"
+            )
+    log.info("ckpt_path=last: keeping the %d entries of %s; scoring from entry %d", len(kept), path, len(kept))
+    return kept

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
+from gpt_lab.hf_tokenizer import HFTokenizer, check_vocab, copy_tokenizer_files
 from gpt_lab.model.estimate import architecture_figures
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config, require_language_model
@@ -84,13 +85,40 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer
     problems = check_components(cfg)  # the types the constructors would accept and fail on later
     loggers = _instantiate_group(cfg, "logger", problems)
     callbacks = _drop_lr_monitor_without_logger(_instantiate_group(cfg, "callbacks", problems), loggers)
+    trainer_cfg = _ddp_for_experts(cfg)
     try:
-        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+        trainer = instantiate(trainer_cfg, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
     except InstantiationException as err:
         problems.append(_instantiation_problem("trainer", cfg.trainer, err))
     if problems:
         raise ConfigError("; ".join(problems))
     return trainer
+
+
+# Lightning's registered name for DDP that tolerates parameters without a gradient in a step.
+DDP_UNUSED = "ddp_find_unused_parameters_true"
+
+
+def _ddp_for_experts(cfg: DictConfig) -> DictConfig:
+    """``trainer.strategy=ddp`` with ``ffn=moe``: a step routes no token to some experts, their
+    parameters get no gradient, and plain DDP waits for them for ever (two CPU processes hung at step
+    2). Such a model trains with Lightning's ``ddp_find_unused_parameters_true`` instead (logged)."""
+    if OmegaConf.select(cfg, "trainer.strategy") != "ddp" or OmegaConf.select(cfg, "model.ffn") != "moe":
+        return cfg.trainer
+    log.info("ffn=moe under DDP: trainer.strategy=%s (experts a step does not use have no gradient)", DDP_UNUSED)
+    trainer_cfg = cfg.trainer.copy()
+    trainer_cfg.strategy = DDP_UNUSED
+    return trainer_cfg
+
+
+def _refuse_ddp_unused_experts(cfg: DictConfig, model_cfg: Any) -> None:
+    """The model came from ``init_from`` (not ``cfg.model``) with experts, under plain DDP: say how to run it."""
+    if model_cfg.get("ffn") == "moe" and _ddp_for_experts(cfg).get("strategy") == "ddp":
+        raise ConfigError(
+            f"init_from={cfg.init_from} is a mixture-of-experts model and trainer.strategy=ddp waits for a gradient "
+            f"from every expert, which a step may not route tokens to: add trainer.strategy={DDP_UNUSED} "
+            "(or ffn=moe, which sets it)"
+        )
 
 
 def build_lit_module(cfg: DictConfig, model_cfg: Any, init_state: Any, datamodule: Any) -> L.LightningModule:
@@ -173,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _refuse_ddp_in_multirun(trainer)
     init_from = input_path(cfg, cfg.init_from)
     model_cfg, init_state = init_model_config(cfg.model, init_from)
+    _refuse_ddp_unused_experts(cfg, model_cfg)
     if cfg.data.name != "classification":  # every other objective trains a language model
         require_language_model(model_cfg, cfg.init_from, f"experiment / data={cfg.data.name}")
     # ckpt_path=last: the newest checkpoint of this run directory (none yet: a fresh start).
@@ -196,6 +225,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     if hasattr(datamodule, "describe"):
         log.info(datamodule.describe())
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if isinstance(tokenizer, HFTokenizer):  # a family's tokenizer.json must fit the model's embedding rows
+        check_vocab(tokenizer.n_vocab, int(model_cfg["vocab_size"]), cfg.init_from)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
@@ -208,6 +240,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
     begin_changes(cfg.paths.output_dir)  # every check passed: from here on this run may change its directory
+    # A family's tokenizer files go with the run's model: init_from=<this run> reads the same tokenizer.
+    copy_tokenizer_files(init_from, cfg.paths.output_dir)
     # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
     # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).

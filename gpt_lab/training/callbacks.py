@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from gpt_lab.errors import RunInterrupted
-from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+from gpt_lab.tokenizer import text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.resume_last import newest_checkpoint
 
@@ -191,13 +191,14 @@ class SampleText(L.Callback):
         self.tokens_per_second: float | None = None  # the last sample's generation speed
 
     def sample(self, pl_module: GPTLitModule) -> str:
-        idx = torch.tensor([text_to_token_ids(self.prompt)])
+        tokenizer = pl_module.tokenizer  # the model's (a family's tokenizer.json), GPT-2's by default
+        idx = torch.tensor([text_to_token_ids(self.prompt, tokenizer)])
         started = time.perf_counter()
         with isolate_rng():
             out = pl_module.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
         seconds, new_tokens = time.perf_counter() - started, out.shape[1] - idx.shape[1]
         self.tokens_per_second = new_tokens / seconds if new_tokens and seconds > 0 else None
-        return get_tokenizer().decode(out[0].tolist())
+        return tokenizer.decode(out[0].tolist())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -280,7 +281,11 @@ class StopOnSignal(L.Callback):
     """SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) during training: finish the
     current optimizer step, write a checkpoint there through the ModelCheckpoint callback, and
     raise ``RunInterrupted`` (signal, step, checkpoint). Stopping only where an optimizer step has
-    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step).
+    just ended keeps the checkpoint exact (no half-accumulated gradients, no half-done step). A step
+    that the trainer evaluates after (``trainer.val_check_interval``) stops after that evaluation,
+    so the checkpoint holds it: a resume skips the evaluation of the step it starts from, and the
+    run's history, results.json and plots would otherwise lack that point (issue 30, case 7). An
+    epoch's last step stops there too, before the epoch's end, which the resumed run then records.
 
     A repeated SIGTERM changes nothing (schedulers and ``kill`` send it more than once; the stop is
     on its way); a second SIGINT (Ctrl-C again) stops at once, without a checkpoint. The handlers
@@ -295,6 +300,7 @@ class StopOnSignal(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._step_at_batch_start = 0
+        self._stop_after_evaluation_at: int | None = None  # the step whose evaluation comes before the stop
         self._trainer: L.Trainer | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -311,7 +317,7 @@ class StopOnSignal(L.Callback):
             log.warning("Received %s again: still stopping after this optimizer step", name)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received, self._trainer = None, trainer
+        self.received, self._trainer, self._stop_after_evaluation_at = None, trainer, None
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -343,6 +349,18 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
+        if _evaluation_follows(trainer):
+            self._stop_after_evaluation_at = trainer.global_step
+            log.warning("Stopping after the evaluation of step %d", trainer.global_step)
+            return
+        self._stop(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and self._stop_after_evaluation_at == trainer.global_step:
+            self._stop(trainer, pl_module)
+
+    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the checkpoint of this step (the ModelCheckpoint callback's) and raise ``RunInterrupted``."""
         signum = self.received or signal.SIGTERM
         stop = RunInterrupted(signum, trainer.global_step)
         callback = trainer.checkpoint_callback
@@ -359,3 +377,14 @@ class StopOnSignal(L.Callback):
                 stop.checkpoint = str(newest) if newest is not None else None
         log.warning("Stopping at step %d on %s; checkpoint %s", stop.step, stop.signal_name, stop.checkpoint)
         raise stop
+
+
+def _evaluation_follows(trainer: L.Trainer) -> bool:
+    """Whether the training loop evaluates after the step that has just ended (its own rule, asked of it:
+    ``val_check_interval`` in batches, the epoch's last batch, ``check_val_every_n_epoch``). A time-based
+    interval gives no answer ahead: False, the stop comes before the evaluation as for any other step."""
+    epoch_loop, fetcher = trainer.fit_loop.epoch_loop, getattr(trainer.fit_loop, "_data_fetcher", None)
+    check = getattr(epoch_loop, "_should_check_val_fx", None)
+    if check is None or fetcher is None or getattr(trainer, "_val_check_time_interval", None) is not None:
+        return False
+    return bool(check(fetcher))
