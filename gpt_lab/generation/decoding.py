@@ -75,6 +75,18 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         chunks = weight.t()[:, : k * n].unflatten(1, (k, n)).permute(1, 0, 2)  # (k, n_in, n), a view
     else:
         chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
+    if rows.shape[1] == 1:  # one row: (k, 1, n) is the layout of (1, k * n), so the chunks land in place
+        out = x.new_empty(*x.shape[:-1], n_out)
+        flat = out.view(-1, n_out)
+        front = flat[:, : k * n].view(k, 1, n)
+        if bias is None:
+            torch.bmm(rows, chunks, out=front)
+        else:
+            torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks, out=front)
+        if k * n < n_out:  # the last n_out % k features (an odd vocabulary), no concatenation
+            rest = F.linear(x.reshape(1, n_in), weight[k * n :], None if bias is None else bias[k * n :])
+            flat[:, k * n :].copy_(rest)
+        return out
     y = torch.bmm(rows, chunks) if bias is None else torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks)
     y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)  # (..., k * n)
     if k * n < n_out:  # the last n_out % k features (an odd vocabulary)
