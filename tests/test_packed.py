@@ -171,3 +171,21 @@ def test_no_head_copy_is_kept_for_a_model_in_training_mode() -> None:
     model = GPTModel(TINY).train()
     generate(model, torch.tensor([[1, 2]]), 2, TINY["context_length"])
     assert decoding._HEAD_COPIES.get(model.out_head.weight) is None and model.training
+
+
+def test_packed_layer_moved_off_the_cpu_holds_a_plain_weight() -> None:
+    """A move to another device (``task=evaluate`` on a GPU calls ``use_weights`` first, then ``.to``):
+    the layer unpacks and keeps the plain weight there (here the meta device, which any machine has)."""
+    layer = PackedLinear.from_linear(nn.Linear(16, 8).to(torch.bfloat16)).to("meta")
+    assert layer.packed is None and layer.dense is not None and layer.weight.is_meta and layer.bias.is_meta
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_model_moved_to_the_gpu_generates_as_a_plain_bf16_model_there() -> None:
+    torch.manual_seed(123)
+    plain = GPTModel(TINY).eval().to(torch.bfloat16).cuda()
+    model = use_weights(GPTModel(TINY).eval(), "bf16").cuda()
+    model.load_state_dict(plain.state_dict())
+    idx = torch.tensor([[1, 2, 3]], device="cuda")
+    assert torch.equal(generate(model, idx, 8, TINY["context_length"]), generate(plain, idx, 8, TINY["context_length"]))
