@@ -219,3 +219,36 @@ def test_a_vocabulary_other_than_gpt2s_needs_its_tokenizer(qwen: Path, compose_c
         validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320"))
     validate_config(compose_config("task=estimate", "model=qwen3_0_6b"))  # sizes only: no tokenizer read
     validate_config(compose_config("model=qwen3_tiny", "model.vocab_size=320", f"init_from={qwen}"))
+
+
+def test_a_chat_style_the_tokenizer_lacks_is_warned_and_ends_with_its_eos(
+    qwen: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gpt_lab.data.instructions import end_of_item
+
+    with caplog.at_level("WARNING"):
+        assert end_of_item(tokenizer_for(qwen), "llama3") == (ENDOFTEXT, True)  # no <|eot_id|> in Qwen3's
+    assert "data.prompt_style=llama3 does not fit this model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert end_of_item(tokenizer_for(qwen), "alpaca") == (ENDOFTEXT, True)
+        assert end_of_item(tokenizer_for(None), "qwen3") == (50256, True)  # GPT-2: the book's end-of-text
+    assert caplog.text == ""
+
+
+def test_a_family_lora_run_resumes_exactly(qwen: Path, tmp_path: Path, compose_config: Callable) -> None:
+    """Its Lightning checkpoints hold the adapters only (the family's RoPE tables are not state): resuming
+    rebuilds the base from init_from and ends where the uninterrupted run ends."""
+    from gpt_lab.run.job import run_task
+
+    (tmp_path / "data.json").write_text(json.dumps(entries(12)))
+    settings = (
+        "experiment=ch07", "finetune=lora", f"init_from={qwen}", f"data.path={tmp_path / 'data.json'}",
+        "data.prompt_style=qwen3_nothink", "data.batch_size=4", "optim.lr=0.01", "max_response_tokens=2",
+        "callbacks.progress_bar=null",
+    )  # fmt: skip
+    whole = run_task(compose_config(*settings, "trainer.max_epochs=2", run_dir=tmp_path / "whole"))
+    run_task(compose_config(*settings, "trainer.max_epochs=1", run_dir=tmp_path / "part"))
+    resumed = run_task(compose_config(*settings, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path / "part"))
+    for key in ("global_step", "initial_train_loss", "train_loss", "val_loss"):
+        assert resumed[key] == whole[key], key
