@@ -8,7 +8,8 @@ means more tokens per second:
   fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
   the key/value cache follow; each plain ``nn.Linear`` a ``PackedLinear`` (its weight reordered once
-  into oneDNN's blocked layout, where oneDNN runs bf16 on this CPU);
+  into oneDNN's blocked layout, where oneDNN runs bf16 on this CPU; a head tied to the token
+  embedding gets its own packed copy, one head's memory more, as int8's does);
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
   weights, one scale per output feature, PyTorch's int8 weight-only kernel: a quarter of the
   bytes), the rest (embeddings, norms, biases) and the activations in bfloat16.
