@@ -160,8 +160,7 @@ def transformers_model_meta(hf_config: dict[str, Any]) -> torch.nn.Module:
 
 
 LOAD_CHILD = """
-import resource, sys, json, torch
-sys.path.insert(0, {root!r})
+import resource, json, torch
 from gpt_lab.model.weights import build_model
 start = {start!r}
 model = build_model({{**start, "qkv_bias": False}}, {directory!r})
@@ -176,8 +175,9 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
         directory = Path(tmp)
         params = write_random_checkpoint(LOAD_PRESET, directory)
         file_bytes = (directory / "model.safetensors").stat().st_size
-        code = LOAD_CHILD.format(root=str(ROOT), start=START, directory=str(directory))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        code = LOAD_CHILD.format(start=START, directory=str(directory))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
         out = json.loads(proc.stdout.strip().splitlines()[-1])
     row = {**out, "parameters": params, "file_bytes": file_bytes, "ratio": out["peak_rss"] / out["model_bytes"]}
     gib = 2.0**30
