@@ -113,6 +113,9 @@ def test_lora_instruction_tuning_of_qwen3_then_respond_and_dpo(qwen: Path, tmp_p
     results = _run_results(run)
     assert results["train_loss"] < results["initial_train_loss"] - 0.5, results
     assert (run / "tokenizer.json").read_bytes() == (qwen / "tokenizer.json").read_bytes()
+    # Named after the directory, not experiment=ch07's gpt2_medium preset (issue 27 point 5's rule).
+    assert results["model"] == qwen.name
+    assert json.loads((run / "model.json").read_text())["model"]["name"] == qwen.name
 
     # The saved model is the base weights plus the adapters, merged: W + (alpha / rank) * (A @ B)^T.
     base = load_file(str(qwen / "model.safetensors"))
@@ -157,6 +160,7 @@ def test_lora_instruction_tuning_of_qwen3_then_respond_and_dpo(qwen: Path, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     dpo = _run_results(tmp_path / "dpo")
     assert dpo["status"] == "completed" and dpo["model_config"]["vocab_size"] == VOCAB
+    assert dpo["model"] == qwen.name  # carried by the run's model.json
     assert (tmp_path / "dpo" / "tokenizer.json").is_file()
 
 
@@ -252,3 +256,11 @@ def test_a_family_lora_run_resumes_exactly(qwen: Path, tmp_path: Path, compose_c
     resumed = run_task(compose_config(*settings, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path / "part"))
     for key in ("global_step", "initial_train_loss", "train_loss", "val_loss"):
         assert resumed[key] == whole[key], key
+
+
+def test_runs_from_a_family_directory_are_named_after_it(qwen: Path) -> None:
+    from gpt_lab.config.saved_model import run_model_name
+
+    assert run_model_name("gpt2_medium", "train", str(qwen)) == qwen.name  # the experiment's GPT-2 preset replaced
+    assert run_model_name("qwen3_tiny", "train", str(qwen)) == "qwen3_tiny"  # a family preset named beside it
+    assert run_model_name("gpt2_small", "generate", None) == "gpt2_small"
