@@ -25,6 +25,10 @@ from typing import Any
 from gpt_lab.errors import InitFromError
 
 TOKENIZER_FILE = "tokenizer.json"
+# What a family's tokenizer is read from besides tokenizer.json (its end-of-sequence ids, its eos
+# token): copied with it into the directory of a run trained from that family (``copy_tokenizer_files``)
+# and into an export.
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 # The end-of-turn tokens of the chat formats gpt_lab writes (gpt_lab.generation.prompt_styles):
 # Llama 3's, Qwen3's (ChatML) and Gemma 3's.
 LLAMA3_EOT = "<|eot_id|>"
@@ -76,8 +80,11 @@ class HFTokenizer:
             ids.insert(0, self.bos_id)
         return ids
 
-    def encode_markup(self, text: str) -> list[int]:
-        """A chat-formatted text's ids (gpt_lab.tokenizer.encode_text): markers as special tokens."""
+    def encode_markup(self, text: str, continuation: bool = False) -> list[int]:
+        """A chat-formatted text's ids (gpt_lab.tokenizer.encode_text): markers as special tokens; the
+        beginning-of-text token in front unless ``continuation`` (text that follows a prompt)."""
+        if continuation:
+            return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).ids]
         return self.encode(text)
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -173,17 +180,60 @@ def load_hf_tokenizer(directory: str | Path, vocab_size: int | None = None) -> H
     return HFTokenizer(tok, stop, name=f"huggingface:{directory.name}")
 
 
-def tokenizer_for(init_from: str | Path | None, vocab_size: int | None = None) -> Any:
-    """The tokenizer of the weights at ``init_from``: its directory's ``tokenizer.json`` when that
-    directory's ``config.json`` is another family's than GPT-2 (or it holds a ``tokenizer.json`` and
-    no config), GPT-2's tiktoken encoding otherwise (no ``init_from``, the book's files, GPT-2's)."""
-    from gpt_lab.tokenizer import get_tokenizer
-
+def tokenizer_directory(init_from: str | Path | None) -> Path | None:
+    """The directory whose ``tokenizer.json`` is the tokenizer of the weights at ``init_from``: a Hugging
+    Face directory of another family than GPT-2 (its ``config.json``), or a directory holding a
+    ``tokenizer.json`` and no ``config.json`` (a run trained from such weights, which copied it there:
+    ``copy_tokenizer_files``; its ``checkpoints/`` files look in the run directory). None: GPT-2's."""
     if init_from is None or str(init_from) == "":
-        return get_tokenizer()
+        return None
     path = Path(init_from).expanduser()
     directory = path if path.is_dir() else path.parent
-    model_type = _json(directory / "config.json").get("model_type")
-    if model_type in (None, "gpt2") and not (model_type is None and (directory / TOKENIZER_FILE).is_file()):
-        return get_tokenizer()
-    return load_hf_tokenizer(directory, vocab_size)
+    candidates = [directory, directory.parent] if directory.name == "checkpoints" and not path.is_dir() else [directory]
+    for place in candidates:
+        model_type = _json(place / "config.json").get("model_type")
+        if model_type not in (None, "gpt2") or (model_type is None and (place / TOKENIZER_FILE).is_file()):
+            return place
+        if model_type == "gpt2":
+            return None
+    return None
+
+
+def tokenizer_for(init_from: str | Path | None, vocab_size: int | None = None) -> Any:
+    """The tokenizer of the weights at ``init_from``: the ``tokenizer.json`` of its ``tokenizer_directory``
+    (another family than GPT-2, or a run trained from one), GPT-2's tiktoken encoding otherwise (no
+    ``init_from``, the book's files, GPT-2's, a run trained from those)."""
+    from gpt_lab.tokenizer import get_tokenizer
+
+    directory = tokenizer_directory(init_from)
+    return get_tokenizer() if directory is None else load_hf_tokenizer(directory, vocab_size)
+
+
+def copy_tokenizer_files(init_from: str | Path | None, run_dir: str | Path) -> list[Path]:
+    """Copy the tokenizer files of ``init_from``'s family (``TOKENIZER_FILES`` that exist) into
+    ``run_dir``, so ``init_from=<run_dir>`` later reads the same tokenizer; nothing for GPT-2's."""
+    import shutil
+
+    source = tokenizer_directory(init_from)
+    run_dir = Path(run_dir)
+    if source is None or source.resolve() == run_dir.resolve():
+        return []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            partial = run_dir / f"{name}.partial"
+            shutil.copyfile(source / name, partial)
+            copied.append(partial.replace(run_dir / name))
+    # config.json stays behind (it would make the run directory look like the family's weights): its
+    # end-of-sequence ids go in front of generation_config.json's, so the run reads the same stop_ids.
+    config = _json(source / "config.json")
+    first = _ids(config.get("eos_token_id")) + _ids((config.get("text_config") or {}).get("eos_token_id"))
+    if first:
+        generation = _json(source / "generation_config.json")
+        generation["eos_token_id"] = list(dict.fromkeys(first + _ids(generation.get("eos_token_id"))))
+        partial = run_dir / "generation_config.json.partial"
+        partial.write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+        written = partial.replace(run_dir / "generation_config.json")
+        copied = [*[f for f in copied if f != written], written]
+    return copied

@@ -84,12 +84,13 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     return tokenizer.encode(text, allowed_special={ENDOFTEXT})
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str, continuation: bool = False) -> list[int]:
     """``text``'s ids with every special-looking string as ordinary text (never id 50256): how an entry's
     prompt and response are tokenized for training and for answering (tiktoken's ``encode_ordinary``).
 
     A chat family's tokenizer (gpt_lab.hf_tokenizer, ``encode_markup``) reads its chat format's markers
-    as the special tokens they are, with the beginning-of-text token in front.
+    as the special tokens they are, with the beginning-of-text token in front unless ``continuation``
+    (a response encoded apart from its prompt).
     """
     markup = getattr(tokenizer, "encode_markup", None)
-    return markup(text) if markup is not None else tokenizer.encode_ordinary(text)
+    return markup(text, continuation) if markup is not None else tokenizer.encode_ordinary(text)

@@ -89,3 +89,40 @@ def test_chat_without_a_terminal_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "task=chat is a conversation in the terminal and stdin is not one" in done.stderr
+
+
+def _first_greedy_token_becomes(model: torch.nn.Module, ids: list[int], target: int) -> None:
+    """Swap ``target``'s output-head row with the row greedy decoding picks first after ``ids``."""
+    with torch.no_grad():
+        first = int(model(torch.tensor([ids]))[0, -1].argmax())
+        head = model.out_head.weight
+        head[[first, target]] = head[[target, first]]
+
+
+def test_generation_stops_at_every_id_the_family_lists(tmp_path: Path) -> None:
+    """generation_config.json's eos_token_id may be a list (Qwen3: <|im_end|>, <|endoftext|>): stop_at_eos
+    stops at each, and a chat reply at its end of turn and at each of them."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from gpt_lab.generation.prompts import continue_prompt
+
+    write_tokenizer(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 2]}))
+    tok = load_hf_tokenizer(tmp_path)
+    assert tok.stop_ids == (0, 2) and tok.eot_token == 0
+    cfg = OmegaConf.create({"max_new_tokens": 5, "temperature": 0.0, "top_k": None, "use_cache": True})
+    ids = tok.encode("Hello, I am")
+    for stop_at_eos, new_tokens in ((False, 5), (True, 0)):
+        model = _model()
+        _first_greedy_token_becomes(model, ids, 2)  # the list's second id
+        got = continue_prompt(model, tok, ids, OmegaConf.merge(cfg, {"stop_at_eos": stop_at_eos}))
+        assert len(got["output_ids"]) - len(ids) == new_tokens
+        assert stop_at_eos or got["output_ids"][len(ids)] == 2
+
+    model = _model()
+    chat = Conversation(model, tok, get_prompt_style("qwen3_nothink"), max_new_tokens=5)
+    _, prompt_ids = chat.prompt_ids("Hi")
+    _first_greedy_token_becomes(model, prompt_ids, 0)  # <|endoftext|>, not the style's <|im_end|>
+    assert chat.reply("Hi", lambda _: None) == ""

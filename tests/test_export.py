@@ -83,3 +83,44 @@ def test_export_without_a_directory_is_a_user_error(run_cli: Callable[..., objec
     done = run_cli("task=export", "model=tiny")
     assert done.returncode == 2
     assert "task=export needs the model and where to write it" in done.stderr
+
+
+def test_a_lora_fine_tuned_llama_run_exports_to_transformers(tmp_path: Path, run_cli: Callable[..., object]) -> None:
+    """Point 6 for a family: a tiny Llama 3 directory (tied head, RoPE scaling), LoRA-trained on a short
+    chapter-5 text with its own tokenizer, exported: transformers gives gpt_lab's logits, the tokenizer travels."""
+    from hf_files import TEXT, save_hf_model, write_tokenizer
+
+    from gpt_lab.model.finetuned import load_finetuned
+
+    base = save_hf_model("llama", tmp_path / "llama", seed=4, vocab_size=320)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    write_tokenizer(tmp_path / "llama", specials, bos="<|begin_of_text|>", vocab_size=300)
+    (tmp_path / "story.txt").write_text(" ".join(TEXT[:3] * 12), encoding="utf-8")
+    done = run_cli(
+        "task=train",
+        "finetune=lora",
+        "lora.rank=4",
+        "init_from=llama",
+        "data.path=story.txt",
+        "optim.lr=0.01",
+        "trainer.max_steps=3",
+        "callbacks.sample_text.max_new_tokens=2",
+        "hydra.run.dir=run",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("task=export", "init_from=run", "export.dir=exported", "hydra.run.dir=export")
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = tmp_path / "exported"
+    assert (exported / "tokenizer.json").read_bytes() == (tmp_path / "llama" / "tokenizer.json").read_bytes()
+    config = json.loads((exported / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["rope_scaling"]["rope_type"] == "llama3"
+    assert config["tie_word_embeddings"] is False  # the head's adapter, merged, unties it from the embedding
+
+    ours, _ = load_finetuned(tmp_path / "run")
+    idx = torch.randint(0, 320, (2, 24))
+    with torch.no_grad():
+        expected = ours(idx)
+        before = base(idx).logits
+    theirs = _hf_logits(exported, idx)
+    torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-5)
+    assert (theirs - before).abs().max() > 1e-3  # the fine-tuning is in the export, not the base weights

@@ -68,3 +68,22 @@ def test_cli_generates_transformers_tokens(tmp_path: Path, run_cli: Callable[...
     expected = theirs.generate(ids, max_new_tokens=12, do_sample=False)[0].tolist()
     assert results["output_ids"] == expected
     assert results["model_config"]["qk_norm"] and results["model_config"]["head_dim"] == 16
+
+
+def test_moe_without_renormalised_top_k_matches_transformers(tmp_path: Path) -> None:
+    """norm_topk_prob=false (transformers' default for Qwen3-MoE): the k experts weighted by the softmax
+    over every expert, not renormalised — model.moe_renormalize=false."""
+    from gpt_lab.model.feedforward import MoEFeedForward
+
+    theirs = save_hf_model("qwen3_moe", tmp_path, seed=5, norm_topk_prob=False)
+    ours = build_model({**START, "qkv_bias": False}, tmp_path).eval()
+    assert ours.cfg["moe_renormalize"] is False
+    torch.manual_seed(0)
+    idx = torch.randint(0, 96, (2, SEQ))
+    with torch.no_grad():
+        expected = theirs(idx).logits
+        torch.testing.assert_close(ours(idx), expected, rtol=1e-5, atol=1e-5)
+        for module in ours.modules():  # the same weights read the book's way differ: the flag is used
+            if isinstance(module, MoEFeedForward):
+                module.renormalize = True
+        assert (ours(idx) - expected).abs().max() > 1e-3

@@ -155,10 +155,6 @@ def test_bad_directories_are_one_paragraph(tmp_path: Path, saved: dict[str, tupl
 
 
 def test_unsupported_features_are_named(saved: dict[str, tuple[Path, object]]) -> None:
-    directory, _ = saved["qwen3_moe"]
-    config = json.loads((directory / "config.json").read_text())
-    with pytest.raises(InitFromError, match="norm_topk_prob=false"):
-        family_config({**config, "norm_topk_prob": False}, "x")
     gemma = json.loads((saved["gemma3_text"][0] / "config.json").read_text())
     with pytest.raises(InitFromError, match=r"final_logit_softcapping=30\.0"):
         family_config({**gemma, "final_logit_softcapping": 30.0}, "x")
@@ -199,7 +195,7 @@ def test_tokenizer_follows_the_directory(tmp_path: Path, saved: dict[str, tuple[
         tokenizer_for(tmp_path, 96)
 
 
-def test_training_on_a_family_directory_is_refused_before_work(
+def test_a_prepared_corpus_is_refused_for_a_family_before_work(
     saved: dict[str, tuple[Path, object]], compose_config: Callable[..., DictConfig]
 ) -> None:
     from gpt_lab.errors import ConfigError
@@ -207,7 +203,9 @@ def test_training_on_a_family_directory_is_refused_before_work(
 
     directory, _ = saved["qwen3"]
     for task in ("train", "evaluate"):
-        cfg = compose_config(f"task={task}", f"init_from={directory}", "data.path=gpt_lab:the-verdict.txt")
-        with pytest.raises(ConfigError, match=f"task={task} init_from=.*tokenize with GPT-2's tokenizer"):
+        cfg = compose_config(f"task={task}", f"init_from={directory}", "data=corpus", "data.dir=corpus")
+        with pytest.raises(ConfigError, match=f"task={task} data=corpus init_from=.*GPT-2 token ids"):
             check_resources(cfg)
+        # A text file is tokenized with the directory's own tokenizer.json (tests/test_family_training.py).
+        check_resources(compose_config(f"task={task}", f"init_from={directory}", "data.path=gpt_lab:the-verdict.txt"))
     check_resources(compose_config(f"init_from={directory}"))  # generation reads its tokenizer.json

@@ -93,3 +93,20 @@ def test_entries_of_a_chat_family_keep_their_markup(tmp_path: Path) -> None:
     tok = load_hf_tokenizer(tmp_path)
     assert encode_text(tok, "<|im_start|>user\nHi<|im_end|>")[0] == 1  # the special token, not its letters
     assert 50256 not in encode_text(get_tokenizer(), "<|endoftext|>")  # GPT-2's entries: ordinary text
+
+
+def test_a_run_reads_the_tokenizer_and_stop_ids_of_its_family(tmp_path: Path) -> None:
+    """A run trained from a family directory copies its tokenizer files, config.json's end-of-sequence id
+    kept in front (config.json itself stays behind: the run is not the family's weights)."""
+    from gpt_lab.hf_tokenizer import copy_tokenizer_files, tokenizer_directory, tokenizer_for
+
+    family = tmp_path / "family"
+    write_tokenizer(family, CHATML, eos_token="<|im_end|>")
+    (family / "config.json").write_text(json.dumps({"model_type": "qwen3", "eos_token_id": 1}))
+    (family / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 1]}))
+    run = tmp_path / "run"
+    copy_tokenizer_files(family, run)
+    assert not (run / "config.json").exists() and tokenizer_directory(run / "model.pth") == run
+    assert tokenizer_directory(run / "checkpoints" / "last.ckpt") == run
+    assert tokenizer_for(run).stop_ids == tokenizer_for(family).stop_ids == (1, 0, 2)
+    assert tokenizer_directory(tmp_path / "elsewhere" / "model.pth") is None  # GPT-2's

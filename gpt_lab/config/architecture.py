@@ -54,6 +54,9 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     "ffn_activation": "silu",  # the gate's activation of ffn=swiglu / moe: silu | gelu_tanh (Gemma 3)
     "attn_out_bias": True,  # out_proj's bias (GPT-2's; Llama, Qwen3, Gemma 3 have none)
     "ffn_bias": True,  # ffn=gelu's biases (GPT-2's)
+    # ffn=moe: the k chosen experts' weights are the softmax over their k router logits (true: the book's,
+    # Qwen3-30B-A3B's norm_topk_prob=true), or the softmax over all experts' logits, the k taken as they are.
+    "moe_renormalize": True,
 }
 FFN_ACTIVATIONS = ("silu", "gelu_tanh")
 ARCH_DEFAULTS.update(FAMILY_DEFAULTS)
@@ -216,7 +219,7 @@ def _check_family_flags(m: Mapping[str, Any]) -> list[str]:
         problems.append(f"model.ffn_activation={get('ffn_activation')} must be one of {', '.join(FFN_ACTIVATIONS)}")
     problems += _positive(m, "query_scale", "(the attention scores' scale), or null for head_dim ** -0.5")
     problems += _positive(m, "rope_local_base", "(the sliding layers' RoPE base), or null for rope_base")
-    for key in ("emb_scale", "norm_offset", "post_norms", "attn_out_bias", "ffn_bias"):
+    for key in ("emb_scale", "norm_offset", "post_norms", "attn_out_bias", "ffn_bias", "moe_renormalize"):
         if not isinstance(get(key), bool):
             problems.append(f"model.{key}={get(key)} must be true or false")
     if get("norm_offset") and get("norm") != "rmsnorm":

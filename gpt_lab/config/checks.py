@@ -127,6 +127,36 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     return typed
 
 
+# Tasks that read no text: a vocabulary other than GPT-2's needs no tokenizer there (sizes, files).
+TASKS_WITHOUT_TOKENIZER = ("estimate", "export", "prepare", "judge")
+
+
+def _check_vocabulary(cfg: DictConfig) -> list[str]:
+    """A vocabulary other than GPT-2's needs the tokenizer that fits it: ``init_from`` a Llama 3 / Qwen3 /
+    Gemma 3 directory with its tokenizer.json, or a run trained from one (whose size is checked
+    against the file when it is read, gpt_lab.hf_tokenizer.check_vocab). Without one the run reads
+    GPT-2's tokenizer, which fits ``model.vocab_size=50257`` only."""
+    from gpt_lab.hf_tokenizer import tokenizer_directory
+
+    m = cfg.model
+    if m.vocab_size == N_VOCAB or m.vocab_size <= 0 or cfg.task.name in TASKS_WITHOUT_TOKENIZER:
+        return []
+    init_from = cfg.get("init_from")
+    if init_from and tokenizer_directory(Path(cfg.paths.root_dir or ".", str(init_from))) is not None:
+        return []
+    why = (
+        f"a smaller one has no embedding for the ids up to {N_VOCAB - 1}"
+        if m.vocab_size < N_VOCAB
+        else f"a larger one generates ids from {N_VOCAB} on, which the tokenizer cannot decode"
+    )
+    return [
+        f"model.vocab_size={m.vocab_size} must be {N_VOCAB}, GPT-2's vocabulary ({why}), unless the model comes "
+        "with its own tokenizer: init_from=<a Llama 3 / Qwen3 / Gemma 3 directory with its tokenizer.json, or a "
+        "run trained from one> (model=qwen3_0_6b and the other full-size presets need their files; task=estimate "
+        "sizes them without)"
+    ]
+
+
 def check_config(cfg: DictConfig) -> list[str]:
     """Range and cross-field checks on a typed config; one message per problem."""
     problems = []
@@ -134,14 +164,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
         if m[key] <= 0:
             problems.append(f"model.{key}={m[key]} must be a positive integer")
-    # A family preset's own vocabulary (issue 26) comes with its tokenizer.json (init_from), checked there.
-    if m.vocab_size != N_VOCAB and not (m.vocab_size > N_VOCAB and m.pos_emb != "learned"):
-        why = (
-            f"a smaller one has no embedding for the ids up to {N_VOCAB - 1}"
-            if m.vocab_size < N_VOCAB
-            else f"a larger one generates ids from {N_VOCAB} on, which the tokenizer cannot decode"
-        )
-        problems.append(f"model.vocab_size={m.vocab_size} must be {N_VOCAB}, GPT-2's vocabulary ({why})")
+    problems += _check_vocabulary(cfg)
     if m.emb_dim > 0 and m.n_heads > 0 and m.emb_dim % m.n_heads and m.head_dim is None:
         divisors = [d for d in range(1, m.emb_dim + 1) if m.emb_dim % d == 0]
         shown = ", ".join(map(str, divisors[:16])) + (", ..." if len(divisors) > 16 else "")

@@ -25,6 +25,8 @@ MODEL_FILE = "model.pth"
 # The keys a model group option sets (conf/model/<option>.yaml): what model=<option> states.
 SIZE_KEYS = tuple(next(iter(GPT2_SIZES.values())))
 _SCHEMA_KEYS = tuple(ModelConfig.__dataclass_fields__)
+# The model options of the families (conf/model/<family>_*.yaml): named beside a family directory, they keep their name.
+FAMILY_PRESETS = ("llama", "qwen", "gemma")
 
 
 def saved_model_file(init_from: str | Path) -> Path | None:
@@ -50,6 +52,15 @@ def saved_model_config(init_from: str | Path) -> dict[str, Any] | None:
     return dict(model) if isinstance(model, Mapping) else None
 
 
+def family_directory_name(init_from: str | Path) -> str | None:
+    """The name of a Hugging Face family directory that ``init_from`` names (``checkpoints/Qwen3-0.6B``:
+    ``Qwen3-0.6B``): a directory with a ``config.json`` and no ``model.json``. None for anything else."""
+    path = Path(init_from).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file() or saved_model_file(path) is not None:
+        return None
+    return path.resolve().name or None
+
+
 def explicit_model_overrides(overrides: Sequence[str]) -> tuple[bool, set[str]]:
     """From Hydra's task overrides: whether ``model=<option>`` was given, and the ``model.<key>`` keys set."""
     group = False
@@ -72,9 +83,14 @@ def adopt_saved_model(plain: dict[str, Any], init_from: Path | None, overrides: 
     if init_from is None or not isinstance(plain.get("model"), dict):
         return
     saved = saved_model_config(init_from)
-    if saved is None:
-        return
     model = plain["model"]
+    if saved is None:
+        # A family directory's config.json replaces a GPT-2 preset's architecture when the weights are read
+        # (a family preset named beside it is checked instead): the run is named after the directory.
+        family = family_directory_name(init_from)
+        if family is not None and not str(model.get("name")).startswith(FAMILY_PRESETS):
+            model["name"] = family
+        return
     group, keys = explicit_model_overrides(overrides)
     stated = set(keys) | (set(SIZE_KEYS) if group else set())
     # An architecture group named on the command line (attention=mla, ...) is the user's choice: the
@@ -112,6 +128,8 @@ def run_model_name(choice: Any, task: Any = None, init_from: Any = None, judge_m
             saved = saved_model_config(init_from)
             if saved and saved.get("name"):
                 name = saved["name"]
+            elif saved is None and family_directory_name(init_from) and not str(choice).startswith(FAMILY_PRESETS):
+                name = family_directory_name(init_from)
     except Exception:  # an unreadable model.json is reported by validation, by name
         name = choice
     return str(name).replace("/", "-").replace(":", "-")

@@ -95,6 +95,7 @@ class ModelConfig:
     ffn_activation: str = FAMILY_DEFAULTS["ffn_activation"]  # silu | gelu_tanh
     attn_out_bias: bool = FAMILY_DEFAULTS["attn_out_bias"]
     ffn_bias: bool = FAMILY_DEFAULTS["ffn_bias"]
+    moe_renormalize: bool = FAMILY_DEFAULTS["moe_renormalize"]  # ffn=moe's top-k weights (norm_topk_prob)
 
 
 @dataclass

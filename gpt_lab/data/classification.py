@@ -9,7 +9,8 @@ columns (``data.label_column``, ``data.text_column``); header-less files are the
 Collection's layout, ``label<TAB>text``. The three splits are written as CSV into the run
 directory (``train.csv``, ``validation.csv``, ``test.csv``).
 
-Texts are GPT-2 tokens right-padded with ``<|endoftext|>`` (50256) to the longest training text
+Texts are the model's tokens (GPT-2's; a family's tokenizer.json with ``init_from`` one: then its
+end-of-sequence id pads) right-padded with ``<|endoftext|>`` (50256) to the longest training text
 (or ``data.max_length``; ``context`` for the model's context length); longer validation / test
 texts are truncated to it, and texts longer than the model's context are truncated with a warning
 that says how many.
@@ -35,7 +36,7 @@ from gpt_lab.data.labelled import (
     split_csv_text,
     split_examples,
 )
-from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity, write_run_splits
+from gpt_lab.data.text import DataError, ShuffledDataModule, run_tokenizer, save_data_identity, write_run_splits
 from gpt_lab.model.classifier import PAD_TOKEN_ID
 from gpt_lab.tokenizer import encode_text, get_tokenizer
 
@@ -62,11 +63,12 @@ class LabelledTextDataset(Dataset):
 
 
 def pad_collate(
-    batch: list[tuple[list[int], torch.Tensor]], length: int | None = None
+    batch: list[tuple[list[int], torch.Tensor]], length: int | None = None, pad_id: int = PAD_TOKEN_ID
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad with 50256 to ``length`` (None: the batch's longest text) → (ids (b, t), labels (b,))."""
+    """Right-pad with ``pad_id`` (GPT-2's 50256; a family's end-of-sequence id) to ``length`` (None: the
+    batch's longest text) → (ids (b, t), labels (b,))."""
     width = length or max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), PAD_TOKEN_ID, dtype=torch.long)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for row, (seq, _) in enumerate(batch):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return ids, torch.stack([label for _, label in batch])
@@ -75,11 +77,12 @@ def pad_collate(
 class _Collate:
     """A picklable ``pad_collate`` bound to a length (DataLoader workers)."""
 
-    def __init__(self, length: int | None) -> None:
+    def __init__(self, length: int | None, pad_id: int = PAD_TOKEN_ID) -> None:
         self.length = length
+        self.pad_id = pad_id
 
     def __call__(self, batch: list[tuple[list[int], torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_collate(batch, self.length)
+        return pad_collate(batch, self.length, self.pad_id)
 
 
 class ClassificationDataModule(ShuffledDataModule):
@@ -109,8 +112,11 @@ class ClassificationDataModule(ShuffledDataModule):
         num_workers: int = 0,
         seed: int = 123,
         output_dir: Path | None = None,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
+        self.tokenizer = tokenizer or get_tokenizer()  # the model's (``run_tokenizer``); GPT-2's by default
+        self.pad_id = int(self.tokenizer.eot_token)  # GPT-2: the book's 50256
         if (path is None) == (not split_paths):
             raise DataError(
                 "data=classification needs either data.path (one file, split 0.7 / 0.1 / rest) or all three "
@@ -239,7 +245,7 @@ class ClassificationDataModule(ShuffledDataModule):
         return found
 
     def _tokenize(self) -> None:
-        tokenizer = get_tokenizer()
+        tokenizer = self.tokenizer
         index = {name: i for i, name in enumerate(self.class_names)}
         encoded = {
             split: [encode_text(tokenizer, e.text) for e in rows]  # "<|endoftext|>" is text, not padding
@@ -283,7 +289,7 @@ class ClassificationDataModule(ShuffledDataModule):
 
     # -- loaders --------------------------------------------------------------------------------
     def _collate(self) -> _Collate:
-        return _Collate(self.max_length if self.pad else None)
+        return _Collate(self.max_length if self.pad else None, self.pad_id)
 
     def train_dataloader(self) -> DataLoader:
         return self.split_loader(self.datasets["train"], True, True, self._collate())  # drop_last: the book's
@@ -357,4 +363,5 @@ class ClassificationDataModule(ShuffledDataModule):
             num_workers=d.num_workers or 0,
             seed=cfg.seed,
             output_dir=Path(cfg.paths.output_dir),
+            tokenizer=run_tokenizer(cfg),
         )

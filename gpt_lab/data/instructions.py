@@ -7,6 +7,13 @@ gpt_lab/data/entries.py): ``encode_entry`` (prompt and response as the book toke
 Text that contains ``<|endoftext|>`` is tokenized as ordinary text (``gpt_lab.tokenizer.encode_text``:
 ``<``, ``|``, ``endoftext``, ``|``, ``>``), so the only id 50256 of an item is the one appended to
 end it; padding is told apart from it by position, never by value.
+
+A chat family's model (``init_from`` a Llama 3 / Qwen3 / Gemma 3 directory, or a run trained from
+one) reads its own tokenizer (``gpt_lab.data.text.run_tokenizer``): the markers of its prompt style
+are its special tokens, and the item ends with the style's end-of-turn token (``<|im_end|>``), which
+is the end target and the padding; nothing more is appended (``end_of_item``). A style whose
+end-of-turn is not one token of the vocabulary (alpaca, phi3) ends with the tokenizer's
+end-of-sequence id appended, as the book appends 50256.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import SPLITS, InstructionDataError, read_entries, split_entries, split_sizes
-from gpt_lab.data.text import ShuffledDataModule, save_data_identity, write_run_splits
+from gpt_lab.data.text import ShuffledDataModule, run_tokenizer, save_data_identity, write_run_splits
 from gpt_lab.generation.prompt_styles import format_prompt, format_response, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
@@ -54,12 +61,35 @@ def encode_entry(entry: Mapping[str, Any], style: str, tokenizer: tiktoken.Encod
     return ids, n
 
 
+def end_of_item(tokenizer: Any, style: str) -> tuple[int, bool]:
+    """``(end id, appended)``: the id that ends an item of ``style`` and pads its batch, and whether
+    the collate appends it. A chat style whose end-of-turn is one token of ``tokenizer`` already ends
+    its text with it (``format_response``): nothing is appended; otherwise the tokenizer's
+    end-of-sequence id is (GPT-2: the book's 50256). A chat style whose markers a family's tokenizer
+    does not have (llama3's on Qwen3) is warned about: its markers are then plain text."""
+    end_of_turn = get_prompt_style(style).end_of_turn
+    token_id = getattr(tokenizer, "token_id", None)  # a family's tokenizer (gpt_lab.hf_tokenizer)
+    found = token_id(end_of_turn) if end_of_turn and token_id is not None else None
+    if found is not None:
+        return found, False
+    if end_of_turn and token_id is not None:
+        log.warning(
+            "data.prompt_style=%s does not fit this model: its tokenizer (%s) has no %s token, so the style's "
+            "markers are plain text to it; use the family's own style (docs/families.md)",
+            style,
+            getattr(tokenizer, "name", "?"),
+            end_of_turn,
+        )
+    return int(tokenizer.eot_token), True
+
+
 def collate_instructions(
     items: Sequence[Sequence[int]],
     pad_token_id: int = ENDOFTEXT_ID,
     ignore_index: int = IGNORE_INDEX,
     allowed_max_length: int | None = None,
     prompt_lengths: Sequence[int] | None = None,
+    append_end: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's ``custom_collate_fn``: token-id lists → inputs and targets (b, t).
 
@@ -68,6 +98,8 @@ def collate_instructions(
     item's end-of-text is ``ignore_index``. ``allowed_max_length`` then truncates both. With
     ``prompt_lengths`` (exercise 7.2), the targets that predict prompt tokens are ignored too.
     Padding is found by position (past the item's length), so an item may hold ``pad_token_id``.
+    ``append_end=False``: the items already end with their end token (a chat family's end-of-turn,
+    ``end_of_item``), which is then the last target; nothing is appended.
     """
     if not items:
         raise ValueError("collate_instructions: empty batch")
@@ -79,7 +111,8 @@ def collate_instructions(
         ids = torch.as_tensor(item, dtype=torch.long)
         inputs[row, :n] = ids
         targets[row, : n - 1] = ids[1:]
-        targets[row, n - 1] = pad_token_id  # the one end-of-text target: where the model learns to stop
+        if append_end:
+            targets[row, n - 1] = pad_token_id  # the one end-of-text target: where the model learns to stop
         if prompt_lengths is not None:
             targets[row, : max(prompt_lengths[row] - 1, 0)] = ignore_index
     if allowed_max_length is not None:
@@ -93,11 +126,19 @@ class InstructionCollator:
 
     allowed_max_length: int | None = None
     mask_prompt: bool = False
+    end_id: int = ENDOFTEXT_ID  # the end target and padding (``end_of_item``)
+    append_end: bool = True
 
     def __call__(self, batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         items = [ids for ids, _ in batch]
         lengths = [n for _, n in batch] if self.mask_prompt else None
-        return collate_instructions(items, allowed_max_length=self.allowed_max_length, prompt_lengths=lengths)
+        return collate_instructions(
+            items,
+            self.end_id,
+            allowed_max_length=self.allowed_max_length,
+            prompt_lengths=lengths,
+            append_end=self.append_end,
+        )
 
 
 class InstructionDataset(Dataset):
@@ -145,9 +186,12 @@ class InstructionDataModule(ShuffledDataModule):
         seed: int = 123,
         eval_max_batches: int | None = None,
         output_dir: str | Path | None = None,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
         self.style = get_prompt_style(prompt_style).name
+        self.tokenizer = tokenizer or get_tokenizer()  # the model's (``run_tokenizer``); GPT-2's by default
+        self.end_id, self.append_end = end_of_item(self.tokenizer, self.style)
         self.path = Path(path) if path else None
         self.split_paths = {k: Path(v) for k, v in (split_paths or {}).items() if v}
         self.max_length = max_length
@@ -194,7 +238,7 @@ class InstructionDataModule(ShuffledDataModule):
         if self.splits:
             return
         splits = self._read_splits()
-        tokenizer = get_tokenizer()
+        tokenizer = self.tokenizer
         for split, entries in splits.items():
             dataset = InstructionDataset(entries, self.style, tokenizer)
             self.truncated[split] = sum(len(ids) > self.max_length for ids, _ in dataset.encoded)
@@ -223,7 +267,10 @@ class InstructionDataModule(ShuffledDataModule):
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         assert self.datasets, "call setup() first"
         return self.split_loader(
-            self.datasets[split], shuffle, drop_last, InstructionCollator(self.max_length, self.mask_prompt)
+            self.datasets[split],
+            shuffle,
+            drop_last,
+            InstructionCollator(self.max_length, self.mask_prompt, self.end_id, self.append_end),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -285,6 +332,7 @@ class InstructionDataModule(ShuffledDataModule):
             seed=cfg.seed,
             eval_max_batches=d.eval_max_batches,
             output_dir=cfg.paths.output_dir,
+            tokenizer=run_tokenizer(cfg),
         )
 
 

@@ -13,12 +13,17 @@ model runs one forward pass per step; inputs are ``[:-1]``, targets ``[1:]``, pa
 set to -100. The one appended end-of-text is a response target, as in chapter 7: the model learns
 where the preferred answer stops.
 
+A chat family's model (``init_from`` a Llama 3 / Qwen3 / Gemma 3 directory or a run trained from
+one) reads its own tokenizer, and each response ends with its style's end-of-turn token
+(``<|im_end|>``) instead, which also pads (``gpt_lab.data.instructions.end_of_item``).
+
 Pairs whose two responses are equal are warned about, counted and left out (they add exactly
 ln 2 to the loss and nothing to the gradient).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus import BoundedLoader
 from gpt_lab.data.entries import read_entries, split_entries
-from gpt_lab.data.text import DataError, ShuffledDataModule, save_data_identity
+from gpt_lab.data.instructions import end_of_item
+from gpt_lab.data.text import DataError, ShuffledDataModule, run_tokenizer, save_data_identity
 from gpt_lab.generation.prompt_styles import format_prompt, get_prompt_style
 from gpt_lab.tokenizer import ENDOFTEXT_ID, IGNORE_INDEX, encode_text, get_tokenizer
 
@@ -144,19 +150,21 @@ def prompt_text(entry: dict[str, str], style: str) -> str:
 
 
 def encode_pair(
-    entry: dict[str, str], style: str, max_tokens: int, tokenizer: Any = None
+    entry: dict[str, str], style: str, max_tokens: int, tokenizer: Any = None, end_id: int | None = None
 ) -> tuple[PreferencePair, bool]:
     """``entry`` as token ids, each full sequence cut to ``max_tokens`` (context + 1); and whether it was cut.
 
     The prompt and each response are encoded separately (text that spells ``<|endoftext|>`` is
     ordinary text here, never the padding id), so the prompt's tokens are the same in both sequences.
+    ``end_id`` ends each response (None: ``end_of_item``'s, GPT-2's 50256 or a chat family's end of turn).
     """
     tokenizer = tokenizer or get_tokenizer()
+    end_id = end_of_item(tokenizer, style)[0] if end_id is None else end_id
     prompt = encode_text(tokenizer, prompt_text(entry, style))
     responses = []
     cut = False
     for key in ("chosen", "rejected"):
-        ids = [*encode_text(tokenizer, entry[key]), EOT_ID]
+        ids = [*encode_text(tokenizer, entry[key], continuation=True), end_id]
         room = max(max_tokens - len(prompt), 0)
         cut |= len(ids) > room
         responses.append(ids[:room])
@@ -169,9 +177,9 @@ def collate_preferences(
     """``b`` pairs → ``inputs`` and ``targets``, each (2b, T): rows ``[:b]`` chosen, ``[b:]`` rejected.
 
     Each sequence ``prompt + response`` (T + 1 tokens for the longest) gives inputs ``[:-1]`` and
-    targets ``[1:]``, padded with ``pad_id``; a target is -100 unless it counts: the response's
-    tokens, its end-of-text unless ``count_eot=False``, and the prompt's last ``prompt_tail`` tokens
-    (the book's DPO mask, ``dpo.logprob=mean``: ``book_prompt_tail``). Pairs that carry the
+    targets ``[1:]``, padded with ``pad_id`` (the id that ends each response); a target is -100 unless
+    it counts: the response's tokens, its end-of-text unless ``count_eot=False``, and the prompt's last
+    ``prompt_tail`` tokens (the book's DPO mask, ``dpo.logprob=mean``: ``book_prompt_tail``). Pairs that carry the
     reference's log-probabilities add a third tensor (2b,) in the same row order.
     """
     seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
@@ -183,7 +191,7 @@ def collate_preferences(
         inputs[row, : len(ids) - 1] = ids[:-1]
         # Target j is token j + 1: the response's tokens are targets len(prompt) - 1 onwards.
         start = len(prompt) - 1 - min(prompt_tail, len(prompt) - 1)
-        end = len(ids) - 1 - (1 if not count_eot and resp and resp[-1] == EOT_ID else 0)
+        end = len(ids) - 1 - (1 if not count_eot and resp and resp[-1] == pad_id else 0)
         targets[row, start:end] = ids[start + 1 : end + 1]
     if pairs and all(p.reference is not None for p in pairs):
         reference = [p.reference[0] for p in pairs] + [p.reference[1] for p in pairs]  # type: ignore[index]
@@ -196,7 +204,7 @@ def book_prompt_tail(style: str, tokenizer: Any = None) -> int:
     (``prompt_len + 2``), so all of the style's response header but its first 2 tokens (alpaca:
     ``\\n\\n``, ``###`` masked; `` Response``, ``:``, ``\\n`` counted)."""
     tokenizer = tokenizer or get_tokenizer()
-    return max(len(encode_text(tokenizer, get_prompt_style(style).response_prefix)) - 2, 0)
+    return max(len(encode_text(tokenizer, get_prompt_style(style).response_prefix, continuation=True)) - 2, 0)
 
 
 @dataclass(frozen=True)
@@ -205,9 +213,10 @@ class PreferenceCollate:
 
     prompt_tail: int = 0
     count_eot: bool = True
+    end_id: int = EOT_ID  # ends each response and pads (``end_of_item``)
 
     def __call__(self, pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, ...]:
-        return collate_preferences(pairs, prompt_tail=self.prompt_tail, count_eot=self.count_eot)
+        return collate_preferences(pairs, self.end_id, prompt_tail=self.prompt_tail, count_eot=self.count_eot)
 
 
 class PreferenceDataset(Dataset):
@@ -245,9 +254,11 @@ class PreferenceDataModule(ShuffledDataModule):
         test_ratio: float = 0.10,
         shuffle_seed: int | None = None,
         logprob: str = "mean",
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.tokenizer = tokenizer or get_tokenizer()  # the model's (``run_tokenizer``); GPT-2's by default
         self.logprob = logprob  # dpo.logprob: which targets count (PreferenceCollate)
         self.fields = fields
         self.train_ratio, self.test_ratio, self.shuffle_seed = train_ratio, test_ratio, shuffle_seed
@@ -268,7 +279,7 @@ class PreferenceDataModule(ShuffledDataModule):
         if self.datasets:
             return
         get_prompt_style(self.prompt_style)  # an unknown style fails here, before any model is built
-        tokenizer = get_tokenizer()
+        tokenizer = self.tokenizer
         entries = read_preference_entries(self.path, self.chosen_key, self.rejected_key, self.fields)
         # Chapter 7's split rule (and its optional seeded shuffle), over (index in the file, entry).
         parts = split_entries(list(enumerate(entries)), self.train_ratio, self.test_ratio, self.shuffle_seed)
@@ -278,7 +289,7 @@ class PreferenceDataModule(ShuffledDataModule):
                 if entry["chosen"] == entry["rejected"]:
                     skipped.identical.append(index)
                     continue
-                pair, cut = encode_pair(entry, self.prompt_style, self.max_length + 1, tokenizer)
+                pair, cut = encode_pair(entry, self.prompt_style, self.max_length + 1, tokenizer, self.end_id)
                 if len(pair.chosen) == 0 or len(pair.rejected) == 0:
                     skipped.no_room.append(index)
                     continue
@@ -342,8 +353,14 @@ class PreferenceDataModule(ShuffledDataModule):
     def collate(self) -> PreferenceCollate:
         """The batches' collate: the targets ``dpo.logprob`` counts."""
         if self.logprob == "mean":  # the book's targets (book_prompt_tail)
-            return PreferenceCollate(book_prompt_tail(self.prompt_style), count_eot=False)
-        return PreferenceCollate()
+            tail = book_prompt_tail(self.prompt_style, self.tokenizer)
+            return PreferenceCollate(tail, count_eot=False, end_id=self.end_id)
+        return PreferenceCollate(end_id=self.end_id)
+
+    @functools.cached_property
+    def end_id(self) -> int:
+        """The id that ends each response and pads: GPT-2's 50256, a chat family's end of turn."""
+        return end_of_item(self.tokenizer, self.prompt_style)[0]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -400,4 +417,5 @@ class PreferenceDataModule(ShuffledDataModule):
             test_ratio=d.test_ratio if d.test_ratio is not None else 0.10,
             shuffle_seed=cfg.seed if d.shuffle else None,
             logprob=cfg.dpo.logprob if cfg.get("dpo") else "mean",
+            tokenizer=run_tokenizer(cfg),
         )

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
+from gpt_lab.hf_tokenizer import tokenizer_for
 from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
 
 # ``data.path=gpt_lab:the-verdict.txt`` names a text shipped inside the package (gpt_lab/texts/).
@@ -27,6 +28,13 @@ PACKAGED_PREFIX = "gpt_lab:"
 
 class DataError(UserError):
     """``data.*`` does not give a usable training text (missing file, too short, batch too big)."""
+
+
+def run_tokenizer(cfg: Any) -> Any:
+    """The tokenizer of a run's model, which its data is tokenized with: the ``tokenizer.json`` of
+    ``init_from`` when that is a Llama 3 / Qwen3 / Gemma 3 directory or a run trained from one
+    (gpt_lab.hf_tokenizer), GPT-2's tiktoken encoding otherwise (the book's)."""
+    return tokenizer_for(input_path(cfg, cfg.get("init_from")))
 
 
 def packaged_text(path: str | Path | None) -> Path | None:
@@ -213,7 +221,8 @@ class TextEvaluation:
         path = packaged_text(cfg.data.path) or input_path(cfg, cfg.data.path)
         assert path is not None
         self.path, self.cfg = path, cfg
-        self.ids = torch.tensor(text_to_token_ids(read_text(path), get_tokenizer()), dtype=torch.long)
+        self.tokenizer = run_tokenizer(cfg)
+        self.ids = torch.tensor(text_to_token_ids(read_text(path), self.tokenizer), dtype=torch.long)
         if len(self.ids) < 2:
             raise DataError(f"data.path={cfg.data.path} holds {len(self.ids)} token(s); evaluation needs at least 2")
 
@@ -287,8 +296,10 @@ class TextDataModule(ShuffledDataModule):
         train_ratio: float = 0.9,
         num_workers: int = 0,
         seed: int = 123,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
+        self.tokenizer = tokenizer or get_tokenizer()  # the model's (``run_tokenizer``); GPT-2's by default
         if max_length < 1:
             raise DataError(f"context length {max_length} must be >= 1")
         if batch_size < 1:
@@ -317,7 +328,7 @@ class TextDataModule(ShuffledDataModule):
         """Read, split and tokenize the text once (later calls do nothing); check it is long enough."""
         if self.train_dataset is not None:
             return
-        tokenizer: tiktoken.Encoding = get_tokenizer()
+        tokenizer: tiktoken.Encoding = self.tokenizer
         train_text, val_text = split_text(read_text(self.path), self.train_ratio)
         train_ids = text_to_token_ids(train_text, tokenizer)
         val_ids = text_to_token_ids(val_text, tokenizer)
@@ -368,6 +379,7 @@ class TextDataModule(ShuffledDataModule):
             train_ratio=cfg.data.train_ratio,
             num_workers=cfg.data.num_workers,
             seed=cfg.seed,
+            tokenizer=run_tokenizer(cfg),
         )
 
     @classmethod

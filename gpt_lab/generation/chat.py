@@ -30,6 +30,15 @@ def stop_id(tokenizer: Any, style: str | PromptStyle) -> int:
     return tokenizer.eot_token if found is None else found
 
 
+def stop_ids(tokenizer: Any, style: str | PromptStyle | None = None) -> int | tuple[int, ...]:
+    """Every id generation stops at (``generate``'s ``eos_id``): ``style``'s end of turn (``stop_id``)
+    and each end-of-sequence / end-of-turn id a family's directory lists (gpt_lab.hf_tokenizer's
+    ``stop_ids``: generation_config.json's ``eos_token_id`` may be a list); GPT-2: its end-of-text."""
+    first = stop_id(tokenizer, style) if style is not None else tokenizer.eot_token
+    listed = tuple(getattr(tokenizer, "stop_ids", ()))
+    return tuple(dict.fromkeys((first, *listed))) if listed else int(first)
+
+
 @dataclass
 class Conversation:
     """The exchanges so far and how to continue them."""
@@ -73,7 +82,7 @@ class Conversation:
             int(self.model.context_length),
             temperature=self.temperature,
             top_k=self.top_k,
-            eos_id=stop_id(self.tokenizer, self.style),
+            eos_id=stop_ids(self.tokenizer, self.style),
         ):
             new.append(int(token))
             piece = self.tokenizer.decode(ids + new)[len(text) :]

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from gpt_lab.errors import UserError
+from gpt_lab.generation.chat import stop_ids
 from gpt_lab.generation.sampling import generate_stream
 from gpt_lab.model.gpt import GPTModel
 
@@ -41,12 +42,12 @@ def continue_prompt(
     started = time.perf_counter()
     steps = generate_stream(
         model,
-        torch.tensor([prompt_ids], device=model.out_head.weight.device),  # (1, n_prompt)
+        torch.tensor([prompt_ids], device=model.tok_emb.weight.device),  # (1, n_prompt)
         cfg.max_new_tokens,
         model.context_length,
         temperature=cfg.temperature,
         top_k=cfg.top_k,
-        eos_id=tokenizer.eot_token if cfg.stop_at_eos else None,
+        eos_id=stop_ids(tokenizer) if cfg.stop_at_eos else None,  # a family: every id its files list
         use_cache=cfg.use_cache,
     )
     for token in steps:

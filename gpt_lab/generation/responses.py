@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_lab.config import input_path
 from gpt_lab.errors import InitFromError, UserError
+from gpt_lab.generation.chat import stop_ids
 from gpt_lab.generation.prompt_styles import (
     PROMPT_STYLES,
     PromptStyleError,
@@ -28,7 +29,7 @@ from gpt_lab.model.hf_families import CHAT_STYLES
 from gpt_lab.model.hf_files import family_directory, read_config
 from gpt_lab.model.model_file import MODEL_FILE, read_meta
 from gpt_lab.model.weights import build_model, require_language_model
-from gpt_lab.tokenizer import ENDOFTEXT_ID, encode_text
+from gpt_lab.tokenizer import encode_text
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,20 @@ def answer(
     max_new_tokens: int = BOOK_RESPONSE_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
-    eos_id: int = ENDOFTEXT_ID,
+    eos_id: int | tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """The model's answer to ``entry`` (instruction and input), the book's way, timed.
 
     The prompt is tokenized with special-looking text as ordinary text (as in training); generation
-    is greedy unless ``temperature > 0``, stops at ``eos_id`` (end-of-text; a chat family: its
-    end-of-turn token, gpt_lab.generation.chat's ``stop_id``) and slides the window past the
+    is greedy unless ``temperature > 0``, stops at ``eos_id`` (None: ``stop_ids``, GPT-2's end-of-text;
+    a chat family: its end-of-turn token and its end-of-sequence ids) and slides the window past the
     context. Returns ``prompt``, ``output_ids`` / ``output_text`` (prompt and continuation),
     ``response`` (the book's extraction), ``new_tokens`` and the speed.
     """
     prompt = format_prompt(entry, style)
     ids = encode_text(tokenizer, prompt)
-    device = model.out_head.weight.device
+    eos_id = stop_ids(tokenizer, style) if eos_id is None else eos_id
+    device = model.tok_emb.weight.device  # not out_head.weight: a packed bf16 head would unpack a copy
     started = time.perf_counter()
     out = generate(
         model,

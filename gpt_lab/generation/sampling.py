@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ def generate(
     context_size: int,
     temperature: float = 0.0,
     top_k: int | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
     """Greedy (``temperature == 0``) or sampled continuation of ``idx`` (b, n) → (b, n + new).
@@ -72,7 +72,8 @@ def generate(
     Runs in eval mode (dropout off) and restores the model's mode afterwards. With the cache,
     each step feeds only the new token; once prompt + output outgrow ``context_size`` the window
     slides and positions shift, so every step then recomputes the window exactly as the book's
-    loop does. Stops early, without appending it, when every sequence's next token is ``eos_id``.
+    loop does. Stops early, without appending it, when every sequence's next token is ``eos_id``
+    (or one of them: a family's end-of-sequence and end-of-turn ids).
     """
     steps = generate_stream(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache)
     return torch.cat((idx, *steps), dim=1)
@@ -85,7 +86,7 @@ def generate_stream(
     context_size: int,
     temperature: float = 0.0,
     top_k: int | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """``generate``, one step at a time: yields each new token as it is produced, (b, 1).
@@ -108,9 +109,10 @@ def _steps(
     context_size: int,
     temperature: float,
     top_k: int | None,
-    eos_id: int | None,
+    eos_id: int | Sequence[int] | None,
     use_cache: bool,
 ) -> Iterator[torch.Tensor]:
+    stops = None if eos_id is None or isinstance(eos_id, int) else torch.tensor(list(eos_id), device=idx.device)
     was_training = model.training
     model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
@@ -118,7 +120,12 @@ def _steps(
     # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
-    decoder = Decoder(model) if is_gpt_model and idx.device.type == "cpu" else None
+    # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
+    # training run's sample: its weights change before the next one.
+    decoder = Decoder(model, keep_head_copy=not was_training) if is_gpt_model and idx.device.type == "cpu" else None
+    # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
+    # small models pay for) for GPTModel, whose forward stores no tensor on the model; no_grad for others.
+    grad_off = torch.inference_mode if is_gpt_model else torch.no_grad
     try:
         with decoder or contextlib.nullcontext():
             for _ in range(max_new_tokens):
@@ -126,10 +133,14 @@ def _steps(
                 cached = cache is not None and idx.shape[1] <= cache.max_len
                 new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
                 step = decoder.step() if decoder else contextlib.nullcontext()
-                with torch.no_grad(), step:
+                with grad_off(), step:
                     logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
                     idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
-                if eos_id is not None and bool((idx_next == eos_id).all()):
+                idx_next = idx_next.clone() if is_gpt_model else idx_next  # a normal tensor, not an inference one
+                if stops is not None:
+                    if bool(torch.isin(idx_next, stops).all()):
+                        break
+                elif eos_id is not None and bool((idx_next == eos_id).all()):
                     break
                 idx = torch.cat((idx, idx_next), dim=1)
                 yield idx_next

@@ -82,23 +82,26 @@ def classify_texts(
     pooling: str = "last",
     max_length: int | None = None,
     batch_size: int = 8,
+    tokenizer: Any = None,
+    pad_token_id: int = PAD_TOKEN_ID,
 ) -> list[dict[str, Any]]:
     """Each text's class: ``[{"text", "label", "probability", "probabilities": {name: p}}]``.
 
     ``max_length``: the length the classifier was trained with (texts padded / cut to it, as the
-    book's ``classify_review``); None: each text as it is (one at a time, no padding).
+    book's ``classify_review``); None: each text as it is (one at a time, no padding). ``tokenizer``
+    and ``pad_token_id``: the model's (a family's, gpt_lab.hf_tokenizer), GPT-2's by default.
     """
     from gpt_lab.tokenizer import get_tokenizer
 
-    tokenizer = get_tokenizer()
+    tokenizer = tokenizer or get_tokenizer()
     model.eval()
     device = next(model.parameters()).device
-    encoded = [encode_for_classification(tokenizer, t, max_length, model.context_length) for t in texts]
+    encoded = [encode_for_classification(tokenizer, t, max_length, model.context_length, pad_token_id) for t in texts]
     step = batch_size if max_length else 1
     out: list[dict[str, Any]] = []
     for start in range(0, len(encoded), step):
         idx = torch.tensor(encoded[start : start + step], dtype=torch.long, device=device)
-        probs = torch.softmax(pooled_logits(model, idx, pooling).float(), dim=-1).cpu()
+        probs = torch.softmax(pooled_logits(model, idx, pooling, pad_token_id).float(), dim=-1).cpu()
         for row, text in zip(probs, texts[start : start + step], strict=True):
             best = int(row.argmax())
             out.append(

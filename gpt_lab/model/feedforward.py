@@ -4,7 +4,8 @@ Names: ``FeedForward`` keeps the book's ``layers.0`` / ``layers.2``; ``SwiGLU`` 
 ``fc3(silu(fc1 x) * fc2 x)``, bias-free; ``MoEFeedForward`` has a bias-free router ``gate`` and
 ``fc1`` / ``fc2`` / ``fc3`` as lists of per-expert Linears (the book's MoE bonus): each token goes
 to the ``experts_per_token`` experts with the largest router logits, weighted by the softmax over
-those logits only.
+those logits only (``model.moe_renormalize=false``: by the softmax over every expert's logit, the
+chosen weights then summing to less than 1, transformers' ``norm_topk_prob=false``).
 """
 
 from __future__ import annotations
@@ -66,10 +67,17 @@ class MoEFeedForward(nn.Module):
     """A mixture of ``num_experts`` SwiGLU experts; each token runs ``experts_per_token`` of them."""
 
     def __init__(
-        self, emb_dim: int, hidden_dim: int, num_experts: int, experts_per_token: int, activation: str = "silu"
+        self,
+        emb_dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        experts_per_token: int,
+        activation: str = "silu",
+        renormalize: bool = True,
     ) -> None:
         super().__init__()
         self.act = gate_activation(activation)
+        self.renormalize = renormalize  # model.moe_renormalize
         self.num_experts = num_experts
         self.experts_per_token = experts_per_token
         self.gate = nn.Linear(emb_dim, num_experts, bias=False)
@@ -80,8 +88,13 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (n_tokens, emb_dim)
-        top_logits, top_experts = torch.topk(self.gate(x), self.experts_per_token, dim=-1)  # (n, k)
-        top_weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)
+        logits = self.gate(x)  # (n, num_experts)
+        top_logits, top_experts = torch.topk(logits, self.experts_per_token, dim=-1)  # (n, k)
+        if self.renormalize:  # a softmax over the k chosen: their weights sum to 1
+            top_weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)
+        else:  # the router's probabilities over every expert, the k chosen kept as they are
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            top_weights = probs.gather(-1, top_experts).to(x.dtype)
         out = torch.zeros_like(x)
         for e in range(self.num_experts):
             token, slot = torch.where(top_experts == e)  # a token picks an expert at most once
@@ -101,5 +114,6 @@ def make_feedforward(cfg: Mapping[str, Any]) -> nn.Module:
     if kind == "moe":
         hidden = ffn_hidden_dim(cfg, moe=True)
         experts, k = int(cfg["num_experts"]), int(cfg["experts_per_token"])
-        return MoEFeedForward(cfg["emb_dim"], hidden, experts, k, cfg.get("ffn_activation", "silu"))
+        activation, renormalize = cfg.get("ffn_activation", "silu"), bool(cfg.get("moe_renormalize", True))
+        return MoEFeedForward(cfg["emb_dim"], hidden, experts, k, activation, renormalize)
     return FeedForward(cfg)

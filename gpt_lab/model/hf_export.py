@@ -20,12 +20,11 @@ from typing import Any
 import torch
 
 from gpt_lab.errors import UserError
+from gpt_lab.hf_tokenizer import TOKENIZER_FILES
 from gpt_lab.model.hf import export_hf_state_dict
 from gpt_lab.model.hf_families import family_hf_config, name_map
 from gpt_lab.storage import write_text_atomic
 
-# What a family's directory carries besides config.json and the weights, copied when present.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 WRITTEN = ("config.json", "model.safetensors")
 
 

@@ -11,7 +11,7 @@ family's configuration and modelling code in transformers:
   ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``).
 - Qwen3: explicit ``head_dim``; RMSNorm of each head's queries and keys (``self_attn.q_norm``,
   ``k_norm``) before RoPE. Qwen3-MoE: a router ``mlp.gate`` and ``mlp.experts.{e}.*_proj``, top-k of
-  the softmax, renormalised when ``norm_topk_prob`` (gpt_lab's MoE always renormalises: Qwen3-30B-A3B does).
+  the softmax, renormalised over the k when ``norm_topk_prob`` (``model.moe_renormalize``; Qwen3-30B-A3B does).
 - Gemma 3: QK-norm too; norms before and after attention and feed-forward
   (``input_layernorm``, ``post_attention_layernorm``, ``pre_feedforward_layernorm``,
   ``post_feedforward_layernorm``); RMSNorm scales by (1 + weight); embeddings times √hidden_size;
@@ -155,13 +155,12 @@ def family_config(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     if facts["moe"]:
         if int(hf.get("decoder_sparse_step", 1)) != 1 or hf.get("mlp_only_layers"):
             raise _fail(source, "config.json mixes dense and MoE layers (decoder_sparse_step / mlp_only_layers)")
-        if not hf.get("norm_topk_prob", False):  # gpt_lab's MoE renormalises the chosen experts' weights
-            raise _fail(source, "config.json has norm_topk_prob=false; gpt_lab's MoE renormalises the top-k weights")
         out.update(
             ffn="moe",
             num_experts=int(hf.get("num_experts") or hf["num_local_experts"]),
             experts_per_token=int(hf["num_experts_per_tok"]),
             moe_hidden_dim=int(hf["moe_intermediate_size"]),
+            moe_renormalize=bool(hf.get("norm_topk_prob", False)),  # transformers' default: false
         )
     if facts["gemma"]:
         local_base, _ = _rope(hf, "sliding_attention")
@@ -301,7 +300,7 @@ def family_hf_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             num_experts=int(cfg["num_experts"]),
             num_experts_per_tok=int(cfg["experts_per_token"]),
             moe_intermediate_size=int(cfg["moe_hidden_dim"]),
-            norm_topk_prob=True,
+            norm_topk_prob=bool(cfg.get("moe_renormalize", True)),
             decoder_sparse_step=1,
             mlp_only_layers=[],
         )

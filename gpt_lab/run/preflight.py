@@ -60,14 +60,24 @@ def _family_config(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def check_family_data(cfg: DictConfig) -> None:
-    """Training and evaluation read their data with GPT-2's tokenizer: refuse a family directory's weights there."""
-    if cfg.task.name in ("train", "evaluate") and _family_config(cfg) is not None:
+    """Training and evaluation tokenize their data with the model's tokenizer (a family directory's
+    tokenizer.json: gpt_lab.data.text.run_tokenizer), except a prepared corpus, whose token chunks
+    are GPT-2's: refuse a family's weights on one."""
+    if cfg.task.name in ("train", "evaluate") and cfg.data.name == "corpus" and _family_tokenizer(cfg):
         raise ConfigError(
-            f"task={cfg.task.name} init_from={cfg.init_from}: the data pipelines tokenize with GPT-2's tokenizer, "
-            "not this model's tokenizer.json, so training or evaluating a Llama / Qwen3 / Gemma 3 directory's "
-            "weights is not supported yet; train the small presets (model=qwen3_tiny, ...) from scratch, or "
-            "use task=generate / respond / chat / export with these weights"
+            f"task={cfg.task.name} data=corpus init_from={cfg.init_from}: a prepared corpus holds GPT-2 token ids "
+            "(task=prepare tokenizes with GPT-2's tokenizer), not this model's tokenizer.json, so a Llama / Qwen3 / "
+            "Gemma 3 model cannot read it; train or evaluate these weights on a text file instead (data=text "
+            "data.path=<file>, experiment=ch05), or on chapter 7's data=instructions / data=preferences"
         )
+
+
+def _family_tokenizer(cfg: DictConfig) -> bool:
+    """Whether ``init_from``'s model reads another tokenizer than GPT-2's (a family's, or a run trained from one)."""
+    from gpt_lab.config import input_path
+    from gpt_lab.hf_tokenizer import tokenizer_directory
+
+    return tokenizer_directory(input_path(cfg, cfg.get("init_from"))) is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.weights import check_weights_device, use_weights
+from gpt_lab.hf_tokenizer import tokenizer_for
 from gpt_lab.model.classifier import classify_texts, load_classifier
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if on_gpu:
         model = model.cuda()
     pooling = meta.get("pooling", "last")
-    predictions = classify_texts(model, texts, meta["class_names"], pooling, meta.get("max_length"))
+    tokenizer = tokenizer_for(input_path(cfg, cfg.init_from), int(model.cfg["vocab_size"]))  # GPT-2's, or a family's
+    pad_id = int(meta.get("pad_token_id", tokenizer.eot_token))
+    predictions = classify_texts(
+        model, texts, meta["class_names"], pooling, meta.get("max_length"), tokenizer=tokenizer, pad_token_id=pad_id
+    )
     for p in predictions:
         print(f"{p['label']}\t{p['probability']:.4f}\t{p['text']}")
     return {

@@ -58,7 +58,7 @@ def evaluation_data(cfg: DictConfig) -> Any:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate on the run's data (``cfg`` validated); returns the results.json fields."""
     data = evaluation_data(cfg)  # inputs are checked before the (possibly large) model is read
-    tokenizer = get_tokenizer()
+    tokenizer = getattr(data, "tokenizer", None) or get_tokenizer()  # the model's (a family's tokenizer.json)
     prompt_ids = encode_prompt(tokenizer, cfg.prompt)
 
     device = _device(cfg)

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
 from gpt_lab.generation.responses import saved_meta
+from gpt_lab.hf_tokenizer import tokenizer_directory
 from gpt_lab.model.finetuned import load_finetuned
 from gpt_lab.model.hf_export import write_hf_directory
-from gpt_lab.model.hf_files import family_directory
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import build_model
 
@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model, _ = load_finetuned(init_from)
     else:
         model = build_model(OmegaConf.to_container(cfg.model), init_from)
-    tokenizer_dir = family_directory(init_from)
+    tokenizer_dir = tokenizer_directory(init_from)  # a family's directory, or a run trained from one
     files = write_hf_directory(model.cfg, model.state_dict(), out_dir, tokenizer_dir)
     log.info("Exported %s to %s: %s", init_from, out_dir, ", ".join(f.name for f in files))
     print(out_dir, flush=True)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from gpt_lab.config import input_path
 from gpt_lab.errors import UserError
-from gpt_lab.generation.chat import stop_id
+from gpt_lab.generation.chat import stop_ids
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, answer, load_instruction_model
 from gpt_lab.generation.weights import check_weights_device, use_weights
 from gpt_lab.hf_tokenizer import tokenizer_for
@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.max_response_tokens or BOOK_RESPONSE_TOKENS,
         cfg.temperature,
         cfg.top_k,
-        eos_id=stop_id(tokenizer, style),
+        eos_id=stop_ids(tokenizer, style),
     )
     log.info("Prompt (%s):\n%s", style, got["prompt"])
     log.info("%s\nResponse:", "-" * 40)  # the answer below is the model's, not the prompt's end

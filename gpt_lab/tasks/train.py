@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_lab.config import input_path
 from gpt_lab.data.text import DataError
 from gpt_lab.errors import ConfigError, UserError, first_line
+from gpt_lab.hf_tokenizer import HFTokenizer, check_vocab, copy_tokenizer_files
 from gpt_lab.model.estimate import architecture_figures
 from gpt_lab.model.stats import model_report
 from gpt_lab.model.weights import init_model_config, require_language_model
@@ -163,10 +164,11 @@ class CompileModel(L.Callback):
         vars(pl_module.model).pop("forward", None)
 
 
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, model_cfg: dict[str, Any], metrics: dict[str, float]) -> None:
     """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
-    params = run_hparams(cfg, ("model", "data", "optim", "seed", "init_from"), trainer=trainer_cfg)
+    # The model as built (init_from's config.json or model.json may have replaced the group's sizes).
+    params = run_hparams(cfg, ("data", "optim", "seed", "init_from"), model=model_cfg, trainer=trainer_cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics)
@@ -224,6 +226,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     if hasattr(datamodule, "describe"):
         log.info(datamodule.describe())
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if isinstance(tokenizer, HFTokenizer):  # a family's tokenizer.json must fit the model's embedding rows
+        check_vocab(tokenizer.n_vocab, int(model_cfg["vocab_size"]), cfg.init_from)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = build_lit_module(cfg, model_cfg, init_state, datamodule)
@@ -236,6 +241,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # the book seeds again before its data loaders
     begin_changes(cfg.paths.output_dir)  # every check passed: from here on this run may change its directory
+    # A family's tokenizer files go with the run's model: init_from=<this run> reads the same tokenizer.
+    copy_tokenizer_files(init_from, cfg.paths.output_dir)
     # On the CPU every step frees and re-allocates the same large tensors (logits, gradients): their
     # pages stay in the process for the fit, not for the process's life (gpt_lab/training/cpu_memory.py).
     # SIGTERM / SIGINT: StopOnSignal (or the command line's handlers) raise RunInterrupted(step, checkpoint).
@@ -244,7 +251,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - started
 
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
-    _log_hparams(trainer, cfg, {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
+    _log_hparams(trainer, cfg, dict(lit.model.cfg), {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
 
     initial = _find(trainer.callbacks, InitialLossEvaluation)
     history = _find(trainer.callbacks, LossHistory)

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from gpt_lab.errors import RunInterrupted
-from gpt_lab.tokenizer import get_tokenizer, text_to_token_ids
+from gpt_lab.tokenizer import text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.resume_last import newest_checkpoint
 
@@ -191,13 +191,14 @@ class SampleText(L.Callback):
         self.tokens_per_second: float | None = None  # the last sample's generation speed
 
     def sample(self, pl_module: GPTLitModule) -> str:
-        idx = torch.tensor([text_to_token_ids(self.prompt)])
+        tokenizer = pl_module.tokenizer  # the model's (a family's tokenizer.json), GPT-2's by default
+        idx = torch.tensor([text_to_token_ids(self.prompt, tokenizer)])
         started = time.perf_counter()
         with isolate_rng():
             out = pl_module.generate(idx, self.max_new_tokens, self.temperature, self.top_k)
         seconds, new_tokens = time.perf_counter() - started, out.shape[1] - idx.shape[1]
         self.tokens_per_second = new_tokens / seconds if new_tokens and seconds > 0 else None
-        return get_tokenizer().decode(out[0].tolist())
+        return tokenizer.decode(out[0].tolist())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -47,6 +47,7 @@ class ClassifierLitModule(GPTLitModule):
     """
 
     generates_text = False  # SampleText has nothing to continue: the head outputs classes
+    pad_token_id: int = PAD_TOKEN_ID  # what pads its texts (the data's ``pad_id``); pooling=last_nonpad reads it
 
     def __init__(
         self,
@@ -139,13 +140,14 @@ class ClassifierLitModule(GPTLitModule):
             max_length=datamodule.max_length if datamodule.pad else None,
             init_state=init_state,
         )
+        lit.pad_token_id = int(getattr(datamodule, "pad_id", PAD_TOKEN_ID))  # a family's id with its tokenizer
         lit.remember_base(cfg.init_from and str(input_path(cfg, cfg.init_from)), init_state)
         return lit
 
     # -- the objective ---------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (b, t) → class logits (b, num_classes)."""
-        return pooled_logits(self.model, idx, self.hparams.pooling)
+        return pooled_logits(self.model, idx, self.hparams.pooling, self.pad_token_id)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         inputs, labels = batch
@@ -335,7 +337,7 @@ class ClassifierLitModule(GPTLitModule):
                 "class_names": names,
                 "pooling": self.hparams.pooling,
                 "max_length": results["max_length"],
-                "pad_token_id": PAD_TOKEN_ID,
+                "pad_token_id": self.pad_token_id,
                 "finetune": self.hparams.finetune,
                 "lora": self.hparams.lora if self.hparams.finetune == "lora" else None,
                 "prompt_style": None,

@@ -94,7 +94,7 @@ def write_test_responses(lit: DPORun, datamodule: Any, cfg: Any, path: Path) -> 
     limit = cfg.dpo.test_responses
     if limit is not None:
         entries = entries[:limit]
-    tokenizer = get_tokenizer()
+    tokenizer = getattr(datamodule, "tokenizer", None) or get_tokenizer()  # the model's (a family's)
     settings = (datamodule.prompt_style, cfg.max_response_tokens or 256, cfg.temperature, cfg.top_k)
     out = []
     from tqdm.auto import tqdm

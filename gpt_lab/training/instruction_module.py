@@ -20,7 +20,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gpt_lab.generation.prompt_styles import get_prompt_style
 from gpt_lab.generation.responses import BOOK_RESPONSE_TOKENS, RESPONSES_FILE, answer, generate_responses
 from gpt_lab.storage import write_text_atomic
-from gpt_lab.tokenizer import get_tokenizer
 from gpt_lab.training.callbacks import LossHistory
 from gpt_lab.training.fsdp import gathered_model_state
 from gpt_lab.training.lit_module import GPTLitModule
@@ -74,7 +73,7 @@ class InstructionLitModule(GPTLitModule):
         entry = self._first_val_entry()
         if entry is None or not self.trainer.is_global_zero:
             return
-        got = answer(self.model, get_tokenizer(), entry, self.prompt_style, EPOCH_RESPONSE_TOKENS)
+        got = answer(self.model, self.tokenizer, entry, self.prompt_style, EPOCH_RESPONSE_TOKENS)
         if self.epoch_responses and self.epoch_responses[-1]["epoch"] == self.current_epoch + 1:
             self.epoch_responses.pop()  # a run resumed from this epoch's end checkpoint ends the epoch again
         self.epoch_responses.append(
@@ -123,7 +122,7 @@ class InstructionLitModule(GPTLitModule):
         plot = plot_losses(history.evaluations if history else [], steps_per_epoch, run_dir / LOSS_PLOT_FILE)
         results["loss_plot"] = str(plot) if plot else None
 
-        tokenizer = get_tokenizer()
+        tokenizer = self.tokenizer
         torch.manual_seed(cfg.seed)  # sampled answers (temperature > 0) depend on the seed only
         entry = self._first_val_entry()
         if entry is not None:

@@ -200,6 +200,15 @@ class GPTLitModule(L.LightningModule):
         lit.remember_base(cfg.init_from and str(input_path(cfg, cfg.init_from)), init_state)
         return lit
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the run's data was read with (the model's: a family's tokenizer.json,
+        gpt_lab.data.text.run_tokenizer); GPT-2's when the module is used without a data module."""
+        from gpt_lab.tokenizer import get_tokenizer
+
+        trainer = self._trainer  # None outside a fit (Lightning's ``trainer`` property raises then)
+        return getattr(getattr(trainer, "datamodule", None), "tokenizer", None) or get_tokenizer()
+
     def mean_loss(self, batches: Any) -> float:
         """The objective's mean loss over ``batches`` in eval mode (the book's ``calc_loss_loader``)."""
         return mean_loss(self.model, batches, self.device)
@@ -210,14 +219,13 @@ class GPTLitModule(L.LightningModule):
         from gpt_lab.generation.prompts import continue_prompt, encode_prompt
         from gpt_lab.model.book_checkpoint import save_book_checkpoint
         from gpt_lab.model.finetuned import write_meta
-        from gpt_lab.tokenizer import get_tokenizer
         from gpt_lab.training.fsdp import gathered_model_state
 
         train_loss = self.mean_loss(datamodule.eval_dataloader("train"))
         val_loss = self.mean_loss(datamodule.eval_dataloader("val"))
         if trainer.is_global_zero:
             log.info("Final losses: training %.4f, validation %.4f", train_loss, val_loss)
-        tokenizer = get_tokenizer()
+        tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
         sample = continue_prompt(self.model, tokenizer, encode_prompt(tokenizer, cfg.prompt), cfg)
         book_path = Path(cfg.paths.output_dir) / MODEL_FILE
         state = gathered_model_state(trainer)  # every process: FSDP gathers its shards

@@ -230,11 +230,11 @@ def check_resume(
         state = checkpoint["state_dict"]
         # LoRA adapters (finetune=lora) are not part of the model's shape: this run adds its own.
         model_keys = [k for k in state if k.startswith("model.") and not k.endswith((".lora_A", ".lora_B"))]
-        if not model_keys:
-            raise ResumeError(f"ckpt_path={path} is a Lightning checkpoint without GPTLitModule's model.* weights")
         # A LoRA run's checkpoint leaves out the base it refers to (gpt_lab.model.adapters); a resume checks it.
         base = checkpoint.get(BASE_WEIGHTS_KEY)
         left_out = {f"model.{k}" for k in base.get("keys", [])} if isinstance(base, Mapping) else set()
+        if not model_keys and not left_out:  # a family's LoRA checkpoint may hold adapters only (no buffers)
+            raise ResumeError(f"ckpt_path={path} is a Lightning checkpoint without GPTLitModule's model.* weights")
         for key in sorted(set(expected) | set(model_keys)):
             if key in left_out and key not in state:
                 continue
