@@ -93,40 +93,6 @@ def test_case_5_a_fine_tuning_checkpoint_from_before_the_check_still_resumes(tmp
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. A resume from a step that was evaluated keeps that evaluation
-
-
-def test_case_7_a_resume_from_an_evaluated_step_keeps_every_evaluation(
-    compose_config: Callable[..., DictConfig], tmp_path: Path
-) -> None:
-    """Evaluations every 2 steps of 6, 4 batches an epoch. SIGTERM during step 2 (mid-epoch) or step 4 (the
-    epoch's last) stopped before that step's evaluation and the resume (Lightning skips the evaluation of the
-    step it restarts at) lost it; a run extended from max_steps=4 replayed epoch 1's end with another
-    shuffle and recorded the epoch twice. Each resumed run must equal the uninterrupted one."""
-    from gpt_lab.run.status import RunInterrupted
-
-    data = write_sms(tmp_path / "sms.tsv")
-    common = (*C6, f"data.path={data}", "data.batch_size=4", "trainer.val_check_interval=2")
-    whole = run_task(compose_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "whole"))
-    assert [r["step"] for r in whole["eval_history"]] == [0, 2, 4, 6]  # step 0: the untrained model
-    assert [r["step"] for r in whole["epoch_history"]] == [4, 6]
-    for batch, stop in ((1, 2), (3, 4), (None, 4)):
-        run = tmp_path / f"run{batch}-{stop}"
-        if batch is None:  # a finished run, extended
-            run_task(compose_config(*common, f"trainer.max_steps={stop}", run_dir=run))
-        else:
-            sigterm = ("+callbacks.signal._target_=test_long_runs.SignalAtBatch", f"+callbacks.signal.batch={batch}")
-            with pytest.raises(RunInterrupted) as stopped:
-                run_task(compose_config(*common, "trainer.max_steps=6", *sigterm, run_dir=run))
-            assert stopped.value.step == stop
-        resumed = run_task(compose_config(*common, "trainer.max_steps=6", "ckpt_path=last", run_dir=run))
-        assert resumed["eval_history"] == whole["eval_history"], (batch, stop)  # every field, losses to the bit
-        assert resumed["epoch_history"] == whole["epoch_history"], (batch, stop)
-        for key in ("val_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
-            assert resumed[key] == whole[key], (batch, stop, key)
-
-
-# ---------------------------------------------------------------------------------------------
 # 3, 4. Labelled files read as pandas reads them
 
 
@@ -253,8 +219,9 @@ def test_case_8_hydra_grammar_errors_say_how_to_quote_and_exit_2(run_cli, word: 
 # 10. User errors that were tracebacks
 
 
+@pytest.mark.parametrize("experiment", ["task=train", "experiment=ch07", "experiment=dpo"])
 def test_case_10_a_classifier_cannot_start_language_model_training(
-    compose_config: Callable[..., DictConfig], tmp_path: Path
+    compose_config: Callable[..., DictConfig], tmp_path: Path, experiment: str
 ) -> None:
     import torch
 
@@ -264,9 +231,14 @@ def test_case_10_a_classifier_cannot_start_language_model_training(
     torch.manual_seed(0)
     # A classifier's model.pth without its model.json: the head's 2 rows give it away.
     torch.save(GPTModel({**cfg, "qkv_bias": False, "num_classes": 2}).state_dict(), tmp_path / "clf.pth")
-    story = _write(tmp_path, "story.txt", "The cat sat on the mat. " * 40)
-    overrides = ["task=train", *TINY_RUN, f"data.path={story}", f"init_from={tmp_path / 'clf.pth'}", "logger=csv"]
-    with pytest.raises(UserError, match=r"holds a classifier \(a head of 2 classes.*data=text needs a language model"):
+    entries = [{"instruction": "Say 1.", "input": "", "output": "1.", "chosen": "1.", "rejected": "No."}]
+    data = {
+        "task=train": _write(tmp_path, "story.txt", "The cat sat on the mat. " * 40),
+        "experiment=ch07": _write(tmp_path, "entries.json", json.dumps(entries * 12)),
+        "experiment=dpo": _write(tmp_path, "pairs.json", json.dumps(entries * 12)),
+    }[experiment]
+    overrides = [experiment, *TINY_RUN, f"data.path={data}", f"init_from={tmp_path / 'clf.pth'}", "logger=csv"]
+    with pytest.raises(UserError, match=r"holds a classifier \(a head of 2 classes.* needs a language model"):
         run_task(compose_config(*overrides, "trainer.max_steps=1", run_dir=tmp_path / "run"))
 
 
@@ -368,6 +340,67 @@ def test_case_11_a_binary_init_from_is_one_sentence_without_torchs_advice(tmp_pa
             load_pretrained(tmp_path / name)
         text = str(err.value)
         assert "\n" not in text and "weights_only" not in text and "not a weights file gpt_lab can read" in text
+
+
+def test_case_10_resuming_with_another_class_count_is_refused_before_any_file(tmp_path: Path) -> None:
+    """Resumed on data with a third class, the checkpoint's 2-row head met a 3-row one (``size mismatch
+    out_head``): the data's classes are checked against the checkpoint's first, by name and count."""
+    from gpt_lab.data.classification import ClassificationDataModule
+
+    rows = "".join(f"{label}\ttext {i}\n" for i in range(30) for label in ("ham", "spam", "junk")[i % 3 : i % 3 + 1])
+    dm = ClassificationDataModule(
+        context_length=32, batch_size=2, output_dir=tmp_path / "out", path=_write(tmp_path, "d.tsv", rows)
+    )
+    dm.expect_class_names(["ham", "spam"], "checkpoints/last.ckpt")
+    with pytest.raises(DataError, match=r"trained on the classes \['ham', 'spam'\].*gives \['ham', 'junk', 'spam'\]"):
+        dm.setup("fit")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no split file written
+
+
+def test_case_11_a_dpo_data_error_carries_no_context_length_hint(
+    compose_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """Every DPO data error once ended with "(here init_from=... fixes model.context_length=...)"."""
+    import torch
+
+    from gpt_lab.model.finetuned import save_finetuned
+    from gpt_lab.model.gpt import GPTModel
+
+    base = {"vocab_size": 50257, "context_length": 64, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+    torch.manual_seed(0)
+    save_finetuned(GPTModel({**base, "qkv_bias": False}), tmp_path / "sft", {"prompt_style": "alpaca"})
+    pairs = _write(tmp_path, "pairs.json", json.dumps([{"instruction": "Hi.", "chosen": "a", "rejected": "a"}] * 3))
+    cfg = compose_config(
+        "experiment=dpo", f"init_from={tmp_path / 'sft'}", f"data.path={pairs}", run_dir=tmp_path / "r"
+    )
+    with pytest.raises(DataError, match=r"has no usable pairs") as err:
+        run_task(cfg)
+    assert "context_length" not in str(err.value) and "init_from" not in str(err.value)
+
+
+def test_case_11_no_message_asks_for_a_python_call_on_the_command_line() -> None:
+    """A message once advised ``build_model(...)`` to a command-line user: string literals of gpt_lab (docstrings
+    aside) name keys and commands, never a Python call."""
+    import ast
+
+    from conftest import PROJECT_DIR
+
+    found = []
+    for path in sorted((PROJECT_DIR / "gpt_lab").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            text = node.value if isinstance(node, ast.Constant) and id(node) not in docstrings else None
+            if isinstance(text, str) and ("build_model(" in text or "load_finetuned(" in text):
+                found.append(f"{path.relative_to(PROJECT_DIR)}:{node.lineno}: {text[:80]!r}")
+    assert not found, found
 
 
 def test_case_11_dpo_pairs_without_room_say_max_length_and_cut_pairs_are_not_skipped(
