@@ -56,6 +56,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench.py $(ARGS)
 	$(PY) scripts/bench_finetune.py $(filter --quick,$(ARGS))  # the fine-tuning rows (chapter 6 / appendix E)
 	$(PY) scripts/bench_lab.py $(filter --quick,$(ARGS))  # the architecture lab's caches (issue 25)
+	$(PY) scripts/bench_families.py $(filter --quick,$(ARGS))  # the model families against transformers (issue 26)
 
 # One fine-tuning step (chapter 6 / appendix E shapes): gpt_lab's LoRA beside transformers + peft, fp32 and bf16.
 bench-finetune: $(VENV)/.bench-installed

@@ -341,6 +341,11 @@ def main() -> None:
     parser.add_argument(
         "--instruction-data", type=Path, help="chapter 7's instruction-data.json for the instruction rows"
     )
+    parser.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="add llama.cpp's row (needs llama-cpp-python: scripts/bench_llamacpp.py)",
+    )
     parser.add_argument("--train-row", help=argparse.SUPPRESS)  # internal: one training row, seconds as JSON
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (50 if args.quick else 200)
@@ -391,6 +396,11 @@ def main() -> None:
             book = size == "gpt2_small"  # the book's code is timed on the small model only
             results[key] = bench_generation.bench_generation(size_state, size_cfg, size_args, hf, bandwidth, book)
             tables.append((f"greedy generation, {size}, batch 1, prompt + {n} tokens", results[key]))
+    if args.llama_cpp:  # optional, not in CI: scripts/bench_llamacpp.py says what it needs
+        import bench_llamacpp
+
+        print("generation: llama.cpp (llama-cpp-python), gpt2_small as GGUF f32 / f16 / q8_0", flush=True)
+        results["llama_cpp"] = bench_llamacpp.llama_cpp_row()
     if "load" not in args.skip:
         print(f"generation under load: one busy process beside it, + {args.load_tokens} tokens", flush=True)
         results["generation_under_load"] = bench_generation_under_load(state, cfg, args, hf)

@@ -202,11 +202,24 @@ def test_chapter5_training_reads_the_text_with_the_family_tokenizer(
         f"init_from={qwen}",
         "data.path=story.txt",
         "trainer.max_steps=2",
+        "trainer=cpu_bf16",  # bf16 mixed precision (issue 26 point 5: bf16, TensorBoard)
         "callbacks.sample_text.max_new_tokens=3",
         "hydra.run.dir=ch05",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = _run_results(tmp_path / "ch05")
+    # TensorBoard's HPARAMS columns hold the model as built from config.json, not the GPT-2 preset's sizes.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tmp_path / "ch05" / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
+    config = json.loads((qwen / "config.json").read_text())
+    assert start.hparams["model/emb_dim"].number_value == config["hidden_size"]
+    assert start.hparams["model/attention"].string_value == "gqa"
+    assert start.hparams["model/name"].string_value == qwen.name
     train_text, val_text = split_text(text, 0.9)
     assert results["train_tokens"] == len(raw_ids(qwen, train_text))  # not GPT-2's count of the same text
     assert results["val_tokens"] == len(raw_ids(qwen, val_text))

@@ -8,8 +8,10 @@ products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
 - *split*: the output features cut into one chunk per thread and run as one batched product, so
   every core reads its share of the weight in place (no copy);
 - the output head (the largest matrix, vocab x emb_dim) from a transposed (emb_dim, vocab) copy,
-  which MKL streams about 1.6x faster than ``nn.Linear``'s layout. The copy costs one head's memory
-  and lives only as long as the ``Decoder``.
+  which MKL streams about 1.6x faster than ``nn.Linear``'s layout. The copy costs one head's memory;
+  for a model in eval mode it is kept for the next call while the weights are unchanged
+  (``head_copy``), otherwise it lives only as long as the ``Decoder``. A head already stored that way
+  (``generation.weights=fp32``, gpt_lab/model/packed.py) needs no copy.
 
 The split product needs every thread at once: when another process holds a core, each step waits
 for the descheduled thread and decoding collapses (measured 2.7 against 10.2 tok/s for one
@@ -28,13 +30,14 @@ decoding path").
 
 Usage (``generate`` does this)::
 
-    with Decoder(model) as decoder:          # builds the head copy; drops it on exit
+    with Decoder(model) as decoder:          # builds (or finds) the head copy
         for ...:
             with decoder.step():             # the linear layers run the fast products for this call
                 logits = model(new_ids, kv_cache=cache, last_only=True)
 
 Between steps the model is exactly the book's (the layers' ``forward`` is only replaced inside
-``step()``). The weights must not change while a ``Decoder`` is open: the head copy would be stale.
+``step()``). The weights must not change while a ``Decoder`` is open: the head copy would be stale
+(a kept copy is checked against the weight's version counter when the next ``Decoder`` opens).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ from types import TracebackType
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from gpt_lab.model.packed import is_transposed
 
 MAX_ROWS = 4  # a decoding step: at most this many rows per product (batch x new tokens)
 
@@ -65,7 +71,22 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if k <= 1 or n == 0:
         return F.linear(x, weight, bias)
     rows = x.reshape(1, -1, n_in).expand(k, -1, n_in)  # (k, rows, n_in)
-    chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
+    if is_transposed(weight):  # stored (n_in, n_out): chunk j is columns j*n .. of it, rows of n contiguous
+        chunks = weight.t()[:, : k * n].unflatten(1, (k, n)).permute(1, 0, 2)  # (k, n_in, n), a view
+    else:
+        chunks = weight[: k * n].view(k, n, n_in).transpose(1, 2)  # (k, n_in, n), a view
+    if rows.shape[1] == 1:  # one row: (k, 1, n) is the layout of (1, k * n), so the chunks land in place
+        out = x.new_empty(*x.shape[:-1], n_out)
+        flat = out.view(-1, n_out)
+        front = flat[:, : k * n].view(k, 1, n)
+        if bias is None:
+            torch.bmm(rows, chunks, out=front)
+        else:
+            torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks, out=front)
+        if k * n < n_out:  # the last n_out % k features (an odd vocabulary), no concatenation
+            rest = F.linear(x.reshape(1, n_in), weight[k * n :], None if bias is None else bias[k * n :])
+            flat[:, k * n :].copy_(rest)
+        return out
     y = torch.bmm(rows, chunks) if bias is None else torch.baddbmm(bias[: k * n].view(k, 1, n), rows, chunks)
     y = y.transpose(0, 1).reshape(*x.shape[:-1], k * n)  # (..., k * n)
     if k * n < n_out:  # the last n_out % k features (an odd vocabulary)
@@ -84,6 +105,25 @@ def transposed_chunks(weight: torch.Tensor, k: int) -> torch.Tensor:
             rows = weight[j * n : (j + 1) * n]
             out[j, :, : rows.shape[0]] = rows.t()
     return out
+
+
+# The head copies of models generated from in eval mode, kept between ``generate`` calls (building one
+# is most of a short generation's start-up: 0.12 s for gpt2_small), keyed by the head's weight and
+# dropped with it; a copy is rebuilt when the weight changed since (its version counter or storage).
+_HEAD_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((version, data_ptr, k), chunks)
+
+
+def head_copy(weight: torch.Tensor, k: int, keep: bool) -> torch.Tensor:
+    """``transposed_chunks(weight, k)``, from the kept copy while ``weight`` is unchanged; ``keep``: store a new one."""
+    key = (weight._version, weight.data_ptr(), k)
+    kept = _HEAD_COPIES.get(weight)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    _HEAD_COPIES.pop(weight, None)  # stale: the weights changed
+    chunks = transposed_chunks(weight.detach(), k)
+    if keep:
+        _HEAD_COPIES[weight] = (key, chunks)
+    return chunks
 
 
 PATHS = ("split", "plain")
@@ -142,15 +182,20 @@ class Decoder:
     """The fast products for the generation steps of ``model`` (see the module's docstring).
 
     ``path``: ``"auto"`` (chosen from the other processes' CPU use, the default), ``"split"`` or
-    ``"plain"`` (fixed).
+    ``"plain"`` (fixed). ``keep_head_copy``: keep the head's copy for the next ``Decoder`` of the same,
+    unchanged weights (``generate`` asks for it when the model was in eval mode: not a training run's
+    sample, whose weights change before the next one).
     Works on any model built of ``nn.Linear`` layers (subclasses that change ``forward``, such as LoRA's,
     run their own); ``head`` names the output head (absent or not a plain Linear: no copy).
     """
 
-    def __init__(self, model: nn.Module, path: str = "auto", head: str = "out_head") -> None:
+    def __init__(
+        self, model: nn.Module, path: str = "auto", head: str = "out_head", keep_head_copy: bool = False
+    ) -> None:
         if path not in ("auto", *PATHS):
             raise ValueError(f"path={path!r} must be 'auto', 'split' or 'plain'")
         self.fixed_path = None if path == "auto" else path
+        self.keep_head_copy = keep_head_copy
         self.steps = 0
         self.threads = torch.get_num_threads()
         head_module = getattr(model, head, None)
@@ -158,9 +203,7 @@ class Decoder:
         # Only layers that compute nn.Linear's own function: a subclass (appendix E's LoRALinear adds
         # its adapters' product) keeps its forward.
         self.linears = [m for m in model.modules() if _plain_linear(m) and m is not self.head]
-        self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
-        if self.head is not None:
-            self.forwards.append((self.head, self._head))
+        self.forwards: list[tuple[nn.Module, object]] = []  # filled on entry, once the head copy is known
         self.head_chunks: torch.Tensor | None = None
         # Until the first look (after MIN_INTERVAL), the plain path: it never collapses, and on an
         # idle machine those first steps (the prompt's included) cost a step's time or so.
@@ -170,8 +213,16 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         weight = self.head.weight if self.head is not None else None
-        if weight is not None and weight.device.type == "cpu":
-            self.head_chunks = transposed_chunks(weight.detach(), self.threads)
+        # A weight already stored (emb_dim, vocab) (generation.weights=fp32: packed.transpose_weights_)
+        # streams as fast as the copy would: the head then runs split_linear like the other layers.
+        if weight is not None and weight.device.type == "cpu" and not is_transposed(weight):
+            self.head_chunks = head_copy(weight, self.threads, self.keep_head_copy)
+        # On one thread the split product is F.linear itself: only the head's copy changes anything
+        # (and a Python call per layer per token is what short generations of tiny models pay for).
+        if self.threads > 1:
+            self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
+        if self.head is not None and (self.threads > 1 or self.head_chunks is not None):
+            self.forwards.append((self.head, self._head))
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
             if not monitor.readable:  # no /proc/stat: the split path, unwatched
@@ -226,7 +277,7 @@ class Decoder:
         head = self.head
         chunks = self.head_chunks
         if chunks is None or not is_decode_call(x) or chunks.dtype != x.dtype:
-            return F.linear(x, head.weight, head.bias)
+            return self._linear(x, head)
         k, d, n = chunks.shape
         if self.path == "split":
             y = torch.bmm(x.reshape(1, -1, d).expand(k, -1, d), chunks)  # (k, rows, n)

@@ -42,7 +42,7 @@ def continue_prompt(
     started = time.perf_counter()
     steps = generate_stream(
         model,
-        torch.tensor([prompt_ids], device=model.out_head.weight.device),  # (1, n_prompt)
+        torch.tensor([prompt_ids], device=model.tok_emb.weight.device),  # (1, n_prompt)
         cfg.max_new_tokens,
         model.context_length,
         temperature=cfg.temperature,

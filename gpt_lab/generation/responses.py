@@ -59,7 +59,7 @@ def answer(
     prompt = format_prompt(entry, style)
     ids = encode_text(tokenizer, prompt)
     eos_id = stop_ids(tokenizer, style) if eos_id is None else eos_id
-    device = model.out_head.weight.device
+    device = model.tok_emb.weight.device  # not out_head.weight: a packed bf16 head would unpack a copy
     started = time.perf_counter()
     out = generate(
         model,

@@ -120,7 +120,12 @@ def _steps(
     # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
-    decoder = Decoder(model) if is_gpt_model and idx.device.type == "cpu" else None
+    # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
+    # training run's sample: its weights change before the next one.
+    decoder = Decoder(model, keep_head_copy=not was_training) if is_gpt_model and idx.device.type == "cpu" else None
+    # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
+    # small models pay for) for GPTModel, whose forward stores no tensor on the model; no_grad for others.
+    grad_off = torch.inference_mode if is_gpt_model else torch.no_grad
     try:
         with decoder or contextlib.nullcontext():
             for _ in range(max_new_tokens):
@@ -128,9 +133,10 @@ def _steps(
                 cached = cache is not None and idx.shape[1] <= cache.max_len
                 new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
                 step = decoder.step() if decoder else contextlib.nullcontext()
-                with torch.no_grad(), step:
+                with grad_off(), step:
                     logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
                     idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                idx_next = idx_next.clone() if is_gpt_model else idx_next  # a normal tensor, not an inference one
                 if stops is not None:
                     if bool(torch.isin(idx_next, stops).all()):
                         break

@@ -3,9 +3,13 @@
 Generation on the CPU is bound by reading every weight once per token, so fewer bytes per weight
 means more tokens per second:
 
-- ``fp32``: the model as built (the book's tokens);
+- ``fp32``: the model's values as built (the book's tokens), each plain ``nn.Linear``'s weight stored
+  as an (in, out) matrix in memory (same shape and values: the layout MKL's one-row product streams
+  fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
-  the key/value cache follow;
+  the key/value cache follow; each plain ``nn.Linear`` a ``PackedLinear`` (its weight reordered once
+  into oneDNN's blocked layout, where oneDNN runs bf16 on this CPU; a head tied to the token
+  embedding gets its own packed copy, one head's memory more, as int8's does);
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
   weights, one scale per output feature, PyTorch's int8 weight-only kernel: a quarter of the
   bytes), the rest (embeddings, norms, biases) and the activations in bfloat16.
@@ -22,6 +26,8 @@ from torch import nn
 
 from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.errors import ConfigError
+from gpt_lab.model.attention import MultiHeadLatentAttention
+from gpt_lab.model.packed import pack_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
 ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
@@ -47,4 +53,15 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
         quantize_linears_(model, ACTIVATION_DTYPE["int8"])  # from the fp32 weights, before they are rounded
     if weights != "fp32":
         model.to(ACTIVATION_DTYPE[weights])  # float tensors only: int8 weights stay int8
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and weights == "fp32":
+        transpose_weights_(model)
+    elif on_cpu and weights == "bf16":
+        pack_linears_(model, skip=_read_as_matrices(model))
     return model
+
+
+def _read_as_matrices(model: nn.Module) -> list[nn.Module]:
+    """Linear layers whose weights other code reads as matrices rather than calling them: MLA's
+    up-projections, which a generation step folds into the query and the output (attention_decode.py)."""
+    return [w for m in model.modules() if isinstance(m, MultiHeadLatentAttention) for w in (m.W_UK, m.W_UV)]

@@ -38,8 +38,12 @@ def absorbed_latent_decode(
     (h * d, latent_dim), without biases. Returns the attention output (b, h, 1, d), scaled by d ** -0.5
     as the keys' attention would be.
     """
-    h, d, n = q.shape[1], q.shape[3], latent.shape[-1]
-    q_latent = torch.einsum("bhd,hdn->bhn", q[:, :, 0], w_uk.view(h, d, n))  # queries in latent space
+    b, h, _, d = q.shape
+    n = latent.shape[-1]
+    # Queries in latent space: per head, (1, d) @ (d, n). Batched matmuls rather than einsum, whose
+    # parsing costs more than these products for small models.
+    q_latent = torch.matmul(q, w_uk.view(h, d, n))  # (b, h, 1, n)
     # One "head" whose h queries all read the same latent keys and values: (b, 1, h, latent_dim).
-    ctx = F.scaled_dot_product_attention(q_latent.unsqueeze(1), latent.unsqueeze(1), latent.unsqueeze(1), scale=d**-0.5)
-    return torch.einsum("bhn,hdn->bhd", ctx[:, 0], w_uv.view(h, d, n)).unsqueeze(2)
+    kv = latent.unsqueeze(1)
+    ctx = F.scaled_dot_product_attention(q_latent.view(b, 1, h, n), kv, kv, scale=d**-0.5)
+    return torch.matmul(ctx.view(b, h, 1, n), w_uv.view(h, d, n).transpose(1, 2))  # (b, h, 1, d)

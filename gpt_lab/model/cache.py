@@ -38,9 +38,11 @@ class FullKV:
         """Store ``k`` / ``v`` (b, heads, t, head_dim) at ``start``; return every key and value so far
         (positions ``0 .. start + t - 1`` in order, hence no position tensor: None)."""
         t = k.shape[2]
-        self.k[:, :, start : start + t] = k
-        self.v[:, :, start : start + t] = v
-        return self.k[:, :, : start + t], self.v[:, :, : start + t], None
+        # narrow + copy_ rather than slice assignment: the same copy without Python's indexing machinery,
+        # which costs more than the copy itself for one token of a small model.
+        self.k.narrow(2, start, t).copy_(k)
+        self.v.narrow(2, start, t).copy_(v)
+        return self.k.narrow(2, 0, start + t), self.v.narrow(2, 0, start + t), None
 
 
 class RingKV(FullKV):
@@ -64,10 +66,10 @@ class RingKV(FullKV):
         """
         w, t = self.window, k.shape[2]
         if t == 1:
-            self.k[:, :, start % w] = k[:, :, 0]
-            self.v[:, :, start % w] = v[:, :, 0]
+            self.k.narrow(2, start % w, 1).copy_(k)
+            self.v.narrow(2, start % w, 1).copy_(v)
             n = min(start + 1, w)
-            return self.k[:, :, :n], self.v[:, :, :n], None
+            return self.k.narrow(2, 0, n), self.v.narrow(2, 0, n), None
         filled = min(start, w)  # slots 0 .. filled - 1 hold positions (the others were never written)
         slots = torch.arange(filled, device=k.device)
         held = start - 1 - torch.remainder(start - 1 - slots, w)  # the position each filled slot holds
@@ -95,8 +97,8 @@ class LatentKV:
     def update(self, c: torch.Tensor, start: int) -> torch.Tensor:
         """Store ``c`` (b, t, latent_dim) at ``start``; return the latent of positions ``0 .. start + t - 1``."""
         t = c.shape[1]
-        self.latent[:, start : start + t] = c
-        return self.latent[:, : start + t]
+        self.latent.narrow(1, start, t).copy_(c)
+        return self.latent.narrow(1, 0, start + t)
 
 
 class DeltaState:

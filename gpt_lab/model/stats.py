@@ -41,6 +41,7 @@ def step_read_bytes(model: nn.Module) -> int:
                 continue
             seen.add(t.data_ptr())
             total += t[0].nbytes if isinstance(module, nn.Embedding) else t.nbytes
+        total += getattr(module, "weight_nbytes", 0)  # a weight held outside parameters (model/packed.py)
     return total
 
 

@@ -164,10 +164,11 @@ class CompileModel(L.Callback):
         vars(pl_module.model).pop("forward", None)
 
 
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, model_cfg: dict[str, Any], metrics: dict[str, float]) -> None:
     """The run's settings beside its final losses, for TensorBoard's HPARAMS tab (compare sweep runs)."""
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if not k.startswith("_")}
-    params = run_hparams(cfg, ("model", "data", "optim", "seed", "init_from"), trainer=trainer_cfg)
+    # The model as built (init_from's config.json or model.json may have replaced the group's sizes).
+    params = run_hparams(cfg, ("data", "optim", "seed", "init_from"), model=model_cfg, trainer=trainer_cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics)
@@ -250,7 +251,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - started
 
     finished = lit.finish(trainer, datamodule, cfg)  # the objective's final metrics and files
-    _log_hparams(trainer, cfg, {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
+    _log_hparams(trainer, cfg, dict(lit.model.cfg), {f"hp/{k}": v for k, v in finished.items() if k in HPARAM_METRICS})
 
     initial = _find(trainer.callbacks, InitialLossEvaluation)
     history = _find(trainer.callbacks, LossHistory)

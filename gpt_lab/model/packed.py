@@ -1,0 +1,157 @@
+"""Linear layers whose weights are laid out once for one-row products: what a generation step runs.
+
+A generation step multiplies one row per sequence by every weight, bound by reading the weights.
+How fast a CPU library streams them depends on their layout in memory:
+
+- bf16: ``F.linear`` hands oneDNN the (out, in) weight, which reorders it into its blocked layout
+  on every call (measured about 9 GB/s on this project's CPU, slower than fp32's 13-20). Reordered
+  once (``torch.ops.mkldnn._reorder_linear_weight``, as inductor's CPU freezing does) and multiplied
+  by ``torch.ops.mkldnn._linear_pointwise``, the same product streams at 20-35 GB/s. ``PackedLinear``
+  holds only the reordered weight (one copy: its ``weight`` is rebuilt on request).
+- fp32: MKL's one-row product streams an (in, out) matrix 1.2-1.6x faster than ``nn.Linear``'s
+  (out, in) when the layer widens (out >= in: attention's projections, the feed-forward's first
+  layer, the output head), and 0.8x when it narrows (the feed-forward's second layer), measured
+  at one thread (docs/performance.md). ``transpose_weights_`` stores the weights of the widening
+  Linears that way, in place: the same shape and values, strides (1, out); ``F.linear`` then runs
+  the faster product, and nothing is copied per call.
+
+Both are exact: the products sum the same terms as ``F.linear`` (oneDNN's bf16 product is the one
+``F.linear`` calls; MKL's two layouts may add in another order, which the tests bound).
+Where the oneDNN ops are missing (a build without mkldnn, a CPU without bf16 support) the layer
+keeps a plain weight and computes ``F.linear``. Pure PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def has_packed_kernel(dtype: torch.dtype) -> bool:
+    """True where oneDNN's prepacked linear runs ``dtype`` on the CPU (bf16 needs AVX-512 BF16 or AMX-class support)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU"):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear`` holding its weight in oneDNN's blocked layout (a CPU, no-grad layer for generation).
+
+    ``packed`` is the reordered weight (None where it could not be packed: then ``dense`` holds the
+    plain one); ``bias`` is a frozen parameter. ``weight`` gives the plain (out, in) tensor (a copy
+    out of the packed one). Moving or converting the layer (``.to``, ``.float()``) unpacks, applies
+    the change, and packs again where the kernel exists for the result.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.packed: torch.Tensor | None = None
+        self.dense: torch.Tensor | None = None
+        self._hold(weight.detach())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
+
+    def _hold(self, weight: torch.Tensor) -> None:
+        if weight.device.type == "cpu" and has_packed_kernel(weight.dtype):
+            with torch.no_grad():
+                self.packed, self.dense = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1), None
+        else:
+            self.packed, self.dense = None, weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dense if self.packed is None else self.packed.to_dense()
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of the held weight (not a registered tensor: ``model_stats.step_read_bytes`` adds it)."""
+        held = self.dense if self.packed is None else self.packed
+        return held.numel() * held.element_size()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedLinear:
+        weight = self.weight
+        super()._apply(fn, recurse)
+        self._hold(fn(weight))
+        return self
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:  # the plain (out, in) weight, packed again
+            self._hold(weight.detach().to(self.weight.dtype))
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.packed
+        if packed is None or x.dtype != packed.dtype or x.device.type != "cpu" or torch.is_grad_enabled():
+            weight = self.weight.to(x.dtype)
+            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        layout = "oneDNN-packed" if self.packed is not None else "plain"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, {layout}"
+
+
+def _plain_linears(model: nn.Module, skip: Iterable[nn.Module]) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every exact ``nn.Linear`` child of ``model`` (not subclasses such as LoRA's) but ``skip``, with its parent."""
+    skipped = {id(m) for m in skip}
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and id(child) not in skipped
+    ]
+
+
+def pack_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
+    """Replace every plain ``nn.Linear`` of ``model`` (but ``skip``) by a ``PackedLinear``, in place, one
+    layer at a time (each plain weight is freed as its packed copy is made); returns how many were
+    packed (0 where the kernel is missing for the weights' dtype: the model is left as it was)."""
+    targets = _plain_linears(model, skip)
+    if not targets or not has_packed_kernel(targets[0][2].weight.dtype):
+        return 0
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear.from_linear(child))
+        del child
+    return len(targets)
+
+
+def transpose_weights_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
+    """Store the weight of every plain ``nn.Linear`` with out >= in features as the transpose of an
+    (in, out) matrix, in place: the same shape, values and parameter, strides (1, out). Narrowing
+    layers (out < in: faster as they are) and weights shared with another module (a tied output
+    head is the token embedding) are left alone. Returns how many were laid out."""
+    linears = _plain_linears(model, skip)
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    count = 0
+    with torch.no_grad():
+        for _, _, linear in linears:
+            w = linear.weight
+            if owners.get(id(w), 0) > 1 or w.dim() != 2 or w.shape[1] > w.shape[0] or is_transposed(w):
+                continue
+            w.data = w.data.t().contiguous().t()
+            count += 1
+    return count
+
+
+def is_transposed(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` (out, in) is stored as an (in, out) matrix (``transpose_weights_``'s layout)."""
+    return weight.dim() == 2 and weight.shape[0] > 1 and weight.stride() == (1, weight.shape[0])
