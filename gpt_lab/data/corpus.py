@@ -24,9 +24,9 @@ import torch
 
 from gpt_lab.config import input_path
 from gpt_lab.data.corpus_prepare import read_meta
-from gpt_lab.data.corpus_sources import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, is_url
+from gpt_lab.data.corpus_sources import META_FILE, SPLITS, TOKENIZER_NAME, CorpusError, corpus_tokenizer, is_url
 from gpt_lab.data.text import EvaluationWindows
-from gpt_lab.tokenizer import ENDOFTEXT_ID
+from gpt_lab.tokenizer import ENDOFTEXT_ID, N_VOCAB
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ INDEX_FILE = "index.json"  # litdata's list of a split's chunks (file name, byte
 
 def shift_windows(blocks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Collate blocks of ``context_length + 1`` tokens into (inputs, targets), each (batch, context_length)."""
-    windows = torch.from_numpy(np.stack(blocks).astype(np.int64))  # litdata gives the stored uint16 arrays
+    windows = torch.from_numpy(np.stack(blocks).astype(np.int64))  # litdata gives the stored uint16/32 arrays
     return windows[:, :-1], windows[:, 1:]
 
 
@@ -61,6 +61,36 @@ def split_chunks(data_dir: str, split: str) -> list[dict[str, Any]]:
                 "data.overwrite=true"
             )
     return chunks
+
+
+# What a GPT-2 model's corpus must say in meta.json (corpus_sources.corpus_tokenizer gives a family's).
+GPT2_IDENTITY = {"tokenizer": TOKENIZER_NAME, "eot_id": ENDOFTEXT_ID, "vocab_size": N_VOCAB}
+IDENTITY_KEYS = ("tokenizer", "tokenizer_sha256", "eot_id")  # equal: the same ids for the same text
+
+
+def _describe_tokenizer(identity: dict[str, Any], source: str | None = None) -> str:
+    name = identity.get("tokenizer")
+    text = f"tokenizer {name!r}" + (f" of {source}" if source else "")
+    if identity.get("tokenizer_sha256"):
+        text += f" (tokenizer.json sha256 {str(identity['tokenizer_sha256'])[:12]}…)"
+    return f"{text}, end of sequence {identity.get('eot_id')}"
+
+
+def check_corpus_tokenizer(
+    data_dir: str, meta: dict[str, Any], expected: dict[str, Any], model: str = "gpt_lab's GPT-2 models"
+) -> None:
+    """A ``CorpusError`` naming both tokenizers when the corpus in ``data_dir`` (its ``meta``) was not
+    prepared with the model's (``expected``: ``GPT2_IDENTITY`` or ``corpus_tokenizer(init_from).identity``)."""
+    if all(meta.get(key) == expected.get(key) for key in IDENTITY_KEYS):
+        return
+    again = "task=prepare data=corpus data.source=<its sources> data.dir=<a new directory>"
+    if expected.get("tokenizer") != TOKENIZER_NAME:
+        again += " init_from=<the model's directory>"
+    raise CorpusError(
+        f"data.dir={data_dir} was prepared with {_describe_tokenizer(meta, meta.get('tokenizer_source'))}, but "
+        f"{model} read{'s' if model.startswith('init_from') else ''} {_describe_tokenizer(expected)}: its token ids "
+        f"mean other text to this model; prepare the corpus again with the model's tokenizer ({again})"
+    )
 
 
 def count_windows(chunks: list[dict[str, Any]], block_size: int) -> int:
@@ -150,8 +180,15 @@ class CorpusDataModule(L.LightningDataModule):
         seed: int = 123,
         num_workers: int = 0,
         eval_max_batches: int | None = None,
+        tokenizer_identity: dict[str, Any] | None = None,
+        model_name: str = "gpt_lab's GPT-2 models",
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
+        # What meta.json must say of the tokenizer: the model's (GPT-2's unless init_from is a family's).
+        self.tokenizer_identity = tokenizer_identity or GPT2_IDENTITY
+        self.model_name = model_name
+        self.tokenizer = tokenizer  # the model's, for its sample texts (None: GPT-2's, the module's default)
         self.data_dir = str(data_dir)
         self.context_length = context_length
         self.block_size = context_length + 1
@@ -184,12 +221,7 @@ class CorpusDataModule(L.LightningDataModule):
                 f"data.dir={self.data_dir} holds no prepared corpus (no {META_FILE}): run task=prepare first, "
                 f"e.g. python scripts/run.py task=prepare data=corpus data.source=<files> data.dir={self.data_dir}"
             )
-        if meta.get("tokenizer") != TOKENIZER_NAME or meta.get("eot_id") != ENDOFTEXT_ID:
-            raise CorpusError(
-                f"data.dir={self.data_dir} was prepared with tokenizer {meta.get('tokenizer')!r} "
-                f"(<|endoftext|> = {meta.get('eot_id')}); gpt_lab's models read {TOKENIZER_NAME!r} tokens "
-                f"(<|endoftext|> = {ENDOFTEXT_ID}): prepare the corpus again with task=prepare"
-            )
+        check_corpus_tokenizer(self.data_dir, meta, self.tokenizer_identity, self.model_name)
         for split in SPLITS:
             chunks = split_chunks(self.data_dir, split)
             tokens = sum(chunk["dim"] for chunk in chunks)
@@ -285,6 +317,8 @@ class CorpusDataModule(L.LightningDataModule):
                 "e.g. data.dir=data/books"
             )
         data_dir = cfg.data.dir if is_url(cfg.data.dir) else str(input_path(cfg, cfg.data.dir))
+        tokenizer = corpus_tokenizer(input_path(cfg, cfg.get("init_from")))
+        family = tokenizer.source is not None
         return cls(
             data_dir,
             context_length=context_length,
@@ -292,6 +326,9 @@ class CorpusDataModule(L.LightningDataModule):
             seed=cfg.seed,
             num_workers=cfg.data.loader_workers,
             eval_max_batches=cfg.data.eval_max_batches,
+            tokenizer_identity=tokenizer.identity,
+            model_name=f"init_from={cfg.init_from}" if family else "gpt_lab's GPT-2 models",
+            tokenizer=tokenizer.encoding if family else None,
         )
 
 
@@ -302,7 +339,9 @@ class CorpusEvaluation:
         self.cfg = cfg
         # The directory is checked before the model is read; init_from's weights fix the context length,
         # so with them the windows are counted once the model is built.
-        CorpusDataModule.from_config(cfg, 1 if cfg.init_from else cfg.model.context_length).setup("validate")
+        checked = CorpusDataModule.from_config(cfg, 1 if cfg.init_from else cfg.model.context_length)
+        checked.setup("validate")
+        self.tokenizer = checked.tokenizer  # the model's, for the sample text (None: GPT-2's)
 
     def windows(self, context_length: int) -> EvaluationWindows:
         corpus = CorpusDataModule.from_config(self.cfg, context_length)

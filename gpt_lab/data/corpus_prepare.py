@@ -1,7 +1,9 @@
 """A corpus tokenized once (``task=prepare``): documents in, litdata token chunks and ``meta.json`` out.
 
 Each source file is one document, read as UTF-8; its tokens are ``encode_ordinary(text)`` (text that
-looks like ``<|endoftext|>`` stays ordinary text) followed by one ``<|endoftext|>``. Files that are
+looks like ``<|endoftext|>`` stays ordinary text) followed by one ``<|endoftext|>`` — or, with a
+family's tokenizer (``init_from``: ``corpus_sources.corpus_tokenizer``), that tokenizer's ids and its
+end-of-sequence id, stored as uint32 when its ids do not fit 16 bits. Files that are
 empty or not UTF-8 are skipped and listed. ``val_fraction`` of the documents (at least one, chosen
 from ``seed``) form the validation split; a single document gives its last ``val_fraction`` of
 tokens instead. Worker processes tokenize one file at a time and litdata's ``optimize`` writes the
@@ -10,7 +12,7 @@ a directory without it holds no (complete) corpus.
 
 Layout of ``data.dir``::
 
-    train/   litdata chunks (uint16 token ids) + index.json
+    train/   litdata chunks (uint16 token ids; uint32 for a vocabulary beyond 65,536) + index.json
     val/     the same for the validation split
     meta.json
 """
@@ -28,18 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 # litdata asks PyPI for a newer version of itself unless told not to: gpt_lab never uses the network.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 from gpt_lab.data.corpus_sources import (
     META_FILE,
     SPLITS,
-    TOKEN_DTYPE,
-    TOKENIZER_NAME,
     CorpusError,
+    CorpusTokenizer,
     choose_val_documents,
+    corpus_tokenizer,
     find_source_files,
     is_url,
     scan_sources,
@@ -48,7 +48,6 @@ from gpt_lab.data.corpus_sources import (
 )
 from gpt_lab.data.corpus_writer import write_split
 from gpt_lab.storage import DISK_FULL_ERRNOS, StorageError, write_text_atomic
-from gpt_lab.tokenizer import ENDOFTEXT_ID, N_VOCAB, get_tokenizer
 
 log = logging.getLogger(__name__)
 logging.getLogger("litdata").setLevel(logging.WARNING)  # its INFO lines (cache sizes) are not for our users
@@ -181,9 +180,11 @@ def prepare_corpus(
     seed: int,
     num_workers: int | None = None,
     overwrite: bool = False,
+    tokenizer: CorpusTokenizer | None = None,
 ) -> dict[str, Any]:
-    """Tokenize ``source`` into ``data_dir`` (see the module's docstring); return ``meta.json``'s content
-    plus ``"prepared": False`` when the same sources were already prepared there (nothing is done)."""
+    """Tokenize ``source`` into ``data_dir`` (see the module's docstring) with ``tokenizer`` (None: GPT-2's);
+    return ``meta.json``'s content plus ``"prepared": False`` when the same sources were already prepared
+    there with the same settings and tokenizer (nothing is done)."""
     if is_url(str(data_dir)):
         raise CorpusError(
             f"data.dir={data_dir}: task=prepare writes a local directory; prepare locally, copy it to the "
@@ -194,7 +195,8 @@ def prepare_corpus(
     files = [p for p in find_source_files(source, root) if data_dir not in p.parents]
     if not files:
         raise CorpusError(f"data.source={source} matches only files inside data.dir={data_dir}: give other sources")
-    settings = {"val_fraction": val_fraction, "seed": seed, "tokenizer": TOKENIZER_NAME}
+    tokenizer = tokenizer or corpus_tokenizer()
+    settings = {"val_fraction": val_fraction, "seed": seed, **tokenizer.identity}
     stats = source_stats(files)
     fingerprint = sources_fingerprint(stats)
     try:
@@ -209,7 +211,7 @@ def prepare_corpus(
             (data_dir / IN_PROGRESS_FILE).unlink(missing_ok=True)  # a prepare killed before it removed anything
             return {**existing, "prepared": False}
         _claim_directory(data_dir, overwrite)
-        meta = _prepare_locked(source, data_dir, files, stats, val_fraction, seed, num_workers)
+        meta = _prepare_locked(source, data_dir, files, stats, val_fraction, seed, num_workers, tokenizer)
         meta.update(settings)
         meta["sources"]["fingerprint"] = fingerprint
         write_meta(data_dir, meta)  # last: from now on the directory holds a complete corpus
@@ -225,6 +227,7 @@ def _prepare_locked(
     val_fraction: float,
     seed: int,
     num_workers: int | None,
+    tokenizer: CorpusTokenizer,
 ) -> dict[str, Any]:
     """Scan, split and tokenize into ``data_dir`` (claimed and locked); return meta.json's content."""
     started = time.perf_counter()
@@ -252,12 +255,15 @@ def _prepare_locked(
     log.info(
         "Tokenizing %d documents (%.1f MB) with %d processes into %s", len(docs), scan.n_bytes / 1e6, workers, data_dir
     )
-    get_tokenizer()  # built once here: forked workers inherit it instead of each building its own
+    # Built once here (GPT-2's is cached, a family's travels with the workers' function): forked workers
+    # inherit it instead of each building its own. GPT-2's path stays the default (tokenizer None).
+    family = tokenizer if tokenizer.source is not None else None
+    log.info("Tokenizer: %s", tokenizer.describe())
     tokens, unreadable = {}, 0
     for split in SPLITS:
         inputs, part = plan[split]
         tokens[split], lost = write_split(
-            inputs, data_dir / split, workers, part, val_fraction, desc=f"tokenizing {split}"
+            inputs, data_dir / split, workers, part, val_fraction, desc=f"tokenizing {split}", tokenizer=family
         )
         unreadable += lost
     changed = _changed_sources(stats, files)
@@ -269,10 +275,8 @@ def _prepare_locked(
             "the sources stop changing (it replaces what this one wrote)"
         )
     return {
-        "tokenizer": TOKENIZER_NAME,
-        "eot_id": ENDOFTEXT_ID,
-        "vocab_size": N_VOCAB,
-        "dtype": np.dtype(TOKEN_DTYPE).name,
+        **tokenizer.identity,  # tokenizer, (tokenizer_sha256,) eot_id, vocab_size, dtype
+        **({"tokenizer_source": tokenizer.source} if tokenizer.source else {}),
         "documents": documents,
         "tokens": tokens,
         "skipped": scan.skipped,

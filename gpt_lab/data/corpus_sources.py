@@ -1,6 +1,7 @@
 """The sources of a corpus (``task=prepare``): which files, checked as UTF-8 documents, their
 fingerprint, the validation documents drawn from ``seed``, and each document's tokens
-(``encode_ordinary(text)`` then one ``<|endoftext|>``).
+(``encode_ordinary(text)`` then one end-of-sequence id: GPT-2's ``<|endoftext|>``, or the end of
+sequence of a family's ``tokenizer.json`` when ``init_from`` names one: ``CorpusTokenizer``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import numpy as np
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 from gpt_lab.errors import UserError
-from gpt_lab.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_lab.tokenizer import ENDOFTEXT_ID, N_VOCAB, get_tokenizer
 
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 TOKENIZER_NAME = "gpt2"
+HF_TOKENIZER_NAME = "huggingface"  # a family's tokenizer.json; meta.json's tokenizer_sha256 says which one
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the disk of int32
+WIDE_TOKEN_DTYPE = np.uint32  # Llama 3's, Qwen3's and Gemma 3's ids (vocabularies over 128,000 tokens) do not
 READ_BLOCK = 16 * 2**20  # the UTF-8 check reads files in blocks (a huge file is not held in memory)
 GLOB_CHARS = "*?["
 
@@ -155,29 +158,110 @@ def split_single_document(tokens: np.ndarray, val_fraction: float) -> tuple[np.n
     return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 
 
+def token_dtype(n_vocab: int) -> np.dtype:
+    """The smallest stored type of a vocabulary's ids: uint16 while the largest id (``n_vocab - 1``)
+    fits in 16 bits (GPT-2), uint32 beyond (the families')."""
+    return np.dtype(TOKEN_DTYPE if n_vocab - 1 <= np.iinfo(TOKEN_DTYPE).max else WIDE_TOKEN_DTYPE)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CorpusTokenizer:
+    """The tokenizer a corpus is written with (``encoding``: tiktoken's or an ``HFTokenizer``) and
+    ``identity``, what meta.json records of it and what a model's corpus must match: ``tokenizer``
+    ("gpt2" or "huggingface"), ``tokenizer_sha256`` (of tokenizer.json; families only), ``eot_id``,
+    ``vocab_size`` and the stored ``dtype``."""
+
+    encoding: Any
+    identity: dict[str, Any]
+    source: str | None = None  # the directory of tokenizer.json (None: GPT-2's)
+
+    @property
+    def eot_id(self) -> int:
+        return int(self.identity["eot_id"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.identity["dtype"])
+
+    def describe(self) -> str:
+        if self.identity["tokenizer"] == TOKENIZER_NAME:
+            return f"GPT-2's tokenizer (end of text {self.eot_id})"
+        sha = self.identity["tokenizer_sha256"][:12]
+        return f"the tokenizer.json of {self.source} (sha256 {sha}…, end of sequence {self.eot_id})"
+
+
+def corpus_tokenizer(init_from: str | Path | None = None) -> CorpusTokenizer:
+    """The tokenizer of the model at ``init_from`` (gpt_lab.hf_tokenizer.tokenizer_directory: a family's
+    directory or a run trained from one), GPT-2's without one or for GPT-2's weights."""
+    from gpt_lab.hf_tokenizer import TOKENIZER_FILE, load_hf_tokenizer, tokenizer_directory
+
+    directory = tokenizer_directory(init_from)
+    if directory is None:
+        identity = {"tokenizer": TOKENIZER_NAME, "eot_id": ENDOFTEXT_ID, "vocab_size": N_VOCAB}
+        return CorpusTokenizer(get_tokenizer(), {**identity, "dtype": token_dtype(N_VOCAB).name})
+    encoding = load_hf_tokenizer(directory)
+    identity = {
+        "tokenizer": HF_TOKENIZER_NAME,
+        "tokenizer_sha256": file_sha256(directory / TOKENIZER_FILE),
+        "eot_id": int(encoding.eot_token),
+        "vocab_size": int(encoding.n_vocab),
+        "dtype": token_dtype(encoding.n_vocab).name,
+    }
+    return CorpusTokenizer(encoding, identity, str(directory))
+
+
+# The tokenizer document_tokens uses in this process: set by TokenizeDocument in litdata's workers
+# (None: GPT-2's, built once and inherited by forked workers).
+_active: CorpusTokenizer | None = None
+
+
+def use_tokenizer(tokenizer: CorpusTokenizer | None) -> None:
+    """Make ``tokenizer`` the one ``document_tokens`` encodes with in this process (None: GPT-2's)."""
+    global _active
+    _active = tokenizer
+
+
 def document_tokens(path: str | Path) -> np.ndarray:
-    """A document's token ids: ``encode_ordinary(text) + [<|endoftext|>]`` as uint16."""
+    """A document's token ids: ``encode_ordinary(text) + [end of sequence]`` in the stored dtype
+    (GPT-2's ``<|endoftext|>`` as uint16 unless ``use_tokenizer`` chose a family's)."""
     text = Path(path).read_bytes().decode("utf-8")  # as it is: no newline translation (\r\n stays)
-    ids = get_tokenizer().encode_ordinary(text)
-    ids.append(ENDOFTEXT_ID)
-    return np.asarray(ids, dtype=TOKEN_DTYPE)
+    if _active is None:
+        ids = get_tokenizer().encode_ordinary(text)
+        ids.append(ENDOFTEXT_ID)
+        return np.asarray(ids, dtype=TOKEN_DTYPE)
+    ids = _active.encoding.encode_ordinary(text)
+    ids.append(_active.eot_id)
+    return np.asarray(ids, dtype=_active.dtype)
 
 
 class TokenizeDocument:
     """litdata's ``fn``: a file path → its token array (run in litdata's worker processes).
 
-    ``part`` is "all", or "head"/"tail" of a single document split by tokens. ``progress`` is a
+    ``part`` is "all", or "head"/"tail" of a single document split by tokens; ``tokenizer`` is a
+    family's (``corpus_tokenizer``) or None for GPT-2's. ``progress`` is a
     shared array (files, bytes, tokens, unreadable files) the main process reads for its progress
     bar. A file that cannot be read or decoded any more (it changed after the scan) gives no
     tokens and is counted: the prepare then fails with a paragraph instead of a worker's traceback.
     """
 
-    def __init__(self, progress: Any, part: str = "all", val_fraction: float = 0.0) -> None:
+    def __init__(
+        self, progress: Any, part: str = "all", val_fraction: float = 0.0, tokenizer: CorpusTokenizer | None = None
+    ) -> None:
         self.progress = progress
         self.part = part
         self.val_fraction = val_fraction
+        self.tokenizer = tokenizer  # None: GPT-2's
 
     def __call__(self, path: str) -> Iterator[np.ndarray]:
+        use_tokenizer(self.tokenizer)  # in the worker (forked or spawned), before its first document
         try:
             tokens = document_tokens(path)
             n_bytes = os.path.getsize(path)

@@ -26,7 +26,7 @@ from typing import Any
 # litdata asks PyPI for a newer version of itself unless told not to: gpt_lab never uses the network.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
-from gpt_lab.data.corpus_sources import META_FILE, TokenizeDocument
+from gpt_lab.data.corpus_sources import META_FILE, CorpusTokenizer, TokenizeDocument
 from gpt_lab.storage import DISK_FULL_ERRNOS, StorageError
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,16 @@ def _run_writer(ctx: Any, kwargs: dict[str, Any], output_dir: Path) -> None:
 
 
 def write_split(
-    inputs: list[str], output_dir: Path, num_workers: int, part: str = "all", val_fraction: float = 0.0, desc: str = ""
+    inputs: list[str],
+    output_dir: Path,
+    num_workers: int,
+    part: str = "all",
+    val_fraction: float = 0.0,
+    desc: str = "",
+    tokenizer: CorpusTokenizer | None = None,
 ) -> tuple[int, int]:
-    """Tokenize ``inputs`` (file paths) in ``num_workers`` processes into litdata chunks.
+    """Tokenize ``inputs`` (file paths) in ``num_workers`` processes into litdata chunks, with ``tokenizer``
+    (a family's; None: GPT-2's).
 
     Returns (tokens written, files that could not be read any more). Each worker takes a
     contiguous run of the inputs, in order, and writes its own chunks, so the chunk layout depends
@@ -204,7 +211,7 @@ def write_split(
     progress = ctx.Array("q", 4)
     total_bytes = sum(os.path.getsize(p) for p in inputs)
     kwargs = {
-        "fn": TokenizeDocument(progress, part, val_fraction),
+        "fn": TokenizeDocument(progress, part, val_fraction, tokenizer),
         "inputs": inputs,
         "output_dir": str(output_dir),
         "chunk_bytes": CHUNK_BYTES,

@@ -42,7 +42,6 @@ MODEL_TASKS = ("generate", "train", "evaluate")  # the tasks that build the mode
 def check_resources(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` when ``cfg`` cannot run here (see the module's docstring)."""
     if cfg.task.name in MODEL_TASKS:
-        check_family_data(cfg)
         check_memory(cfg)
 
 
@@ -57,27 +56,6 @@ def _family_config(cfg: DictConfig) -> dict[str, Any] | None:
     if directory is None:
         return None
     return family_config(read_config(directory) or {}, str(directory))
-
-
-def check_family_data(cfg: DictConfig) -> None:
-    """Training and evaluation tokenize their data with the model's tokenizer (a family directory's
-    tokenizer.json: gpt_lab.data.text.run_tokenizer), except a prepared corpus, whose token chunks
-    are GPT-2's: refuse a family's weights on one."""
-    if cfg.task.name in ("train", "evaluate") and cfg.data.name == "corpus" and _family_tokenizer(cfg):
-        raise ConfigError(
-            f"task={cfg.task.name} data=corpus init_from={cfg.init_from}: a prepared corpus holds GPT-2 token ids "
-            "(task=prepare tokenizes with GPT-2's tokenizer), not this model's tokenizer.json, so a Llama / Qwen3 / "
-            "Gemma 3 model cannot read it; train or evaluate these weights on a text file instead (data=text "
-            "data.path=<file>, experiment=ch05), or on chapter 7's data=instructions / data=preferences"
-        )
-
-
-def _family_tokenizer(cfg: DictConfig) -> bool:
-    """Whether ``init_from``'s model reads another tokenizer than GPT-2's (a family's, or a run trained from one)."""
-    from gpt_lab.config import input_path
-    from gpt_lab.hf_tokenizer import tokenizer_directory
-
-    return tokenizer_directory(input_path(cfg, cfg.get("init_from"))) is not None
 
 
 # ---------------------------------------------------------------------------------------------
