@@ -10,6 +10,8 @@ _NAMES = {
     "flops_per_token": "gpt_lab.training.callbacks",
     "Throughput": "gpt_lab.training.callbacks",
     "StopOnSignal": "gpt_lab.training.callbacks",
+    "StepCheckpoint": "gpt_lab.training.step_checkpoint",
+    "evaluation_follows": "gpt_lab.training.step_checkpoint",
     "AtomicCheckpointIO": "gpt_lab.training.checkpoint_io",
     "DPOLitModule": "gpt_lab.training.dpo",
     "DPOOutput": "gpt_lab.training.dpo",

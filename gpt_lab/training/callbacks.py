@@ -20,6 +20,7 @@ from gpt_lab.errors import RunInterrupted
 from gpt_lab.tokenizer import text_to_token_ids
 from gpt_lab.training.lit_module import GPTLitModule
 from gpt_lab.training.resume_last import newest_checkpoint
+from gpt_lab.training.step_checkpoint import evaluation_follows
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ class StopOnSignal(L.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
-        if _evaluation_follows(trainer):
+        if evaluation_follows(trainer):
             self._stop_after_evaluation_at = trainer.global_step
             log.warning("Stopping after the evaluation of step %d", trainer.global_step)
             return
@@ -377,14 +378,3 @@ class StopOnSignal(L.Callback):
                 stop.checkpoint = str(newest) if newest is not None else None
         log.warning("Stopping at step %d on %s; checkpoint %s", stop.step, stop.signal_name, stop.checkpoint)
         raise stop
-
-
-def _evaluation_follows(trainer: L.Trainer) -> bool:
-    """Whether the training loop evaluates after the step that has just ended (its own rule, asked of it:
-    ``val_check_interval`` in batches, the epoch's last batch, ``check_val_every_n_epoch``). A time-based
-    interval gives no answer ahead: False, the stop comes before the evaluation as for any other step."""
-    epoch_loop, fetcher = trainer.fit_loop.epoch_loop, getattr(trainer.fit_loop, "_data_fetcher", None)
-    check = getattr(epoch_loop, "_should_check_val_fx", None)
-    if check is None or fetcher is None or getattr(trainer, "_val_check_time_interval", None) is not None:
-        return False
-    return bool(check(fetcher))
