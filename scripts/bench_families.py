@@ -13,7 +13,7 @@ of loading a 1B checkpoint.
 2. Loading (not with --quick or --no-load): ``llama3_2_1b``'s shapes written as random bf16
    safetensors (1.24 B parameters, 2.5 GB), then loaded by gpt_lab in a fresh interpreter
    (``build_model``: safetensors' memory map, one tensor at a time); the peak resident memory
-   (``ru_maxrss``) against the bytes of the float32 model it builds: about 1x means no second full copy.
+   (``VmHWM``) against the bytes of the float32 model it builds: about 1x means no second full copy.
 
 Wall-clock on CPU: compare ratios from one run, not absolute numbers across runs or machines.
 """
@@ -160,12 +160,15 @@ def transformers_model_meta(hf_config: dict[str, Any]) -> torch.nn.Module:
 
 
 LOAD_CHILD = """
-import resource, json, torch
+import json, torch
 from gpt_lab.model.weights import build_model
 start = {start!r}
 model = build_model({{**start, "qkv_bias": False}}, {directory!r})
 nbytes = sum(t.nbytes for t in {{p.data_ptr(): p for p in model.parameters()}}.values())
-print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "model_bytes": nbytes}}))
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec,
+# so after the bench's own rows it reported the parent's peak (9.17 GiB here), not this load's.
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"peak_rss": peak, "model_bytes": nbytes}}))
 """
 
 
