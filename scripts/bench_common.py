@@ -85,14 +85,17 @@ def have_transformers() -> bool:
 # --- timing ---------------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, round-robin over ``reps`` rounds (order rotated)."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """Seconds per call of each function (``clock``: wall clock, or ``time.process_time`` for CPU time),
+    round-robin over ``reps`` rounds (order rotated) after ``warmup`` calls each."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -100,7 +103,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            out[n].append(timed(fns[n]))
+            out[n].append(timed(fns[n], clock))
     return out
 
 

@@ -27,12 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import summary
+from bench_common import interleaved, summary
 
 from gpt_lab.generation.sampling import generate
 from gpt_lab.generation.weights import ACTIVATION_DTYPE, use_weights
@@ -52,17 +51,6 @@ START = {"vocab_size": 50257, "context_length": 64, "emb_dim": 32, "n_heads": 4,
 
 
 CLOCK = time.perf_counter  # --cpu-time: time.process_time
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each function (``CLOCK``), round-robin over ``reps`` rounds, the order rotated."""
-    names, out = list(fns), {name: [] for name in fns}
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = CLOCK()
-            fns[name]()
-            out[name].append(CLOCK() - started)
-    return out
 
 
 def preset_config(name: str) -> dict[str, Any]:
@@ -112,7 +100,7 @@ def bench_family(name: str, directory: Path, args: argparse.Namespace) -> dict[s
             if not torch.equal(tokens["gpt_lab fp32"], tokens["transformers fp32"]):
                 raise AssertionError(f"{name}: gpt_lab's fp32 greedy tokens differ from transformers'")
             reference = tokens["gpt_lab fp32"][0, idx.shape[1] :]
-        for label, seconds in interleaved(impls, args.reps).items():
+        for label, seconds in interleaved(impls, args.reps, warmup=0, clock=CLOCK).items():
             agree = int((tokens[label][0, idx.shape[1] :] == reference).sum())
             rows[label] = {**summary(seconds, n), "tokens_equal_fp32": agree}
         rows[f"ratio {weights}"] = rows[f"gpt_lab {weights}"]["median"] / rows[f"transformers {weights}"]["median"]

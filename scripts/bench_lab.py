@@ -23,12 +23,12 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from lab_reference import cat_cache_generate  # scripts/ itself, as bench.py imports bench_common
+from bench_common import interleaved  # scripts/ itself, as bench.py imports it
+from lab_reference import cat_cache_generate
 
 from gpt_lab.generation.sampling import generate
 from gpt_lab.model.gpt import GPTModel
@@ -64,19 +64,6 @@ def build(base: dict[str, Any], extra: dict[str, Any], context: int) -> GPTModel
 CLOCK = time.perf_counter  # --cpu-time: time.process_time
 
 
-def medians(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """Seconds of each function per round, ``reps`` rounds after one warm-up, the order rotating each round."""
-    for fn in fns.values():
-        fn()
-    names, out = list(fns), {name: [] for name in fns}
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = CLOCK()
-            fns[name]()
-            out[name].append(CLOCK() - started)
-    return out
-
-
 def storage_bytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors``: what they occupy, measured, not computed from shapes."""
     seen: dict[int, int] = {}
@@ -99,7 +86,7 @@ def bench_generation(base: dict[str, Any], args: argparse.Namespace) -> list[dic
             print(f"  {name:<14} FAILED: gpt_lab's cached tokens differ from the torch.cat reference's", flush=True)
             rows.append({"variant": name, "tokens_equal": False})
             continue
-        seconds = medians({"gpt_lab": ours, "reference": ref}, args.reps)
+        seconds = interleaved({"gpt_lab": ours, "reference": ref}, args.reps, clock=CLOCK)
         speed = {k: args.new_tokens / statistics.median(v) for k, v in seconds.items()}
         ratio = speed["gpt_lab"] / speed["reference"]
         rows.append({"variant": name, "tokens_equal": True, **{f"{k}_tok_s": v for k, v in speed.items()}})
@@ -134,7 +121,7 @@ def bench_long_context(base: dict[str, Any], args: argparse.Namespace) -> list[d
                 m(ids, kv_cache=c, last_only=True)
 
         decoders[name] = decode
-    seconds = {k: statistics.median(v) / args.steps for k, v in medians(decoders, args.reps).items()}
+    seconds = {k: statistics.median(v) / args.steps for k, v in interleaved(decoders, args.reps, clock=CLOCK).items()}
     rows = []
     for name, s in seconds.items():
         speedup = seconds["mha"] / s

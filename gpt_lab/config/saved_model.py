@@ -128,8 +128,8 @@ def run_model_name(choice: Any, task: Any = None, init_from: Any = None, judge_m
             saved = saved_model_config(init_from)
             if saved and saved.get("name"):
                 name = saved["name"]
-            elif saved is None and family_directory_name(init_from) and not str(choice).startswith(FAMILY_PRESETS):
-                name = family_directory_name(init_from)
+            elif saved is None and not str(choice).startswith(FAMILY_PRESETS):
+                name = family_directory_name(init_from) or name
     except Exception:  # an unreadable model.json is reported by validation, by name
         name = choice
     return str(name).replace("/", "-").replace(":", "-")

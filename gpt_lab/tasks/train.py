@@ -113,7 +113,8 @@ def _ddp_for_experts(cfg: DictConfig) -> DictConfig:
 
 def _refuse_ddp_unused_experts(cfg: DictConfig, model_cfg: Any) -> None:
     """The model came from ``init_from`` (not ``cfg.model``) with experts, under plain DDP: say how to run it."""
-    if model_cfg.get("ffn") == "moe" and _ddp_for_experts(cfg).get("strategy") == "ddp":
+    chosen_experts = OmegaConf.select(cfg, "model.ffn") == "moe"  # then _ddp_for_experts switched already
+    if model_cfg.get("ffn") == "moe" and not chosen_experts and OmegaConf.select(cfg, "trainer.strategy") == "ddp":
         raise ConfigError(
             f"init_from={cfg.init_from} is a mixture-of-experts model and trainer.strategy=ddp waits for a gradient "
             f"from every expert, which a step may not route tokens to: add trainer.strategy={DDP_UNUSED} "
