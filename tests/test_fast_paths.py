@@ -257,6 +257,7 @@ def test_each_decoding_path_gives_the_book_loops_tokens(
 ) -> None:
     model = tiny_model(vocab_size=64)
     idx = torch.randint(0, 64, (2, 3))
+    monkeypatch.setattr(decoding, "MIN_WEIGHT", 0)  # the Decoder for this tiny model too
     monkeypatch.setattr(generate_mod, "Decoder", functools.partial(Decoder, path=path))
     assert torch.equal(generate(model, idx, 7, context_size=8), generate_text_simple(model, idx, 7, context_size=8))
 
@@ -274,6 +275,7 @@ def test_decoding_a_model_with_live_lora_adapters_follows_the_adapters(
                 m.lora_B.normal_()
     torch.manual_seed(7)
     idx = torch.randint(0, 64, (2, 3))
+    monkeypatch.setattr(decoding, "MIN_WEIGHT", 0)  # the Decoder for this tiny model too
     monkeypatch.setattr(generate_mod, "Decoder", functools.partial(Decoder, path=path))
     book = generate_text_simple(model, idx, 5, context_size=8)
     assert torch.equal(generate(model, idx, 5, context_size=8), book)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from gpt_lab.generation.decoding import Decoder
+from gpt_lab.generation.decoding import MAX_ROWS, Decoder, speeds_up
 from gpt_lab.model.gpt import GPTModel
 
 
@@ -114,15 +114,24 @@ def _steps(
 ) -> Iterator[torch.Tensor]:
     stops = None if eos_id is None or isinstance(eos_id, int) else torch.tensor(list(eos_id), device=idx.device)
     was_training = model.training
-    model.eval()
+    # eval() and train() set every module's flag (a Python call each: 0.2 ms for a small model's call);
+    # a model with no module in training mode needs neither.
+    switched = any(m.training for m in model.modules())
+    if switched:
+        model.eval()
     cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
     # GPTModel computes only the last position's logits on request (the output head is a third of
     # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
+    on_cpu = is_gpt_model and idx.device.type == "cpu"
     # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
     # training run's sample: its weights change before the next one.
-    decoder = Decoder(model, keep_head_copy=not was_training) if is_gpt_model and idx.device.type == "cpu" else None
+    decoder = Decoder(model, keep_head_copy=not was_training) if on_cpu and speeds_up(model) else None
+    # A smaller model's one-token steps run on one thread: its products are too small to share, and a
+    # thread waiting for a core that another process holds would stall every step.
+    threads = torch.get_num_threads()
+    one_thread = on_cpu and decoder is None and threads > 1
     # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
     # small models pay for) for GPTModel, whose forward stores no tensor on the model; no_grad for others.
     grad_off = torch.inference_mode if is_gpt_model else torch.no_grad
@@ -132,10 +141,16 @@ def _steps(
                 # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
                 cached = cache is not None and idx.shape[1] <= cache.max_len
                 new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
-                step = decoder.step() if decoder else contextlib.nullcontext()
-                with grad_off(), step:
-                    logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
-                    idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                single = one_thread and new_ids.numel() <= MAX_ROWS  # a prompt keeps the threads
+                if single:
+                    torch.set_num_threads(1)
+                try:
+                    with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
+                        logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
+                        idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                finally:
+                    if single:
+                        torch.set_num_threads(threads)
                 idx_next = idx_next.clone() if is_gpt_model else idx_next  # a normal tensor, not an inference one
                 if stops is not None:
                     if bool(torch.isin(idx_next, stops).all()):
@@ -145,4 +160,5 @@ def _steps(
                 idx = torch.cat((idx, idx_next), dim=1)
                 yield idx_next
     finally:
-        model.train(was_training)
+        if switched:
+            model.train(was_training)

@@ -12,7 +12,7 @@ model's ``RotaryEmbedding`` or None (learned positions). ``new_cache`` allocates
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from gpt_lab.config.architecture import ARCH_DEFAULTS, head_dim_of
 from gpt_lab.model.attention_decode import absorbed_latent_decode, grouped_query_decode
 from gpt_lab.model.cache import FullKV, LatentKV, RingKV
+from gpt_lab.model.calls import caller
 from gpt_lab.model.deltanet import GatedDeltaNet
 from gpt_lab.model.norms import RMSNorm
 from gpt_lab.model.rope import RotaryEmbedding, apply_rope
@@ -75,13 +76,16 @@ def attention_written_out(
     return (weights @ v.reshape(b * h, s, v.shape[-1])).view(b, h, t, v.shape[-1])
 
 
-def _project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
-    """Each layer applied to ``x``. Layers of one class that defines ``forward_group(layers, x)``
-    compute together (appendix E's ``LoRALinear``: query, key and value as one product)."""
+def _project(
+    x: torch.Tensor, layers: tuple[nn.Module, ...], run: Callable[[nn.Module], Callable[..., Any]]
+) -> Sequence[torch.Tensor]:
+    """Each layer applied to ``x`` (called as ``run``, gpt_lab/model/calls.py, says). Layers of one class that
+    defines ``forward_group(layers, x)`` compute together (appendix E's ``LoRALinear``: query, key and
+    value as one product)."""
     group = getattr(type(layers[0]), "forward_group", None)
     if group is not None and all(type(layer) is type(layers[0]) for layer in layers):
         return group(layers, x)
-    return tuple(layer(x) for layer in layers)
+    return [run(layer)(x) for layer in layers]
 
 
 def _drop_book_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -173,18 +177,19 @@ class MultiHeadAttention(nn.Module):
         self, x: torch.Tensor, cache: FullKV | None = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = _project(x, (self.W_query, self.W_key, self.W_value))
+        run = caller()  # under no-grad inference, the parts' forward straight (gpt_lab/model/calls.py)
+        q, k, v = _project(x, (self.W_query, self.W_key, self.W_value), run)
         q, k, v = self._heads(q, self.num_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = run(self.q_norm)(q), run(self.k_norm)(k)
         if rope is not None:
-            cos, sin = rope(start, t)
+            cos, sin = run(rope)(start, t)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         positions = None
         if cache is not None:
             k, v, positions = cache.update(k, v, start)
         ctx = self.attend(q, k, v, start, positions)
-        return self.out_proj(ctx.transpose(1, 2).reshape(b, t, -1))
+        return run(self.out_proj)(ctx.transpose(1, 2).reshape(b, t, -1))
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, positions: torch.Tensor | None
@@ -263,29 +268,33 @@ class MultiHeadLatentAttention(MultiHeadAttention):
     def _absorbable(self, rope: RotaryEmbedding | None) -> bool:
         """Whether the up-projections may fold into the query and the output (attention_decode.py): not under
         RoPE or QK-norm (they act on the keys themselves), nor with adapters or dropout in the way."""
-        plain = all(type(w) is nn.Linear and w.weight.is_floating_point() for w in (self.W_UK, self.W_UV))
-        return plain and rope is None and not self.qk_norm and not self.training
+        if rope is not None or self.qk_norm or self.training:
+            return False
+        w_uk, w_uv = self.W_UK, self.W_UV
+        plain = type(w_uk) is nn.Linear and type(w_uv) is nn.Linear
+        return plain and w_uk.weight.is_floating_point() and w_uv.weight.is_floating_point()
 
     def forward(
         self, x: torch.Tensor, cache: LatentKV | None = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, latent = _project(x, (self.W_query, self.W_DKV))  # latent: (b, t, latent_dim)
+        run = caller()
+        q, latent = _project(x, (self.W_query, self.W_DKV), run)  # latent: (b, t, latent_dim)
         if cache is not None:
             latent = cache.update(latent, start)  # (b, start + t, latent_dim)
         s = latent.shape[1]
         q = self._heads(q, self.num_heads)
         if cache is not None and t == 1 and self._absorbable(rope):  # a generation step: keys and values unbuilt
             ctx = absorbed_latent_decode(q, latent, self.W_UK.weight, self.W_UV.weight)
-            return self.out_proj(ctx.transpose(1, 2).reshape(b, t, -1))
-        k, v = self._heads(self.W_UK(latent), self.num_heads), self._heads(self.W_UV(latent), self.num_heads)
+            return run(self.out_proj)(ctx.transpose(1, 2).reshape(b, t, -1))
+        k, v = self._heads(run(self.W_UK)(latent), self.num_heads), self._heads(run(self.W_UV)(latent), self.num_heads)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = run(self.q_norm)(q), run(self.k_norm)(k)
         if rope is not None:
-            q = apply_rope(q, *rope(start, t))
-            k = apply_rope(k, *rope(0, s))
+            q = apply_rope(q, *run(rope)(start, t))
+            k = apply_rope(k, *run(rope)(0, s))
         ctx = self.attend(q, k, v, start, None)
-        return self.out_proj(ctx.transpose(1, 2).reshape(b, t, -1))
+        return run(self.out_proj)(ctx.transpose(1, 2).reshape(b, t, -1))
 
 
 def make_attention(cfg: Mapping[str, Any], kind: str) -> nn.Module:

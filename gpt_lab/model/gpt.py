@@ -39,6 +39,7 @@ from gpt_lab.model.attention import (
     make_attention,
 )
 from gpt_lab.model.cache import KVCache
+from gpt_lab.model.calls import caller
 from gpt_lab.model.deltanet import GatedDeltaNet
 from gpt_lab.model.feedforward import GELU, FeedForward, MoEFeedForward, SwiGLU, make_feedforward
 from gpt_lab.model.norms import LayerNorm, RMSNorm, make_norm
@@ -132,13 +133,22 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, cache: Any = None, start: int = 0, rope: RotaryEmbedding | None = None
     ) -> torch.Tensor:
-        """``cache``: this block's entry of a ``KVCache``; ``start``: the position of ``x[:, 0]``."""
+        """``cache``: this block's entry of a ``KVCache``; ``start``: the position of ``x[:, 0]``.
+
+        Out of training the dropouts are not called (they return their input there); under no-grad
+        inference the parts run their ``forward`` straight where ``nn.Module.__call__`` would do
+        nothing else (gpt_lab/model/calls.py: microseconds a call, what a small model's token costs).
+        """
+        run = caller()
+        att, ff, norm1, norm2 = run(self.att), run(self.ff), run(self.norm1), run(self.norm2)
+        h = att(norm1(x), cache, start, rope)
         if self.post_norms:
-            x = x + self.drop_shortcut(self.post_att_norm(self.att(self.norm1(x), cache, start, rope)))
-            return x + self.drop_shortcut(self.post_ff_norm(self.ff(self.norm2(x))))
-        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, start, rope))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
-        return x
+            h = self.post_att_norm(h)
+        x = x + (self.drop_shortcut(h) if self.training else h)
+        h = ff(norm2(x))
+        if self.post_norms:
+            h = self.post_ff_norm(h)
+        return x + (self.drop_shortcut(h) if self.training else h)
 
 
 class GPTModel(nn.Module):
@@ -204,20 +214,23 @@ class GPTModel(nn.Module):
                 f"sequence of {start + t} tokens is longer than model.context_length={self.context_length}; "
                 f"crop the input to its last {self.context_length} tokens"
             )
-        x = self.tok_emb(in_idx)  # (b, t, emb_dim)
+        # Under no-grad inference the parts run their forward straight (gpt_lab/model/calls.py).
+        run = caller()
+        x = run(self.tok_emb)(in_idx)  # (b, t, emb_dim)
         if self.emb_scale is not None:
             x = x * torch.tensor(self.emb_scale, dtype=x.dtype)
         if self.rope is None:
-            x = x + self.pos_emb(torch.arange(start, start + t, device=in_idx.device))
-        x = self.drop_emb(x)
+            x = x + run(self.pos_emb)(torch.arange(start, start + t, device=in_idx.device))
+        if self.training:  # out of training nn.Dropout returns its input: no call
+            x = self.drop_emb(x)
         for i, block in enumerate(self.trf_blocks):
             rope = self.rope_local if self.rope_local is not None and self.layer_kinds[i] == "sliding" else self.rope
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
+            x = run(block)(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
         if kv_cache is not None:
             kv_cache.pos = start + t
         if last_only:
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        return run(self.out_head)(run(self.final_norm)(x))
 
     def new_kv_cache(
         self,
