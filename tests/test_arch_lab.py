@@ -14,6 +14,7 @@ from gpt_lab.generation.sampling import generate
 from gpt_lab.model.deltanet import chunked_gated_delta, recurrent_gated_delta
 from gpt_lab.model.feedforward import MoEFeedForward
 from gpt_lab.model.gpt import GPTModel
+from gpt_lab.model.norms import RMSNorm
 from gpt_lab.model.rope import apply_rope, rope_inv_freq
 
 BASE = {"vocab_size": 64, "context_length": 32, "emb_dim": 16, "n_heads": 4, "n_layers": 3, "drop_rate": 0.0}
@@ -176,6 +177,26 @@ def test_moe_matches_the_written_out_routing() -> None:
                     h = F.silu(moe.fc1[e].weight @ x[b, t]) * (moe.fc2[e].weight @ x[b, t])
                     expected[b, t] += w / sum(z) * (moe.fc3[e].weight @ h)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_the_written_out_formula(dtype: torch.dtype, offset: bool) -> None:
+    """x / sqrt(mean(x^2) + eps) * w (Gemma's offset: * (1 + w)), in float32, rounded to the input's dtype."""
+    torch.manual_seed(0)
+    norm = RMSNorm(48, eps=1e-5, offset=offset)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (3 * torch.randn(2, 5, 48)).to(dtype)
+    x32, w = x.float(), norm.weight.detach().float()
+    expected = (x32 / torch.sqrt((x32 * x32).mean(-1, keepdim=True) + 1e-5) * ((1 + w) if offset else w)).to(dtype)
+    with torch.no_grad():
+        out = norm(x)
+    assert out.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    else:  # at most one bf16 step apart (the float32 results may round either way)
+        torch.testing.assert_close(out.float(), expected.float(), rtol=2**-7, atol=1e-6)
 
 
 def test_rope_rotates_feature_pairs_with_llama3_frequencies() -> None:

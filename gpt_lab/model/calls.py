@@ -20,21 +20,32 @@ from torch import nn
 from torch.nn.modules import module as _globals
 
 
-def calls_forward_only(module: nn.Module) -> bool:
-    """Whether ``module(...)`` would only run ``module.forward(...)``: no hooks of its own nor global
-    ones, not compiled in place (``module.compile()``), not tracing."""
+def _no_global_hooks() -> bool:
+    """No global module hooks (``register_module_forward_hook`` and kin) and not tracing."""
+    return not (
+        _globals._global_forward_pre_hooks
+        or _globals._global_forward_hooks
+        or _globals._global_backward_pre_hooks
+        or _globals._global_backward_hooks
+        or torch._C._get_tracing_state()
+    )
+
+
+def _own_call_is_forward(module: nn.Module) -> bool:
+    """No hooks of the module's own and not compiled in place (``module.compile()``)."""
     return not (
         module._forward_pre_hooks
         or module._forward_hooks
         or module._backward_pre_hooks
         or module._backward_hooks
         or module._compiled_call_impl is not None
-        or _globals._global_forward_pre_hooks
-        or _globals._global_forward_hooks
-        or _globals._global_backward_pre_hooks
-        or _globals._global_backward_hooks
-        or torch._C._get_tracing_state()
     )
+
+
+def calls_forward_only(module: nn.Module) -> bool:
+    """Whether ``module(...)`` would only run ``module.forward(...)``: ``nn.Module.__call__``'s own test (no
+    hooks of its own nor global ones, not compiled in place) and not tracing."""
+    return _no_global_hooks() and _own_call_is_forward(module)
 
 
 def straight(module: nn.Module) -> Callable[..., Any]:
@@ -46,7 +57,12 @@ def _itself(module: nn.Module) -> nn.Module:
     return module
 
 
+def _straight_here(module: nn.Module) -> Callable[..., Any]:
+    """``straight`` once the global part of the test has passed (``caller`` looks at it once per forward)."""
+    return module.forward if _own_call_is_forward(module) else module
+
+
 def caller() -> Callable[[nn.Module], Callable[..., Any]]:
     """How to call a part now: ``straight`` under no-grad inference, else the module itself (its ordinary
     call, as training, autograd and anything that hooks modules expect)."""
-    return _itself if torch.is_grad_enabled() else straight
+    return _straight_here if not torch.is_grad_enabled() and _no_global_hooks() else _itself

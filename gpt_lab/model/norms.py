@@ -42,10 +42,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        # F.rms_norm: x * rsqrt(mean(x^2) + eps) * scale in one call instead of seven (half the time of a
+        # small model's norm), the same numbers as written out (tests/test_arch_lab.py).
         scale = 1.0 + self.weight.float() if self.offset else self.weight.float()
-        return (normed * scale).to(x.dtype)
+        return F.rms_norm(x.float(), scale.shape, scale, self.eps).to(x.dtype)
 
 
 def make_norm(cfg: Mapping[str, Any], dim: int) -> nn.Module:
