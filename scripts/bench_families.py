@@ -189,6 +189,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="rounds (default 5, quick: 3)")
     parser.add_argument("--no-load", action="store_true", help="skip the 1B loading row")
     parser.add_argument(
+        "--only", nargs="+", metavar="PRESET", help=f"these presets only ({', '.join(PRESETS)}, {LARGE})"
+    )
+    parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="time this process's CPU seconds, not the wall clock (a machine shared with other jobs; use --threads 1)",
@@ -203,7 +206,7 @@ def main() -> None:
         CLOCK = time.process_time
     print(f"## model families: gpt_lab vs transformers, greedy, batch 1 (torch {torch.__version__})", flush=True)
     results: dict[str, Any] = {}
-    for name in PRESETS if args.quick else (*PRESETS, LARGE):
+    for name in args.only or (PRESETS if args.quick else (*PRESETS, LARGE)):
         with tempfile.TemporaryDirectory() as tmp:
             results[name] = bench_family(name, Path(tmp), args)
     if not args.quick and not args.no_load:

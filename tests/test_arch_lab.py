@@ -176,7 +176,10 @@ def test_moe_matches_the_written_out_routing() -> None:
                 for e, w in zip(top, z, strict=True):
                     h = F.silu(moe.fc1[e].weight @ x[b, t]) * (moe.fc2[e].weight @ x[b, t])
                     expected[b, t] += w / sum(z) * (moe.fc3[e].weight @ h)
+        one_at_a_time = torch.cat([moe(x[b : b + 1, t : t + 1]) for b in range(2) for t in range(5)]).view_as(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # a decoding step (one token) takes its own path over the chosen experts: the same numbers
+    torch.testing.assert_close(one_at_a_time, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("offset", [False, True])

@@ -9,13 +9,19 @@ token (one query position, every cached key visible), in the shapes that read th
   every token: the key up-projection folds into the query (``q_h W_UK_h`` is a query in latent
   space) and the value up-projection applies after attention (the weights sum latents, then
   ``W_UV_h`` maps the sum), so attention reads ``latent_dim`` numbers per cached token and head
-  group instead of up-projecting ``2 n_heads head_dim`` of them.
+  group instead of up-projecting ``2 n_heads head_dim`` of them. All heads read one latent, so
+  attention is a single "head" whose queries are the heads; on the CPU one such head runs on one
+  thread, so from ``SPLIT_MIN`` cached positions per thread the latent is cut into one part per thread,
+  each part attended apart, and the parts' outputs combined by their softmax normalisers
+  (log-sum-exp weights: the result is attention over the whole latent, up to float rounding).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+SPLIT_MIN = 512  # cached positions per thread from which MLA's decoding step splits the latent (CPU)
 
 
 def grouped_query_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -44,6 +50,24 @@ def absorbed_latent_decode(
     # parsing costs more than these products for small models.
     q_latent = torch.matmul(q, w_uk.view(h, d, n))  # (b, h, 1, n)
     # One "head" whose h queries all read the same latent keys and values: (b, 1, h, latent_dim).
-    kv = latent.unsqueeze(1)
-    ctx = F.scaled_dot_product_attention(q_latent.view(b, 1, h, n), kv, kv, scale=d**-0.5)
+    ctx = latent_attention(q_latent.view(b, 1, h, n), latent, d**-0.5)
     return torch.matmul(ctx.view(b, h, 1, n), w_uv.view(h, d, n).transpose(1, 2))  # (b, h, 1, d)
+
+
+def latent_attention(q: torch.Tensor, latent: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q`` (b, 1, h, n) over ``latent`` (b, s, n) as keys and values, every position visible -> (b, 1, h, n)."""
+    parts = min(torch.get_num_threads(), latent.shape[1] // SPLIT_MIN)
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if parts < 2 or latent.device.type != "cpu" or flash is None:
+        kv = latent.unsqueeze(1)
+        return F.scaled_dot_product_attention(q, kv, kv, scale=scale)
+    b, s, n = latent.shape
+    size = s // parts
+    main = latent[:, : parts * size].view(b, parts, size, n)  # part i: positions i * size ..
+    out, lse = flash(q.expand(b, parts, -1, n), main, main, scale=scale)[:2]  # (b, parts, h, n), (b, parts, h)
+    if parts * size < s:  # the last few positions (fewer than ``parts``) as one more part
+        rest = latent[:, parts * size :].unsqueeze(1)
+        out_r, lse_r = flash(q, rest, rest, scale=scale)[:2]
+        out, lse = torch.cat((out, out_r), dim=1), torch.cat((lse, lse_r), dim=1)
+    weights = torch.softmax(lse.float(), dim=1).to(out.dtype).unsqueeze(-1)  # each part's share of the normaliser
+    return (out * weights).sum(dim=1, keepdim=True)

@@ -85,6 +85,10 @@ class MoEFeedForward(nn.Module):
         self.fc2 = nn.ModuleList(nn.Linear(emb_dim, hidden_dim, bias=False) for _ in range(num_experts))
         self.fc3 = nn.ModuleList(nn.Linear(hidden_dim, emb_dim, bias=False) for _ in range(num_experts))
 
+    def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        """Expert ``e``'s SwiGLU on ``rows`` (n, emb_dim)."""
+        return self.fc3[e](self.act(self.fc1[e](rows)) * self.fc2[e](rows))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (n_tokens, emb_dim)
@@ -95,14 +99,24 @@ class MoEFeedForward(nn.Module):
         else:  # the router's probabilities over every expert, the k chosen kept as they are
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
             top_weights = probs.gather(-1, top_experts).to(x.dtype)
+        if x.shape[0] == 1:  # one token (a decoding step): run its k experts, in the order the loop below adds them
+            out = None
+            for e, weight in sorted(zip(top_experts[0].tolist(), top_weights[0], strict=True)):
+                y = self.expert(e, x) * weight
+                out = y if out is None else out + y
+            return out.view(shape)
+        # Tokens sorted by expert (one host sync for the counts), then each expert's rows in one product.
+        flat = top_experts.flatten()  # (n * k,): entry j is token j // k's choice
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        tokens, weights = order // self.experts_per_token, top_weights.flatten()[order, None]
         out = torch.zeros_like(x)
-        for e in range(self.num_experts):
-            token, slot = torch.where(top_experts == e)  # a token picks an expert at most once
-            if token.numel() == 0:
-                continue
-            rows = x[token]
-            y = self.fc3[e](self.act(self.fc1[e](rows)) * self.fc2[e](rows))
-            out.index_add_(0, token, y * top_weights[token, slot, None])
+        start = 0
+        for e, count in enumerate(counts):
+            if count:  # a token picks an expert at most once, so each token gets its experts in ascending order
+                token = tokens[start : start + count]
+                out.index_add_(0, token, self.expert(e, x[token]) * weights[start : start + count])
+                start += count
         return out.view(shape)
 
 
