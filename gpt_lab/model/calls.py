@@ -66,3 +66,9 @@ def caller() -> Callable[[nn.Module], Callable[..., Any]]:
     """How to call a part now: ``straight`` under no-grad inference, else the module itself (its ordinary
     call, as training, autograd and anything that hooks modules expect)."""
     return _straight_here if not torch.is_grad_enabled() and _no_global_hooks() else _itself
+
+
+def dropout_called(module: nn.Module) -> bool:
+    """Whether a part's dropout must be called: in training (out of it ``nn.Dropout`` returns its input,
+    so it is skipped), or under ``torch.jit.trace`` (TensorBoard's graph shows the module)."""
+    return module.training or torch._C._get_tracing_state() is not None

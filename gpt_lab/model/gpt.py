@@ -39,7 +39,7 @@ from gpt_lab.model.attention import (
     make_attention,
 )
 from gpt_lab.model.cache import KVCache
-from gpt_lab.model.calls import caller
+from gpt_lab.model.calls import caller, dropout_called
 from gpt_lab.model.deltanet import GatedDeltaNet
 from gpt_lab.model.feedforward import GELU, FeedForward, MoEFeedForward, SwiGLU, make_feedforward
 from gpt_lab.model.norms import LayerNorm, RMSNorm, make_norm
@@ -141,14 +141,15 @@ class TransformerBlock(nn.Module):
         """
         run = caller()
         att, ff, norm1, norm2 = run(self.att), run(self.ff), run(self.norm1), run(self.norm2)
+        drop = self.drop_shortcut if dropout_called(self) else None
         h = att(norm1(x), cache, start, rope)
         if self.post_norms:
             h = self.post_att_norm(h)
-        x = x + (self.drop_shortcut(h) if self.training else h)
+        x = x + (drop(h) if drop is not None else h)
         h = ff(norm2(x))
         if self.post_norms:
             h = self.post_ff_norm(h)
-        return x + (self.drop_shortcut(h) if self.training else h)
+        return x + (drop(h) if drop is not None else h)
 
 
 class GPTModel(nn.Module):
@@ -232,7 +233,7 @@ class GPTModel(nn.Module):
             x = x * torch.tensor(self.emb_scale, dtype=x.dtype)
         if self.rope is None:
             x = x + run(self.pos_emb)(torch.arange(start, start + t, device=in_idx.device))
-        if self.training:  # out of training nn.Dropout returns its input: no call
+        if dropout_called(self):  # out of training nn.Dropout returns its input: no call
             x = self.drop_emb(x)
         for i, block in enumerate(self.trf_blocks):
             rope = self.rope_local if self.rope_local is not None and self.layer_kinds[i] == "sliding" else self.rope
