@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from gpt_lab.generation.decoding import MAX_ROWS, Decoder, speeds_up
+from gpt_lab.generation.decoding import Decoder, speeds_up
 from gpt_lab.model.gpt import GPTModel
 
 
@@ -128,8 +128,8 @@ def _steps(
     # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
     # training run's sample: its weights change before the next one.
     decoder = Decoder(model, keep_head_copy=not was_training) if on_cpu and speeds_up(model) else None
-    # A smaller model's one-token steps run on one thread: its products are too small to share, and a
-    # thread waiting for a core that another process holds would stall every step.
+    # A smaller model's steps run on one thread: its products are too small to share (a prompt's too, at
+    # its size), and a thread waiting for a core that another process holds would stall the step.
     threads = torch.get_num_threads()
     one_thread = on_cpu and decoder is None and threads > 1
     # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
@@ -141,15 +141,14 @@ def _steps(
                 # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
                 cached = cache is not None and idx.shape[1] <= cache.max_len
                 new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
-                single = one_thread and new_ids.numel() <= MAX_ROWS  # a prompt keeps the threads
-                if single:
+                if one_thread:
                     torch.set_num_threads(1)
                 try:
                     with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
                         logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
                         idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 finally:
-                    if single:
+                    if one_thread:
                         torch.set_num_threads(threads)
                 idx_next = idx_next.clone() if is_gpt_model else idx_next  # a normal tensor, not an inference one
                 if stops is not None:
