@@ -2,12 +2,13 @@
 
 ``module(x)`` costs about 2 microseconds of Python before ``forward`` runs (the hook checks of
 ``nn.Module.__call__``): nothing for a training step, but a small model's generation step makes some
-fifty such calls for well under a millisecond of arithmetic. Under no-grad inference the model's
-own code calls its parts through ``straight(module)``, which is ``module.forward`` exactly when
-``__call__`` would run nothing else (the test below is ``__call__``'s own), and ``module`` otherwise:
-a hook (a FLOP counter, an FSDP2 shard), a module compiled in place or a ``torch.jit.trace`` keep the
-ordinary call. An instance's own ``forward`` attribute (the CPU ``Decoder``'s products) is what
-``module.forward`` finds, as ``__call__`` does.
+fifty such calls for well under a millisecond of arithmetic. The model's blocks and attention call
+their parts through ``caller()``: under no-grad inference that is ``straight``, ``module.forward``
+exactly when ``__call__`` would run nothing else (the test below is ``__call__``'s own), and
+``module`` otherwise: a hook (a FLOP counter, an FSDP2 shard), a module compiled in place or a
+``torch.jit.trace`` keep the ordinary call, as training and autograd always do. (Gated DeltaNet
+and the feed-forward parts call their own layers the ordinary way.) An instance's own ``forward``
+attribute (the CPU ``Decoder``'s products) is what ``module.forward`` finds, as ``__call__`` does.
 """
 
 from __future__ import annotations
