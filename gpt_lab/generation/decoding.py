@@ -71,7 +71,9 @@ def is_decode_call(x: torch.Tensor) -> bool:
 def speeds_up(model: nn.Module) -> bool:
     """Whether a ``Decoder`` pays for ``model``: some parameter of it has ``MIN_WEIGHT`` elements. A smaller
     model's steps are a few microseconds per product, best run plainly on one thread (``generate`` does)."""
-    return any(p.numel() >= MIN_WEIGHT for p in model.parameters())
+    # Each module's own parameters, not model.parameters(): the same tensors without its name and
+    # duplicate bookkeeping (half the time of the walk, which a small model's every call pays).
+    return any(p is not None and p.numel() >= MIN_WEIGHT for m in model.modules() for p in m._parameters.values())
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gpt_lab.generation.decoding import Decoder, speeds_up
+from gpt_lab.model.calls import straight
 from gpt_lab.model.gpt import GPTModel
 
 
@@ -119,12 +120,16 @@ def _steps(
     switched = any(m.training for m in model.modules())
     if switched:
         model.eval()
-    cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
     # GPTModel computes only the last position's logits on request (the output head is a third of
     # the work per token), and its CPU steps run gpt_lab.generation.decoding's faster products.
     is_gpt_model = isinstance(model, GPTModel)
     last = {"last_only": True} if is_gpt_model else {}
     on_cpu = is_gpt_model and idx.device.type == "cpu"
+    # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
+    # small models pay for) for GPTModel, whose forward stores no tensor on the model; no_grad for others.
+    grad_off = torch.inference_mode if is_gpt_model else torch.no_grad
+    with grad_off():  # GPTModel's cache holds inference tensors: its steps' writes skip view bookkeeping
+        cache = model.new_kv_cache(idx.shape[0], context_size) if use_cache and hasattr(model, "new_kv_cache") else None
     # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
     # training run's sample: its weights change before the next one.
     decoder = Decoder(model, keep_head_copy=not was_training) if on_cpu and speeds_up(model) else None
@@ -132,20 +137,23 @@ def _steps(
     # its size), and a thread waiting for a core that another process holds would stall the step.
     threads = torch.get_num_threads()
     one_thread = on_cpu and decoder is None and threads > 1
-    # Inference mode (no autograd bookkeeping per op, a few microseconds each: what short generations of
-    # small models pay for) for GPTModel, whose forward stores no tensor on the model; no_grad for others.
-    grad_off = torch.inference_mode if is_gpt_model else torch.no_grad
+    length = idx.shape[1]  # the sequence so far: idx, then the tokens in `produced`
+    produced: list[torch.Tensor] = []
+    new_ids = idx  # what the next step feeds: the prompt, then (cached) each new token
     try:
         with decoder or contextlib.nullcontext():
             for _ in range(max_new_tokens):
-                # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
-                cached = cache is not None and idx.shape[1] <= cache.max_len
-                new_ids = idx[:, cache.pos :] if cached else idx[:, -context_size:]
+                cached = cache is not None and length <= cache.max_len
+                if not cached:  # the window: the last context_size tokens, recomputed
+                    idx, produced = torch.cat((idx, *produced), dim=1), []
+                    new_ids = idx[:, -context_size:]
                 if one_thread:
                     torch.set_num_threads(1)
                 try:
+                    # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
                     with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
-                        logits = model(new_ids, kv_cache=cache, **last) if cached else model(new_ids, **last)
+                        forward = straight(model) if is_gpt_model else model  # gpt_lab/model/calls.py
+                        logits = forward(new_ids, kv_cache=cache, **last) if cached else forward(new_ids, **last)
                         idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 finally:
                     if one_thread:
@@ -156,7 +164,9 @@ def _steps(
                         break
                 elif eos_id is not None and bool((idx_next == eos_id).all()):
                     break
-                idx = torch.cat((idx, idx_next), dim=1)
+                produced.append(idx_next)
+                length += 1
+                new_ids = idx_next
                 yield idx_next
     finally:
         if switched:
