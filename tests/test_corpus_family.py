@@ -209,3 +209,25 @@ def test_a_corpus_of_another_tokenizer_is_refused_naming_both(
     with pytest.raises(CorpusError, match=r"init_from=no-such-dir does not exist"):
         prepare(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_family_with_a_beginning_of_text_token_starts_every_document_with_it(tmp_path: Path) -> None:
+    """Llama 3 and Gemma 3 were pretrained on <bos> document <eos>: a corpus of theirs stores the same
+    (Qwen3, without one, stores document <eos>: the test above)."""
+    from gpt_lab.data.corpus_sources import corpus_tokenizer, document_tokens, use_tokenizer
+
+    llama = tmp_path / "llama"
+    save_hf_model("llama", llama, seed=3, vocab_size=VOCAB)
+    specials = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>"]  # Llama 3's bos 1 / eos 2 of config.json
+    write_tokenizer(llama, specials, bos="<|begin_of_text|>", vocab_size=300)
+    (llama / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    doc = tmp_path / "doc.txt"
+    doc.write_text(_document(1), encoding="utf-8")
+    tokenizer = corpus_tokenizer(llama)
+    assert tokenizer.identity["bos_id"] == 1
+    use_tokenizer(tokenizer)
+    try:
+        ids = document_tokens(doc).tolist()
+    finally:
+        use_tokenizer(None)
+    assert ids == [1, *library_ids(llama / "tokenizer.json", _document(1)), 2]

@@ -4,6 +4,7 @@ counts (BOOK_FIGURES.md); their small variants build and run."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -136,3 +137,19 @@ def test_small_variants_build_and_generate(preset: str, compose_config: Callable
     idx = torch.tensor([[15496, 11, 314, 716]])
     with_cache = generate(model, idx, 12, model.context_length)
     assert with_cache.tolist() == generate(model, idx, 12, model.context_length, use_cache=False).tolist()
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_a_family_built_from_scratch_starts_near_a_uniform_guess(name: str, compose_config: Callable) -> None:
+    """model.init_std=0.02 (the families' initializer_range): with the tied head, PyTorch's N(0, 1)
+    embeddings made the first loss several times ln(vocab_size) (about 59 against 10.8)."""
+    cfg = OmegaConf.to_container(compose_config(f"model={name}").model, resolve=True)
+    torch.manual_seed(0)
+    model = GPTModel(cfg).eval()
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(abs(w.std().item() - 0.02) < 0.004 for w in linears)
+    assert abs(model.tok_emb.weight.std().item() - 0.02) < 1e-3
+    ids = torch.randint(0, cfg["vocab_size"], (2, 32))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+    assert abs(loss.item() - math.log(cfg["vocab_size"])) < 0.1  # a near-uniform first guess, as the families start

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt_lab.run.sweep import summarise_sweep, write_summary
 from gpt_lab.run.sweep_plot import job_labels, plot_summary
@@ -200,3 +201,23 @@ def test_summary_names_shared_overrides_once_drops_empty_columns_and_shows_accur
     ]
     assert [float(r["test_accuracy"]) for r in rows] == [0.975, 0.5] and "output_text" not in rows[0]
     assert csv_path.name == "summary.csv"
+
+
+def test_a_sweep_over_family_presets_records_each_familys_model(run_cli, tmp_path: Path) -> None:
+    """Issue 26 point 5 (sweeps): one -m line runs two families' tiny presets; each row records the family's
+    model with its own parameter count (against transformers' model of the same config.json)."""
+    transformers = pytest.importorskip("transformers")
+    from gpt_lab.model.hf_families import family_hf_config
+
+    proc = run_cli("-m", "model=llama3_2_tiny,gemma3_tiny", "max_new_tokens=2", "hydra.sweep.dir=sw")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(tmp_path / "sw")
+    assert [(r["model"], r["status"]) for r in rows] == [("llama3_2_tiny", "completed"), ("gemma3_tiny", "completed")]
+    for row in rows:
+        assert row["output_text"].startswith("Hello, I am")
+        cfg = json.loads((tmp_path / row["dir"] / "results.json").read_text())["model_config"]
+        hf_config = family_hf_config(cfg)
+        config_class = {"llama": transformers.LlamaConfig}.get(hf_config["model_type"], transformers.Gemma3TextConfig)
+        with torch.device("meta"):
+            reference = getattr(transformers, hf_config["architectures"][0])(config_class(**hf_config))
+        assert int(row["total_params_tied"]) == sum(p.numel() for p in reference.parameters())  # tied head once

@@ -57,6 +57,11 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     # ffn=moe: the k chosen experts' weights are the softmax over their k router logits (true: the book's,
     # Qwen3-30B-A3B's norm_topk_prob=true), or the softmax over all experts' logits, the k taken as they are.
     "moe_renormalize": True,
+    # Freshly built weights: null keeps PyTorch's defaults (the book's, chapter 4's seed-123 weights); a number
+    # draws every Linear and Embedding weight from normal(0, init_std), biases 0, norms as they are (the
+    # families' initializer_range, 0.02: with a tied head, PyTorch's N(0, 1) embeddings give logits of
+    # standard deviation ~sqrt(emb_dim) and a first loss several times ln(vocab_size)).
+    "init_std": None,
 }
 FFN_ACTIVATIONS = ("silu", "gelu_tanh")
 ARCH_DEFAULTS.update(FAMILY_DEFAULTS)
@@ -219,6 +224,7 @@ def _check_family_flags(m: Mapping[str, Any]) -> list[str]:
         problems.append(f"model.ffn_activation={get('ffn_activation')} must be one of {', '.join(FFN_ACTIVATIONS)}")
     problems += _positive(m, "query_scale", "(the attention scores' scale), or null for head_dim ** -0.5")
     problems += _positive(m, "rope_local_base", "(the sliding layers' RoPE base), or null for rope_base")
+    problems += _positive(m, "init_std", "(random weights' standard deviation), or null for PyTorch's defaults")
     for key in ("emb_scale", "norm_offset", "post_norms", "attn_out_bias", "ffn_bias", "moe_renormalize"):
         if not isinstance(get(key), bool):
             problems.append(f"model.{key}={get(key)} must be true or false")

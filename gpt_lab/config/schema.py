@@ -96,6 +96,7 @@ class ModelConfig:
     attn_out_bias: bool = FAMILY_DEFAULTS["attn_out_bias"]
     ffn_bias: bool = FAMILY_DEFAULTS["ffn_bias"]
     moe_renormalize: bool = FAMILY_DEFAULTS["moe_renormalize"]  # ffn=moe's top-k weights (norm_topk_prob)
+    init_std: float | None = FAMILY_DEFAULTS["init_std"]  # null: PyTorch's initial weights (the book's)
 
 
 @dataclass

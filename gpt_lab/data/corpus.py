@@ -65,7 +65,7 @@ def split_chunks(data_dir: str, split: str) -> list[dict[str, Any]]:
 
 # What a GPT-2 model's corpus must say in meta.json (corpus_sources.corpus_tokenizer gives a family's).
 GPT2_IDENTITY = {"tokenizer": TOKENIZER_NAME, "eot_id": ENDOFTEXT_ID, "vocab_size": N_VOCAB}
-IDENTITY_KEYS = ("tokenizer", "tokenizer_sha256", "eot_id")  # equal: the same ids for the same text
+IDENTITY_KEYS = ("tokenizer", "tokenizer_sha256", "eot_id", "bos_id")  # equal: the same ids for the same text
 
 
 def _describe_tokenizer(identity: dict[str, Any], source: str | None = None) -> str:
@@ -73,7 +73,12 @@ def _describe_tokenizer(identity: dict[str, Any], source: str | None = None) -> 
     text = f"tokenizer {name!r}" + (f" of {source}" if source else "")
     if identity.get("tokenizer_sha256"):
         text += f" (tokenizer.json sha256 {str(identity['tokenizer_sha256'])[:12]}…)"
-    return f"{text}, end of sequence {identity.get('eot_id')}"
+    bos = identity.get("bos_id")
+    return (
+        f"{text}, "
+        + (f"documents starting with {bos}, " if bos is not None else "")
+        + (f"end of sequence {identity.get('eot_id')}")
+    )
 
 
 def check_corpus_tokenizer(

@@ -1,7 +1,9 @@
 """The sources of a corpus (``task=prepare``): which files, checked as UTF-8 documents, their
 fingerprint, the validation documents drawn from ``seed``, and each document's tokens
 (``encode_ordinary(text)`` then one end-of-sequence id: GPT-2's ``<|endoftext|>``, or the end of
-sequence of a family's ``tokenizer.json`` when ``init_from`` names one: ``CorpusTokenizer``).
+sequence of a family's ``tokenizer.json`` when ``init_from`` names one, with that family's
+beginning-of-text id in front where it has one — Llama 3's ``<|begin_of_text|>``, Gemma 3's
+``<bos>``, as they were pretrained; Qwen3 has none: ``CorpusTokenizer``).
 """
 
 from __future__ import annotations
@@ -188,6 +190,11 @@ class CorpusTokenizer:
         return int(self.identity["eot_id"])
 
     @property
+    def bos_id(self) -> int | None:
+        """The id each document starts with (a family's beginning-of-text token), None for none."""
+        return self.identity.get("bos_id")
+
+    @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.identity["dtype"])
 
@@ -215,6 +222,8 @@ def corpus_tokenizer(init_from: str | Path | None = None) -> CorpusTokenizer:
         "vocab_size": int(encoding.n_vocab),
         "dtype": token_dtype(encoding.n_vocab).name,
     }
+    if encoding.bos_id is not None:  # each document starts with it (Llama 3, Gemma 3)
+        identity["bos_id"] = int(encoding.bos_id)
     return CorpusTokenizer(encoding, identity, str(directory))
 
 
@@ -231,13 +240,16 @@ def use_tokenizer(tokenizer: CorpusTokenizer | None) -> None:
 
 def document_tokens(path: str | Path) -> np.ndarray:
     """A document's token ids: ``encode_ordinary(text) + [end of sequence]`` in the stored dtype
-    (GPT-2's ``<|endoftext|>`` as uint16 unless ``use_tokenizer`` chose a family's)."""
+    (GPT-2's ``<|endoftext|>`` as uint16 unless ``use_tokenizer`` chose a family's, whose
+    beginning-of-text id, if it has one, comes first)."""
     text = Path(path).read_bytes().decode("utf-8")  # as it is: no newline translation (\r\n stays)
     if _active is None:
         ids = get_tokenizer().encode_ordinary(text)
         ids.append(ENDOFTEXT_ID)
         return np.asarray(ids, dtype=TOKEN_DTYPE)
     ids = _active.encoding.encode_ordinary(text)
+    if _active.bos_id is not None:
+        ids.insert(0, _active.bos_id)
     ids.append(_active.eot_id)
     return np.asarray(ids, dtype=_active.dtype)
 

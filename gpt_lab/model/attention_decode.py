@@ -69,5 +69,5 @@ def latent_attention(q: torch.Tensor, latent: torch.Tensor, scale: float) -> tor
         rest = latent[:, parts * size :].unsqueeze(1)
         out_r, lse_r = flash(q, rest, rest, scale=scale)[:2]
         out, lse = torch.cat((out, out_r), dim=1), torch.cat((lse, lse_r), dim=1)
-    weights = torch.softmax(lse.float(), dim=1).to(out.dtype).unsqueeze(-1)  # each part's share of the normaliser
-    return (out * weights).sum(dim=1, keepdim=True)
+    weights = torch.softmax(lse.float(), dim=1).unsqueeze(-1)  # each part's share of the normaliser
+    return (out.float() * weights).sum(dim=1, keepdim=True).to(out.dtype)

@@ -181,6 +181,17 @@ class GPTModel(nn.Module):
                 self.rope_local = RotaryEmbedding(head_dim_of(cfg), cfg["context_length"], cfg["rope_local_base"])
         # model.emb_scale (Gemma 3): token embeddings times sqrt(emb_dim), rounded to the activations' dtype.
         self.emb_scale = float(cfg["emb_dim"]) ** 0.5 if cfg["emb_scale"] else None
+        if cfg["init_std"]:  # the families' initial weights (model.init_std); null: the book's
+            self.init_normal_(cfg["init_std"])
+
+    @torch.no_grad()
+    def init_normal_(self, std: float) -> None:
+        """Every Linear and Embedding weight from normal(0, ``std``), biases 0; norms keep their values."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
 
     def forward(
         self,

@@ -149,6 +149,7 @@ def family_config(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
         "query_scale": None,
         "norm_offset": False,
         "post_norms": False,
+        "init_std": float(hf.get("initializer_range", 0.02)),
     }
     if hf.get("use_sliding_window"):
         raise _fail(source, "config.json has use_sliding_window=true; gpt_lab loads Qwen3 with full attention only")
@@ -267,6 +268,7 @@ def family_hf_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "rope_theta": float(cfg["rope_base"]),
         "attention_bias": bool(cfg.get("qkv_bias")),
         "tie_word_embeddings": bool(cfg.get("tie_weights")),
+        "initializer_range": float(cfg.get("init_std") or 0.02),
         "torch_dtype": "float32",
     }
     if cfg.get("rope_scaling"):
