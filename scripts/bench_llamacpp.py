@@ -97,6 +97,12 @@ def llama_cpp_row(state: dict, cfg: dict, args: argparse.Namespace, bandwidth_gb
             step_bytes[LLAMA_AT[t]] = gguf_step_bytes(path)
             cache_dtype[LLAMA_AT[t]] = torch.float32 if t == "f32" else torch.float16
         print(f"  GGUF written ({', '.join(GGUF_TYPES)}); llama-cpp-python {llama_cpp.__version__}", flush=True)
+        if threads > 1:
+            print(
+                f"  llama.cpp at {threads} threads: they wait for each other after every operation, so beside "
+                "another busy process its rows collapse; on a shared machine give --threads 1 (docs/performance.md)",
+                flush=True,
+            )
         fp32 = impls[GEN_AT["fp32"]]()
         agreement = {name: sum(a == b for a, b in zip(fn(), fp32, strict=True)) for name, fn in impls.items()}
         print("  tokens equal to gpt_lab fp32's: " + ", ".join(f"{k} {v}/{n}" for k, v in agreement.items()))
