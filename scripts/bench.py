@@ -396,11 +396,15 @@ def main() -> None:
             book = size == "gpt2_small"  # the book's code is timed on the small model only
             results[key] = bench_generation.bench_generation(size_state, size_cfg, size_args, hf, bandwidth, book)
             tables.append((f"greedy generation, {size}, batch 1, prompt + {n} tokens", results[key]))
-    if args.llama_cpp:  # optional, not in CI: scripts/bench_llamacpp.py says what it needs
+    if args.llama_cpp:  # optional, not in CI: scripts/bench_llamacpp.py (skips, saying what it needs)
         import bench_llamacpp
 
-        print("generation: llama.cpp (llama-cpp-python), gpt2_small as GGUF f32 / f16 / q8_0", flush=True)
-        results["llama_cpp"] = bench_llamacpp.llama_cpp_row()
+        n = args.new_tokens
+        print(f"generation: llama.cpp, gpt2_small as GGUF f32 / f16 / q8_0, 'Hello, I am' + {n} tokens", flush=True)
+        results["llama_cpp"] = bench_llamacpp.llama_cpp_row(state, cfg, args, machine["read_bandwidth_GBps"])
+        if "rows" in results["llama_cpp"]:
+            title = f"llama.cpp (llama-cpp-python) beside gpt_lab, gpt2_small, batch 1, prompt + {n} tokens"
+            tables.append((title, results["llama_cpp"]["rows"]))
     if "load" not in args.skip:
         print(f"generation under load: one busy process beside it, + {args.load_tokens} tokens", flush=True)
         results["generation_under_load"] = bench_generation_under_load(state, cfg, args, hf)
@@ -484,6 +488,8 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
 
         size = key.removeprefix("generation_") if key != "generation" else "gpt2_small"
         bench_generation.generation_targets(results[key], add, size)
+    for what, value in results.get("llama_cpp", {}).get("ratios", {}).items():  # not targets: where gpt_lab stands
+        out.append({"what": f"gpt2_small: {what}", "value": value, "target": "report", "met": True})
     ratio("forward", "gpt_lab GPTModel", "transformers GPT2LMHeadModel", 1.15, "forward vs transformers")
     ratio("forward", "gpt_lab GPTModel", "book explicit", 1.0, "forward vs book explicit")
     bf16, fp32 = "gpt_lab bf16-mixed (Lightning, trainer=cpu_bf16)", "gpt_lab fp32 (Lightning, trainer=cpu)"
