@@ -178,6 +178,17 @@ def test_init_from_reads_a_family_directory(tmp_path: Path, saved: dict[str, tup
         load_pretrained(tmp_path)
 
 
+def test_weights_read_from_a_directory_are_not_drawn_first(saved: dict[str, tuple[Path, object]]) -> None:
+    """A family preset (model.init_std=0.02) named beside its directory: the config a training run builds its
+    model from before loading the weights draws nothing (a normal_ pass over Qwen3 0.6B costs ~3 s)."""
+    from gpt_lab.model.weights import load_pretrained, resolve_model_config
+
+    directory, _ = saved["qwen3"]
+    weights = load_pretrained(directory)
+    preset = {**weights.config, "init_std": 0.02}  # the preset's sizes are the file's: check_preset passes
+    assert resolve_model_config(preset, weights)["init_std"] is None
+
+
 def test_tokenizer_follows_the_directory(tmp_path: Path, saved: dict[str, tuple[Path, object]]) -> None:
     from hf_files import write_tokenizer
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 SPLIT_MIN = 512  # cached positions per thread from which MLA's decoding step splits the latent (CPU)
+# PyTorch's CPU attention, which also returns each query's log-sum-exp (None in a build without it).
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def grouped_query_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,7 @@ def absorbed_latent_decode(
 def latent_attention(q: torch.Tensor, latent: torch.Tensor, scale: float) -> torch.Tensor:
     """``q`` (b, 1, h, n) over ``latent`` (b, s, n) as keys and values, every position visible -> (b, 1, h, n)."""
     parts = min(torch.get_num_threads(), latent.shape[1] // SPLIT_MIN)
-    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    flash = _FLASH_CPU
     if parts < 2 or latent.device.type != "cpu" or flash is None:
         kv = latent.unsqueeze(1)
         return F.scaled_dot_product_attention(q, kv, kv, scale=scale)

@@ -149,7 +149,6 @@ def family_config(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
         "query_scale": None,
         "norm_offset": False,
         "post_norms": False,
-        "init_std": float(hf.get("initializer_range", 0.02)),
     }
     if hf.get("use_sliding_window"):
         raise _fail(source, "config.json has use_sliding_window=true; gpt_lab loads Qwen3 with full attention only")
