@@ -257,7 +257,7 @@ class DPOConfig:
 class GenerationConfig:
     """Issue 28: ``cfg.generation``, how generating and classifying tasks hold the weights."""
 
-    weights: str = MISSING  # fp32 (the book's tokens) | bf16 | int8 (weight-only, bf16 activations)
+    weights: str = MISSING  # fp32 (the book's tokens) | bf16 | int8 (weight-only, float32 activations)
 
 
 @dataclass

@@ -11,8 +11,10 @@ means more tokens per second:
   into oneDNN's blocked layout, where oneDNN runs bf16 on this CPU; a head tied to the token
   embedding gets its own packed copy, one head's memory more, as int8's does);
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
-  weights, one scale per output feature, PyTorch's int8 weight-only kernel: a quarter of the
-  bytes), the rest (embeddings, norms, biases) and the activations in bfloat16.
+  weights, one scale per output feature, multiplied by PyTorch's FBGEMM kernel with the
+  activations written as exact integer digits, gpt_lab/model/quantized.py: a quarter of the
+  bytes); the rest (embeddings, norms, biases), the activations and the key/value cache stay
+  float32 (one row of the embedding a token: few bytes; the digits are made from float32 rows).
 
 ``use_weights`` converts in place, layer by layer: a model whose weights came from a file never
 exists twice (the fp32 tensor of each layer is freed as its converted copy is made).
@@ -30,7 +32,7 @@ from gpt_lab.model.attention import MultiHeadLatentAttention
 from gpt_lab.model.packed import pack_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
-ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def check_weights_device(weights: str, device: torch.device | str) -> None:
@@ -38,7 +40,7 @@ def check_weights_device(weights: str, device: torch.device | str) -> None:
     device = torch.device(device)
     if weights == "int8" and not has_int8_kernel(device):
         raise ConfigError(
-            f"generation.weights=int8 needs PyTorch's int8 weight-only kernel (aten::_weight_int8pack_mm), which "
+            f"generation.weights=int8 needs PyTorch's int8 kernels (FBGEMM, or aten::_weight_int8pack_mm), which "
             f"torch {torch.__version__} does not provide on the {device.type} device this run would use. Choose "
             "generation.weights=bf16 (half of fp32's bytes) or fp32 on this device, or run on the CPU "
             "(trainer=cpu), where the int8 kernel exists."

@@ -80,8 +80,8 @@ def _project(
     x: torch.Tensor, layers: tuple[nn.Module, ...], run: Callable[[nn.Module], Callable[..., Any]]
 ) -> Sequence[torch.Tensor]:
     """Each layer applied to ``x`` (called as ``run``, gpt_lab/model/calls.py, says). Layers of one class that
-    defines ``forward_group(layers, x)`` compute together (appendix E's ``LoRALinear``: query, key and
-    value as one product)."""
+    defines ``forward_group(layers, x)`` compute together (``Int8Linear``: the input's digits once for
+    query, key and value)."""
     group = getattr(type(layers[0]), "forward_group", None)
     if group is not None and all(type(layer) is type(layers[0]) for layer in layers):
         return group(layers, x)

@@ -39,7 +39,30 @@ def has_packed_kernel(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-class PackedLinear(nn.Module):
+class HeldWeight(nn.Module):
+    """A layer whose weight lives outside its parameters, in a kernel's layout: ``_hold(weight)`` puts
+    a plain (out, in) tensor there, ``weight`` gives it back. Saved and loaded as the plain
+    ``weight`` entry (converted to the held weight's dtype), after the layer's other entries."""
+
+    weight: torch.Tensor
+
+    def _hold(self, weight: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if weight is not None:  # the plain (out, in) weight, packed again
+            self._hold(weight.detach().to(self.weight.dtype))
+
+
+class PackedLinear(HeldWeight):
     """``nn.Linear`` holding its weight in oneDNN's blocked layout (a CPU, no-grad layer for generation).
 
     ``packed`` is the reordered weight (None where it could not be packed: then ``dense`` holds the
@@ -82,17 +105,6 @@ class PackedLinear(nn.Module):
         super()._apply(fn, recurse)
         self._hold(fn(weight))
         return self
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        destination[prefix + "weight"] = self.weight
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
-        weight = state_dict.get(prefix + "weight")
-        if weight is not None:  # the plain (out, in) weight, packed again
-            self._hold(weight.detach().to(self.weight.dtype))
-            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.packed
