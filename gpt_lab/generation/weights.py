@@ -7,9 +7,9 @@ means more tokens per second:
   as an (in, out) matrix in memory (same shape and values: the layout MKL's one-row product streams
   fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
-  the key/value cache follow; each plain ``nn.Linear`` a ``PackedLinear`` (its weight reordered once
-  into oneDNN's blocked layout, where oneDNN runs bf16 on this CPU; a head tied to the token
-  embedding gets its own packed copy, one head's memory more, as int8's does);
+  the key/value cache follow; each plain ``nn.Linear`` a ``RowLinear`` over the same parameters
+  (its one-row products through PyTorch's own matrix-vector kernel rather than oneDNN's,
+  gpt_lab/model/packed.py; a tied head stays tied);
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
   weights, one scale per output feature, multiplied by PyTorch's FBGEMM kernel with the
   activations written as exact integer digits, gpt_lab/model/quantized.py: a quarter of the
@@ -29,7 +29,7 @@ from torch import nn
 from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.errors import ConfigError
 from gpt_lab.model.attention import MultiHeadLatentAttention
-from gpt_lab.model.packed import pack_linears_, transpose_weights_
+from gpt_lab.model.packed import row_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
 ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -59,7 +59,7 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
     if on_cpu and weights == "fp32":
         transpose_weights_(model)
     elif on_cpu and weights == "bf16":
-        pack_linears_(model, skip=_read_as_matrices(model))
+        row_linears_(model, skip=_read_as_matrices(model))
     return model
 
 
