@@ -1,26 +1,100 @@
 """The layers and layouts generation.weights chooses for one-row products (gpt_lab/model/packed.py):
-bf16 ``RowLinear`` (PyTorch's own matrix-vector kernel) and fp32 weights stored (in, out), each
-against the plain product. Timings live in scripts/bench.py."""
+bf16 ``RowLinear`` (PyTorch's own matrix-vector kernel, for weights streamed from memory) and
+oneDNN-prepacked ``PackedLinear`` (for weights the caches hold), fp32 weights stored (in, out), each
+against the plain product, and the fallback where the prepacked kernel is missing. Timings live in
+scripts/bench.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from configs import TINY
 from torch import nn
 
+from gpt_lab.generation import weights as weights_module
 from gpt_lab.generation.decoding import Decoder, split_linear
 from gpt_lab.generation.sampling import generate
 from gpt_lab.generation.weights import use_weights
+from gpt_lab.model import packed
 from gpt_lab.model.gpt import GPTModel
-from gpt_lab.model.packed import RowLinear, is_transposed, row_linears_, transpose_weights_
+from gpt_lab.model.packed import (
+    PackedLinear,
+    RowLinear,
+    is_transposed,
+    pack_linears_,
+    row_linears_,
+    transpose_weights_,
+)
 from gpt_lab.model.stats import step_read_bytes
+
+needs_bf16_kernel = pytest.mark.skipif(
+    not packed.has_packed_kernel(torch.bfloat16), reason="oneDNN has no bf16 linear on this CPU"
+)
 
 
 def _float64_product(x: torch.Tensor, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """``x W^T + b`` in float64 from the bf16-rounded weights, and ``|x| |W|^T + |b|`` (the sum's size)."""
     w, b, xd = linear.weight.detach().double(), linear.bias.detach().double(), x.double()
     return xd @ w.T + b, xd.abs() @ w.abs().T + b.abs()
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("rows", [1, 5])  # a generation step, and a prompt
+def test_packed_bf16_linear_equals_the_plain_product(rows: int) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40).to(torch.bfloat16)
+    layer = PackedLinear.from_linear(linear)
+    assert layer.packed is not None and layer.dense is None  # one copy of the weight: the packed one
+    assert torch.equal(layer.weight, linear.weight)  # unpacked exactly
+    x = torch.randn(2, rows, 48).to(torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (2, rows, 40) and y.dtype == torch.bfloat16
+    ref, size = _float64_product(x, linear)
+    # Stated tolerance: float32 accumulation, the result and the bias add each rounded to bf16 once
+    # (half a spacing, 2**-9, of the sum's size each): 2 bf16 spacings of the size.
+    assert ((y.double() - ref).abs() <= 2 * 2.0**-8 * size).all()
+    # The same numbers as F.linear's bf16 product (oneDNN computes that one too, reordering per call).
+    assert (y.double() - F.linear(x, linear.weight, linear.bias).double()).abs().max() <= 2.0**-8 * size.max()
+
+
+def test_without_the_kernel_layers_stay_plain_and_compute_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed, "has_packed_kernel", lambda dtype: False)
+    torch.manual_seed(0)
+    model = use_weights(GPTModel(TINY).eval(), "bf16")
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    layer = PackedLinear.from_linear(nn.Linear(16, 8).to(torch.bfloat16))  # built anyway: the plain weight
+    assert layer.packed is None and layer.dense is not None
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.dense, layer.bias))
+
+
+@needs_bf16_kernel
+def test_bf16_model_is_packed_counts_its_bytes_and_generates_as_the_plain_bf16_model() -> None:
+    torch.manual_seed(123)
+    plain = GPTModel(TINY).eval().to(torch.bfloat16)
+    model = use_weights(GPTModel(TINY).eval(), "bf16")
+    model.load_state_dict(plain.state_dict())  # packed again from the plain weights
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.Linear | PackedLinear)]
+    assert len(kinds) == 6 * TINY["n_layers"] + 1 and set(kinds) == {PackedLinear}
+    assert step_read_bytes(model) == step_read_bytes(plain)  # the packed weights counted, once
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True))
+    idx = torch.tensor([[1, 2, 3]])
+    n = 2 * TINY["context_length"]
+    assert torch.equal(generate(model, idx, n, TINY["context_length"]), generate(plain, idx, n, TINY["context_length"]))
+
+
+@needs_bf16_kernel
+def test_packed_layer_moved_to_float32_unpacks_and_repacks() -> None:
+    linear = nn.Linear(16, 8).to(torch.bfloat16)
+    layer = PackedLinear.from_linear(linear).float()
+    assert layer.weight.dtype == torch.float32 and torch.equal(layer.weight, linear.weight.float())
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), F.linear(x, linear.weight.float(), linear.bias.float()), atol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [1, 5])  # a generation step (PyTorch's own kernel), and a prompt (oneDNN's)
@@ -49,7 +123,10 @@ def test_row_linear_leaves_the_oneDNN_switch_on_when_the_product_fails() -> None
     assert torch._C._get_mkldnn_enabled()
 
 
-def test_bf16_model_holds_row_linears_counts_its_bytes_and_generates_as_the_plain_bf16_model() -> None:
+def test_bf16_model_holds_row_linears_counts_its_bytes_and_generates_as_the_plain_bf16_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(weights_module, "STREAMED_BYTES", 0)  # as for a model too large for the caches
     torch.manual_seed(123)
     plain = GPTModel(TINY).eval().to(torch.bfloat16)
     model = use_weights(GPTModel(TINY).eval(), "bf16")
@@ -63,9 +140,23 @@ def test_bf16_model_holds_row_linears_counts_its_bytes_and_generates_as_the_plai
     assert torch.equal(generate(model, idx, n, TINY["context_length"]), generate(plain, idx, n, TINY["context_length"]))
 
 
-def test_a_tied_bf16_head_stays_tied() -> None:
+def test_a_tied_bf16_head_stays_tied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights_module, "STREAMED_BYTES", 0)
     model = use_weights(GPTModel({**TINY, "tie_weights": True}).eval(), "bf16")
     assert isinstance(model.out_head, RowLinear) and model.out_head.weight is model.tok_emb.weight
+
+
+def test_bf16_chooses_the_kernel_by_the_models_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights that fit in the caches: oneDNN's prepacked layers; more than STREAMED_BYTES: RowLinear."""
+    torch.manual_seed(0)
+    d, v, n = TINY["emb_dim"], TINY["vocab_size"], TINY["n_layers"]
+    assert weights_module.linear_bytes(GPTModel(TINY)) == 4 * (n * 12 * d * d + v * d)  # by hand, fp32
+    expected = {PackedLinear} if packed.has_packed_kernel(torch.bfloat16) else {nn.Linear}
+    small = use_weights(GPTModel(TINY).eval(), "bf16")
+    assert {type(m) for m in small.modules() if isinstance(m, nn.Linear | PackedLinear)} == expected
+    monkeypatch.setattr(weights_module, "STREAMED_BYTES", weights_module.linear_bytes(small))
+    large = use_weights(GPTModel(TINY).eval(), "bf16")  # exactly at the threshold: streamed
+    assert {type(m) for m in large.modules() if isinstance(m, nn.Linear)} == {RowLinear}
 
 
 def test_fp32_weights_stored_transposed_keep_shape_values_and_tokens() -> None:
@@ -112,6 +203,20 @@ def test_decoder_makes_no_head_copy_of_a_transposed_head() -> None:
         assert decoder.head_chunks is not None
 
 
+def test_pack_skips_layers_named_and_subclasses() -> None:
+    from gpt_lab.model.lora import LoRALinear
+
+    model = GPTModel(TINY).to(torch.bfloat16)
+    att = model.trf_blocks[0].att
+    att.W_query = LoRALinear.from_linear(att.W_query, rank=2, alpha=2)
+    count = pack_linears_(model, skip=[att.W_key])
+    if not packed.has_packed_kernel(torch.bfloat16):
+        assert count == 0
+        return
+    assert isinstance(att.W_query, LoRALinear) and type(att.W_key) is nn.Linear
+    assert isinstance(att.W_value, PackedLinear)
+
+
 def test_row_linears_skip_layers_named_and_subclasses() -> None:
     from gpt_lab.model.lora import LoRALinear
 
@@ -154,6 +259,13 @@ def test_no_head_copy_is_kept_for_a_model_in_training_mode(monkeypatch: pytest.M
     model = GPTModel(TINY).train()
     generate(model, torch.tensor([[1, 2]]), 2, TINY["context_length"])
     assert decoding._HEAD_COPIES.get(model.out_head.weight) is None and model.training
+
+
+def test_packed_layer_moved_off_the_cpu_holds_a_plain_weight() -> None:
+    """A move to another device (``task=evaluate`` on a GPU calls ``use_weights`` first, then ``.to``):
+    the layer unpacks and keeps the plain weight there (here the meta device, which any machine has)."""
+    layer = PackedLinear.from_linear(nn.Linear(16, 8).to(torch.bfloat16)).to("meta")
+    assert layer.packed is None and layer.dense is not None and layer.weight.is_meta and layer.bias.is_meta
 
 
 @pytest.mark.gpu

@@ -8,8 +8,10 @@ means more tokens per second:
   fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
   the key/value cache follow; each plain ``nn.Linear`` a ``RowLinear`` over the same parameters
-  (its one-row products through PyTorch's own matrix-vector kernel rather than oneDNN's,
-  gpt_lab/model/packed.py; a tied head stays tied);
+  (its one-row products through PyTorch's own matrix-vector kernel, which streams weights from
+  memory fastest; a tied head stays tied), or, for a model whose Linear weights fit in
+  ``STREAMED_BYTES`` (they stay in the CPU's caches), a ``PackedLinear`` (the weight reordered once
+  for oneDNN, which computes fastest; a tied head gets its own copy) — gpt_lab/model/packed.py;
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
   weights, one scale per output feature, multiplied by PyTorch's FBGEMM kernel with the
   activations written as exact integer digits, gpt_lab/model/quantized.py: a quarter of the
@@ -29,10 +31,14 @@ from torch import nn
 from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.errors import ConfigError
 from gpt_lab.model.attention import MultiHeadLatentAttention
-from gpt_lab.model.packed import row_linears_, transpose_weights_
+from gpt_lab.model.packed import pack_linears_, row_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
 ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+# bf16 weights beyond this many bytes come from memory every token (no CPU cache holds them): their
+# one-row products stream fastest through PyTorch's matrix-vector kernel (RowLinear); below it they
+# stay cached and oneDNN's prepacked kernel, which computes faster, wins (PackedLinear).
+STREAMED_BYTES = 64 << 20
 
 
 def check_weights_device(weights: str, device: torch.device | str) -> None:
@@ -59,8 +65,18 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
     if on_cpu and weights == "fp32":
         transpose_weights_(model)
     elif on_cpu and weights == "bf16":
-        row_linears_(model, skip=_read_as_matrices(model))
+        skip = _read_as_matrices(model)
+        if linear_bytes(model) >= STREAMED_BYTES:
+            row_linears_(model, skip=skip)
+        else:
+            pack_linears_(model, skip=skip)
     return model
+
+
+def linear_bytes(model: nn.Module) -> int:
+    """Bytes of the weights of ``model``'s plain ``nn.Linear`` layers (a tied head counted once)."""
+    weights = {id(m.weight): m.weight for m in model.modules() if type(m) is nn.Linear}
+    return sum(w.numel() * w.element_size() for w in weights.values())
 
 
 def _read_as_matrices(model: nn.Module) -> list[nn.Module]:

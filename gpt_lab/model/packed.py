@@ -1,18 +1,23 @@
 """Linear layers laid out for one-row products: what a generation step runs.
 
-A generation step multiplies one row per sequence by every weight, bound by reading the weights.
-How fast a CPU library streams them depends on the kernel and on the weights' layout in memory:
+A generation step multiplies one row per sequence by every weight. How fast a CPU library runs
+that depends on the kernel, on the weights' layout in memory, and on where the weights come from:
 
-- bf16: ``F.linear`` hands a bf16 product to oneDNN, which reorders the (out, in) weight into its
-  blocked layout on every call (about 9 GB/s on this project's CPU, slower than fp32's 13-20);
-  reordered once and multiplied by ``mkldnn::_linear_pointwise`` it streamed at 12-25 GB/s. With
-  oneDNN switched off for the call, PyTorch's own CPU BLAS runs a single row as a matrix-vector
-  product over the plain (out, in) weight, accumulating in float32, at 19-30 GB/s (2 threads),
-  with no copy of the weight at all. ``RowLinear`` does that for one-row bf16 products (the
-  ``torch.backends.mkldnn`` switch, off for the call and back on after it), and leaves products of
-  several rows (a prompt) to oneDNN, which is far faster there (PyTorch's own runs one
-  matrix-vector product per row). It is an ``nn.Linear``: the same parameters, state dict, ``.to``,
-  and a head tied to the token embedding stays tied.
+- bf16, weights streamed from memory (a model larger than the CPU's caches, every GPT-2 size):
+  PyTorch's own CPU matrix-vector kernel over the plain (out, in) weight, accumulating in float32,
+  streams at 26-30 GB/s (2 threads) where oneDNN's product reads 18-23 (its weight reordered once
+  into the blocked layout) or 9 (``F.linear``, which reorders it on every call). ``RowLinear`` runs
+  one-row bf16 products through it, reached by switching oneDNN off for the call and back on
+  after it; products of several rows (a prompt) keep oneDNN, far faster there (PyTorch's own runs
+  one matrix-vector product per row). It is an ``nn.Linear``: the same parameters, state dict,
+  ``.to``; a head tied to the token embedding stays tied.
+- bf16, weights that stay in the caches between tokens (the families' tiny presets): there the
+  product is bound by arithmetic, and oneDNN's prepacked kernel does 2.5-7x more of it than the
+  matrix-vector one (which is slowest on short rows: a 64-wide head took 7x as long).
+  ``PackedLinear`` holds the weight reordered once (``torch.ops.mkldnn._reorder_linear_weight``, as
+  inductor's CPU freezing does) and multiplies by ``torch.ops.mkldnn._linear_pointwise``.
+  ``generation.weights`` chooses between the two by the model's bytes
+  (gpt_lab/generation/weights.py).
 - fp32: MKL's one-row product streams an (in, out) matrix 1.2-1.6x faster than ``nn.Linear``'s
   (out, in) when the layer widens (out >= in: attention's projections, the feed-forward's first
   layer, the output head), and 0.8x when it narrows (the feed-forward's second layer), measured
@@ -20,13 +25,14 @@ How fast a CPU library streams them depends on the kernel and on the weights' la
   Linears that way, in place: the same shape and values, strides (1, out); ``F.linear`` then runs
   the faster product, and nothing is copied per call.
 
-Both sum the same terms as ``F.linear`` in another order (float32 accumulation; the tests bound
-the difference). Pure PyTorch.
+All sum the same terms as ``F.linear`` in another order (float32 accumulation; the tests bound the
+difference). Where oneDNN is missing, ``PackedLinear`` keeps a plain weight and ``RowLinear`` is
+``F.linear``. Pure PyTorch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,95 @@ from torch import nn
 
 _mkldnn_enabled = torch._C._get_mkldnn_enabled
 _set_mkldnn_enabled = torch._C._set_mkldnn_enabled
+
+
+def has_packed_kernel(dtype: torch.dtype) -> bool:
+    """True where oneDNN's prepacked linear runs ``dtype`` on the CPU (bf16 needs AVX-512 BF16 or AMX-class support)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU"):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class HeldWeight(nn.Module):
+    """A layer whose weight lives outside its parameters, in a kernel's layout: ``_hold(weight)`` puts
+    a plain (out, in) tensor there, ``weight`` gives it back. Saved and loaded as the plain
+    ``weight`` entry (converted to the held weight's dtype), after the layer's other entries."""
+
+    weight: torch.Tensor
+
+    def _hold(self, weight: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if weight is not None:  # the plain (out, in) weight, packed again
+            self._hold(weight.detach().to(self.weight.dtype))
+
+
+class PackedLinear(HeldWeight):
+    """``nn.Linear`` holding its weight in oneDNN's blocked layout (a CPU, no-grad layer for generation).
+
+    ``packed`` is the reordered weight (None where it could not be packed: then ``dense`` holds the
+    plain one); ``bias`` is a frozen parameter. ``weight`` gives the plain (out, in) tensor (a copy
+    out of the packed one). Moving or converting the layer (``.to``, ``.float()``) unpacks, applies
+    the change, and packs again where the kernel exists for the result.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.packed: torch.Tensor | None = None
+        self.dense: torch.Tensor | None = None
+        self._hold(weight.detach())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
+
+    def _hold(self, weight: torch.Tensor) -> None:
+        if weight.device.type == "cpu" and has_packed_kernel(weight.dtype):
+            with torch.no_grad():
+                self.packed, self.dense = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1), None
+        else:
+            self.packed, self.dense = None, weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dense if self.packed is None else self.packed.to_dense()
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of the held weight (not a registered tensor: ``model_stats.step_read_bytes`` adds it)."""
+        held = self.dense if self.packed is None else self.packed
+        return held.numel() * held.element_size()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedLinear:
+        weight = self.weight
+        super()._apply(fn, recurse)
+        self._hold(fn(weight))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.packed
+        if packed is None or x.dtype != packed.dtype or x.device.type != "cpu" or torch.is_grad_enabled():
+            weight = self.weight.to(x.dtype)
+            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        layout = "oneDNN-packed" if self.packed is not None else "plain"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, {layout}"
 
 
 class RowLinear(nn.Linear):
@@ -71,6 +166,19 @@ def _plain_linears(model: nn.Module, skip: Iterable[nn.Module]) -> list[tuple[nn
         for name, child in parent.named_children()
         if type(child) is nn.Linear and id(child) not in skipped
     ]
+
+
+def pack_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
+    """Replace every plain ``nn.Linear`` of ``model`` (but ``skip``) by a ``PackedLinear``, in place, one
+    layer at a time (each plain weight is freed as its packed copy is made); returns how many were
+    packed (0 where the kernel is missing for the weights' dtype: the model is left as it was)."""
+    targets = _plain_linears(model, skip)
+    if not targets or not has_packed_kernel(targets[0][2].weight.dtype):
+        return 0
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear.from_linear(child))
+        del child
+    return len(targets)
 
 
 def row_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:

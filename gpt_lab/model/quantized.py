@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_lab.model.packed import HeldWeight
+
 INT8_MAX = 127
 KERNEL_BLOCK = 16  # _weight_int8pack_mm's bf16 path needs in_features % 16 == 0
 GRID_END = 63  # the kernel's activations with reduce_range: 7-bit integers, -64..63 here
@@ -147,7 +149,7 @@ with torch.inference_mode(False):  # 0-dim tensors: a Python int would be wrappe
     _FOUR_OCTAVES = torch.tensor(4 << 23, dtype=torch.int32)
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(HeldWeight):
     """``nn.Linear`` with an int8 weight (n_out, n_in) and float ``scales`` (n_out,), for generation.
 
     The weight is held where the kernel wants it: FBGEMM's prepacked form on an x86 CPU (``packed``),
@@ -197,18 +199,6 @@ class Int8Linear(nn.Module):
         if moved is not probe:  # a move to another device (int8 stays int8 under dtype conversions)
             self._hold(fn(self.weight))
         return self
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        destination[prefix + "weight"] = self.weight
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
-        weight = state_dict.get(prefix + "weight")
-        if weight is not None:
-            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
-        super()._load_from_state_dict(state_dict, prefix, *args)  # the scales first: packing reads them
-        if weight is not None:
-            self._hold(weight.detach().to(torch.int8))
 
     def uses_fbgemm(self, x: torch.Tensor) -> bool:
         return self.packed is not None and x.device.type == "cpu"
