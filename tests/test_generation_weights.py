@@ -79,8 +79,10 @@ def test_fbgemm_int8_rows_do_not_depend_on_each_other() -> None:
     torch.manual_seed(2)
     layer = Int8Linear.from_linear(nn.Linear(64, 300))
     x = torch.randn(7, 64) * torch.logspace(-3, 3, 7)[:, None]  # rows of very different sizes
-    x[3] = 0  # and an all-zero row
+    x[3] = 0  # an all-zero row
+    x[5] = torch.randn(64).sign() * 6e-38  # and one near the smallest normal float (its step is 2**-126)
     together = layer(x)
+    assert torch.isfinite(together).all()
     assert torch.equal(together[3], layer.bias.detach())
     for i in range(7):
         assert torch.equal(layer(x[i : i + 1]), together[i : i + 1])

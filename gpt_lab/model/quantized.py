@@ -67,8 +67,13 @@ def has_int8_kernel(device: torch.device | str) -> bool:
 
 
 def has_fbgemm() -> bool:
-    """True where PyTorch's FBGEMM engine runs ``quantized::linear_dynamic`` (x86 builds)."""
-    return _linear_dynamic is not None and "fbgemm" in torch.backends.quantized.supported_engines
+    """True where PyTorch's FBGEMM engine runs ``quantized::linear_dynamic`` (x86 builds) and the packing
+    it needs exists (PyTorch marks its quantized tensors deprecated: a release without them falls back)."""
+    return (
+        _linear_dynamic is not None
+        and "fbgemm" in torch.backends.quantized.supported_engines
+        and hasattr(torch, "_make_per_channel_quantized_tensor")
+    )
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +127,9 @@ def activation_digits(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rows.dtype != torch.float32:
         rows = rows.float()
     largest = rows.abs().amax(dim=1, keepdim=True)
-    # An all-zero row (or one below 2**-122) gets a negative step: its digits are then zeros.
-    step = largest.view(torch.int32).bitwise_and_(_EXPONENT).sub_(_FOUR_OCTAVES).view(torch.float32)
+    # Rows below 2**-122 (an all-zero one) get the smallest normal step, 2**-126.
+    bits = largest.view(torch.int32).bitwise_and_(_EXPONENT).clamp_min_(_SMALLEST_STEP + _FOUR_OCTAVES)
+    step = bits.sub_(_FOUR_OCTAVES).view(torch.float32)
     t = rows / step  # exact: a power of two
     hi = t.round()
     lo = t.sub_(hi).mul_(LOW)
@@ -147,6 +153,7 @@ with torch.inference_mode(False):  # 0-dim tensors: a Python int would be wrappe
     # A float32's exponent bits (the power of two at or below it), and 16 = 2**4 in those bits.
     _EXPONENT = torch.tensor(0x7F800000, dtype=torch.int32)
     _FOUR_OCTAVES = torch.tensor(4 << 23, dtype=torch.int32)
+_SMALLEST_STEP = 1 << 23  # 2**-126 in a float32's bits
 
 
 class Int8Linear(HeldWeight):
@@ -176,7 +183,7 @@ class Int8Linear(HeldWeight):
         return cls(q, scales.to(dtype), bias)
 
     def _hold(self, weight: torch.Tensor) -> None:
-        if weight.device.type == "cpu" and has_fbgemm():
+        if weight.device.type == "cpu" and weight.shape[1] >= 2 and has_fbgemm():  # the grid's ends take 2 inputs
             self.packed, self.dense = _fbgemm_pack(weight, self.scales.float()), None
         else:
             self.packed, self.dense = None, weight
