@@ -31,7 +31,7 @@ from torch import nn
 from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.errors import ConfigError
 from gpt_lab.model.attention import MultiHeadLatentAttention
-from gpt_lab.model.packed import pack_linears_, row_linears_, transpose_weights_
+from gpt_lab.model.packed import pack_linears_, plain_linears, row_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
 ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -75,7 +75,7 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
 
 def linear_bytes(model: nn.Module) -> int:
     """Bytes of the weights of ``model``'s plain ``nn.Linear`` layers (a tied head counted once)."""
-    weights = {id(m.weight): m.weight for m in model.modules() if type(m) is nn.Linear}
+    weights = {id(linear.weight): linear.weight for _, _, linear in plain_linears(model)}
     return sum(w.numel() * w.element_size() for w in weights.values())
 
 

@@ -157,7 +157,7 @@ class RowLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def _plain_linears(model: nn.Module, skip: Iterable[nn.Module]) -> list[tuple[nn.Module, str, nn.Linear]]:
+def plain_linears(model: nn.Module, skip: Iterable[nn.Module] = ()) -> list[tuple[nn.Module, str, nn.Linear]]:
     """Every exact ``nn.Linear`` child of ``model`` (not subclasses such as LoRA's) but ``skip``, with its parent."""
     skipped = {id(m) for m in skip}
     return [
@@ -172,7 +172,7 @@ def pack_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
     """Replace every plain ``nn.Linear`` of ``model`` (but ``skip``) by a ``PackedLinear``, in place, one
     layer at a time (each plain weight is freed as its packed copy is made); returns how many were
     packed (0 where the kernel is missing for the weights' dtype: the model is left as it was)."""
-    targets = _plain_linears(model, skip)
+    targets = plain_linears(model, skip)
     if not targets or not has_packed_kernel(targets[0][2].weight.dtype):
         return 0
     for parent, name, child in targets:
@@ -184,7 +184,7 @@ def pack_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
 def row_linears_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
     """Replace every plain ``nn.Linear`` of ``model`` (but ``skip``) by a ``RowLinear`` holding the same
     parameters, in place; returns how many."""
-    targets = _plain_linears(model, skip)
+    targets = plain_linears(model, skip)
     for parent, name, child in targets:
         setattr(parent, name, RowLinear.from_linear(child))
     return len(targets)
@@ -195,7 +195,7 @@ def transpose_weights_(model: nn.Module, skip: Iterable[nn.Module] = ()) -> int:
     (in, out) matrix, in place: the same shape, values and parameter, strides (1, out). Narrowing
     layers (out < in: faster as they are) and weights shared with another module (a tied output
     head is the token embedding) are left alone. Returns how many were laid out."""
-    linears = _plain_linears(model, skip)
+    linears = plain_linears(model, skip)
     owners: dict[int, int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):

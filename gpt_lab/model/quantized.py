@@ -15,8 +15,8 @@ PyTorch's own int8 kernels:
   64), so the kernel returns the int8 weights' exact integer products with the digits; the layer
   adds the two digits' results (``acc_hi + acc_lo / 64``, times ``step``) and the bias. The only
   rounding besides the weights' is that of the activations to those digits: weight-only precision.
-  Each row's result depends on that row
-  alone, so a cached step (one row) and a forward over the whole sequence give the same numbers.
+  Each row's result depends on that row alone, so a cached step (one row) and a forward over the
+  whole sequence give the same numbers.
   ``reduce_range`` (7-bit activations) keeps every pair of products inside int16, where CPUs
   without VNNI would otherwise saturate.
 - **``torch.ops.aten._weight_int8pack_mm``** elsewhere (no FBGEMM, e.g. ARM): x rounded to bf16,
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_lab.model.packed import HeldWeight
+from gpt_lab.model.packed import HeldWeight, plain_linears
 
 INT8_MAX = 127
 KERNEL_BLOCK = 16  # _weight_int8pack_mm's bf16 path needs in_features % 16 == 0
@@ -254,12 +254,7 @@ def quantize_linears_(model: nn.Module, dtype: torch.dtype = torch.float32) -> i
     """Replace every plain ``nn.Linear`` of ``model`` (not subclasses such as LoRA's) by an
     ``Int8Linear``, in place, one layer at a time; returns how many. A tied output head gets its own
     int8 copy; the token embedding keeps the float weight."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-    ]
+    targets = plain_linears(model)
     for parent, name, child in targets:
         setattr(parent, name, Int8Linear.from_linear(child, dtype))
         del child
