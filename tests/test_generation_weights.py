@@ -13,7 +13,7 @@ from gpt_lab.config import validate_config
 from gpt_lab.errors import ConfigError
 from gpt_lab.generation.sampling import generate
 from gpt_lab.generation.weights import use_weights
-from gpt_lab.model import quantized
+from gpt_lab.model import native, quantized
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.quantized import Int8Linear
 from gpt_lab.tasks import sample
@@ -32,13 +32,23 @@ def _dequantized_reference(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Te
     return xd @ w_deq.T + bias, xd.abs() @ w_deq.abs().T + bias.abs()
 
 
-@pytest.fixture(params=["fbgemm", "int8pack"])
-def int8_kernel(request, monkeypatch) -> str:
-    """Each int8 kernel in turn: FBGEMM (where PyTorch has it) and _weight_int8pack_mm (as without FBGEMM)."""
-    if request.param == "fbgemm" and not quantized.has_fbgemm():
+def _use_kernel(kind: str, monkeypatch) -> None:
+    """Make ``Int8Linear`` pick ``kind``: the native kernel, FBGEMM, or _weight_int8pack_mm (neither of the others)."""
+    if kind == "native" and native.int8_kernel() is None:
+        pytest.skip("the native int8 kernel did not build here (no C compiler?)")
+    if kind == "fbgemm" and not quantized.has_fbgemm():
         pytest.skip("no FBGEMM in this PyTorch build")
-    if request.param == "int8pack":
+    if kind != "native":
+        monkeypatch.setattr(native, "int8_kernel", lambda: None)
+    if kind == "int8pack":
         monkeypatch.setattr(quantized, "has_fbgemm", lambda: False)
+
+
+@pytest.fixture(params=["native", "fbgemm", "int8pack"])
+def int8_kernel(request, monkeypatch) -> str:
+    """Each int8 kernel in turn: the native one, FBGEMM (as without a C compiler) and _weight_int8pack_mm
+    (as without FBGEMM either)."""
+    _use_kernel(request.param, monkeypatch)
     return request.param
 
 
@@ -48,6 +58,7 @@ def test_int8_linear_matches_a_float64_dequantized_reference(n_in: int, int8_ker
     linear = nn.Linear(n_in, 48)
     layer = Int8Linear.from_linear(linear)
     assert layer.weight.dtype == torch.int8 and layer.weight.shape == (48, n_in)
+    assert (layer.blocked is not None) == (int8_kernel == "native")
     assert (layer.packed is not None) == (int8_kernel == "fbgemm")
     # Per output row, the largest weight maps to +-127 (the row's own scale, not one for the tensor).
     assert (layer.weight.abs().amax(dim=1) == 127).all()
@@ -56,7 +67,12 @@ def test_int8_linear_matches_a_float64_dequantized_reference(n_in: int, int8_ker
     y = layer(x)
     assert y.shape == (2, 3, 48) and y.dtype == torch.float32
     err = (y.double() - ref).abs()
-    if int8_kernel == "fbgemm":
+    if int8_kernel == "native":
+        # Exact int8 -> float32 weights, float32 products and sums: 16 lanes each summing ceil(n_in / 16)
+        # products, a 4-level tree over the lanes, the scale (float32, the reference's in float64) and
+        # the bias: one float32 rounding each of the sum's size.
+        bound = (-(-n_in // 16) + 8) * 2.0**-24 * size
+    elif int8_kernel == "fbgemm":
         # Stated tolerance: each input element is written to 1/2048 of its row's largest magnitude (two
         # digits, step <= max |x_row| / 16, the low digit to half of 1/64 of it); the weights' side is
         # exact (integer sums), float32 roundings aside (4 spacings of the sum's size).
@@ -71,23 +87,30 @@ def test_int8_linear_matches_a_float64_dequantized_reference(n_in: int, int8_ker
     assert ((layer.weight.double() @ x.double().reshape(-1, n_in).T).T - ref.reshape(-1, 48)).abs().max() > 1
 
 
-def test_fbgemm_int8_rows_do_not_depend_on_each_other() -> None:
+@pytest.mark.parametrize("kind", ["native", "fbgemm"])
+def test_int8_rows_do_not_depend_on_each_other(kind: str, monkeypatch) -> None:
     """What makes a cached step (one row) equal the whole sequence's forward: each row's result from
-    that row alone, bit for bit, however many rows one call multiplies."""
-    if not quantized.has_fbgemm():
-        pytest.skip("no FBGEMM in this PyTorch build")
+    that row alone, bit for bit, however many rows one call multiplies (the native kernel takes rows
+    three at a time and one at a time, and splits outputs over threads: 300 outputs are 37.5 blocks)."""
+    _use_kernel(kind, monkeypatch)
     torch.manual_seed(2)
-    layer = Int8Linear.from_linear(nn.Linear(64, 300))
-    x = torch.randn(7, 64) * torch.logspace(-3, 3, 7)[:, None]  # rows of very different sizes
+    layer = Int8Linear.from_linear(nn.Linear(70, 300))  # 70 inputs: 4 full chunks of 16 and a partial one
+    x = torch.randn(7, 70) * torch.logspace(-3, 3, 7)[:, None]  # rows of very different sizes
     x[3] = 0  # an all-zero row
-    x[5] = torch.randn(64).sign() * 6e-38  # and one near the smallest normal float (its step is 2**-126)
+    x[5] = torch.randn(70).sign() * 6e-38  # and one near the smallest normal float (FBGEMM's step is 2**-126)
     together = layer(x)
     assert torch.isfinite(together).all()
     assert torch.equal(together[3], layer.bias.detach())
     for i in range(7):
         assert torch.equal(layer(x[i : i + 1]), together[i : i + 1])
     # Query, key and value from one set of digits: the same numbers as each layer alone.
-    others = [Int8Linear.from_linear(nn.Linear(64, 32, bias=False)) for _ in range(2)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(layer(x), together)
+    finally:
+        torch.set_num_threads(threads)
+    others = [Int8Linear.from_linear(nn.Linear(70, 32, bias=False)) for _ in range(2)]
     grouped = Int8Linear.forward_group([layer, *others], x)
     assert all(torch.equal(g, m(x)) for g, m in zip(grouped, [layer, *others], strict=True))
 

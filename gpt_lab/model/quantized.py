@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_lab.model import native
 from gpt_lab.model.packed import HeldWeight, plain_linears
 
 INT8_MAX = 127
@@ -159,9 +160,10 @@ _SMALLEST_STEP = 1 << 23  # 2**-126 in a float32's bits
 class Int8Linear(HeldWeight):
     """``nn.Linear`` with an int8 weight (n_out, n_in) and float ``scales`` (n_out,), for generation.
 
-    The weight is held where the kernel wants it: FBGEMM's prepacked form on an x86 CPU (``packed``),
-    else a plain int8 tensor (``dense``); ``weight`` gives the plain (n_out, n_in) int8 tensor either
-    way (out of the packed one: a copy) and ``weight_nbytes`` its bytes. ``scales`` is a buffer,
+    The weight is held where the kernel wants it: on a CPU the native kernel's blocks (``blocked``,
+    gpt_lab/model/native.py) where it builds, else FBGEMM's prepacked form (``packed``), else a plain
+    int8 tensor (``dense``); ``weight`` gives the plain (n_out, n_in) int8 tensor in every case (a
+    copy out of the other forms) and ``weight_nbytes`` its bytes. ``scales`` is a buffer,
     ``bias`` a frozen parameter; the output has x's dtype. Moving or converting the layer (``.to``)
     unpacks, applies the change, and packs again where FBGEMM runs the result.
     """
@@ -171,6 +173,7 @@ class Int8Linear(HeldWeight):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.blocked: torch.Tensor | None = None
         self.packed: torch.ScriptObject | None = None
         self.dense: torch.Tensor | None = None
         self._hold(weight.detach())
@@ -183,13 +186,18 @@ class Int8Linear(HeldWeight):
         return cls(q, scales.to(dtype), bias)
 
     def _hold(self, weight: torch.Tensor) -> None:
-        if weight.device.type == "cpu" and weight.shape[1] >= 2 and has_fbgemm():  # the grid's ends take 2 inputs
-            self.packed, self.dense = _fbgemm_pack(weight, self.scales.float()), None
+        self.blocked = self.packed = self.dense = None
+        if weight.device.type == "cpu" and native.int8_kernel() is not None:
+            self.blocked = native.block_int8(weight)
+        elif weight.device.type == "cpu" and weight.shape[1] >= 2 and has_fbgemm():  # the grid's ends take 2 inputs
+            self.packed = _fbgemm_pack(weight, self.scales.float())
         else:
-            self.packed, self.dense = None, weight
+            self.dense = weight
 
     @property
     def weight(self) -> torch.Tensor:
+        if self.blocked is not None:
+            return native.unblock_int8(self.blocked, self.out_features, self.in_features)
         if self.packed is None:
             return self.dense
         return torch.ops.quantized.linear_unpack(self.packed)[0].int_repr()
@@ -215,6 +223,8 @@ class Int8Linear(HeldWeight):
         return self.dense is not None and x.device.type == "cpu" and self.in_features % KERNEL_BLOCK == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocked is not None and x.device.type == "cpu":
+            return self._native(x)
         if self.packed is not None and x.device.type == "cpu":  # uses_fbgemm, written out: called per layer per token
             return self.from_digits(x, *activation_digits(x))
         if self.uses_int8pack(x):
@@ -223,6 +233,17 @@ class Int8Linear(HeldWeight):
             y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         return dequantized_linear(x, self.weight.to(x.device), self.scales, self.bias)
+
+    def _native(self, x: torch.Tensor) -> torch.Tensor:
+        scales, bias = self.scales, self.bias
+        if scales.dtype != torch.float32:
+            scales = scales.float()
+        if bias is not None and bias.dtype != torch.float32:
+            bias = bias.float()
+        y = native.int8_linear(
+            native.int8_kernel(), x if x.dtype == torch.float32 else x.float(), self.blocked, scales, bias
+        )
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def from_digits(self, x: torch.Tensor, digits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """The product for ``x`` from its digits (``activation_digits``), in x's dtype and shape."""
@@ -245,7 +266,7 @@ class Int8Linear(HeldWeight):
         return [layer.from_digits(x, digits, step) for layer in layers]
 
     def extra_repr(self) -> str:
-        kernel = "FBGEMM" if self.packed is not None else "int8pack"
+        kernel = "native" if self.blocked is not None else "FBGEMM" if self.packed is not None else "int8pack"
         bias = self.bias is not None
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, int8 ({kernel})"
 

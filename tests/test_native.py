@@ -1,0 +1,54 @@
+"""The native int8 kernel's build and layout (gpt_lab/model/native.py); its numbers against a float64
+reference are in tests/test_generation_weights.py, beside PyTorch's kernels."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from gpt_lab.model import native
+
+
+def test_blocks_hold_each_weight_where_the_kernel_reads_it() -> None:
+    w = torch.randint(-127, 128, (19, 37), dtype=torch.int8)  # neither a multiple of 8 rows nor 16 inputs
+    blocked = native.block_int8(w)
+    assert blocked.shape == (3, 3, 8, 16) and blocked.dtype == torch.int8
+    for n in range(24):
+        for k in range(48):
+            want = int(w[n, k]) if n < 19 and k < 37 else 0  # zeros pad both ends
+            assert int(blocked[n // 8, k // 16, n % 8, k % 16]) == want
+    assert torch.equal(native.unblock_int8(blocked, 19, 37), w)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_kernel_builds_into_the_cache_once_and_computes_the_product(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GPT_LAB_NATIVE", raising=False)
+    kernel = native.int8_kernel.__wrapped__()  # uncached: a fresh build into tmp_path
+    if kernel is None:
+        pytest.skip("PyTorch's libgomp.so.1 is not in torch/lib here")
+    (built,) = (tmp_path / "gpt_lab").glob("int8_linear-*.so")
+    stamp = built.stat().st_mtime_ns
+    assert native.int8_kernel.__wrapped__() is not None and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    torch.manual_seed(0)
+    w = torch.randint(-127, 128, (21, 40), dtype=torch.int8)
+    scales, bias, x = torch.rand(21), torch.randn(21), torch.randn(2, 5, 40)
+    y = native.int8_linear(kernel, x, native.block_int8(w), scales, bias)
+    want = x.double() @ (w.double() * scales.double()[:, None]).T + bias.double()
+    assert y.shape == (2, 5, 21) and torch.allclose(y.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_compiler_int8_falls_back_with_one_line(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GPT_LAB_NATIVE", raising=False)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with caplog.at_level(logging.INFO, logger="gpt_lab.model.native"):
+        assert native.int8_kernel.__wrapped__() is None
+    assert "PyTorch's int8 kernels instead" in caplog.text
+    assert not list((tmp_path / "gpt_lab").glob("*.so"))  # nothing half-built left behind
+    monkeypatch.setenv("GPT_LAB_NATIVE", "0")  # and the switch that turns it off
+    monkeypatch.delenv("CC")
+    assert native.int8_kernel.__wrapped__() is None
