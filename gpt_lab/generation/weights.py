@@ -13,10 +13,10 @@ means more tokens per second:
   ``STREAMED_BYTES`` (they stay in the CPU's caches), a ``PackedLinear`` (the weight reordered once
   for oneDNN, which computes fastest; a tied head gets its own copy) — gpt_lab/model/packed.py;
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
-  weights, one scale per output feature, multiplied by PyTorch's FBGEMM kernel with the
-  activations written as exact integer digits, gpt_lab/model/quantized.py: a quarter of the
-  bytes); the rest (embeddings, norms, biases), the activations and the key/value cache stay
-  float32 (one row of the embedding a token: few bytes; the digits are made from float32 rows).
+  weights, one scale per output feature, multiplied by gpt_lab's native kernel, or PyTorch's
+  FBGEMM where it cannot be built, gpt_lab/model/quantized.py: a quarter of the bytes); the rest
+  (embeddings, norms, biases), the activations and the key/value cache stay float32 (one row of
+  the embedding a token: few bytes; both kernels take float32 rows).
 
 ``use_weights`` converts in place, layer by layer: a model whose weights came from a file never
 exists twice (the fp32 tensor of each layer is freed as its converted copy is made).
@@ -46,10 +46,10 @@ def check_weights_device(weights: str, device: torch.device | str) -> None:
     device = torch.device(device)
     if weights == "int8" and not has_int8_kernel(device):
         raise ConfigError(
-            f"generation.weights=int8 needs PyTorch's int8 kernels (FBGEMM, or aten::_weight_int8pack_mm), which "
-            f"torch {torch.__version__} does not provide on the {device.type} device this run would use. Choose "
-            "generation.weights=bf16 (half of fp32's bytes) or fp32 on this device, or run on the CPU "
-            "(trainer=cpu), where the int8 kernel exists."
+            "generation.weights=int8 needs an int8 kernel (gpt_lab's native one, FBGEMM or "
+            f"aten::_weight_int8pack_mm: CPU kernels), which torch {torch.__version__} does not provide on the "
+            f"{device.type} device this run would use. Choose generation.weights=bf16 (half of fp32's bytes) "
+            "or fp32 on this device, or run on the CPU (trainer=cpu), where the int8 kernels exist."
         )
 
 

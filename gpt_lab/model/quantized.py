@@ -1,22 +1,26 @@
 """Int8 weight-only linear layers: a model part for generation that reads a quarter of fp32's bytes.
 
 ``Int8Linear`` holds an ``nn.Linear``'s weight as int8 with one scale per output feature
-(symmetric, ``scale = max |w_row| / 127``, ``w ≈ int8 * scale``) and multiplies with one of
-PyTorch's own int8 kernels:
+(symmetric, ``scale = max |w_row| / 127``, ``w ≈ int8 * scale``) and multiplies with the first of
+these kernels that the machine has:
 
-- **FBGEMM** (x86, PyTorch's quantized engine ``fbgemm``): ``quantized::linear_dynamic`` multiplies
-  8-bit activations by int8 weights prepacked once (``quantized::linear_prepack``) and sums the
-  products exactly in int32. Used as PyTorch's dynamic quantization uses it, it would round each
-  call's input to 8 bits on one grid for the whole call. Here each input row is written instead as
-  two small integer digits, ``x = step * (hi + lo / 64)`` with ``step`` a power of two near
-  ``max |x_row| / 16`` and ``|hi|, |lo| <= 32`` (``activation_digits``: each element to 1/2048 of
-  its row's largest, finer than bf16's 8 bits where it matters, on the large elements), and one
-  more row holding -64 and 63 pins the kernel's input grid to the integers (scale 1, zero point
-  64), so the kernel returns the int8 weights' exact integer products with the digits; the layer
-  adds the two digits' results (``acc_hi + acc_lo / 64``, times ``step``) and the bias. The only
-  rounding besides the weights' is that of the activations to those digits: weight-only precision.
-  Each row's result depends on that row alone, so a cached step (one row) and a forward over the
-  whole sequence give the same numbers.
+- **gpt_lab's own** (gpt_lab/model/native.py, compiled on first use): the int8 weights converted
+  to float32 in registers, float32 products and sums, each row in one fixed order; it reads the
+  weights at 21-37 GB/s where PyTorch's kernels below manage 8-19 (docs/performance.md). Rows
+  are independent, bit for bit.
+- **FBGEMM** (without a C compiler; x86, PyTorch's quantized engine ``fbgemm``):
+  ``quantized::linear_dynamic`` multiplies 8-bit activations by int8 weights prepacked once
+  (``quantized::linear_prepack``) and sums the products exactly in int32. Used as PyTorch's dynamic
+  quantization uses it, it would round each call's input to 8 bits on one grid for the whole call.
+  Here each input row is written instead as two small integer digits, ``x = step * (hi + lo / 64)``
+  with ``step`` a power of two near ``max |x_row| / 16`` and ``|hi|, |lo| <= 32``
+  (``activation_digits``: each element to 1/2048 of its row's largest, finer than bf16's 8 bits
+  where it matters, on the large elements), and one more row holding -64 and 63 pins the kernel's
+  input grid to the integers (scale 1, zero point 64), so the kernel returns the int8 weights' exact
+  integer products with the digits; the layer adds the two digits' results
+  (``acc_hi + acc_lo / 64``, times ``step``) and the bias. The only rounding besides the weights' is that of the
+  activations to those digits: weight-only precision. Each row's result depends on that row alone,
+  so a cached step (one row) and a forward over the whole sequence give the same numbers.
   ``reduce_range`` (7-bit activations) keeps every pair of products inside int16, where CPUs
   without VNNI would otherwise saturate.
 - **``torch.ops.aten._weight_int8pack_mm``** elsewhere (no FBGEMM, e.g. ARM): x rounded to bf16,
@@ -24,8 +28,9 @@ PyTorch's own int8 kernels:
 
 Measured on the CPU the project is developed on (docs/performance.md): the products of a GPT-2
 small step in fp32 ``F.linear`` 40.8 ms, ``_weight_int8pack_mm`` 15.4 ms, FBGEMM ~1.9x faster than
-that in a whole generation step; torchao 0.18's ``Int8WeightOnlyConfig`` (which converts the int8
-weight to the activation dtype before a bf16 product) ran 4.5x slower than ``_weight_int8pack_mm``.
+that in a whole generation step and the native kernel ~1.4x faster than FBGEMM; torchao 0.18's
+``Int8WeightOnlyConfig`` (which converts the int8 weight to the activation dtype before a bf16
+product) ran 4.5x slower than ``_weight_int8pack_mm``.
 
 The kernels are private ops with sharp edges, so this module guards them: ``_weight_int8pack_mm``'s
 bf16 path reads ``in_features`` in blocks of 16 (other widths gave wrong numbers or crashed in a
@@ -33,8 +38,7 @@ test on torch 2.13), and neither has a CUDA or MPS kernel. Where neither applies
 the same product from the weight converted to x's dtype (``dequantized_linear``): right, slower.
 
 ``quantize_linears_`` replaces a model's plain ``nn.Linear`` layers in place, one at a time (the
-fp32 weight of each is freed as its int8 copy is made: no second copy of the model at peak). Pure
-PyTorch.
+fp32 weight of each is freed as its int8 copy is made: no second copy of the model at peak).
 """
 
 from __future__ import annotations
