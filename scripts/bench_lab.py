@@ -10,9 +10,10 @@ bonus scripts' own method, and decoding at long context across attention kinds, 
    before anything is timed. Rounds interleave the two; medians of tokens/s, and their ratio.
 2. Long context: one decoding step at position ~``--context`` (gpt2_small's shapes, 4,096 tokens;
    --quick: a small model at 1,024) for mha, gqa, mla, a sliding window and Gated DeltaNet, with
-   the cache each allocates (bytes of its tensors, counted from their storages). The cache is filled
-   with random numbers first, so the timing is that of a cache holding that many positions (no
-   prompt of 4,096 tokens is run through the model).
+   the cache each allocates (bytes of its tensors, counted from their storages), once per
+   ``--weights`` (the models hold their weights as ``generation.weights`` makes task=generate hold
+   them; default fp32 and int8). The cache is filled with random numbers first, so the timing is
+   that of a cache holding that many positions (no prompt of 4,096 tokens is run through the model).
 
 Wall-clock on CPU; compare ratios from one run, not absolute numbers across runs or machines.
 """
@@ -30,7 +31,9 @@ import torch
 from bench_common import interleaved  # scripts/ itself, as bench.py imports it
 from lab_reference import cat_cache_generate
 
+from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.generation.sampling import generate
+from gpt_lab.generation.weights import use_weights
 from gpt_lab.model.gpt import GPTModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,14 +103,15 @@ def bench_generation(base: dict[str, Any], args: argparse.Namespace) -> list[dic
 
 
 @torch.inference_mode()
-def bench_long_context(base: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Decoding steps at ~``args.context`` cached positions, the variants interleaved round by round."""
+def bench_long_context(base: dict[str, Any], args: argparse.Namespace, weights: str) -> list[dict[str, Any]]:
+    """Decoding steps at ~``args.context`` cached positions, the variants interleaved round by round,
+    each model holding its weights as ``generation.weights=<weights>`` would (what task=generate reads)."""
     decoders, sizes = {}, {}
     ids = torch.randint(0, base["vocab_size"], (1, 1), generator=torch.Generator().manual_seed(0))
     for name, extra in variants(base, args.long_window).items():
         if name not in LONG_CONTEXT_VARIANTS:
             continue
-        model = build(base, extra, args.context)
+        model = use_weights(build(base, extra, args.context), weights)
         cache = model.new_kv_cache(1, args.context)
         tensors = [t for layer in cache.layers for t in layer.tensors()]
         for t in tensors:
@@ -125,7 +129,8 @@ def bench_long_context(base: dict[str, Any], args: argparse.Namespace) -> list[d
     rows = []
     for name, s in seconds.items():
         speedup = seconds["mha"] / s
-        rows.append({"variant": name, "ms_per_token": s * 1e3, "speedup_vs_mha": speedup, "cache_bytes": sizes[name]})
+        row = {"variant": name, "weights": weights, "ms_per_token": s * 1e3, "speedup_vs_mha": speedup}
+        rows.append({**row, "cache_bytes": sizes[name]})
         print(f"  {name:<14} {s * 1e3:7.2f} ms/token   {speedup:5.2f}x mha   cache {sizes[name] / 2**20:8.1f} MiB")
     return rows
 
@@ -138,6 +143,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, help="long-context position (default 4096, quick 1024)")
     parser.add_argument("--steps", type=int, help="decoding steps timed at long context (default 16, quick 8)")
     parser.add_argument("--only", choices=("generation", "long"), help="run one section")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        choices=GENERATION_WEIGHTS,
+        default=["fp32", "int8"],
+        help="generation.weights of the long-context rows (default fp32 int8: int8 reads a quarter of the weights' "
+        "bytes, so the cache's share of a step grows)",
+    )
     parser.add_argument(
         "--cpu-time",
         action="store_true",
@@ -165,8 +178,12 @@ def main() -> None:
         print(f"Cached generation, {args.prompt}-token prompt + {args.new_tokens} new tokens, medians of {args.reps}:")
         generation = bench_generation(base, args)
     if args.only != "generation":
-        print(f"One decoding step at position ~{args.context:,} ({args.steps} steps, medians of {args.reps}):")
-        long_context = bench_long_context(base, args)
+        for weights in args.weights:
+            print(
+                f"One decoding step at position ~{args.context:,}, generation.weights={weights} "
+                f"({args.steps} steps, medians of {args.reps}):"
+            )
+            long_context += bench_long_context(base, args, weights)
     if args.json:
         args.json.write_text(json.dumps({"generation": generation, "long_context": long_context}, indent=2) + "\n")
     if not all(row["tokens_equal"] for row in generation):

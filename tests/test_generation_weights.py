@@ -284,3 +284,30 @@ def test_lab_variants_generate_the_same_with_and_without_cache(weights: str, nam
         assert dtypes == {torch.float32}
     else:
         assert dtypes == ({torch.bfloat16, torch.float32} if name.startswith("deltanet") else {torch.bfloat16})
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_mla_steps_stay_absorbed_under_every_weights_choice(weights: str) -> None:
+    """A cached MLA step folds the up-projections into the query and the output (attention_decode.py),
+    reading their weights as matrices: they must stay float ``nn.Linear`` layers. Quantized, the step
+    fell back to up-projecting the whole cached latent every token (40x slower at 4,096 positions)."""
+    from test_arch_lab import BASE, VARIANTS
+
+    from gpt_lab.model.attention import MultiHeadLatentAttention
+
+    torch.manual_seed(0)
+    model = use_weights(GPTModel({**BASE, **VARIANTS["mla"]}).eval(), weights)
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadLatentAttention)]
+    assert layers and all(type(m.W_UK) is nn.Linear and type(m.W_UV) is nn.Linear for m in layers)
+    if weights == "int8":  # everything else is quantized
+        assert all(isinstance(m.W_DKV, Int8Linear) and isinstance(m.W_query, Int8Linear) for m in layers)
+    calls = []
+    for m in layers:  # the up-projections are never called during a cached step
+        m.W_UK.register_forward_hook(lambda *a: calls.append("W_UK"))
+        m.W_UV.register_forward_hook(lambda *a: calls.append("W_UV"))
+    cache = model.new_kv_cache(1)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)  # the prompt: keys and values built
+        calls.clear()
+        model(torch.tensor([[4]]), kv_cache=cache)  # one step
+    assert calls == []

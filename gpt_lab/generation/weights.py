@@ -15,8 +15,9 @@ means more tokens per second:
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
   weights, one scale per output feature, multiplied by gpt_lab's native kernel, or PyTorch's
   FBGEMM where it cannot be built, gpt_lab/model/quantized.py: a quarter of the bytes); the rest
-  (embeddings, norms, biases), the activations and the key/value cache stay float32 (one row of
-  the embedding a token: few bytes; both kernels take float32 rows).
+  (embeddings, norms, biases, MLA's up-projections, which a step reads as matrices), the
+  activations and the key/value cache stay float32 (one row of the embedding a token: few bytes;
+  both kernels take float32 rows).
 
 ``use_weights`` converts in place, layer by layer: a model whose weights came from a file never
 exists twice (the fp32 tensor of each layer is freed as its converted copy is made).
@@ -58,7 +59,8 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
     if weights not in GENERATION_WEIGHTS:
         raise ValueError(f"weights={weights!r} must be one of {', '.join(GENERATION_WEIGHTS)}")
     if weights == "int8":
-        quantize_linears_(model, ACTIVATION_DTYPE["int8"])  # from the fp32 weights, before they are rounded
+        # From the fp32 weights, before they are rounded; MLA's up-projections stay float (read as matrices).
+        quantize_linears_(model, ACTIVATION_DTYPE["int8"], skip=_read_as_matrices(model))
     if weights != "fp32":
         model.to(ACTIVATION_DTYPE[weights])  # float tensors only: int8 weights stay int8
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())

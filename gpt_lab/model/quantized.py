@@ -44,7 +44,7 @@ fp32 weight of each is freed as its int8 copy is made: no second copy of the mod
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -275,11 +275,11 @@ class Int8Linear(HeldWeight):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, int8 ({kernel})"
 
 
-def quantize_linears_(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
-    """Replace every plain ``nn.Linear`` of ``model`` (not subclasses such as LoRA's) by an
-    ``Int8Linear``, in place, one layer at a time; returns how many. A tied output head gets its own
-    int8 copy; the token embedding keeps the float weight."""
-    targets = plain_linears(model)
+def quantize_linears_(model: nn.Module, dtype: torch.dtype = torch.float32, skip: Iterable[nn.Module] = ()) -> int:
+    """Replace every plain ``nn.Linear`` of ``model`` (not subclasses such as LoRA's, nor ``skip``) by
+    an ``Int8Linear``, in place, one layer at a time; returns how many. A tied output head gets its
+    own int8 copy; the token embedding keeps the float weight."""
+    targets = plain_linears(model, skip)
     for parent, name, child in targets:
         setattr(parent, name, Int8Linear.from_linear(child, dtype))
         del child
