@@ -76,7 +76,8 @@ def transformers_model(hf_config: dict[str, Any], seed: int = 0) -> torch.nn.Mod
 
 
 def bench_family(name: str, directory: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """gpt_lab against transformers on one preset's shapes, fp32 then bf16 (one pair of models in memory at a time)."""
+    """gpt_lab against transformers on one preset's shapes, fp32 then bf16 (one pair of models in memory at a time),
+    then gpt_lab's int8 alone (transformers' int8 needs torchao: its ratio is against transformers' bf16)."""
     cfg = preset_config(name)
     hf_config = family_hf_config(cfg)
     hf_config["max_position_embeddings"] = max(hf_config["max_position_embeddings"], CONTEXT)
@@ -85,16 +86,15 @@ def bench_family(name: str, directory: Path, args: argparse.Namespace) -> dict[s
     n = args.new_tokens
     rows: dict[str, Any] = {}
     reference = None
-    for weights in ("fp32", "bf16"):
+    for weights in ("fp32", "bf16", "int8"):
         ours = use_weights(build_model({**START, "qkv_bias": False}, directory).eval(), weights)
-        theirs = saved_model(hf_config, directory).to(ACTIVATION_DTYPE[weights])
-        rows["parameters"] = sum(p.numel() for p in theirs.parameters())
-        impls = {
-            f"gpt_lab {weights}": lambda m=ours: generate(m, idx, n, CONTEXT),
-            f"transformers {weights}": lambda m=theirs: m.generate(
+        impls = {f"gpt_lab {weights}": lambda m=ours: generate(m, idx, n, CONTEXT)}
+        if weights != "int8":
+            theirs = saved_model(hf_config, directory).to(ACTIVATION_DTYPE[weights])
+            rows["parameters"] = sum(p.numel() for p in theirs.parameters())
+            impls[f"transformers {weights}"] = lambda m=theirs: m.generate(
                 idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n, do_sample=False
-            ),
-        }
+            )
         tokens = {label: fn() for label, fn in impls.items()}  # also the warm-up
         if weights == "fp32":
             if not torch.equal(tokens["gpt_lab fp32"], tokens["transformers fp32"]):
@@ -103,16 +103,22 @@ def bench_family(name: str, directory: Path, args: argparse.Namespace) -> dict[s
         for label, seconds in interleaved(impls, args.reps, warmup=0, clock=CLOCK).items():
             agree = int((tokens[label][0, idx.shape[1] :] == reference).sum())
             rows[label] = {**summary(seconds, n), "tokens_equal_fp32": agree}
-        rows[f"ratio {weights}"] = rows[f"gpt_lab {weights}"]["median"] / rows[f"transformers {weights}"]["median"]
-        del ours, theirs, impls
+        against = "transformers bf16" if weights == "int8" else f"transformers {weights}"
+        rows[f"ratio {weights}"] = rows[f"gpt_lab {weights}"]["median"] / rows[against]["median"]
+        del ours, impls
+        theirs = None
     print(f"\n### {name} ({rows['parameters'] / 1e6:.1f} M parameters, {n} new tokens, {args.reps} rounds)")
-    for label in ("gpt_lab fp32", "transformers fp32", "gpt_lab bf16", "transformers bf16"):
+    for label in ("gpt_lab fp32", "transformers fp32", "gpt_lab bf16", "transformers bf16", "gpt_lab int8"):
         r = rows[label]
         print(
             f"  {label:18s} {r['median']:8.1f} tok/s ({r['min']:.1f}-{r['max']:.1f})  tokens equal to fp32: "
             f"{r['tokens_equal_fp32']}/{n}"
         )
-    print(f"  gpt_lab / transformers: fp32 {rows['ratio fp32']:.2f}x, bf16 {rows['ratio bf16']:.2f}x", flush=True)
+    print(
+        f"  gpt_lab / transformers: fp32 {rows['ratio fp32']:.2f}x, bf16 {rows['ratio bf16']:.2f}x, "
+        f"int8 (against transformers' bf16) {rows['ratio int8']:.2f}x",
+        flush=True,
+    )
     return rows
 
 
