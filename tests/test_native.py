@@ -1,5 +1,6 @@
-"""The native int8 kernel's build and layout (gpt_lab/model/native.py); its numbers against a float64
-reference are in tests/test_generation_weights.py, beside PyTorch's kernels."""
+"""The native kernels' build (gpt_lab/model/native.py), the int8 layout, and MLA's latent attention
+against a float64 softmax; the int8 product's numbers against a float64 reference are in
+tests/test_generation_weights.py, beside PyTorch's kernels."""
 
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ def test_blocks_hold_each_weight_where_the_kernel_reads_it() -> None:
 def test_kernel_builds_into_the_cache_once_and_computes_the_product(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("GPT_LAB_NATIVE", raising=False)
-    kernel = native.int8_kernel.__wrapped__()  # uncached: a fresh build into tmp_path
-    if kernel is None:
+    lib = native.library.__wrapped__()  # uncached: a fresh build into tmp_path
+    if lib is None:
         pytest.skip("PyTorch's libgomp.so.1 is not in torch/lib here")
-    (built,) = (tmp_path / "gpt_lab").glob("int8_linear-*.so")
+    (built,) = (tmp_path / "gpt_lab").glob("native-*.so")
     stamp = built.stat().st_mtime_ns
-    assert native.int8_kernel.__wrapped__() is not None and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert native.library.__wrapped__() is not None and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    monkeypatch.setattr(native, "library", lambda: lib)
+    kernel = native.int8_kernel.__wrapped__()
     torch.manual_seed(0)
     w = torch.randint(-127, 128, (21, 40), dtype=torch.int8)
     scales, bias, x = torch.rand(21), torch.randn(21), torch.randn(2, 5, 40)
@@ -41,14 +44,44 @@ def test_kernel_builds_into_the_cache_once_and_computes_the_product(tmp_path, mo
     assert y.shape == (2, 5, 21) and torch.allclose(y.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_without_a_compiler_int8_falls_back_with_one_line(tmp_path, monkeypatch, caplog) -> None:
+def test_without_a_compiler_the_kernels_fall_back_with_one_line(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("GPT_LAB_NATIVE", raising=False)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with caplog.at_level(logging.INFO, logger="gpt_lab.model.native"):
-        assert native.int8_kernel.__wrapped__() is None
-    assert "PyTorch's int8 kernels instead" in caplog.text
+        assert native.library.__wrapped__() is None
+    assert "PyTorch's kernels instead" in caplog.text
     assert not list((tmp_path / "gpt_lab").glob("*.so"))  # nothing half-built left behind
     monkeypatch.setenv("GPT_LAB_NATIVE", "0")  # and the switch that turns it off
     monkeypatch.delenv("CC")
-    assert native.int8_kernel.__wrapped__() is None
+    assert native.library.__wrapped__() is None
+    monkeypatch.setattr(native, "library", lambda: None)  # each kernel follows the library
+    assert native.int8_kernel.__wrapped__() is None and native.latent_kernel.__wrapped__() is None
+
+
+@pytest.mark.parametrize(
+    ("h", "s", "n", "parts"),
+    [
+        (12, 300, 48, 1),  # gpt2-like heads; 18 full blocks of 16 positions and a partial one
+        (12, 300, 48, 3),  # three parts of 100 positions, combined
+        (5, 7, 20, 2),  # fewer positions than a block, heads not a multiple of 4, width not of 16
+        (4, 1, 16, 1),  # one cached position: its row, exactly
+    ],
+)
+def test_latent_kernel_is_softmax_attention_over_the_whole_latent(h: int, s: int, n: int, parts: int) -> None:
+    kernel = native.latent_kernel()
+    if kernel is None:
+        pytest.skip("the native kernels did not build here (no C compiler?)")
+    g = torch.Generator().manual_seed(h * s + parts)
+    q = torch.randn(2, 1, h, n, generator=g)
+    latent = torch.randn(2, s, n, generator=g)
+    latent[1, s // 2] *= 8  # one row whose scores dominate: the running maximum moves mid-way
+    scale = 0.7
+    got = native.latent_attention(kernel, q, latent, scale, parts)
+    qd, ld = q.double(), latent.double().unsqueeze(1)
+    expected = torch.softmax(qd @ ld.transpose(-1, -2) * scale, dim=-1) @ ld  # (b, 1, h, n)
+    assert got.shape == (2, 1, h, n)
+    # float32 sums of s weights times rows of size ~1, a polynomial exp to ~2e-8: a few float32 spacings
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+    if s == 1:
+        assert torch.equal(got[:, 0, 0], latent[:, 0])  # the only row, weight 1

@@ -13,13 +13,16 @@ token (one query position, every cached key visible), in the shapes that read th
   attention is a single "head" whose queries are the heads; on the CPU one such head runs on one
   thread, so from ``SPLIT_MIN`` cached positions per thread the latent is cut into one part per thread,
   each part attended apart, and the parts' outputs combined by their softmax normalisers
-  (log-sum-exp weights: the result is attention over the whole latent, up to float rounding).
+  (log-sum-exp weights: the result is attention over the whole latent, up to float rounding). In
+  float32 on the CPU a native kernel does this (``native.latent_attention``), PyTorch's elsewhere.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from gpt_lab.model import native
 
 SPLIT_MIN = 512  # cached positions per thread from which MLA's decoding step splits the latent (CPU)
 # PyTorch's CPU attention, which also returns each query's log-sum-exp (None in a build without it).
@@ -57,8 +60,15 @@ def absorbed_latent_decode(
 
 
 def latent_attention(q: torch.Tensor, latent: torch.Tensor, scale: float) -> torch.Tensor:
-    """``q`` (b, 1, h, n) over ``latent`` (b, s, n) as keys and values, every position visible -> (b, 1, h, n)."""
+    """``q`` (b, 1, h, n) over ``latent`` (b, s, n) as keys and values, every position visible -> (b, 1, h, n).
+
+    float32 on the CPU: gpt_lab's native kernel where it builds (gpt_lab/model/native.py), which
+    reads each latent row once for all the queries; else PyTorch's CPU attention, split the same way."""
     parts = min(torch.get_num_threads(), latent.shape[1] // SPLIT_MIN)
+    if latent.device.type == "cpu" and latent.dtype == q.dtype == torch.float32:
+        kernel = native.latent_kernel()
+        if kernel is not None:
+            return native.latent_attention(kernel, q, latent, scale, max(parts, 1))
     flash = _FLASH_CPU
     if parts < 2 or latent.device.type != "cpu" or flash is None:
         kv = latent.unsqueeze(1)

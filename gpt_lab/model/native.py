@@ -1,20 +1,24 @@
-"""gpt_lab's one native kernel: the int8 weight-only product of ``generation.weights=int8`` on the CPU.
+"""gpt_lab's native CPU kernels: the int8 weight-only product of ``generation.weights=int8`` and
+MLA's decoding attention.
 
-PyTorch's int8 products read a one-row product's weights at 8-19 GB/s on the CPU the project is
-measured on (``_weight_int8pack_mm``; FBGEMM's with exact activation digits ~13 GB/s once the
-digits are counted), where the memory delivers ~34: docs/performance.md ("Weights precision"). The
-kernel in ``csrc/int8_linear.c`` (80 lines of C) reads them at 21-37 GB/s: int8 converted to float32
-in registers, float32 products and sums, each output row summed in one fixed order (a row's result
-depends on that row alone, so a cached step equals the whole sequence's forward, bit for bit).
+- ``csrc/int8_linear.c``: PyTorch's int8 products read a one-row product's weights at 8-19 GB/s on
+  the CPU the project is measured on (``_weight_int8pack_mm``; FBGEMM's with exact activation digits
+  ~13 GB/s once the digits are counted), where the memory delivers ~34 (docs/performance.md,
+  "Weights precision"). This kernel reads them at 21-37 GB/s: int8 converted to float32 in
+  registers, float32 products and sums, each output row summed in one fixed order (a row's result
+  depends on that row alone, so a cached step equals the whole sequence's forward, bit for bit).
+- ``csrc/latent_attention.c``: MLA's absorbed decoding step, all heads over one latent, each
+  latent row read once for all of them (docs/architecture-lab.md): ~1.2x PyTorch's CPU attention
+  on the same split.
 
-It is compiled the first time it is asked for, with the system C compiler (``$CC``, else ``cc``),
-``-O3 -march=native`` and OpenMP from PyTorch's own runtime (``torch/lib/libgomp.so.1``: one thread
-pool, sized by ``torch.get_num_threads()``), into ``$XDG_CACHE_HOME/gpt_lab`` (else
-``~/.cache/gpt_lab``) under a name that hashes the source, the compiler, the flags and the CPU; later
-runs load the cached library in milliseconds. Where that cannot happen (no compiler, no
+They are compiled together the first time one is asked for, with the system C compiler (``$CC``,
+else ``cc``), ``-O3 -march=native`` and OpenMP from PyTorch's own runtime (``torch/lib/libgomp.so.1``:
+one thread pool, sized by ``torch.get_num_threads()``), into ``$XDG_CACHE_HOME/gpt_lab`` (else
+``~/.cache/gpt_lab``) under a name that hashes the sources, the compiler, the flags and the CPU;
+later runs load the cached library in milliseconds. Where that cannot happen (no compiler, no
 ``libgomp.so.1`` in torch/lib, as on macOS and Windows, a failed build) or ``GPT_LAB_NATIVE=0`` is
-set, ``int8_kernel()`` returns None after one logged line and ``Int8Linear`` uses PyTorch's kernels:
-the same results to the stated tolerance, slower.
+set, ``library()`` returns None after one logged line and the callers use PyTorch's kernels: the
+same results to the stated tolerances, slower.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "int8_linear.c"
-ROWS = 8  # output rows per block of the layout (csrc/int8_linear.c: R)
+SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("int8_linear.c", "latent_attention.c"))
+ROWS = 8  # output rows per block of the int8 layout (csrc/int8_linear.c: R)
 CHUNK = 16  # inputs per chunk (L)
+LATENT_BLOCK = 16  # positions per block of the latent attention (csrc/latent_attention.c: B)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-Int8Kernel = Callable[..., None]
+Kernel = Callable[..., None]
 
 
 def cache_dir() -> Path:
@@ -61,7 +66,8 @@ def _build(compiler: str, openmp: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         # PyTorch's libgomp by path (its soname is libgomp.so.1, already loaded with torch): one OpenMP runtime.
-        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), str(openmp), f"-Wl,-rpath,{openmp.parent}"]
+        sources = [str(source) for source in SOURCES]
+        command = [compiler, *FLAGS, *sources, "-o", str(built), str(openmp), f"-Wl,-rpath,{openmp.parent}", "-lm"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.strip()}")
@@ -69,28 +75,50 @@ def _build(compiler: str, openmp: Path, target: Path) -> None:
 
 
 @functools.cache
-def int8_kernel() -> Int8Kernel | None:
-    """The compiled ``gpt_lab_int8_linear`` (ctypes), built on first use; None where it cannot be."""
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where they cannot be (see the module's docstring)."""
     if os.environ.get("GPT_LAB_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     openmp = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
     if compiler is None or not openmp.exists():
-        log.info("int8 kernel: no C compiler or no libgomp.so.1 in torch/lib; PyTorch's int8 kernels instead")
+        log.info("native kernels: no C compiler or no libgomp.so.1 in torch/lib; PyTorch's kernels instead")
         return None
-    key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), compiler, " ".join(FLAGS), _cpu_signature(), str(openmp)))
-    ).hexdigest()[:16]
-    target = cache_dir() / f"int8_linear-{key}.so"
+    parts = [source.read_text() for source in SOURCES] + [compiler, " ".join(FLAGS), _cpu_signature(), str(openmp)]
+    key = hashlib.sha256(b"\0".join(part.encode() for part in parts)).hexdigest()[:16]
+    target = cache_dir() / f"native-{key}.so"
     try:
         if not target.exists():
-            log.info("int8 kernel: compiling %s (once, cached in %s)", SOURCE.name, target.parent)
+            log.info(
+                "native kernels: compiling %s (once, cached in %s)", ", ".join(s.name for s in SOURCES), target.parent
+            )
             _build(compiler, openmp, target)
-        function = ctypes.CDLL(str(target)).gpt_lab_int8_linear
+        return ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        log.warning("int8 kernel not built (%s); PyTorch's int8 kernels instead", error)
+        log.warning("native kernels not built (%s); PyTorch's kernels instead", error)
         return None
+
+
+@functools.cache
+def int8_kernel() -> Kernel | None:
+    """``gpt_lab_int8_linear`` (csrc/int8_linear.c) through ctypes, or None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    function = lib.gpt_lab_int8_linear
     function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    function.restype = None
+    return function
+
+
+@functools.cache
+def latent_kernel() -> Kernel | None:
+    """``gpt_lab_latent_attention`` (csrc/latent_attention.c) through ctypes, or None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    function = lib.gpt_lab_latent_attention
+    function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
     function.restype = None
     return function
 
@@ -111,7 +139,7 @@ def unblock_int8(blocked: torch.Tensor, n_out: int, n_in: int) -> torch.Tensor:
 
 
 def int8_linear(
-    kernel: Int8Kernel, x: torch.Tensor, blocked: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+    kernel: Kernel, x: torch.Tensor, blocked: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``x @ (w * scales)^T + bias`` by the kernel: x float32 on the CPU, any leading shape."""
     n_in = x.shape[-1]
@@ -130,3 +158,16 @@ def int8_linear(
         torch.get_num_threads(),
     )
     return y.view(*x.shape[:-1], n_out)
+
+
+def latent_attention(kernel: Kernel, q: torch.Tensor, latent: torch.Tensor, scale: float, parts: int) -> torch.Tensor:
+    """``q`` (b, 1, h, n) over ``latent`` (b, s, n) as keys and values, float32 on the CPU -> (b, 1, h, n),
+    the positions cut into ``parts`` (1 <= parts <= s), one per thread."""
+    b, _, h, n = q.shape
+    s = latent.shape[1]
+    out = torch.empty(b, 1, h, n)
+    work = torch.empty(parts * h * (n + 2 + LATENT_BLOCK))
+    for i in range(b):
+        qi, ci = q[i, 0].contiguous(), latent[i].contiguous()
+        kernel(qi.data_ptr(), ci.data_ptr(), out[i, 0].data_ptr(), h, s, n, scale, parts, work.data_ptr())
+    return out
