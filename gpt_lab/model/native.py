@@ -40,6 +40,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("int8_linear.c", "latent_attention.c"))
+HEADER = Path(__file__).with_name("csrc") / "vectors.h"  # what both include
 ROWS = 8  # output rows per block of the int8 layout (csrc/int8_linear.c: R)
 CHUNK = 16  # inputs per chunk (L)
 LATENT_BLOCK = 16  # positions per block of the latent attention (csrc/latent_attention.c: B)
@@ -84,7 +85,8 @@ def library() -> ctypes.CDLL | None:
     if compiler is None or not openmp.exists():
         log.info("native kernels: no C compiler or no libgomp.so.1 in torch/lib; PyTorch's kernels instead")
         return None
-    parts = [source.read_text() for source in SOURCES] + [compiler, " ".join(FLAGS), _cpu_signature(), str(openmp)]
+    texts = [path.read_text() for path in (*SOURCES, HEADER)]
+    parts = [*texts, compiler, " ".join(FLAGS), _cpu_signature(), str(openmp)]
     key = hashlib.sha256(b"\0".join(part.encode() for part in parts)).hexdigest()[:16]
     target = cache_dir() / f"native-{key}.so"
     try:
@@ -99,28 +101,26 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
-@functools.cache
-def int8_kernel() -> Kernel | None:
-    """``gpt_lab_int8_linear`` (csrc/int8_linear.c) through ctypes, or None without the library."""
+def _function(name: str, argtypes: list[type]) -> Kernel | None:
     lib = library()
     if lib is None:
         return None
-    function = lib.gpt_lab_int8_linear
-    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    function.restype = None
+    function = getattr(lib, name)
+    function.argtypes, function.restype = argtypes, None
     return function
+
+
+@functools.cache
+def int8_kernel() -> Kernel | None:
+    """``gpt_lab_int8_linear`` (csrc/int8_linear.c) through ctypes, or None without the library."""
+    return _function("gpt_lab_int8_linear", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int])
 
 
 @functools.cache
 def latent_kernel() -> Kernel | None:
     """``gpt_lab_latent_attention`` (csrc/latent_attention.c) through ctypes, or None without the library."""
-    lib = library()
-    if lib is None:
-        return None
-    function = lib.gpt_lab_latent_attention
-    function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
-    function.restype = None
-    return function
+    pointers, sizes = [ctypes.c_void_p] * 3, [ctypes.c_int64] * 3
+    return _function("gpt_lab_latent_attention", [*pointers, *sizes, ctypes.c_float, ctypes.c_int, ctypes.c_void_p])
 
 
 def block_int8(weight: torch.Tensor) -> torch.Tensor:

@@ -12,21 +12,14 @@
  * after chunk, then a fixed tree over the lanes), whatever M, the tile it falls in and the number of
  * threads (these split output blocks only): a row's result depends on that row alone, bit for bit.
  */
-#include <stdint.h>
-#include <string.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
-#define L 16 /* inputs per chunk */
+#include "vectors.h" /* L = 16 inputs per chunk */
+
 #define R 8  /* output rows per block */
 #define MB 3 /* input rows per tile when x has several rows */
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-typedef int8_t v16b __attribute__((vector_size(16)));
-typedef int32_t v16i __attribute__((vector_size(64)));
 
 static inline v16f load_w(const int8_t* p) { /* 16 int8 -> 16 float, exactly */
 #if defined(__AVX512F__)
@@ -48,19 +41,6 @@ static inline v16f load_w(const int8_t* p) { /* 16 int8 -> 16 float, exactly */
 #endif
 }
 
-static inline v16f load_x(const float* p, int64_t left) { /* left < L: the rest zero */
-  v16f v = {0};
-  memcpy(&v, p, (size_t)(left < L ? left : L) * sizeof(float));
-  return v;
-}
-
-static inline float lanes_sum(v16f a) {
-  v8f b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-          __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4f c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
-  return (c[0] + c[2]) + (c[1] + c[3]);
-}
-
 /* rows x[0..ROWS) (row stride K) against one block of w: acc[i][j] = 16 lanes of x_i . w_j */
 #define TILE(ROWS)                                                                           \
   static inline void tile_##ROWS(const float* x, int64_t K, const int8_t* w, int64_t chunks, \
@@ -72,7 +52,7 @@ static inline float lanes_sum(v16f a) {
       if ((c + 1) * L <= K)                                                                  \
         for (int i = 0; i < ROWS; i++) memcpy(&xv[i], x + i * K + c * L, sizeof(v16f));     \
       else                                                                                   \
-        for (int i = 0; i < ROWS; i++) xv[i] = load_x(x + i * K + c * L, K - c * L);         \
+        for (int i = 0; i < ROWS; i++) xv[i] = load_part(x + i * K + c * L, K - c * L);         \
       for (int j = 0; j < R; j++) {                                                          \
         v16f wv = load_w(w + j * L);                                                         \
         for (int i = 0; i < ROWS; i++) acc[i][j] = acc[i][j] + xv[i] * wv;                   \

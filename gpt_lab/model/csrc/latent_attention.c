@@ -10,29 +10,10 @@
  * Built with int8_linear.c into one library (gpt_lab/model/native.py).
  */
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
 
-#define L 16 /* floats per vector */
+#include "vectors.h" /* L = 16 floats per vector */
+
 #define B 16 /* positions per block: one vector of scores per query */
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-static inline v16f load_part(const float* p, int64_t left) { /* left < L: the rest zero */
-  v16f v = {0};
-  memcpy(&v, p, (size_t)(left < L ? left : L) * sizeof(float));
-  return v;
-}
-
-static inline float lanes_sum(v16f a) {
-  v8f b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-          __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4f c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
-  return (c[0] + c[2]) + (c[1] + c[3]);
-}
 
 static inline float lanes_max(v16f a) {
   float top = a[0];
