@@ -144,7 +144,8 @@ def int8_linear(
     """``x @ (w * scales)^T + bias`` by the kernel: x float32 on the CPU, any leading shape."""
     n_in = x.shape[-1]
     n_out = scales.shape[0]
-    rows = x.reshape(-1, n_in).contiguous()
+    rows, scales = x.reshape(-1, n_in).contiguous(), scales.contiguous()
+    bias = None if bias is None else bias.contiguous()
     y = torch.empty(rows.shape[0], n_out)
     kernel(
         rows.data_ptr(),

@@ -18,9 +18,10 @@ these kernels that the machine has:
   where it matters, on the large elements), and one more row holding -64 and 63 pins the kernel's
   input grid to the integers (scale 1, zero point 64), so the kernel returns the int8 weights' exact
   integer products with the digits; the layer adds the two digits' results
-  (``acc_hi + acc_lo / 64``, times ``step``) and the bias. The only rounding besides the weights' is that of the
-  activations to those digits: weight-only precision. Each row's result depends on that row alone,
-  so a cached step (one row) and a forward over the whole sequence give the same numbers.
+  (``acc_hi + acc_lo / 64``, times ``step``) and the bias. The only rounding besides the weights'
+  is that of the activations to those digits: weight-only precision. Each row's result depends on
+  that row alone, so a cached step (one row) and a forward over the whole sequence give the same
+  numbers.
   ``reduce_range`` (7-bit activations) keeps every pair of products inside int16, where CPUs
   without VNNI would otherwise saturate.
 - **``torch.ops.aten._weight_int8pack_mm``** elsewhere (no FBGEMM, e.g. ARM): x rounded to bf16,
@@ -168,8 +169,8 @@ class Int8Linear(HeldWeight):
     gpt_lab/model/native.py) where it builds, else FBGEMM's prepacked form (``packed``), else a plain
     int8 tensor (``dense``); ``weight`` gives the plain (n_out, n_in) int8 tensor in every case (a
     copy out of the other forms) and ``weight_nbytes`` its bytes. ``scales`` is a buffer,
-    ``bias`` a frozen parameter; the output has x's dtype. Moving or converting the layer (``.to``)
-    unpacks, applies the change, and packs again where FBGEMM runs the result.
+    ``bias`` a frozen parameter; the output has x's dtype. Moving the layer to another device
+    (``.to``) unpacks, moves, and holds the weight again as that device's kernel wants it.
     """
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
