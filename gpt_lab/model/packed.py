@@ -61,6 +61,11 @@ class HeldWeight(nn.Module):
     def _hold(self, weight: torch.Tensor) -> None:
         raise NotImplementedError
 
+    @property
+    def held_dtype(self) -> torch.dtype:
+        """The held weight's dtype, without unpacking it."""
+        raise NotImplementedError
+
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -71,7 +76,7 @@ class HeldWeight(nn.Module):
             state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
         super()._load_from_state_dict(state_dict, prefix, *args)
         if weight is not None:  # the plain (out, in) weight, packed again
-            self._hold(weight.detach().to(self.weight.dtype))
+            self._hold(weight.detach().to(self.held_dtype))
 
 
 class PackedLinear(HeldWeight):
@@ -105,6 +110,10 @@ class PackedLinear(HeldWeight):
     @property
     def weight(self) -> torch.Tensor:
         return self.dense if self.packed is None else self.packed.to_dense()
+
+    @property
+    def held_dtype(self) -> torch.dtype:
+        return (self.dense if self.packed is None else self.packed).dtype
 
     @property
     def weight_nbytes(self) -> int:

@@ -212,6 +212,10 @@ class Int8Linear(HeldWeight):
         """Bytes of the int8 weight (held outside parameters: ``model_stats.step_read_bytes`` adds it)."""
         return self.out_features * self.in_features
 
+    @property
+    def held_dtype(self) -> torch.dtype:
+        return torch.int8
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Int8Linear:
         probe = torch.empty(0, dtype=torch.int8, device=self.scales.device)
         moved = fn(probe)
@@ -240,15 +244,10 @@ class Int8Linear(HeldWeight):
         return dequantized_linear(x, self.weight.to(x.device), self.scales, self.bias)
 
     def _native(self, x: torch.Tensor) -> torch.Tensor:
-        scales, bias = self.scales, self.bias
-        if scales.dtype != torch.float32:
-            scales = scales.float()
-        if bias is not None and bias.dtype != torch.float32:
-            bias = bias.float()
-        y = native.int8_linear(
-            native.int8_kernel(), x if x.dtype == torch.float32 else x.float(), self.blocked, scales, bias
-        )
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        """The native kernel's product; it takes float32 (``.float()`` is the tensor itself when it is)."""
+        bias = None if self.bias is None else self.bias.float()
+        y = native.int8_linear(native.int8_kernel(), x.float(), self.blocked, self.scales.float(), bias)
+        return y.to(x.dtype)
 
     def from_digits(self, x: torch.Tensor, digits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """The product for ``x`` from its digits (``activation_digits``), in x's dtype and shape."""

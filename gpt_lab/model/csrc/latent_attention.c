@@ -117,7 +117,7 @@ static void attend_part(const float* q, const float* c, int64_t H, int64_t T, in
       memcpy(&sv, s + i * B, sizeof sv);
       sv *= scale;
       for (int64_t t = n; t < B; t++) sv[t] = -INFINITY;
-      const float top = lanes_max(sv) > m[i] ? lanes_max(sv) : m[i];
+      const float block_top = lanes_max(sv), top = block_top > m[i] ? block_top : m[i];
       v16f p = exp16(sv - top);
       for (int64_t t = n; t < B; t++) p[t] = 0.0f;
       memcpy(s + i * B, &p, sizeof p);
