@@ -1,13 +1,19 @@
 """Shared fixtures: compose the project's Hydra config in-process, run the CLI in a subprocess, the
-book's seed-123 gpt2_small (built once per suite); tests marked ``gpu`` are skipped where no CUDA
-device is present."""
+book's seed-123 gpt2_small (built once per worker); tests marked ``gpu`` are skipped where no CUDA
+device is present.
+
+The suite runs in parallel (pytest-xdist, ``-n auto`` in pyproject.toml): at most ``MAX_WORKERS``
+workers, each with its share of the cores for PyTorch's threads and for the runs it starts in
+subprocesses (``OMP_NUM_THREADS``), so two workers on two cores do not fight over four threads.
+Tests that need a thread count set it themselves.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,28 @@ from gpt_lab.run.job import quiet_known_warnings
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_DIR / "conf"
 RUN_SCRIPT = PROJECT_DIR / "scripts" / "run.py"
+MAX_WORKERS = 4  # each worker holds its own models (the book's gpt2_small: 0.5 GB) and imports
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most ``MAX_WORKERS``."""
+    return min(MAX_WORKERS, _cores())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a worker: its share of the cores, for PyTorch here and for the processes its tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, _cores() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,6 +66,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _quiet_known_warnings() -> None:
     """The warnings a run silences at start-up, silenced in every test too (pytest resets filters per test)."""
     quiet_known_warnings()
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two PyTorch threads for one test, whatever its worker was given (``pytest_configure``): the paths
+    that split work between threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

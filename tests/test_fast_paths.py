@@ -96,7 +96,7 @@ def test_decode_step_logits_equal_plain_modules(threads: int, path: str) -> None
     torch.testing.assert_close(step, full[:, 5:].detach())
 
 
-def test_model_is_the_books_between_steps() -> None:
+def test_model_is_the_books_between_steps(two_threads: None) -> None:
     """The layers' forward is replaced only inside a step; nothing is added to the state dict."""
     model = tiny_model(tie_weights=True)
     keys = set(model.state_dict())

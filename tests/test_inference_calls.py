@@ -5,8 +5,6 @@ every module is called through ``nn.Module.__call__``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from configs import TINY
@@ -101,14 +99,6 @@ def test_dropout_still_drops_in_training_and_not_in_eval() -> None:
         ordinary = model(ids).detach()
     with torch.inference_mode():
         assert torch.equal(model(ids), ordinary)
-
-
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_small_model_decodes_on_one_thread_without_the_decoder(
