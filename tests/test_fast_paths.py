@@ -1,7 +1,8 @@
 """Correctness of the CPU decoding fast path (gpt_lab.generation.decoding) that gpt_lab.generation.sampling drives.
 
 Each fast product is compared with the plain computation (``nn.Linear``, the full forward, the book's
-loop). Timings live in scripts/bench.py, not here.
+loop). Timings live in scripts/bench.py, not here. These tests run PyTorch's products (the native
+float32 kernel switched off, as where it cannot be built); the native one's are at the end.
 """
 
 from __future__ import annotations
@@ -26,12 +27,28 @@ from gpt_lab.generation.decoding import (
     split_linear,
 )
 from gpt_lab.generation.sampling import generate, generate_text_simple
+from gpt_lab.model import native
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.lora import LoRALinear, apply_lora, lora_disabled
 
 # An odd vocabulary: the head's split copy is zero-padded.
 TINY = {**BOOK_TINY, "vocab_size": 65, "n_heads": 2, "qkv_bias": True}
 PATHS = ["split", "plain"]
+
+
+@pytest.fixture(autouse=True)
+def pytorch_products(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's products (split, head copy) for every test but those marked as the native kernel's."""
+    if "native_kernel" not in request.fixturenames:
+        monkeypatch.setattr(native, "f32_kernel", lambda: None)
+
+
+@pytest.fixture
+def native_kernel() -> native.Kernel:
+    kernel = native.f32_kernel()
+    if kernel is None:
+        pytest.skip("the native kernels cannot be built here (no C compiler or no libgomp in torch/lib)")
+    return kernel
 
 
 @pytest.fixture(params=[1, 2, 3])
@@ -293,3 +310,58 @@ def test_golden_gpt2_small_with_fast_paths(book_model: GPTModel) -> None:
     finally:
         torch.set_num_threads(before)
     assert out[0].tolist() == [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
+
+
+# --- the native float32 kernel (gpt_lab/model/native.py, csrc/f32_linear.c) ---------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_native_step_runs_every_float32_layer_through_the_kernel(
+    threads: int, path: str, native_kernel: native.Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached step's products, the head's included, go through the kernel (no head copy), and its logits
+    match nn.Linear's whole forward; the prompt's many rows stay with F.linear."""
+    model = tiny_model()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    calls: list[int] = []
+    kernel_product = native.f32_linear
+    monkeypatch.setattr(
+        native, "f32_linear", lambda k, x, w, b: calls.append(x.shape[-2]) or kernel_product(k, x, w, b)
+    )
+    idx = torch.randint(0, TINY["vocab_size"], (1, 6))
+    cache = model.new_kv_cache(1)
+    with torch.no_grad(), Decoder(model, path=path) as decoder:
+        with decoder.step():
+            model(idx[:, :5], kv_cache=cache)
+        assert calls == []  # 5 rows > MAX_ROWS: F.linear
+        with decoder.step():
+            step = model(idx[:, 5:], kv_cache=cache)
+        assert decoder.head_chunks is None  # the head is read in place
+    assert calls == [1] * len(linears)
+    torch.testing.assert_close(step, model(idx)[:, 5:].detach())
+
+
+def test_native_generation_gives_the_pytorch_products_tokens(native_kernel: native.Kernel) -> None:
+    """Greedy tokens with the kernel equal those without it (a model large enough for the Decoder)."""
+    model = GPTModel({**TINY, "emb_dim": 128, "vocab_size": 4096, "n_layers": 2}).eval()
+    assert decoding.speeds_up(model)
+    idx = torch.tensor([[5, 17, 2000]])
+    with_kernel = generate(model, idx, 12, TINY["context_length"])
+    original = decoding.native.f32_kernel
+    try:
+        decoding.native.f32_kernel = lambda: None
+        without = generate(model, idx, 12, TINY["context_length"])
+    finally:
+        decoding.native.f32_kernel = original
+    assert torch.equal(with_kernel, without)
+    assert torch.equal(with_kernel, generate_text_simple(model, idx, 12, TINY["context_length"]))
+
+
+def test_native_is_not_used_for_other_dtypes_or_transposed_weights(native_kernel: native.Kernel) -> None:
+    model = tiny_model()
+    model.out_head.weight = nn.Parameter(model.out_head.weight.detach().t().contiguous().t())  # (in, out) storage
+    model.trf_blocks[0].ff.layers[0].to(torch.float64)
+    with torch.no_grad(), Decoder(model) as decoder:
+        natives = {m for m, forward in decoder.forwards if getattr(forward, "func", None) == decoder._native_linear}
+    assert model.out_head not in natives and model.trf_blocks[0].ff.layers[0] not in natives
+    assert model.trf_blocks[0].att.W_query in natives

@@ -16,7 +16,7 @@ from gpt_lab.generation import weights as weights_module
 from gpt_lab.generation.decoding import Decoder, split_linear
 from gpt_lab.generation.sampling import generate
 from gpt_lab.generation.weights import use_weights
-from gpt_lab.model import packed
+from gpt_lab.model import native, packed
 from gpt_lab.model.gpt import GPTModel
 from gpt_lab.model.packed import (
     PackedLinear,
@@ -177,6 +177,13 @@ def test_fp32_weights_stored_transposed_keep_shape_values_and_tokens() -> None:
     assert torch.equal(generate(model, idx, n, TINY["context_length"]), generate(book, idx, n, TINY["context_length"]))
 
 
+def test_fp32_weights_keep_their_layout_where_the_native_kernel_reads_them() -> None:
+    if native.f32_kernel() is None:
+        pytest.skip("the native kernels cannot be built here")
+    model = use_weights(GPTModel(TINY).eval(), "fp32")
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_a_tied_head_is_not_laid_out() -> None:
     model = GPTModel({**TINY, "tie_weights": True})
     transpose_weights_(model)
@@ -193,7 +200,9 @@ def test_split_product_reads_a_transposed_weight_in_place(k: int) -> None:
     assert torch.allclose(split_linear(x, stored, bias, k), ref, atol=1e-5)
 
 
-def test_decoder_makes_no_head_copy_of_a_transposed_head() -> None:
+def test_decoder_makes_no_head_copy_of_a_transposed_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the native float32 kernel (no C compiler), fp32 weights are stored transposed for MKL."""
+    monkeypatch.setattr(native, "f32_kernel", lambda: None)
     torch.manual_seed(0)
     model = use_weights(GPTModel(TINY).eval(), "fp32")
     with Decoder(model, path="split") as decoder:
@@ -234,6 +243,7 @@ def test_head_copy_is_kept_for_an_eval_model_and_rebuilt_when_its_weights_change
     from gpt_lab.generation import decoding
 
     monkeypatch.setattr(decoding, "MIN_WEIGHT", 0)  # the Decoder for this tiny model too
+    monkeypatch.setattr(native, "f32_kernel", lambda: None)  # PyTorch's products: the head's copy
     torch.manual_seed(0)
     model = GPTModel(TINY).eval()
     idx = torch.tensor([[1, 2, 3]])

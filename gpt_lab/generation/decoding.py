@@ -2,8 +2,15 @@
 
 A generation step feeds one token per sequence: every ``nn.Linear`` then multiplies a few rows by
 its weight, which is bound by reading the weight from memory. MKL runs ``F.linear`` on a single row
-as one single-threaded matrix-vector product, which reaches about half the bandwidth. Two faster
+as one single-threaded matrix-vector product, which reaches about half the bandwidth. Faster
 products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
+
+- *native*: gpt_lab's float32 kernel (gpt_lab/model/native.py, ``csrc/f32_linear.c``) reads each
+  float32 weight where it is, in ``nn.Linear``'s layout, at about the machine's read bandwidth, on
+  as many threads as the step runs (one on the plain path below). Used wherever it builds; the
+  products below are for the rest (no C compiler, ``GPT_LAB_NATIVE=0``, other dtypes, weights
+  stored transposed). It sums each output in its own fixed order: the same tokens as ``F.linear``
+  in the tests and benches, not the same last bits;
 
 - *split*: the output features cut into one chunk per thread and run as one batched product, so
   every core reads its share of the weight in place (no copy);
@@ -54,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from gpt_lab.model import native
 from gpt_lab.model.packed import is_transposed
 
 MAX_ROWS = 4  # a decoding step: at most this many rows per product (batch x new tokens)
@@ -199,14 +207,21 @@ class Decoder:
     sample, whose weights change before the next one).
     Works on any model built of ``nn.Linear`` layers (subclasses that change ``forward``, such as LoRA's,
     run their own); ``head`` names the output head (absent or not a plain Linear: no copy).
+    ``use_native=False``: PyTorch's products only (the native kernel's absence, for tests and benches).
     """
 
     def __init__(
-        self, model: nn.Module, path: str = "auto", head: str = "out_head", keep_head_copy: bool = False
+        self,
+        model: nn.Module,
+        path: str = "auto",
+        head: str = "out_head",
+        keep_head_copy: bool = False,
+        use_native: bool = True,
     ) -> None:
         if path not in ("auto", *PATHS):
             raise ValueError(f"path={path!r} must be 'auto', 'split' or 'plain'")
         self.fixed_path = None if path == "auto" else path
+        self.kernel = native.f32_kernel() if use_native else None
         self.keep_head_copy = keep_head_copy
         self.steps = 0
         self.threads = torch.get_num_threads()
@@ -224,16 +239,19 @@ class Decoder:
         self.monitor: CoreMonitor | None = None
 
     def __enter__(self) -> Decoder:
-        weight = self.head.weight if self.head is not None else None
-        # A weight already stored (emb_dim, vocab) (generation.weights=fp32: packed.transpose_weights_)
-        # streams as fast as the copy would: the head then runs split_linear like the other layers.
+        # The native kernel's layers: float32 weights on the CPU in nn.Linear's own layout, the head's too.
+        natives = [m for m in [*self.linears, self.head] if m is not None and self._native_ready(m.weight)]
+        self.forwards = [(m, functools.partial(self._native_linear, linear=m)) for m in natives]
+        weight = self.head.weight if self.head is not None and self.head not in natives else None
+        # A weight already stored (emb_dim, vocab) (generation.weights=fp32 without the native kernel:
+        # packed.transpose_weights_) streams as fast as the copy would: the head then runs split_linear.
         if weight is not None and weight.device.type == "cpu" and not is_transposed(weight):
             self.head_chunks = head_copy(weight, self.threads, self.keep_head_copy)
         # On one thread the split product is F.linear itself: only the head's copy changes anything
         # (and a Python call per layer per token is what short generations of tiny models pay for).
         if self.threads > 1:
-            self.forwards = [(m, functools.partial(self._linear, linear=m)) for m in self.linears]
-        if self.head is not None and (self.threads > 1 or self.head_chunks is not None):
+            self.forwards += [(m, functools.partial(self._linear, linear=m)) for m in self.linears if m not in natives]
+        if self.head is not None and self.head not in natives and (self.threads > 1 or self.head_chunks is not None):
             self.forwards.append((self.head, self._head))
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
@@ -279,6 +297,25 @@ class Decoder:
         # Half a core of slack: a few ticks of daemons or of this process's own accounting.
         self.path = "split" if free >= self.threads - 0.5 else "plain"
         self.next_check = self.steps + CHECK_EVERY
+
+    def _native_ready(self, weight: torch.Tensor) -> bool:
+        return (
+            self.kernel is not None
+            and weight.dtype == torch.float32
+            and weight.device.type == "cpu"
+            and weight.is_contiguous()
+        )
+
+    def _native_linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        weight, bias = linear.weight, linear.bias
+        if (
+            x.dtype != torch.float32
+            or not is_decode_call(x)
+            or not self._native_ready(weight)  # changed since the step began (.to, a new parameter)
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
+        ):
+            return F.linear(x, weight, bias)
+        return native.f32_linear(self.kernel, x, weight, bias)
 
     def _linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         if self.path == "split" and is_decode_call(x):

@@ -3,9 +3,10 @@
 Generation on the CPU is bound by reading every weight once per token, so fewer bytes per weight
 means more tokens per second:
 
-- ``fp32``: the model's values as built (the book's tokens), each plain ``nn.Linear``'s weight stored
-  as an (in, out) matrix in memory (same shape and values: the layout MKL's one-row product streams
-  fastest, gpt_lab/model/packed.py);
+- ``fp32``: the model's values as built (the book's tokens), read by gpt_lab's native float32 kernel
+  in generation steps (gpt_lab/generation/decoding.py); where it cannot be built, each widening
+  ``nn.Linear``'s weight is stored as an (in, out) matrix in memory instead (same shape and values:
+  the layout MKL's one-row product streams fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
   the key/value cache follow; each plain ``nn.Linear`` a ``RowLinear`` over the same parameters
   (its one-row products through PyTorch's own matrix-vector kernel, which streams weights from
@@ -31,6 +32,7 @@ from torch import nn
 
 from gpt_lab.config import GENERATION_WEIGHTS
 from gpt_lab.errors import ConfigError
+from gpt_lab.model import native
 from gpt_lab.model.attention import MultiHeadLatentAttention
 from gpt_lab.model.packed import pack_linears_, plain_linears, row_linears_, transpose_weights_
 from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
@@ -64,7 +66,7 @@ def use_weights(model: nn.Module, weights: str) -> nn.Module:
     if weights != "fp32":
         model.to(ACTIVATION_DTYPE[weights])  # float tensors only: int8 weights stay int8
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if on_cpu and weights == "fp32":
+    if on_cpu and weights == "fp32" and native.f32_kernel() is None:
         transpose_weights_(model)
     elif on_cpu and weights == "bf16":
         skip = _read_as_matrices(model)

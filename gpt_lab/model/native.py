@@ -1,4 +1,4 @@
-"""gpt_lab's native CPU kernels: the int8 weight-only product of ``generation.weights=int8`` and
+"""gpt_lab's native CPU kernels: the float32 and int8 one-row products of generation steps and
 MLA's decoding attention.
 
 - ``csrc/int8_linear.c``: PyTorch's int8 products read a one-row product's weights at 8-19 GB/s on
@@ -7,6 +7,9 @@ MLA's decoding attention.
   "Weights precision"). This kernel reads them at 21-37 GB/s: int8 converted to float32 in
   registers, float32 products and sums, each output row summed in one fixed order (a row's result
   depends on that row alone, so a cached step equals the whole sequence's forward, bit for bit).
+- ``csrc/f32_linear.c``: the float32 product of a generation step's few rows from ``nn.Linear``'s
+  own weight (the CPU decoding path, gpt_lab/generation/decoding.py): 27-32 GB/s where MKL's
+  single-row product reads 14-23; each output row summed in one fixed order, as above.
 - ``csrc/latent_attention.c``: MLA's absorbed decoding step, all heads over one latent, each
   latent row read once for all of them (docs/architecture-lab.md): ~1.2x PyTorch's CPU attention
   on the same split.
@@ -39,7 +42,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("int8_linear.c", "latent_attention.c"))
+SOURCES = tuple(
+    Path(__file__).with_name("csrc") / name for name in ("f32_linear.c", "int8_linear.c", "latent_attention.c")
+)
 HEADER = Path(__file__).with_name("csrc") / "vectors.h"  # what both include
 ROWS = 8  # output rows per block of the int8 layout (csrc/int8_linear.c: R)
 CHUNK = 16  # inputs per chunk (L)
@@ -111,6 +116,29 @@ def _function(name: str, argtypes: list[type]) -> Kernel | None:
 
 
 @functools.cache
+def f32_kernel() -> Kernel | None:
+    """``gpt_lab_f32_linear`` (csrc/f32_linear.c) through ctypes, or None without the library."""
+    return _function("gpt_lab_f32_linear", [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int])
+
+
+def _rows_product(kernel: Kernel, x: torch.Tensor, n_out: int, *pointers: int | None) -> torch.Tensor:
+    """``kernel(rows, *pointers, y, rows, n_out, n_in, threads)`` over x's rows (float32, any leading shape)."""
+    n_in = x.shape[-1]
+    rows = x.reshape(-1, n_in)
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    y = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
+    kernel(rows.data_ptr(), *pointers, y.data_ptr(), rows.shape[0], n_out, n_in, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n_out)
+
+
+def f32_linear(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` by the kernel: float32 on the CPU, ``weight`` (and ``bias``) contiguous,
+    x of any leading shape, on ``torch.get_num_threads()`` threads."""
+    return _rows_product(kernel, x, weight.shape[0], weight.data_ptr(), None if bias is None else bias.data_ptr())
+
+
+@functools.cache
 def int8_kernel() -> Kernel | None:
     """``gpt_lab_int8_linear`` (csrc/int8_linear.c) through ctypes, or None without the library."""
     return _function("gpt_lab_int8_linear", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int])
@@ -142,23 +170,10 @@ def int8_linear(
     kernel: Kernel, x: torch.Tensor, blocked: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``x @ (w * scales)^T + bias`` by the kernel: x float32 on the CPU, any leading shape."""
-    n_in = x.shape[-1]
-    n_out = scales.shape[0]
-    rows, scales = x.reshape(-1, n_in).contiguous(), scales.contiguous()
+    scales = scales.contiguous()
     bias = None if bias is None else bias.contiguous()
-    y = torch.empty(rows.shape[0], n_out)
-    kernel(
-        rows.data_ptr(),
-        blocked.data_ptr(),
-        scales.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        rows.shape[0],
-        n_out,
-        n_in,
-        torch.get_num_threads(),
-    )
-    return y.view(*x.shape[:-1], n_out)
+    pointers = (blocked.data_ptr(), scales.data_ptr(), None if bias is None else bias.data_ptr())
+    return _rows_product(kernel, x, scales.shape[0], *pointers)
 
 
 def latent_attention(kernel: Kernel, q: torch.Tensor, latent: torch.Tensor, scale: float, parts: int) -> torch.Tensor:
