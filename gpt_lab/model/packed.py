@@ -18,12 +18,14 @@ that depends on the kernel, on the weights' layout in memory, and on where the w
   inductor's CPU freezing does) and multiplies by ``torch.ops.mkldnn._linear_pointwise``.
   ``generation.weights`` chooses between the two by the model's bytes
   (gpt_lab/generation/weights.py).
-- fp32: MKL's one-row product streams an (in, out) matrix 1.2-1.6x faster than ``nn.Linear``'s
-  (out, in) when the layer widens (out >= in: attention's projections, the feed-forward's first
-  layer, the output head), and 0.8x when it narrows (the feed-forward's second layer), measured
-  at one thread (docs/performance.md). ``transpose_weights_`` stores the weights of the widening
-  Linears that way, in place: the same shape and values, strides (1, out); ``F.linear`` then runs
-  the faster product, and nothing is copied per call.
+- fp32 where gpt_lab's native kernel cannot be built (it reads ``nn.Linear``'s own layout faster
+  still, gpt_lab/generation/decoding.py): MKL's one-row product streams an (in, out) matrix
+  1.2-1.6x faster than ``nn.Linear``'s (out, in) when the layer widens (out >= in: attention's
+  projections, the feed-forward's first layer, the output head), and 0.8x when it narrows (the
+  feed-forward's second layer), measured at one thread (docs/performance.md).
+  ``transpose_weights_`` stores the weights of the widening Linears that way, in place: the same
+  shape and values, strides (1, out); ``F.linear`` then runs the faster product, and nothing is
+  copied per call.
 
 All sum the same terms as ``F.linear`` in another order (float32 accumulation; the tests bound the
 difference). Where oneDNN is missing, ``PackedLinear`` keeps a plain weight and ``RowLinear`` is
