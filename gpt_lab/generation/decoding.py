@@ -11,7 +11,6 @@ products, used only for such steps (no grad, CPU, at most ``MAX_ROWS`` rows):
   products below are for the rest (no C compiler, ``GPT_LAB_NATIVE=0``, other dtypes, weights
   stored transposed). It sums each output in its own fixed order: the same tokens as ``F.linear``
   in the tests and benches, not the same last bits;
-
 - *split*: the output features cut into one chunk per thread and run as one batched product, so
   every core reads its share of the weight in place (no copy);
 - the output head (the largest matrix, vocab x emb_dim) from a transposed (emb_dim, vocab) copy,
@@ -240,9 +239,13 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         # The native kernel's layers: float32 weights on the CPU in nn.Linear's own layout, the head's too.
-        natives = [m for m in [*self.linears, self.head] if m is not None and self._native_ready(m.weight)]
-        self.forwards = [(m, functools.partial(self._native_linear, linear=m)) for m in natives]
-        weight = self.head.weight if self.head is not None and self.head not in natives else None
+        native_linears = [m for m in self.linears if self._native_ready(m.weight)]
+        other_linears = [m for m in self.linears if not self._native_ready(m.weight)]
+        head_native = self.head is not None and self._native_ready(self.head.weight)
+        self.forwards = [(m, functools.partial(self._native_linear, linear=m)) for m in native_linears]
+        if head_native:
+            self.forwards.append((self.head, functools.partial(self._native_linear, linear=self.head)))
+        weight = self.head.weight if self.head is not None and not head_native else None
         # A weight already stored (emb_dim, vocab) (generation.weights=fp32 without the native kernel:
         # packed.transpose_weights_) streams as fast as the copy would: the head then runs split_linear.
         if weight is not None and weight.device.type == "cpu" and not is_transposed(weight):
@@ -250,8 +253,8 @@ class Decoder:
         # On one thread the split product is F.linear itself: only the head's copy changes anything
         # (and a Python call per layer per token is what short generations of tiny models pay for).
         if self.threads > 1:
-            self.forwards += [(m, functools.partial(self._linear, linear=m)) for m in self.linears if m not in natives]
-        if self.head is not None and self.head not in natives and (self.threads > 1 or self.head_chunks is not None):
+            self.forwards += [(m, functools.partial(self._linear, linear=m)) for m in other_linears]
+        if weight is not None and (self.threads > 1 or self.head_chunks is not None):
             self.forwards.append((self.head, self._head))
         if self.fixed_path is None and self.threads > 1:
             monitor = CoreMonitor()
