@@ -30,7 +30,7 @@ def test_absorbed_latent_decode_is_attention_over_up_projected_keys_and_values()
     torch.testing.assert_close(absorbed_latent_decode(q, latent, w_uk, w_uv), _attention(q, k, v))
 
 
-def test_latent_attention_split_across_threads_is_attention_over_the_whole_latent(monkeypatch) -> None:
+def test_latent_attention_split_across_threads_is_attention_over_the_whole_latent(monkeypatch, two_threads) -> None:
     """From SPLIT_MIN positions per thread the latent is attended in parts and the parts combined by their
     log-sum-exp: the result must be softmax attention over every position, including a remainder part."""
     import gpt_lab.model.attention_decode as decode
@@ -39,12 +39,7 @@ def test_latent_attention_split_across_threads_is_attention_over_the_whole_laten
     g = torch.Generator().manual_seed(2)
     b, h, n = 2, 3, 8
     q = torch.randn(b, 1, h, n, generator=g, dtype=torch.float64)
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        for s in (9, 16, 17):  # 2 parts of 4 + 1 left over, 2 even parts, 2 parts + 1
-            latent = torch.randn(b, s, n, generator=g, dtype=torch.float64)
-            expected = torch.softmax(q @ latent.unsqueeze(1).transpose(-1, -2) * 0.3, dim=-1) @ latent.unsqueeze(1)
-            torch.testing.assert_close(decode.latent_attention(q, latent, 0.3), expected)
-    finally:
-        torch.set_num_threads(previous)
+    for s in (9, 16, 17):  # 2 parts of 4 + 1 left over, 2 even parts, 2 parts + 1
+        latent = torch.randn(b, s, n, generator=g, dtype=torch.float64)
+        expected = torch.softmax(q @ latent.unsqueeze(1).transpose(-1, -2) * 0.3, dim=-1) @ latent.unsqueeze(1)
+        torch.testing.assert_close(decode.latent_attention(q, latent, 0.3), expected)

@@ -300,16 +300,13 @@ def test_decoding_a_model_with_live_lora_adapters_follows_the_adapters(
         assert not torch.equal(generate_text_simple(model, idx, 5, context_size=8), book)
 
 
+GOLDEN_IDS = [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
+
+
 @pytest.mark.slow
-def test_golden_gpt2_small_with_fast_paths(book_model: GPTModel) -> None:
-    """The chapter's output through the cached fast path, with 2 threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        out = generate(book_model, torch.tensor([[15496, 11, 314, 716]]), 10, 1024)
-    finally:
-        torch.set_num_threads(before)
-    assert out[0].tolist() == [15496, 11, 314, 716, 27018, 24086, 47843, 30961, 42348, 7267, 49706, 43231, 47062, 34657]
+def test_golden_gpt2_small_with_fast_paths(book_model: GPTModel, two_threads: None) -> None:
+    """The chapter's output through the cached fast path (PyTorch's products), with 2 threads."""
+    assert generate(book_model, torch.tensor([GOLDEN_IDS[:4]]), 10, 1024)[0].tolist() == GOLDEN_IDS
 
 
 # --- the native float32 kernel (gpt_lab/model/native.py, csrc/f32_linear.c) ---------------------------
@@ -341,18 +338,24 @@ def test_native_step_runs_every_float32_layer_through_the_kernel(
     torch.testing.assert_close(step, model(idx)[:, 5:].detach())
 
 
-def test_native_generation_gives_the_pytorch_products_tokens(native_kernel: native.Kernel) -> None:
+@pytest.mark.slow
+def test_golden_gpt2_small_through_the_native_kernel(
+    book_model: GPTModel, native_kernel: native.Kernel, two_threads: None
+) -> None:
+    """The chapter's output with every step's products through the kernel, with 2 threads."""
+    assert generate(book_model, torch.tensor([GOLDEN_IDS[:4]]), 10, 1024)[0].tolist() == GOLDEN_IDS
+
+
+def test_native_generation_gives_the_pytorch_products_tokens(
+    native_kernel: native.Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Greedy tokens with the kernel equal those without it (a model large enough for the Decoder)."""
     model = GPTModel({**TINY, "emb_dim": 128, "vocab_size": 4096, "n_layers": 2}).eval()
     assert decoding.speeds_up(model)
     idx = torch.tensor([[5, 17, 2000]])
     with_kernel = generate(model, idx, 12, TINY["context_length"])
-    original = decoding.native.f32_kernel
-    try:
-        decoding.native.f32_kernel = lambda: None
-        without = generate(model, idx, 12, TINY["context_length"])
-    finally:
-        decoding.native.f32_kernel = original
+    monkeypatch.setattr(native, "f32_kernel", lambda: None)
+    without = generate(model, idx, 12, TINY["context_length"])
     assert torch.equal(with_kernel, without)
     assert torch.equal(with_kernel, generate_text_simple(model, idx, 12, TINY["context_length"]))
 

@@ -239,9 +239,9 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         # The native kernel's layers: float32 weights on the CPU in nn.Linear's own layout, the head's too.
-        native_linears = [m for m in self.linears if self._native_ready(m.weight)]
-        other_linears = [m for m in self.linears if not self._native_ready(m.weight)]
-        head_native = self.head is not None and self._native_ready(self.head.weight)
+        native_linears = [m for m in self.linears if self._native_ready(m.weight, m.bias)]
+        other_linears = [m for m in self.linears if not self._native_ready(m.weight, m.bias)]
+        head_native = self.head is not None and self._native_ready(self.head.weight, self.head.bias)
         self.forwards = [(m, functools.partial(self._native_linear, linear=m)) for m in native_linears]
         if head_native:
             self.forwards.append((self.head, functools.partial(self._native_linear, linear=self.head)))
@@ -301,22 +301,21 @@ class Decoder:
         self.path = "split" if free >= self.threads - 0.5 else "plain"
         self.next_check = self.steps + CHECK_EVERY
 
-    def _native_ready(self, weight: torch.Tensor) -> bool:
+    def _native_ready(self, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        """Whether the kernel can read this layer's tensors as they are: contiguous float32 on the CPU."""
         return (
             self.kernel is not None
             and weight.dtype == torch.float32
             and weight.device.type == "cpu"
             and weight.is_contiguous()
+            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
         )
 
     def _native_linear(self, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         weight, bias = linear.weight, linear.bias
-        if (
-            x.dtype != torch.float32
-            or not is_decode_call(x)
-            or not self._native_ready(weight)  # changed since the step began (.to, a new parameter)
-            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
-        ):
+        # Checked again per call: the kernel reads raw pointers, and a parameter replaced or converted
+        # since the Decoder opened must not reach it.
+        if x.dtype != torch.float32 or not is_decode_call(x) or not self._native_ready(weight, bias):
             return F.linear(x, weight, bias)
         return native.f32_linear(self.kernel, x, weight, bias)
 
