@@ -80,6 +80,17 @@ def two_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def native_kernel() -> Callable[..., None]:
+    """gpt_lab's float32 kernel (gpt_lab/model/native.py); the test is skipped where it cannot be built."""
+    from gpt_lab.model import native
+
+    kernel = native.f32_kernel()
+    if kernel is None:
+        pytest.skip("the native kernels cannot be built here (no C compiler or no libgomp in torch/lib)")
+    return kernel
+
+
 @pytest.fixture(scope="session")
 def book_model() -> GPTModel:
     """Chapter 4's gpt2_small as the book builds it (``torch.manual_seed(123)``, then the model, in

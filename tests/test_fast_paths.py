@@ -43,14 +43,6 @@ def pytorch_products(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(native, "f32_kernel", lambda: None)
 
 
-@pytest.fixture
-def native_kernel() -> native.Kernel:
-    kernel = native.f32_kernel()
-    if kernel is None:
-        pytest.skip("the native kernels cannot be built here (no C compiler or no libgomp in torch/lib)")
-    return kernel
-
-
 @pytest.fixture(params=[1, 2, 3])
 def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     """1 thread (no split), 2 (even split) and 3 (the last features do not fill a chunk)."""

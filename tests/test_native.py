@@ -89,24 +89,16 @@ def test_latent_kernel_is_softmax_attention_over_the_whole_latent(h: int, s: int
         assert torch.equal(got[:, 0, 0], latent[:, 0])  # the only row, weight 1
 
 
-@pytest.fixture
-def f32_kernel() -> native.Kernel:
-    kernel = native.f32_kernel()
-    if kernel is None:
-        pytest.skip("the native kernels cannot be built here")
-    return kernel
-
-
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n_out, n_in", [(1, 1), (7, 15), (8, 16), (19, 37), (300, 70)])
-def test_f32_kernel_matches_a_float64_product(n_out: int, n_in: int, bias: bool, f32_kernel: native.Kernel) -> None:
+def test_f32_kernel_matches_a_float64_product(n_out: int, n_in: int, bias: bool, native_kernel: native.Kernel) -> None:
     """The float32 product of a generation step (csrc/f32_linear.c) on nn.Linear's own weight: partial
     blocks of 8 outputs and partial vectors of 16 inputs, 1-4 rows, against float64."""
     torch.manual_seed(n_out * 100 + n_in)
     linear = nn.Linear(n_in, n_out, bias=bias)
     for rows in (1, 2, 4):
         x = torch.randn(1, rows, n_in)
-        y = native.f32_linear(f32_kernel, x, linear.weight.detach(), linear.bias.detach() if bias else None)
+        y = native.f32_linear(native_kernel, x, linear.weight.detach(), linear.bias.detach() if bias else None)
         want = x.double() @ linear.weight.double().T + (linear.bias.double() if bias else 0)
         # 16 lanes each summing ceil(n_in / 16) float32 products, a 4-level tree over them, the bias: one
         # float32 rounding each, of at most the size of the sum of |products| (and |bias|).
@@ -116,20 +108,20 @@ def test_f32_kernel_matches_a_float64_product(n_out: int, n_in: int, bias: bool,
         assert ((y.double() - want).abs() <= bound).all()
 
 
-def test_f32_kernel_rows_do_not_depend_on_each_other_or_on_threads(f32_kernel: native.Kernel) -> None:
+def test_f32_kernel_rows_do_not_depend_on_each_other_or_on_threads(native_kernel: native.Kernel) -> None:
     """Each output summed in one fixed order: a row alone, among others, on one thread or two, bit for bit."""
     torch.manual_seed(4)
     w, b = torch.randn(301, 70), torch.randn(301)  # 37 full blocks of 8 and a partial one; a partial vector
     x = torch.randn(4, 70) * torch.logspace(-3, 3, 4)[:, None]
     x[2] = 0
-    together = native.f32_linear(f32_kernel, x, w, b)
+    together = native.f32_linear(native_kernel, x, w, b)
     assert torch.equal(together[2], b)
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            assert torch.equal(native.f32_linear(f32_kernel, x, w, b), together)
+            assert torch.equal(native.f32_linear(native_kernel, x, w, b), together)
             for i in range(4):
-                assert torch.equal(native.f32_linear(f32_kernel, x[i : i + 1], w, b), together[i : i + 1])
+                assert torch.equal(native.f32_linear(native_kernel, x[i : i + 1], w, b), together[i : i + 1])
     finally:
         torch.set_num_threads(threads)
