@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gpt_lab.generation.decoding import Decoder, speeds_up
+from gpt_lab.generation.fused import FusedStep
 from gpt_lab.model.calls import straight
 from gpt_lab.model.gpt import GPTModel
 
@@ -136,6 +137,8 @@ def _steps(
     # The head copy is kept between calls for a model in eval mode (an inference user's), not for a
     # training run's sample: its weights change before the next one.
     decoder = Decoder(model, keep_head_copy=not was_training) if on_cpu and speeds_up(model) else None
+    # GPT-2's cached steps as one native call each (gpt_lab/generation/fused.py), where it runs the model.
+    fused = FusedStep.build(model, cache) if on_cpu and cache is not None else None
     # A smaller model's steps run on one thread: its products are too small to share (a prompt's too, at
     # its size), and a thread waiting for a core that another process holds would stall the step.
     threads = torch.get_num_threads()
@@ -154,10 +157,15 @@ def _steps(
                     torch.set_num_threads(1)
                 try:
                     # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
-                    with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
-                        forward = straight(model) if is_gpt_model else model  # gpt_lab/model/calls.py
-                        logits = forward(new_ids, kv_cache=cache, **last) if cached else forward(new_ids, **last)
-                        idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                    if fused is not None and cached and new_ids.shape[1] == 1:  # one native call
+                        with grad_off():
+                            logits = fused(new_ids, decoder.step_threads() if decoder else 1)
+                            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
+                    else:
+                        with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
+                            forward = straight(model) if is_gpt_model else model  # gpt_lab/model/calls.py
+                            logits = forward(new_ids, kv_cache=cache, **last) if cached else forward(new_ids, **last)
+                            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                 finally:
                     if one_thread:
                         torch.set_num_threads(threads)

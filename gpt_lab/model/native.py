@@ -42,10 +42,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(
-    Path(__file__).with_name("csrc") / name for name in ("f32_linear.c", "int8_linear.c", "latent_attention.c")
-)
-HEADER = Path(__file__).with_name("csrc") / "vectors.h"  # what both include
+_CSRC = Path(__file__).with_name("csrc")
+SOURCES = tuple(_CSRC / name for name in ("f32_linear.c", "int8_linear.c", "latent_attention.c", "gpt2_step.c"))
+HEADERS = (_CSRC / "vectors.h", _CSRC / "products.h")  # what the sources include
 ROWS = 8  # output rows per block of the int8 layout (csrc/int8_linear.c: R)
 CHUNK = 16  # inputs per chunk (L)
 LATENT_BLOCK = 16  # positions per block of the latent attention (csrc/latent_attention.c: B)
@@ -90,7 +89,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None or not openmp.exists():
         log.info("native kernels: no C compiler or no libgomp.so.1 in torch/lib; PyTorch's kernels instead")
         return None
-    texts = [path.read_text() for path in (*SOURCES, HEADER)]
+    texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
     parts = [*texts, compiler, " ".join(FLAGS), _cpu_signature(), str(openmp)]
     key = hashlib.sha256(b"\0".join(part.encode() for part in parts)).hexdigest()[:16]
     target = cache_dir() / f"native-{key}.so"
@@ -149,6 +148,26 @@ def latent_kernel() -> Kernel | None:
     """``gpt_lab_latent_attention`` (csrc/latent_attention.c) through ctypes, or None without the library."""
     pointers, sizes = [ctypes.c_void_p] * 3, [ctypes.c_int64] * 3
     return _function("gpt_lab_latent_attention", [*pointers, *sizes, ctypes.c_float, ctypes.c_int, ctypes.c_void_p])
+
+
+@functools.cache
+def step_kernel() -> Kernel | None:
+    """``gpt_lab_gpt2_step`` (csrc/gpt2_step.c) through ctypes, or None without the library: (model, tokens,
+    rows, position, logits, threads) -> 0, or -1 for a token outside the vocabulary."""
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    function = _function("gpt_lab_gpt2_step", [pointer, pointer, size, size, pointer, ctypes.c_int])
+    if function is not None:
+        function.restype = ctypes.c_int
+    return function
+
+
+@functools.cache
+def step_work_kernel() -> Callable[[int], int] | None:
+    """``gpt_lab_gpt2_step_work`` (csrc/gpt2_step.c): the floats of scratch a step's model description asks for."""
+    function = _function("gpt_lab_gpt2_step_work", [ctypes.c_void_p])
+    if function is not None:
+        function.restype = ctypes.c_int64
+    return function
 
 
 def block_int8(weight: torch.Tensor) -> torch.Tensor:

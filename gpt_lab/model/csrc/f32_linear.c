@@ -9,9 +9,10 @@
  * partial sums per row, then a fixed tree over its lanes (vectors.h). Each output element sums in
  * one fixed order whatever M and the number of threads (these split blocks of R outputs only).
  */
+#include "products.h"
 #include "vectors.h" /* L = 16 inputs per vector */
 
-#define R 8 /* output rows streamed together */
+#define R GPT_LAB_ROWS /* output rows streamed together */
 
 /* acc[j] = 16 lanes of x . w[j] for the n (<= R) rows of w (row stride K); always inlined, so the
  * caller's n = R (every block but a partial last one) compiles to a fixed, unrolled inner loop */
@@ -34,24 +35,28 @@ static inline __attribute__((always_inline)) void rows_dot(const float* x, const
   }
 }
 
-/* x (M, K), w (N, K), bias (N) or NULL, y (M, N): all contiguous float32. */
+/* Output block b (rows b*R ..) of y for every row of x: what one thread does (the decoding step's
+ * products, gpt2_step.c, call it too). x (M, K), w (N, K), bias (N) or NULL, y (M, N): contiguous float32. */
+void gpt_lab_f32_block(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                       int64_t b) {
+  const int64_t n0 = b * R;
+  const int n = (int)(N - n0 < R ? N - n0 : R);
+  for (int64_t m = 0; m < M; m++) {
+    v16f acc[R];
+    if (n == R)
+      rows_dot(x + m * K, w + n0 * K, K, R, acc);
+    else
+      rows_dot(x + m * K, w + n0 * K, K, n, acc);
+    for (int j = 0; j < n; j++) {
+      const float s = lanes_sum(acc[j]);
+      y[m * N + n0 + j] = bias ? s + bias[n0 + j] : s;
+    }
+  }
+}
+
 void gpt_lab_f32_linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
                         int threads) {
   const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
-  for (int64_t b = 0; b < blocks; b++) {
-    const int64_t n0 = b * R;
-    const int n = (int)(N - n0 < R ? N - n0 : R);
-    for (int64_t m = 0; m < M; m++) {
-      v16f acc[R];
-      if (n == R)
-        rows_dot(x + m * K, w + n0 * K, K, R, acc);
-      else
-        rows_dot(x + m * K, w + n0 * K, K, n, acc);
-      for (int j = 0; j < n; j++) {
-        const float s = lanes_sum(acc[j]);
-        y[m * N + n0 + j] = bias ? s + bias[n0 + j] : s;
-      }
-    }
-  }
+  for (int64_t b = 0; b < blocks; b++) gpt_lab_f32_block(x, w, bias, y, M, N, K, b);
 }

@@ -16,9 +16,10 @@
 #include <immintrin.h>
 #endif
 
+#include "products.h"
 #include "vectors.h" /* L = 16 inputs per chunk */
 
-#define R 8  /* output rows per block */
+#define R GPT_LAB_ROWS /* output rows per block */
 #define MB 3 /* input rows per tile when x has several rows */
 
 static inline v16f load_w(const int8_t* p) { /* 16 int8 -> 16 float, exactly */
@@ -69,23 +70,29 @@ static inline void finish(v16f acc[R], int64_t n0, int64_t N, const float* scale
   }
 }
 
-/* x (M, K), w blocked as above for N outputs, scale (N), bias (N) or NULL, y (M, N): all contiguous. */
+/* Output block b (rows b*R ..) of y for every row of x: what one thread does (the decoding step's
+ * products, gpt2_step.c, call it too). x (M, K), w blocked as above for N outputs, scale (N), bias (N)
+ * or NULL, y (M, N): all contiguous. */
+void gpt_lab_int8_block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
+                        int64_t N, int64_t K, int64_t b) {
+  const int64_t chunks = (K + L - 1) / L;
+  const int8_t* wb = w + b * chunks * R * L;
+  int64_t m = 0;
+  for (; m + MB <= M; m += MB) {
+    v16f acc[MB][R];
+    tile_MB(x + m * K, K, wb, chunks, acc);
+    for (int i = 0; i < MB; i++) finish(acc[i], b * R, N, scale, bias, y + (m + i) * N);
+  }
+  for (; m < M; m++) {
+    v16f acc[1][R];
+    tile_1(x + m * K, K, wb, chunks, acc);
+    finish(acc[0], b * R, N, scale, bias, y + m * N);
+  }
+}
+
 void gpt_lab_int8_linear(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
                          int64_t M, int64_t N, int64_t K, int threads) {
-  const int64_t chunks = (K + L - 1) / L, blocks = (N + R - 1) / R;
+  const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
-  for (int64_t b = 0; b < blocks; b++) {
-    const int8_t* wb = w + b * chunks * R * L;
-    int64_t m = 0;
-    for (; m + MB <= M; m += MB) {
-      v16f acc[MB][R];
-      tile_MB(x + m * K, K, wb, chunks, acc);
-      for (int i = 0; i < MB; i++) finish(acc[i], b * R, N, scale, bias, y + (m + i) * N);
-    }
-    for (; m < M; m++) {
-      v16f acc[1][R];
-      tile_1(x + m * K, K, wb, chunks, acc);
-      finish(acc[0], b * R, N, scale, bias, y + m * N);
-    }
-  }
+  for (int64_t b = 0; b < blocks; b++) gpt_lab_int8_block(x, w, scale, bias, y, M, N, K, b);
 }

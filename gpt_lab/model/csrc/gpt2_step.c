@@ -1,0 +1,175 @@
+/* One generation step of chapter 4's GPT-2 on the CPU, every layer in one call: a token per sequence in,
+ * the next position's logits out, the key/value cache advanced (gpt_lab/generation/fused.py builds the
+ * model's description and decides when this runs).
+ *
+ * A step of gpt2_small is 73 weight products (~0.5 GB read, ~17 ms) and some 400 small operations
+ * around them (norms, attention over the cache, GELU, the shortcuts): run one by one from Python those
+ * cost ~1.7 ms a token, ~10 % of the step. Here they run between the products on one OpenMP team
+ * (threads wait at barriers, a few microseconds, instead of a team per product), and the products
+ * are the float32 and int8 kernels' own block functions (products.h): each output sums exactly as it
+ * does in a product alone, whatever the number of threads.
+ *
+ * The block: x += out(attention(norm1(x))), then x += fc2(gelu(fc1(norm2(x)))) — LayerNorm with biased
+ * variance, GELU's tanh approximation, causal attention of the new position over positions 0 .. pos
+ * (softmax(q k^T / sqrt(head_dim)) v); the model: x = tok_emb[token] + pos_emb[pos], the blocks, the
+ * final norm, the head. The small operations sum in another order than PyTorch's (the same values to
+ * float32 rounding; the tests bound the logits against the model's own forward).
+ */
+#include <math.h>
+
+#include "products.h"
+#include "vectors.h"
+
+enum { GL_F32 = 0, GL_INT8 = 1 }; /* a weight's kind: float32 (N, K), or the int8 kernel's blocks + scales */
+
+typedef struct {
+  const void* w;
+  const float* scale; /* int8: one per output */
+  const float* bias;  /* or NULL */
+  int64_t n_out, n_in, kind;
+} gl_linear;
+
+typedef struct {
+  const float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
+  float eps1, eps2;
+  gl_linear q, k, v, out, fc1, fc2;
+  float *k_cache, *v_cache; /* (batch, heads, max_len, head_dim) each */
+} gl_block;
+
+typedef struct {
+  int64_t n_layers, emb, heads, head_dim, hidden, max_len, vocab, batch;
+  float eps; /* the final norm's */
+  const float *tok_emb, *pos_emb, *final_w, *final_b;
+  gl_linear head;
+  const gl_block* blocks;
+  float* work; /* gpt_lab_gpt2_step_work() floats */
+} gl_model;
+
+/* Floats of scratch a step of M <= batch rows needs. */
+int64_t gpt_lab_gpt2_step_work(const gl_model* m) {
+  const int64_t inner = m->heads * m->head_dim, b = m->batch;
+  return b * (3 * m->emb + 4 * inner + m->hidden) + b * m->heads * m->max_len;
+}
+
+/* y (M, n_out) = x (M, n_in) @ w^T + bias, the output blocks shared by the team (call from every thread). */
+static void product(const gl_linear* f, const float* x, float* y, int64_t M) {
+  const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
+#pragma omp for schedule(static) nowait
+  for (int64_t b = 0; b < blocks; b++) {
+    if (f->kind == GL_INT8)
+      gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
+    else
+      gpt_lab_f32_block(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
+  }
+}
+
+static void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t n) {
+  double sum = 0.0, squares = 0.0;
+  for (int64_t i = 0; i < n; i++) sum += x[i];
+  const double mean = sum / (double)n;
+  for (int64_t i = 0; i < n; i++) squares += (x[i] - mean) * (x[i] - mean);
+  const float centre = (float)mean, rstd = (float)(1.0 / sqrt(squares / (double)n + (double)eps));
+  for (int64_t i = 0; i < n; i++) y[i] = (x[i] - centre) * rstd * w[i] + b[i];
+}
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  v16f acc = {0};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    v16f av, bv;
+    memcpy(&av, a + i, sizeof av);
+    memcpy(&bv, b + i, sizeof bv);
+    acc += av * bv;
+  }
+  if (i < n) acc += load_part(a + i, n - i) * load_part(b + i, n - i);
+  return lanes_sum(acc);
+}
+
+/* The new position's attention for sequence r, head h: its key and value stored at pos, then
+ * softmax over positions 0 .. pos of q . k / sqrt(d), the values summed with those weights. */
+static void attend(const gl_model* m, const gl_block* blk, const float* q, const float* k, const float* v,
+                   float* scores, float* out, int64_t r, int64_t h, int64_t pos) {
+  const int64_t d = m->head_dim, inner = m->heads * d;
+  const int64_t base = (r * m->heads + h) * m->max_len * d;
+  float *keys = blk->k_cache + base, *values = blk->v_cache + base;
+  memcpy(keys + pos * d, k + r * inner + h * d, (size_t)d * sizeof(float));
+  memcpy(values + pos * d, v + r * inner + h * d, (size_t)d * sizeof(float));
+  const float* qh = q + r * inner + h * d;
+  const float scale = 1.0f / sqrtf((float)d);
+  float top = -INFINITY;
+  for (int64_t t = 0; t <= pos; t++) {
+    scores[t] = dot(qh, keys + t * d, d) * scale;
+    top = scores[t] > top ? scores[t] : top;
+  }
+  float total = 0.0f;
+  for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
+  float* o = out + r * inner + h * d;
+  for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
+  for (int64_t t = 0; t <= pos; t++) {
+    const float p = scores[t];
+    const float* vt = values + t * d;
+    for (int64_t j = 0; j < d; j++) o[j] += p * vt[j];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t j = 0; j < d; j++) o[j] *= inv;
+}
+
+static inline float gelu(float x) { /* GELU, tanh approximation: F.gelu(x, approximate="tanh") */
+  const float beta = 0.7978845608028654f; /* sqrt(2 / pi) */
+  return 0.5f * x * (1.0f + tanhf(beta * (x + 0.044715f * x * x * x)));
+}
+
+/* tokens (M) at position pos (M <= batch, pos < max_len) -> logits (M, vocab); 0, or -1 for a token
+ * outside the vocabulary (nothing computed, the cache untouched). */
+int gpt_lab_gpt2_step(const gl_model* m, const int64_t* tokens, int64_t M, int64_t pos, float* logits, int threads) {
+  for (int64_t r = 0; r < M; r++)
+    if (tokens[r] < 0 || tokens[r] >= m->vocab) return -1;
+  const int64_t E = m->emb, inner = m->heads * m->head_dim;
+  float* x = m->work;         /* the residual stream (M, E) */
+  float* h = x + M * E;       /* a norm's output (M, E) */
+  float* y = h + M * E;       /* a sub-layer's output (M, E) */
+  float* q = y + M * E;       /* (M, inner) each */
+  float* k = q + M * inner;
+  float* v = k + M * inner;
+  float* att = v + M * inner;
+  float* ff = att + M * inner; /* (M, hidden) */
+  float* scores = ff + M * m->hidden; /* (M * heads, max_len) */
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+  {
+#pragma omp single
+    for (int64_t r = 0; r < M; r++)
+      for (int64_t i = 0; i < E; i++) x[r * E + i] = m->tok_emb[tokens[r] * E + i] + m->pos_emb[pos * E + i];
+    for (int64_t l = 0; l < m->n_layers; l++) {
+      const gl_block* blk = m->blocks + l;
+#pragma omp single
+      for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, blk->norm1_w, blk->norm1_b, blk->eps1, h + r * E, E);
+      product(&blk->q, h, q, M);
+      product(&blk->k, h, k, M);
+      product(&blk->v, h, v, M);
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < M * m->heads; task++)
+        attend(m, blk, q, k, v, scores + task * m->max_len, att, task / m->heads, task % m->heads, pos);
+      product(&blk->out, att, y, M);
+#pragma omp barrier
+#pragma omp single
+      for (int64_t r = 0; r < M; r++) {
+        for (int64_t i = 0; i < E; i++) x[r * E + i] += y[r * E + i];
+        layer_norm(x + r * E, blk->norm2_w, blk->norm2_b, blk->eps2, h + r * E, E);
+      }
+      product(&blk->fc1, h, ff, M);
+#pragma omp barrier
+      const int64_t n_ff = M * blk->fc1.n_out;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n_ff; i++) ff[i] = gelu(ff[i]);
+      product(&blk->fc2, ff, y, M);
+#pragma omp barrier
+#pragma omp single
+      for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
+    }
+#pragma omp single
+    for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, m->final_w, m->final_b, m->eps, h + r * E, E);
+    product(&m->head, h, logits, M);
+  }
+  return 0;
+}
