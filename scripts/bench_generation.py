@@ -15,6 +15,7 @@ gpt2_medium / gpt2_xl rows).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,9 @@ from gpt_lab.model.stats import step_read_bytes
 
 GEN = "gpt_lab generate (cache)"  # fp32: the name the targets and docs have used since issue 12
 GEN_AT = {"fp32": GEN, "bf16": "gpt_lab generate, bf16 weights", "int8": "gpt_lab generate, int8 weights"}
+# The same fp32 model with the fused native step off (GPT_LAB_FUSED=0): its steps layer by layer, each
+# product through the Decoder (gpt_lab/generation/fused.py says what the fused step saves).
+LAYERWISE = "gpt_lab generate, fp32 layer by layer (GPT_LAB_FUSED=0)"
 HF_AT = {"fp32": "transformers generate (cache)", "bf16": "transformers generate, bf16"}
 BOOK_KV = "book KV-cache variant"
 BOOK_LOOP = "book loop, no cache (generate_text_simple)"
@@ -70,6 +74,7 @@ def bench_generation(
     impls: dict[str, Callable[[], torch.Tensor]] = {
         name: (lambda m=m: generate(m, idx, n, ctx)) for name, m in models.items()
     }
+    impls[LAYERWISE] = lambda: layer_by_layer(models[GEN], idx, n, ctx)
     if hf:
         for w, name in HF_AT.items():
             models[name] = hf_model(state, cfg, w)
@@ -82,7 +87,7 @@ def bench_generation(
         reference = reference_tokens[0]
     else:
         reference = impls[GEN]()
-    fp32_names = [GEN, HF_AT["fp32"], BOOK_KV]
+    fp32_names = [GEN, LAYERWISE, HF_AT["fp32"], BOOK_KV]
     agreement = {}
     for name, fn in impls.items():
         tokens = fn()  # also the warm-up
@@ -107,6 +112,19 @@ def bench_generation(
         rows[BOOK_LOOP] = summary([book_loop_s, *extra], n)
     rows.update(first_token_rows(models, idx, ctx, args.reps))
     return rows
+
+
+def layer_by_layer(model: nn.Module, idx: torch.Tensor, n: int, ctx: int) -> torch.Tensor:
+    """``generate`` with the fused native step off (``GPT_LAB_FUSED=0`` for the call)."""
+    before = os.environ.get("GPT_LAB_FUSED")
+    os.environ["GPT_LAB_FUSED"] = "0"
+    try:
+        return generate(model, idx, n, ctx)
+    finally:
+        if before is None:
+            del os.environ["GPT_LAB_FUSED"]
+        else:
+            os.environ["GPT_LAB_FUSED"] = before
 
 
 def first_token_rows(models: dict[str, nn.Module], idx: torch.Tensor, ctx: int, reps: int) -> dict[str, Any]:

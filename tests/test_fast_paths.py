@@ -2,7 +2,8 @@
 
 Each fast product is compared with the plain computation (``nn.Linear``, the full forward, the book's
 loop). Timings live in scripts/bench.py, not here. These tests run PyTorch's products (the native
-float32 kernel switched off, as where it cannot be built); the native one's are at the end.
+float32 kernel switched off, as where it cannot be built); the native one's are at the end. The fused
+native step, which runs GPT-2's cached steps where it builds, is off here (tests/test_fused_step.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ PATHS = ["split", "plain"]
 
 @pytest.fixture(autouse=True)
 def pytorch_products(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """PyTorch's products (split, head copy) for every test but those marked as the native kernel's."""
+    """PyTorch's products (split, head copy) for every test but those marked as the native kernel's; in
+    every test the ``Decoder``'s steps, not the fused native step (tests/test_fused_step.py), which
+    ``generate`` would otherwise run for these models' cached steps."""
+    monkeypatch.setattr(native, "step_kernel", lambda: None)
     if "native_kernel" not in request.fixturenames:
         monkeypatch.setattr(native, "f32_kernel", lambda: None)
 

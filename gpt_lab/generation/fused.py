@@ -11,22 +11,27 @@ call: the same products (the kernels' own block functions), the small operations
 one OpenMP team.
 
 It runs the book's architecture only, as the model holds it: ``GPTModel`` with learned positions,
-LayerNorm, causal multi-head attention (no GQA, window, QK-norm or RoPE), the GELU feed-forward,
-no hooks on any module; every linear layer a plain float32 ``nn.Linear`` or a native ``Int8Linear``
-(``generation.weights=fp32`` or ``int8``); the other parameters and the ``FullKV`` cache contiguous
-float32 on the CPU. ``FusedStep.build`` returns None for anything else (the architecture lab's
-variants, bf16 weights, LoRA layers, a hooked or compiled module, no C compiler,
-``GPT_LAB_NATIVE=0``), and ``generate`` runs the model's own forward as before; ``why_not`` says which
-condition failed. The prompt (many positions) always runs the model's forward.
+LayerNorm, causal multi-head attention (no GQA, window, QK-norm or RoPE), the GELU feed-forward, no
+hooks on any module, its tensors contiguous on the CPU, and the weights of one ``generation.weights``
+choice: ``fp32`` (plain float32 ``nn.Linear``), ``int8`` (native ``Int8Linear``, the rest float32) or
+``bf16`` (bfloat16 ``nn.Linear`` / ``RowLinear``: every GPT-2 size; a bfloat16 model's activations are
+rounded to bfloat16 where PyTorch's bfloat16 operations round them, its cache is bfloat16, its
+logits too). ``FusedStep.build`` returns None for anything else (the architecture lab's variants,
+oneDNN-packed bf16 layers of models small enough for the CPU's caches, LoRA layers, a hooked or
+compiled module, no C compiler, ``GPT_LAB_NATIVE=0``, or ``GPT_LAB_FUSED=0``, which turns off this
+step alone: the benches' layer-by-layer row), and ``generate`` runs the model's own forward as before;
+``why_not`` says which condition failed. The prompt (many positions) always runs the forward.
 
 The step computes what ``model(ids, kv_cache=cache, last_only=True)`` computes, with the norms,
 softmax and sums in another order (the tests bound the logits against the forward and check the
-tokens against the book's loop), and advances ``cache.pos``.
+tokens against the book's loop), and advances ``cache.pos``. Its threads are the ``Decoder``'s
+choice for the step (all, or one while other processes hold the cores; one for a small model).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 from torch import nn
@@ -38,9 +43,10 @@ from gpt_lab.model.calls import calls_forward_only
 from gpt_lab.model.feedforward import GELU, FeedForward
 from gpt_lab.model.gpt import GPTModel, TransformerBlock
 from gpt_lab.model.norms import LayerNorm
+from gpt_lab.model.packed import RowLinear
 from gpt_lab.model.quantized import Int8Linear
 
-F32, INT8 = 0, 1  # a weight's kind in the native description (gl_linear.kind)
+F32, INT8, BF16 = 0, 1, 2  # a weight's kind in the native description (gl_linear.kind)
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -62,7 +68,7 @@ class _Block(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = (
         [(name, _size) for name in ("n_layers", "emb", "heads", "head_dim", "hidden", "max_len", "vocab", "batch")]
-        + [("eps", ctypes.c_float)]
+        + [("bf16", _size), ("eps", ctypes.c_float)]
         + [(name, _pointer) for name in ("tok_emb", "pos_emb", "final_w", "final_b")]
         + [("head", _Linear), ("blocks", ctypes.POINTER(_Block)), ("work", _pointer)]
     )
@@ -72,38 +78,62 @@ class NotFusableError(Exception):
     """Why a model (or its cache) is not one the native step runs; ``FusedStep.build`` turns it into None."""
 
 
-def _f32(tensor: torch.Tensor | None, what: str) -> int:
-    """The address of ``tensor``: contiguous float32 on the CPU, else ``NotFusableError`` naming ``what``."""
-    if tensor is None or tensor.dtype != torch.float32 or tensor.device.type != "cpu" or not tensor.is_contiguous():
-        described = "absent" if tensor is None else f"{tensor.dtype} on {tensor.device.type}"
-        raise NotFusableError(f"{what} is not a contiguous float32 CPU tensor ({described})")
-    return tensor.data_ptr()
+class _Tensors:
+    """The addresses of a model's tensors for the step, checked: contiguous, on the CPU, in the model's
+    ``dtype`` (float32, or bfloat16 for ``generation.weights=bf16``). The step reads a bfloat16 model's
+    small tensors (norms, biases, positions) as float32 copies, kept here (the same values)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise NotFusableError(f"the model's dtype is {dtype}, not float32 or bfloat16")
+        self.dtype = dtype
+        self.copies: list[torch.Tensor] = []
+
+    def address(self, tensor: torch.Tensor | None, what: str, dtype: torch.dtype | None = None) -> int:
+        """``tensor``'s own address (it must be ``dtype``, by default the model's)."""
+        dtype = dtype or self.dtype
+        if tensor is None or tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
+            described = "absent" if tensor is None else f"{tensor.dtype} on {tensor.device.type}"
+            raise NotFusableError(f"{what} is not a contiguous {dtype} CPU tensor ({described})")
+        return tensor.data_ptr()
+
+    def small(self, tensor: torch.Tensor | None, what: str) -> int:
+        """A float32 address for ``tensor`` (in the model's dtype): its own, or a copy's."""
+        self.address(tensor, what)
+        if self.dtype == torch.float32:
+            return tensor.data_ptr()
+        with torch.inference_mode(False), torch.no_grad():
+            copy = tensor.float()
+        self.copies.append(copy)
+        return copy.data_ptr()
+
+    def linear(self, module: nn.Module, what: str, n_out: int | None = None, n_in: int | None = None) -> _Linear:
+        bias = getattr(module, "bias", None)
+        bias_ptr = None if bias is None else self.small(bias, f"{what}.bias")
+        if type(module) in (nn.Linear, RowLinear):  # RowLinear: nn.Linear's parameters (a bf16 model's)
+            kind = F32 if self.dtype == torch.float32 else BF16
+            desc = _Linear(self.address(module.weight, f"{what}.weight"), None, bias_ptr, *module.weight.shape, kind)
+        elif type(module) is Int8Linear and module.blocked is not None and self.dtype == torch.float32:
+            scales = self.address(module.scales, f"{what}.scales")
+            n = (module.out_features, module.in_features)
+            desc = _Linear(module.blocked.data_ptr(), scales, bias_ptr, *n, INT8)
+        else:
+            raise NotFusableError(f"{what} is a {type(module).__name__}: not nn.Linear, RowLinear or native Int8Linear")
+        if (n_out is not None and desc.n_out != n_out) or (n_in is not None and desc.n_in != n_in):
+            raise NotFusableError(f"{what} is {desc.n_out} x {desc.n_in}, not {n_out} x {n_in}")
+        return desc
+
+    def norm(self, module: nn.Module, what: str, emb: int) -> tuple[int, int, float]:
+        if type(module) is not LayerNorm:
+            raise NotFusableError(f"{what} is a {type(module).__name__}, not the book's LayerNorm")
+        if module.scale.shape != (emb,):
+            raise NotFusableError(f"{what} normalises {tuple(module.scale.shape)}, not ({emb},)")
+        return self.small(module.scale, f"{what}.scale"), self.small(module.shift, f"{what}.shift"), float(module.eps)
 
 
-def _linear(module: nn.Module, what: str, n_out: int | None = None, n_in: int | None = None) -> _Linear:
-    bias = getattr(module, "bias", None)
-    bias_ptr = None if bias is None else _f32(bias, f"{what}.bias")
-    if type(module) is nn.Linear:
-        desc = _Linear(_f32(module.weight, f"{what}.weight"), None, bias_ptr, *module.weight.shape, F32)
-    elif type(module) is Int8Linear and module.blocked is not None:
-        scales = _f32(module.scales, f"{what}.scales")
-        desc = _Linear(module.blocked.data_ptr(), scales, bias_ptr, module.out_features, module.in_features, INT8)
-    else:
-        raise NotFusableError(f"{what} is a {type(module).__name__}, not a plain nn.Linear or a native Int8Linear")
-    if (n_out is not None and desc.n_out != n_out) or (n_in is not None and desc.n_in != n_in):
-        raise NotFusableError(f"{what} is {desc.n_out} x {desc.n_in}, not {n_out} x {n_in}")
-    return desc
-
-
-def _norm(module: nn.Module, what: str, emb: int) -> tuple[int, int, float]:
-    if type(module) is not LayerNorm:
-        raise NotFusableError(f"{what} is a {type(module).__name__}, not the book's LayerNorm")
-    if module.scale.shape != (emb,):
-        raise NotFusableError(f"{what} normalises {tuple(module.scale.shape)}, not ({emb},)")
-    return _f32(module.scale, f"{what}.scale"), _f32(module.shift, f"{what}.shift"), float(module.eps)
-
-
-def _block(block: nn.Module, entry: object, i: int, emb: int, batch: int, max_len: int) -> tuple[_Block, int, int]:
+def _block(
+    tensors: _Tensors, block: nn.Module, entry: object, i: int, emb: int, batch: int, max_len: int
+) -> tuple[_Block, int, int]:
     """Block ``i``'s description and its feed-forward's hidden width and heads."""
     what = f"trf_blocks.{i}"
     if type(block) is not TransformerBlock or block.post_norms:
@@ -126,19 +156,20 @@ def _block(block: nn.Module, entry: object, i: int, emb: int, batch: int, max_le
         if tuple(tensor.shape) != (batch, heads, max_len, head_dim):
             raise NotFusableError(f"the cache's {name} of {what} is {tuple(tensor.shape)}")
     hidden = ff.layers[0].out_features
+    norm1, norm2 = tensors.norm(block.norm1, f"{what}.norm1", emb), tensors.norm(block.norm2, f"{what}.norm2", emb)
     desc = _Block(
-        *_norm(block.norm1, f"{what}.norm1", emb)[:2],
-        *_norm(block.norm2, f"{what}.norm2", emb)[:2],
-        _norm(block.norm1, f"{what}.norm1", emb)[2],
-        _norm(block.norm2, f"{what}.norm2", emb)[2],
-        _linear(att.W_query, f"{what}.att.W_query", inner, emb),
-        _linear(att.W_key, f"{what}.att.W_key", inner, emb),
-        _linear(att.W_value, f"{what}.att.W_value", inner, emb),
-        _linear(att.out_proj, f"{what}.att.out_proj", emb, inner),
-        _linear(ff.layers[0], f"{what}.ff.layers.0", hidden, emb),
-        _linear(ff.layers[2], f"{what}.ff.layers.2", emb, hidden),
-        _f32(entry.k, f"the cache's k of {what}"),
-        _f32(entry.v, f"the cache's v of {what}"),
+        *norm1[:2],
+        *norm2[:2],
+        norm1[2],
+        norm2[2],
+        tensors.linear(att.W_query, f"{what}.att.W_query", inner, emb),
+        tensors.linear(att.W_key, f"{what}.att.W_key", inner, emb),
+        tensors.linear(att.W_value, f"{what}.att.W_value", inner, emb),
+        tensors.linear(att.out_proj, f"{what}.att.out_proj", emb, inner),
+        tensors.linear(ff.layers[0], f"{what}.ff.layers.0", hidden, emb),
+        tensors.linear(ff.layers[2], f"{what}.ff.layers.2", emb, hidden),
+        tensors.address(entry.k, f"the cache's k of {what}"),
+        tensors.address(entry.v, f"the cache's v of {what}"),
     )
     return desc, hidden, heads
 
@@ -150,6 +181,8 @@ class FusedStep:
     """
 
     def __init__(self, model: GPTModel, cache: KVCache) -> None:
+        if os.environ.get("GPT_LAB_FUSED", "1") == "0":
+            raise NotFusableError("GPT_LAB_FUSED=0 is set")
         kernel, work_size = native.step_kernel(), native.step_work_kernel()
         if kernel is None or work_size is None:
             raise NotFusableError("the native kernels are not built (no C compiler, or GPT_LAB_NATIVE=0)")
@@ -164,32 +197,35 @@ class FusedStep:
         if not cache.layers or len(cache.layers) != len(model.trf_blocks) or type(cache.layers[0]) is not FullKV:
             raise NotFusableError("the cache does not hold one FullKV entry per block")
         batch, max_len = cache.layers[0].k.shape[0], cache.max_len
+        tensors = _Tensors(model.tok_emb.weight.dtype)
         blocks, hiddens, heads = [], [], set()
         for i, (block, entry) in enumerate(zip(model.trf_blocks, cache.layers, strict=True)):
-            desc, hidden, n_heads = _block(block, entry, i, emb, batch, max_len)
+            desc, hidden, n_heads = _block(tensors, block, entry, i, emb, batch, max_len)
             blocks.append(desc)
             hiddens.append(hidden)
             heads.add((n_heads, block.att.head_dim))
         if len(heads) != 1:
             raise NotFusableError("the blocks have different numbers or sizes of heads")
         ((n_heads, head_dim),) = heads
-        final_w, final_b, eps = _norm(model.final_norm, "final_norm", emb)
-        vocab = model.tok_emb.weight.shape[0]
-        self.head = _linear(model.out_head, "out_head", None, emb)
-        self.blocks = (_Block * len(blocks))(*blocks)
-        self.desc = _Model(
-            len(blocks), emb, n_heads, head_dim, max(hiddens), max_len, vocab, batch, eps,
-            _f32(model.tok_emb.weight, "tok_emb.weight"), _f32(model.pos_emb.weight, "pos_emb.weight"),
-            final_w, final_b, self.head, self.blocks, None,
-        )  # fmt: skip
         if model.pos_emb.weight.shape[0] < max_len:
             raise NotFusableError("the cache holds more positions than pos_emb has")
+        final_w, final_b, eps = tensors.norm(model.final_norm, "final_norm", emb)
+        vocab = model.tok_emb.weight.shape[0]
+        self.head = tensors.linear(model.out_head, "out_head", None, emb)
+        self.blocks = (_Block * len(blocks))(*blocks)
+        self.bf16 = tensors.dtype == torch.bfloat16
+        self.desc = _Model(
+            len(blocks), emb, n_heads, head_dim, max(hiddens), max_len, vocab, batch, self.bf16, eps,
+            tensors.address(model.tok_emb.weight, "tok_emb.weight"),
+            tensors.small(model.pos_emb.weight, "pos_emb.weight"), final_w, final_b, self.head, self.blocks, None,
+        )  # fmt: skip
         with torch.inference_mode(False):
             self.work = torch.empty(work_size(ctypes.addressof(self.desc)))
         self.desc.work = self.work.data_ptr()
         self.kernel = kernel
         self.cache = cache
         self.n_out = self.head.n_out
+        self.tensors = tensors  # the float32 copies the description points to
         self.model = model  # its tensors must outlive the pointers above
 
     @classmethod
@@ -216,7 +252,7 @@ class FusedStep:
                 f"token ids {tokens.tolist()} include one outside the vocabulary (0 .. {self.desc.vocab - 1})"
             )
         self.cache.pos = pos + 1
-        return logits
+        return logits.to(torch.bfloat16) if self.bf16 else logits  # a bfloat16 model's logits are bfloat16
 
 
 def why_not(model: nn.Module, cache: KVCache) -> str | None:

@@ -1,5 +1,5 @@
-"""gpt_lab's native CPU kernels: the float32 and int8 one-row products of generation steps and
-MLA's decoding attention.
+"""gpt_lab's native CPU kernels: the float32 and int8 one-row products of generation steps, MLA's
+decoding attention, and GPT-2's whole decoding step.
 
 - ``csrc/int8_linear.c``: PyTorch's int8 products read a one-row product's weights at 8-19 GB/s on
   the CPU the project is measured on (``_weight_int8pack_mm``; FBGEMM's with exact activation digits
@@ -13,6 +13,11 @@ MLA's decoding attention.
 - ``csrc/latent_attention.c``: MLA's absorbed decoding step, all heads over one latent, each
   latent row read once for all of them (docs/architecture-lab.md): ~1.2x PyTorch's CPU attention
   on the same split.
+- ``csrc/gpt2_step.c``: a whole cached generation step of the book's GPT-2 in one call, every layer's
+  norms, attention, GELU and shortcuts between the products on one OpenMP team
+  (gpt_lab/generation/fused.py): the products are the kernels' block functions (``csrc/products.h``),
+  float32, int8, or bfloat16 (``f32_linear.c``'s bfloat16 loop, AVX-512 BF16's dot products where the
+  CPU has them), so each sums as it does alone.
 
 They are compiled together the first time one is asked for, with the system C compiler (``$CC``,
 else ``cc``), ``-O3 -march=native`` and OpenMP from PyTorch's own runtime (``torch/lib/libgomp.so.1``:

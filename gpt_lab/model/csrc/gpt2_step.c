@@ -20,7 +20,8 @@
 #include "products.h"
 #include "vectors.h"
 
-enum { GL_F32 = 0, GL_INT8 = 1 }; /* a weight's kind: float32 (N, K), or the int8 kernel's blocks + scales */
+/* a weight's kind: float32 (N, K), the int8 kernel's blocks + scales, or bfloat16 (N, K) */
+enum { GL_F32 = 0, GL_INT8 = 1, GL_BF16 = 2 };
 
 typedef struct {
   const void* w;
@@ -33,13 +34,18 @@ typedef struct {
   const float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
   float eps1, eps2;
   gl_linear q, k, v, out, fc1, fc2;
-  float *k_cache, *v_cache; /* (batch, heads, max_len, head_dim) each */
+  void *k_cache, *v_cache; /* (batch, heads, max_len, head_dim) each, float32 or bfloat16 (bf16 below) */
 } gl_block;
 
 typedef struct {
   int64_t n_layers, emb, heads, head_dim, hidden, max_len, vocab, batch;
+  /* bf16: a bfloat16 model (generation.weights=bf16): tok_emb and the cache in bfloat16, and every
+   * activation rounded to bfloat16 where PyTorch's bfloat16 operations round their results (the
+   * other parameters come as float32 copies, the same values) */
+  int64_t bf16;
   float eps; /* the final norm's */
-  const float *tok_emb, *pos_emb, *final_w, *final_b;
+  const void* tok_emb; /* float32, or bfloat16 (bf16) */
+  const float *pos_emb, *final_w, *final_b;
   gl_linear head;
   const gl_block* blocks;
   float* work; /* gpt_lab_gpt2_step_work() floats */
@@ -48,16 +54,21 @@ typedef struct {
 /* Floats of scratch a step of M <= batch rows needs. */
 int64_t gpt_lab_gpt2_step_work(const gl_model* m) {
   const int64_t inner = m->heads * m->head_dim, b = m->batch;
-  return b * (3 * m->emb + 4 * inner + m->hidden) + b * m->heads * m->max_len;
+  int64_t widest = m->emb > inner ? m->emb : inner; /* the widest product input, for its bfloat16 copy */
+  widest = widest > m->hidden ? widest : m->hidden;
+  return b * (3 * m->emb + 4 * inner + m->hidden) + b * m->heads * m->max_len + (b * widest + 1) / 2;
 }
 
-/* y (M, n_out) = x (M, n_in) @ w^T + bias, the output blocks shared by the team (call from every thread). */
-static void product(const gl_linear* f, const float* x, float* y, int64_t M) {
+/* y (M, n_out) = x (M, n_in) @ w^T + bias, the output blocks shared by the team (call from every thread);
+ * xb: x in bfloat16 (a bfloat16 model's products read it; x's values are bfloat16 values there) */
+static void product(const gl_linear* f, const float* x, const uint16_t* xb, float* y, int64_t M) {
   const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
 #pragma omp for schedule(static) nowait
   for (int64_t b = 0; b < blocks; b++) {
     if (f->kind == GL_INT8)
       gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
+    else if (f->kind == GL_BF16)
+      gpt_lab_bf16_block(xb, (const uint16_t*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
     else
       gpt_lab_f32_block(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
   }
@@ -85,33 +96,73 @@ static inline float dot(const float* a, const float* b, int64_t n) {
   return lanes_sum(acc);
 }
 
+/* bfloat16 <-> float32: round to nearest even (NaN kept a quiet NaN), as c10::BFloat16 converts */
+static inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float from_bf16(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline float round_bf16(float f) { return from_bf16(to_bf16(f)); }
+
+/* a bfloat16 model's activations: n floats rounded to bfloat16 values, and their bits in xb for the
+ * next product (nothing for a float32 model) */
+static void round_all(const gl_model* m, float* x, uint16_t* xb, int64_t n) {
+  if (m->bf16)
+    for (int64_t i = 0; i < n; i++) {
+      const uint16_t h = to_bf16(x[i]);
+      x[i] = from_bf16(h);
+      if (xb) xb[i] = h;
+    }
+}
+
 /* The new position's attention for sequence r, head h: its key and value stored at pos, then
  * softmax over positions 0 .. pos of q . k / sqrt(d), the values summed with those weights. */
 static void attend(const gl_model* m, const gl_block* blk, const float* q, const float* k, const float* v,
-                   float* scores, float* out, int64_t r, int64_t h, int64_t pos) {
+                   float* scores, float* out, uint16_t* xb, int64_t r, int64_t h, int64_t pos) {
   const int64_t d = m->head_dim, inner = m->heads * d;
   const int64_t base = (r * m->heads + h) * m->max_len * d;
-  float *keys = blk->k_cache + base, *values = blk->v_cache + base;
-  memcpy(keys + pos * d, k + r * inner + h * d, (size_t)d * sizeof(float));
-  memcpy(values + pos * d, v + r * inner + h * d, (size_t)d * sizeof(float));
-  const float* qh = q + r * inner + h * d;
+  const float *qh = q + r * inner + h * d, *kh = k + r * inner + h * d, *vh = v + r * inner + h * d;
   const float scale = 1.0f / sqrtf((float)d);
-  float top = -INFINITY;
-  for (int64_t t = 0; t <= pos; t++) {
-    scores[t] = dot(qh, keys + t * d, d) * scale;
-    top = scores[t] > top ? scores[t] : top;
-  }
-  float total = 0.0f;
-  for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
   float* o = out + r * inner + h * d;
+  float top = -INFINITY, total = 0.0f;
   for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
-  for (int64_t t = 0; t <= pos; t++) {
-    const float p = scores[t];
-    const float* vt = values + t * d;
-    for (int64_t j = 0; j < d; j++) o[j] += p * vt[j];
+  if (m->bf16) {
+    uint16_t *keys = (uint16_t*)blk->k_cache + base, *values = (uint16_t*)blk->v_cache + base;
+    for (int64_t j = 0; j < d; j++) {
+      keys[pos * d + j] = to_bf16(kh[j]);
+      values[pos * d + j] = to_bf16(vh[j]);
+    }
+    for (int64_t t = 0; t <= pos; t++) {
+      float s = 0.0f;
+      for (int64_t j = 0; j < d; j++) s += qh[j] * from_bf16(keys[t * d + j]);
+      scores[t] = s * scale;
+      top = scores[t] > top ? scores[t] : top;
+    }
+    for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
+    for (int64_t t = 0; t <= pos; t++)
+      for (int64_t j = 0; j < d; j++) o[j] += scores[t] * from_bf16(values[t * d + j]);
+  } else {
+    float *keys = (float*)blk->k_cache + base, *values = (float*)blk->v_cache + base;
+    memcpy(keys + pos * d, kh, (size_t)d * sizeof(float));
+    memcpy(values + pos * d, vh, (size_t)d * sizeof(float));
+    for (int64_t t = 0; t <= pos; t++) {
+      scores[t] = dot(qh, keys + t * d, d) * scale;
+      top = scores[t] > top ? scores[t] : top;
+    }
+    for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
+    for (int64_t t = 0; t <= pos; t++)
+      for (int64_t j = 0; j < d; j++) o[j] += scores[t] * values[t * d + j];
   }
   const float inv = 1.0f / total;
   for (int64_t j = 0; j < d; j++) o[j] *= inv;
+  round_all(m, o, xb + r * inner + h * d, d);
 }
 
 static inline float gelu(float x) { /* GELU, tanh approximation: F.gelu(x, approximate="tanh") */
@@ -134,42 +185,71 @@ int gpt_lab_gpt2_step(const gl_model* m, const int64_t* tokens, int64_t M, int64
   float* att = v + M * inner;
   float* ff = att + M * inner; /* (M, hidden) */
   float* scores = ff + M * m->hidden; /* (M * heads, max_len) */
+  uint16_t* xb = (uint16_t*)(scores + M * m->heads * m->max_len); /* the next product's input in bfloat16 */
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
   {
 #pragma omp single
     for (int64_t r = 0; r < M; r++)
-      for (int64_t i = 0; i < E; i++) x[r * E + i] = m->tok_emb[tokens[r] * E + i] + m->pos_emb[pos * E + i];
+      for (int64_t i = 0; i < E; i++) {
+        const int64_t at = tokens[r] * E + i;
+        const float token = m->bf16 ? from_bf16(((const uint16_t*)m->tok_emb)[at]) : ((const float*)m->tok_emb)[at];
+        x[r * E + i] = token + m->pos_emb[pos * E + i];
+      }
+    round_all(m, x, NULL, M * E);
     for (int64_t l = 0; l < m->n_layers; l++) {
       const gl_block* blk = m->blocks + l;
 #pragma omp single
-      for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, blk->norm1_w, blk->norm1_b, blk->eps1, h + r * E, E);
-      product(&blk->q, h, q, M);
-      product(&blk->k, h, k, M);
-      product(&blk->v, h, v, M);
+      {
+        for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, blk->norm1_w, blk->norm1_b, blk->eps1, h + r * E, E);
+        round_all(m, h, xb, M * E);
+      }
+      product(&blk->q, h, xb, q, M);
+      product(&blk->k, h, xb, k, M);
+      product(&blk->v, h, xb, v, M);
 #pragma omp barrier
+#pragma omp single
+      round_all(m, q, NULL, 3 * M * inner); /* q, k and v lie one after another */
 #pragma omp for schedule(static)
       for (int64_t task = 0; task < M * m->heads; task++)
-        attend(m, blk, q, k, v, scores + task * m->max_len, att, task / m->heads, task % m->heads, pos);
-      product(&blk->out, att, y, M);
+        attend(m, blk, q, k, v, scores + task * m->max_len, att, xb, task / m->heads, task % m->heads, pos);
+      product(&blk->out, att, xb, y, M);
 #pragma omp barrier
 #pragma omp single
-      for (int64_t r = 0; r < M; r++) {
-        for (int64_t i = 0; i < E; i++) x[r * E + i] += y[r * E + i];
-        layer_norm(x + r * E, blk->norm2_w, blk->norm2_b, blk->eps2, h + r * E, E);
+      {
+        round_all(m, y, NULL, M * E);
+        for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
+        round_all(m, x, NULL, M * E);
+        for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, blk->norm2_w, blk->norm2_b, blk->eps2, h + r * E, E);
+        round_all(m, h, xb, M * E);
       }
-      product(&blk->fc1, h, ff, M);
+      product(&blk->fc1, h, xb, ff, M);
 #pragma omp barrier
       const int64_t n_ff = M * blk->fc1.n_out;
+      /* the product's output rounded, then GELU's (a bfloat16 model; float32: gelu alone) */
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < n_ff; i++) ff[i] = gelu(ff[i]);
-      product(&blk->fc2, ff, y, M);
+      for (int64_t i = 0; i < n_ff; i++) {
+        if (m->bf16) {
+          xb[i] = to_bf16(gelu(round_bf16(ff[i])));
+          ff[i] = from_bf16(xb[i]);
+        } else {
+          ff[i] = gelu(ff[i]);
+        }
+      }
+      product(&blk->fc2, ff, xb, y, M);
 #pragma omp barrier
 #pragma omp single
-      for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
+      {
+        round_all(m, y, NULL, M * E);
+        for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
+        round_all(m, x, NULL, M * E);
+      }
     }
 #pragma omp single
-    for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, m->final_w, m->final_b, m->eps, h + r * E, E);
-    product(&m->head, h, logits, M);
+    {
+      for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, m->final_w, m->final_b, m->eps, h + r * E, E);
+      round_all(m, h, xb, M * E);
+    }
+    product(&m->head, h, xb, logits, M);
   }
   return 0;
 }

@@ -1,4 +1,4 @@
-/* The block functions of the float32 and int8 one-row products (f32_linear.c, int8_linear.c): output
+/* The block functions of the float32, bfloat16 and int8 one-row products (f32_linear.c, int8_linear.c): output
  * block b (rows b * GPT_LAB_ROWS ..) of y = x @ w^T + bias for every row of x, what one thread does.
  * The products' own entry points split the blocks over an OpenMP team; the decoding step
  * (gpt2_step.c) calls them from its own team, so a product sums exactly as it does alone. */
@@ -10,6 +10,8 @@
 
 void gpt_lab_f32_block(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
                        int64_t b);
+void gpt_lab_bf16_block(const uint16_t* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t N,
+                        int64_t K, int64_t b); /* x and w: bfloat16 bits */
 void gpt_lab_int8_block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
                         int64_t N, int64_t K, int64_t b);
 

@@ -13,6 +13,8 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int8_t v16b __attribute__((vector_size(16)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef uint32_t v16u32 __attribute__((vector_size(64)));
 
 static inline v16f load_part(const float* p, int64_t left) { /* left < L: the rest zero */
   v16f v = {0};
