@@ -31,6 +31,7 @@ import torch
 from bench_common import (
     PROMPT_IDS,
     ROOT,
+    ReadBandwidth,
     book_training_seconds,
     build_book,
     build_hf,
@@ -67,14 +68,6 @@ def hf_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
 
 
 # --- timing ---------------------------------------------------------------------------------------
-
-
-def read_bandwidth_gbs(reps: int = 7) -> float:
-    """Memory read bandwidth (GB/s) of a sum over 512 MB, median of ``reps``."""
-    big = torch.ones(128 * 1024 * 1024)
-    big.sum()
-    secs = [timed(big.sum) for _ in range(reps)]
-    return big.numel() * 4 / statistics.median(secs) / 1e9
 
 
 def gemm_gflops(reps: int = 5) -> float:
@@ -370,6 +363,8 @@ def main() -> None:
         return
     hf = have_transformers() and not args.no_hf
 
+    probe = ReadBandwidth()  # bench_common: the fastest of three readers of 512 MB
+    bandwidth = probe.measure()
     machine = {
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
@@ -377,7 +372,8 @@ def main() -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": _version("transformers") if hf else None,
-        "read_bandwidth_GBps": read_bandwidth_gbs(),
+        "read_bandwidth_GBps": bandwidth["limit"],
+        "read_bandwidth_readers_GBps": {k: v for k, v in bandwidth.items() if k != "limit"},
         "gemm_GFLOPps": gemm_gflops(),
     }
     print(f"machine: {machine}", flush=True)
@@ -386,7 +382,6 @@ def main() -> None:
     if "generation" not in args.skip:  # scripts/bench_generation.py: every precision, bytes and the limit
         import bench_generation
 
-        bandwidth = machine["read_bandwidth_GBps"]
         for size in ["gpt2_small", *args.gen_sizes]:
             n = args.new_tokens if size == "gpt2_small" else args.big_new_tokens
             print(f"generation: {size}, greedy, batch 1, 'Hello, I am' + {n} tokens", flush=True)
@@ -394,7 +389,7 @@ def main() -> None:
             size_args = argparse.Namespace(**{**vars(args), "new_tokens": n})
             key = "generation" if size == "gpt2_small" else f"generation_{size}"
             book = size == "gpt2_small"  # the book's code is timed on the small model only
-            results[key] = bench_generation.bench_generation(size_state, size_cfg, size_args, hf, bandwidth, book)
+            results[key] = bench_generation.bench_generation(size_state, size_cfg, size_args, hf, probe, book)
             tables.append((f"greedy generation, {size}, batch 1, prompt + {n} tokens", results[key]))
     if args.llama_cpp:  # optional, not in CI: scripts/bench_llamacpp.py (skips, saying what it needs)
         import bench_llamacpp
@@ -444,6 +439,8 @@ def main() -> None:
         for name, row in rows.items():
             if "seconds" in row:  # time to first token
                 print(f"  {name:52s} {row['seconds']:8.3f} s")
+            elif "GBps" in row:  # the read bandwidth the fractions are of, timed in the same rounds
+                print(f"  {name + ' (' + row['reader'] + ')':52s} {row['GBps']:8.1f} GB/s")
             else:
                 print(f"  {name:52s} {fmt(row)}{fmt_limit(row)}")
     if "build" in results:

@@ -107,6 +107,41 @@ def interleaved(
     return out
 
 
+class ReadBandwidth:
+    """The machine's read bandwidth (GB/s), by three readers of the same 512 MB: PyTorch's float32 sum,
+    its bfloat16 sum, and (where it builds) gpt_lab's float32 one-row kernel over the buffer as a
+    (32768, 4096) matrix. Each reads every byte once; ``measure`` times each (median of ``reps``) and
+    takes the fastest as the limit, the nearest any code came to what the memory delivers (the float32
+    sum alone read 10-15 % below it). ``read`` is one read by that fastest reader: the generation
+    bench times it in the same rounds as its rows, since this shared machine's bandwidth drifts by a
+    fifth within minutes (28.6 GB/s before one run's rows, 35.3 after them)."""
+
+    def __init__(self) -> None:
+        from gpt_lab.model import native
+
+        big = torch.ones(128 * 1024 * 1024)
+        half = big.view(torch.bfloat16)  # the same bytes as bfloat16 values (ones' halves: 1.0 and 0.0)
+        self.nbytes = big.numel() * big.element_size()
+        self.readers: dict[str, Callable[[], object]] = {"float32 sum": big.sum, "bfloat16 sum": half.sum}
+        kernel = native.f32_kernel()
+        if kernel is not None:
+            rows, x = big.view(-1, 4096), torch.ones(1, 4096)
+            self.readers["gpt_lab float32 kernel"] = lambda: native.f32_linear(kernel, x, rows, None)
+        self.fastest = "float32 sum"
+
+    def measure(self, reps: int = 7) -> dict[str, float]:
+        """GB/s of each reader and, as ``"limit"``, the fastest's."""
+        found = {}
+        for name, read in self.readers.items():
+            read()
+            found[name] = self.nbytes / statistics.median(timed(read) for _ in range(reps)) / 1e9
+        self.fastest = max(found, key=found.get)
+        return {**found, "limit": found[self.fastest]}
+
+    def read(self) -> None:
+        self.readers[self.fastest]()
+
+
 def summary(seconds: list[float], work: float) -> dict[str, float]:
     """Throughput (work per second): median, min, max over the runs."""
     rates = [work / s for s in seconds]

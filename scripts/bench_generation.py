@@ -5,8 +5,10 @@ Generation on the CPU reads every weight once per token, plus the key/value cach
 so far. A row's bytes per token are what one step of its model reads
 (``gpt_lab.model.stats.step_read_bytes``: every parameter and buffer, one row of each embedding
 table) plus the cache a step reads on average over the run (``kv_bytes_per_token``); at the
-machine's measured read bandwidth that gives the most tokens per second any implementation could
-reach, and each row prints its fraction of it.
+machine's read bandwidth that gives the most tokens per second any implementation could reach, and
+each row prints its fraction of it. The bandwidth is the fastest of three readers of 512 MB
+(``bench_common.ReadBandwidth``), timed in the same rounds as the rows: on a shared machine it
+drifts within minutes, and a figure measured once before the rows was both under- and overshot.
 
 Run through ``scripts/bench.py`` (``--skip generation`` leaves it out; ``--gen-sizes`` adds
 gpt2_medium / gpt2_xl rows).
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_common import PROMPT_IDS, build_book, build_hf, hf_generate, interleaved, summary, timed
+from bench_common import PROMPT_IDS, ReadBandwidth, build_book, build_hf, hf_generate, interleaved, summary, timed
 from book_reference import ref_greedy, ref_kv_greedy
 from torch import nn
 
@@ -36,6 +39,7 @@ GEN_AT = {"fp32": GEN, "bf16": "gpt_lab generate, bf16 weights", "int8": "gpt_la
 LAYERWISE = "gpt_lab generate, fp32 layer by layer (GPT_LAB_FUSED=0)"
 HF_AT = {"fp32": "transformers generate (cache)", "bf16": "transformers generate, bf16"}
 BOOK_KV = "book KV-cache variant"
+BANDWIDTH = "read bandwidth"  # the probe's row: GB/s in the same rounds as the generation rows
 BOOK_LOOP = "book loop, no cache (generate_text_simple)"
 
 
@@ -62,11 +66,12 @@ def hf_model(state: dict, cfg: dict, weights: str) -> nn.Module:
 
 
 def bench_generation(
-    state: dict, cfg: dict, args: argparse.Namespace, hf: bool, bandwidth_gbs: float, book: bool = True
+    state: dict, cfg: dict, args: argparse.Namespace, hf: bool, probe: ReadBandwidth, book: bool = True
 ) -> dict[str, Any]:
     """Greedy generation, batch 1, ``args.new_tokens`` tokens: gpt_lab in every precision, transformers
     in fp32 and bf16, and (``book``) the book's KV-cache variant and loop. fp32 tokens are checked
-    against the book's loop first; bf16 / int8 rows report how many tokens agree with fp32."""
+    against the book's loop first; bf16 / int8 rows report how many tokens agree with fp32. The read
+    bandwidth the rows' fractions are of is ``probe``'s fastest reader, timed in the same rounds."""
     n = args.new_tokens
     idx = torch.tensor([PROMPT_IDS])
     ctx = cfg["context_length"]
@@ -97,8 +102,10 @@ def bench_generation(
     same = [name for name in impls if name in fp32_names]
     print(f"  fp32 tokens identical over {n} new tokens: {', '.join(same)}", flush=True)
     print("  tokens equal to fp32's: " + ", ".join(f"{k} {v}/{n}" for k, v in agreement.items()), flush=True)
-    times = interleaved(impls, args.reps, warmup=0)
-    rows: dict[str, Any] = {}
+    times = interleaved({**impls, BANDWIDTH: probe.read}, args.reps, warmup=0)
+    bandwidth_gbs = probe.nbytes / statistics.median(times.pop(BANDWIDTH)) / 1e9
+    print(f"  read bandwidth in these rounds ({probe.fastest}): {bandwidth_gbs:.1f} GB/s", flush=True)
+    rows: dict[str, Any] = {BANDWIDTH: {"GBps": bandwidth_gbs, "reader": probe.fastest}}
     for name, seconds in times.items():
         dtype = ACTIVATION_DTYPE["fp32"]
         for w, label in (*GEN_AT.items(), *HF_AT.items()):

@@ -8,11 +8,13 @@ of it with the book's loop; the models it leaves to the forward, and the inputs 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import pytest
 import torch
 
+import gpt_lab.generation.decoding as decoding
 import gpt_lab.generation.sampling as sampling
 from gpt_lab.generation.fused import FusedStep, why_not
 from gpt_lab.generation.sampling import generate, generate_text_simple
@@ -246,3 +248,24 @@ def test_generate_with_a_sampled_token_uses_the_step(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sampling.FusedStep, "build", classmethod(lambda cls, *args: None))
     torch.manual_seed(7)
     assert torch.equal(generate(model, idx, 10, 24, temperature=1.0, top_k=20), fused)
+
+
+@pytest.mark.parametrize(("path", "expected"), [("plain", 1), ("split", 2)])
+def test_the_step_runs_on_the_decoders_threads(
+    path: str, expected: int, two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Decoder's plain path (another process holds a core) runs the native step, and the sampling
+    after it, on one thread; the split path on all."""
+    monkeypatch.setattr(decoding, "MIN_WEIGHT", 0)  # the Decoder for this small model too
+    monkeypatch.setattr(sampling, "Decoder", functools.partial(decoding.Decoder, path=path))
+    seen = []
+    real_call = FusedStep.__call__
+
+    def recorded(self: FusedStep, ids: torch.Tensor, threads: int) -> torch.Tensor:
+        seen.append((threads, torch.get_num_threads()))
+        return real_call(self, ids, threads)
+
+    monkeypatch.setattr(FusedStep, "__call__", recorded)
+    generate(model_as("fp32"), torch.tensor([[1, 2, 3]]), 5, 24)
+    assert seen == [(expected, expected)] * 4
+    assert torch.get_num_threads() == 2

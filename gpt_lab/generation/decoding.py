@@ -270,33 +270,30 @@ class Decoder:
         self.head_chunks = None
 
     @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
-        """One generation step: the layers run the chosen product (re-chosen every ``CHECK_EVERY`` steps)."""
-        threads = self.step_threads()
-        # An instance attribute shadows nn.Linear.forward; written straight into the instance dict
-        # (nn.Module's __setattr__ bookkeeping costs ~0.5 ms a step over GPT-2's 73 layers).
-        for linear, forward in self.forwards:
-            vars(linear)["forward"] = forward
-        # The plain path runs on one thread: any product split across threads waits for a busy core.
-        single = threads < self.threads
-        if single:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if single:
-                torch.set_num_threads(self.threads)
-            for linear, _ in self.forwards:
-                del vars(linear)["forward"]  # back to nn.Linear.forward
-
-    def step_threads(self) -> int:
-        """Count a generation step and return its threads: 1 on the plain path, else all (re-chosen every
-        ``CHECK_EVERY`` steps). ``step()`` calls it; a step that runs no layer of its own (the fused
-        native step, gpt_lab/generation/fused.py) calls it alone."""
+    def step(self, layers: bool = True) -> Iterator[int]:
+        """One generation step: the layers run the chosen product (re-chosen every ``CHECK_EVERY`` steps);
+        yields the step's threads (1 on the plain path, where PyTorch's are set to one for the step).
+        ``layers=False``: a step that runs none of the model's layers (the fused native step,
+        gpt_lab/generation/fused.py, which takes the threads it yields): the threads only."""
         if self.monitor is not None and self.steps >= self.next_check:
             self._choose_path()
         self.steps += 1
-        return 1 if self.path == "plain" else self.threads
+        forwards = self.forwards if layers else []
+        # An instance attribute shadows nn.Linear.forward; written straight into the instance dict
+        # (nn.Module's __setattr__ bookkeeping costs ~0.5 ms a step over GPT-2's 73 layers).
+        for linear, forward in forwards:
+            vars(linear)["forward"] = forward
+        # The plain path runs on one thread: any product split across threads waits for a busy core.
+        single = self.path == "plain" and self.threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            yield 1 if single else self.threads
+        finally:
+            if single:
+                torch.set_num_threads(self.threads)
+            for linear, _ in forwards:
+                del vars(linear)["forward"]  # back to nn.Linear.forward
 
     def _choose_path(self) -> None:
         """Split while the other processes leave a core free for each thread, plain otherwise."""

@@ -158,8 +158,9 @@ def _steps(
                 try:
                     # no_grad per step, not around the yield: the caller's code keeps its own grad mode.
                     if fused is not None and cached and new_ids.shape[1] == 1:  # one native call
-                        with grad_off():
-                            logits = fused(new_ids, decoder.step_threads() if decoder else 1)
+                        # The Decoder's threads for the step (one for a small model); sampling after it too.
+                        with grad_off(), decoder.step(layers=False) if decoder else contextlib.nullcontext(1) as n:
+                            logits = fused(new_ids, n)
                             idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)
                     else:
                         with grad_off(), decoder.step() if decoder else contextlib.nullcontext():
