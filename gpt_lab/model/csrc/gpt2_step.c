@@ -6,8 +6,9 @@
  * around them (norms, attention over the cache, GELU, the shortcuts): run one by one from Python those
  * cost ~1.7 ms a token, ~10 % of the step. Here they run between the products on one OpenMP team
  * (threads wait at barriers, a few microseconds, instead of a team per product), and the products
- * are the float32 and int8 kernels' own block functions (products.h): each output sums exactly as it
- * does in a product alone, whatever the number of threads.
+ * are the float32, bfloat16 and int8 kernels' own block functions (products.h): each output sums
+ * exactly as it does in a product alone, whatever the number of threads. Every stage reads what the
+ * one before wrote: the serial ones run in `omp single` (its barrier), the products end at a barrier.
  *
  * The block: x += out(attention(norm1(x))), then x += fc2(gelu(fc1(norm2(x)))) — LayerNorm with biased
  * variance, GELU's tanh approximation, causal attention of the new position over positions 0 .. pos
@@ -189,13 +190,15 @@ int gpt_lab_gpt2_step(const gl_model* m, const int64_t* tokens, int64_t M, int64
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
   {
 #pragma omp single
-    for (int64_t r = 0; r < M; r++)
-      for (int64_t i = 0; i < E; i++) {
-        const int64_t at = tokens[r] * E + i;
-        const float token = m->bf16 ? from_bf16(((const uint16_t*)m->tok_emb)[at]) : ((const float*)m->tok_emb)[at];
-        x[r * E + i] = token + m->pos_emb[pos * E + i];
-      }
-    round_all(m, x, NULL, M * E);
+    {
+      for (int64_t r = 0; r < M; r++)
+        for (int64_t i = 0; i < E; i++) {
+          const int64_t at = tokens[r] * E + i;
+          const float token = m->bf16 ? from_bf16(((const uint16_t*)m->tok_emb)[at]) : ((const float*)m->tok_emb)[at];
+          x[r * E + i] = token + m->pos_emb[pos * E + i];
+        }
+      round_all(m, x, NULL, M * E);
+    }
     for (int64_t l = 0; l < m->n_layers; l++) {
       const gl_block* blk = m->blocks + l;
 #pragma omp single
