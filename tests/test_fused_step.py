@@ -51,7 +51,8 @@ def model_as(weights: str, **overrides: object) -> GPTModel:
             if "norm" in name or "pos_emb" in name:
                 p.add_(0.3 * torch.randn_like(p))
     if weights == "bf16":  # every size's bf16 layers as gpt2_small gets them (RowLinear, not oneDNN-packed)
-        return row_linears_(model.to(torch.bfloat16)) and model
+        row_linears_(model.to(torch.bfloat16))
+        return model
     return use_weights(model, weights)
 
 
