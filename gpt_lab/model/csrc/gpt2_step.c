@@ -17,6 +17,7 @@
  * float32 rounding; the tests bound the logits against the model's own forward).
  */
 #include <math.h>
+#include <omp.h>
 
 #include "products.h"
 #include "vectors.h"
@@ -60,18 +61,24 @@ int64_t gpt_lab_gpt2_step_work(const gl_model* m) {
   return b * (3 * m->emb + 4 * inner + m->hidden) + b * m->heads * m->max_len + (b * widest + 1) / 2;
 }
 
-/* y (M, n_out) = x (M, n_in) @ w^T + bias, the output blocks shared by the team (call from every thread);
- * xb: x in bfloat16 (a bfloat16 model's products read it; x's values are bfloat16 values there) */
+/* y (M, n_out) = x (M, n_in) @ w^T + bias, the outputs shared by the team (call from every thread; no
+ * barrier at the end). xb: x in bfloat16 (a bfloat16 model's products read it; x's values are bfloat16
+ * values there). float32: each thread its contiguous share of outputs as long streams
+ * (gpt_lab_f32_rows); int8 and bfloat16: blocks of 8 outputs handed out in order. */
 static void product(const gl_linear* f, const float* x, const uint16_t* xb, float* y, int64_t M) {
+  if (f->kind == GL_F32) {
+    int64_t r0, r1;
+    gpt_lab_f32_share(f->n_out, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+    gpt_lab_f32_rows(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, r0, r1);
+    return;
+  }
   const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
 #pragma omp for schedule(static) nowait
   for (int64_t b = 0; b < blocks; b++) {
     if (f->kind == GL_INT8)
       gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
-    else if (f->kind == GL_BF16)
-      gpt_lab_bf16_block(xb, (const uint16_t*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
     else
-      gpt_lab_f32_block(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
+      gpt_lab_bf16_block(xb, (const uint16_t*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
   }
 }
 

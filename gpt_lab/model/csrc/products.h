@@ -1,15 +1,17 @@
-/* The block functions of the float32, bfloat16 and int8 one-row products (f32_linear.c, int8_linear.c): output
- * block b (rows b * GPT_LAB_ROWS ..) of y = x @ w^T + bias for every row of x, what one thread does.
- * The products' own entry points split the blocks over an OpenMP team; the decoding step
- * (gpt2_step.c) calls them from its own team, so a product sums exactly as it does alone. */
+/* What one thread does of the float32, bfloat16 and int8 one-row products (f32_linear.c, int8_linear.c),
+ * y = x @ w^T + bias for every row of x: float32 a range of outputs, bfloat16 and int8 a block of
+ * GPT_LAB_ROWS outputs (rows b * GPT_LAB_ROWS ..). The products' own entry points share them over an
+ * OpenMP team; the decoding step (gpt2_step.c) calls them from its own team, so a product sums exactly
+ * as it does alone. */
 #ifndef GPT_LAB_PRODUCTS_H
 #define GPT_LAB_PRODUCTS_H
 #include <stdint.h>
 
-#define GPT_LAB_ROWS 8 /* output rows per block, both kernels */
+#define GPT_LAB_ROWS 8 /* output rows summed together, every kernel */
 
-void gpt_lab_f32_block(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
-                       int64_t b);
+void gpt_lab_f32_rows(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                      int64_t r0, int64_t r1); /* outputs r0 .. r1 - 1 (float32: see f32_linear.c) */
+void gpt_lab_f32_share(int64_t N, int t, int T, int64_t* r0, int64_t* r1); /* thread t's outputs */
 void gpt_lab_bf16_block(const uint16_t* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t N,
                         int64_t K, int64_t b); /* x and w: bfloat16 bits */
 void gpt_lab_int8_block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
