@@ -41,45 +41,10 @@ static inline __attribute__((always_inline)) void rows_dot_f32(const float* x, c
   }
 }
 
-/* y's outputs r0 .. r1 - 1 for every row of x: float32 w (N, K), bias (N) or NULL, x (M, K), y (M, N).
- * The R rows summed together are not neighbours but R streams: the range is cut into R runs of rows and
- * stream j walks run j row after row, so each stream reads one long stretch of memory. Taking R
- * neighbouring rows at a time instead restarts R - 1 streams every R rows, and a core's prefetcher
- * loses the time each restart costs: one core, from memory, 768-input rows read 16-17 GB/s that way
- * and 22-23 this way (3,072 inputs: 22 against 24.5). Each output sums as it would alone (one fixed
- * order), so which rows go together changes nothing, bit for bit. The n % R rows left over at the
- * end run together as a last, partial group. */
-void gpt_lab_f32_rows(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,
-                      int64_t r0, int64_t r1) {
-  const int64_t span = (r1 - r0) / R; /* rows per stream */
-  const float* row[R];
-  v16f acc[R];
-  for (int64_t i = 0; i <= span; i++) {
-    const int n = i < span ? R : (int)((r1 - r0) % R); /* i == span: the rows left over */
-    if (n == 0) break;
-    int64_t out[R];
-    for (int j = 0; j < n; j++) {
-      out[j] = i < span ? r0 + j * span + i : r0 + R * span + j;
-      row[j] = w + out[j] * K;
-    }
-    for (int64_t m = 0; m < M; m++) { /* the R rows are in the caches for the next x row */
-      if (n == R)
-        rows_dot_f32(x + m * K, row, K, R, acc);
-      else
-        rows_dot_f32(x + m * K, row, K, n, acc);
-      for (int j = 0; j < n; j++) {
-        const float s = lanes_sum(acc[j]);
-        y[m * N + out[j]] = bias ? s + bias[out[j]] : s;
-      }
-    }
-  }
-}
-
 /* The same for bfloat16 inputs and weights (their bits: a float32's top half; the decoding step converts
- * a bfloat16 model's activations once per product), row after row: the weights read strictly in order.
- * With AVX-512 BF16, 32 inputs an instruction (vdpbf16ps: lane i adds x[2i] w[2i] + x[2i+1] w[2i+1]) on
- * two chains of partial sums. One core, weights from memory: 16-19 GB/s, where widening the weights to
- * float32 16 at a time (8 rows together, as above, or row by row) read 10-11. Elsewhere both are
+ * a bfloat16 model's activations once per product). With AVX-512 BF16, 32 inputs an instruction
+ * (vdpbf16ps: lane i adds x[2i] w[2i] + x[2i+1] w[2i+1]): one core read 16-19 GB/s of weights from
+ * memory that way (one row at a time), 10-11 widening them to float32 first. Elsewhere both are
  * widened, 16 a step. */
 #if defined(__AVX512BF16__)
 static inline __m512bh load_bf16x32(const uint16_t* p, int64_t left) { /* 32 values (zeros past left) */
@@ -90,20 +55,15 @@ static inline __m512bh load_bf16x32(const uint16_t* p, int64_t left) { /* 32 val
   return b;
 }
 
-static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K, int n,
-                                                                v16f acc[R]) {
-  for (int j = 0; j < n; j++) {
-    const uint16_t* row = w + j * K;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 4 * L <= K; k += 4 * L) {
-      a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + k, 2 * L), load_bf16x32(row + k, 2 * L));
-      a1 = _mm512_dpbf16_ps(a1, load_bf16x32(x + k + 2 * L, 2 * L), load_bf16x32(row + k + 2 * L, 2 * L));
-    }
-    for (; k < K; k += 2 * L) a0 = _mm512_dpbf16_ps(a0, load_bf16x32(x + k, K - k), load_bf16x32(row + k, K - k));
-    a0 = _mm512_add_ps(a0, a1);
-    memcpy(&acc[j], &a0, sizeof acc[j]);
+static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* x, const uint16_t* const row[R],
+                                                                int64_t K, int n, v16f acc[R]) {
+  __m512 a[R];
+  for (int j = 0; j < R; j++) a[j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 2 * L) {
+    const __m512bh xv = load_bf16x32(x + k, K - k);
+    for (int j = 0; j < n; j++) a[j] = _mm512_dpbf16_ps(a[j], xv, load_bf16x32(row[j] + k, K - k));
   }
+  for (int j = 0; j < R; j++) memcpy(&acc[j], &a[j], sizeof acc[j]);
 }
 #else
 static inline v16f load_bf16(const uint16_t* p, int64_t left) { /* 16 values widened (zeros past left) */
@@ -115,34 +75,53 @@ static inline v16f load_bf16(const uint16_t* p, int64_t left) { /* 16 values wid
   return v;
 }
 
-static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K, int n,
-                                                                v16f acc[R]) {
-  for (int j = 0; j < n; j++) {
-    v16f a = {0};
-    for (int64_t k = 0; k < K; k += L) a += load_bf16(x + k, K - k) * load_bf16(w + j * K + k, K - k);
-    acc[j] = a;
+static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* x, const uint16_t* const row[R],
+                                                                int64_t K, int n, v16f acc[R]) {
+  for (int j = 0; j < R; j++) acc[j] = (v16f){0};
+  for (int64_t k = 0; k < K; k += L) {
+    const v16f xv = load_bf16(x + k, K - k);
+    for (int j = 0; j < n; j++) acc[j] += xv * load_bf16(row[j] + k, K - k);
   }
 }
 #endif
 
-/* Output block b (rows b*R ..) of y for every row of x, bfloat16 x (M, K) and w (N, K), bias (N) float32 or
- * NULL, y (M, N) float32: what one thread does (the decoding step's bfloat16 products, gpt2_step.c). */
-void gpt_lab_bf16_block(const uint16_t* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t N,
-                        int64_t K, int64_t b) {
-  const int64_t n0 = b * R;
-  const int n = (int)(N - n0 < R ? N - n0 : R);
-  for (int64_t m = 0; m < M; m++) {
-    v16f acc[R];
-    if (n == R)
-      rows_dot_bf16(x + m * K, w + n0 * K, K, R, acc);
-    else
-      rows_dot_bf16(x + m * K, w + n0 * K, K, n, acc);
-    for (int j = 0; j < n; j++) {
-      const float s = lanes_sum(acc[j]);
-      y[m * N + n0 + j] = bias ? s + bias[n0 + j] : s;
-    }
+/* y's outputs r0 .. r1 - 1 for every row of x: w (N, K) and x (M, K) float32 (gpt_lab_f32_rows) or
+ * bfloat16 (gpt_lab_bf16_rows), bias (N) float32 or NULL, y (M, N) float32.
+ * The R rows summed together are not neighbours but R streams: the range is cut into R runs of rows and
+ * stream j walks run j row after row, so each stream reads one long stretch of memory. Taking R
+ * neighbouring rows at a time instead restarts R - 1 streams every R rows, and a core's prefetcher
+ * loses the time each restart costs: one core, from memory, 768-input rows read 16-17 GB/s that way
+ * and 22-23 this way (3,072 inputs: 22 against 24.5). Each output sums as it would alone (one fixed
+ * order), so which rows go together changes nothing, bit for bit. The n % R rows left over at the
+ * end run together as a last, partial group. */
+#define ROWS(NAME, T)                                                                                           \
+  void gpt_lab_##NAME##_rows(const T* x, const T* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K, \
+                             int64_t r0, int64_t r1) {                                                          \
+    const int64_t span = (r1 - r0) / R; /* rows per stream */                                                   \
+    const T* row[R];                                                                                            \
+    v16f acc[R];                                                                                                \
+    for (int64_t i = 0; i <= span; i++) {                                                                       \
+      const int n = i < span ? R : (int)((r1 - r0) % R); /* i == span: the rows left over */                   \
+      if (n == 0) break;                                                                                        \
+      int64_t out[R];                                                                                           \
+      for (int j = 0; j < n; j++) {                                                                             \
+        out[j] = i < span ? r0 + j * span + i : r0 + R * span + j;                                              \
+        row[j] = w + out[j] * K;                                                                                \
+      }                                                                                                         \
+      for (int64_t m = 0; m < M; m++) { /* the R rows are in the caches for the next x row */                  \
+        if (n == R)                                                                                             \
+          rows_dot_##NAME(x + m * K, row, K, R, acc);                                                           \
+        else                                                                                                    \
+          rows_dot_##NAME(x + m * K, row, K, n, acc);                                                           \
+        for (int j = 0; j < n; j++) {                                                                           \
+          const float s = lanes_sum(acc[j]);                                                                    \
+          y[m * N + out[j]] = bias ? s + bias[out[j]] : s;                                                      \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
   }
-}
+ROWS(f32, float)
+ROWS(bf16, uint16_t)
 
 /* The outputs thread t of T computes: a contiguous share of whole groups of R (gpt2_step.c's too). */
 void gpt_lab_f32_share(int64_t N, int t, int T, int64_t* r0, int64_t* r1) {

@@ -63,23 +63,22 @@ int64_t gpt_lab_gpt2_step_work(const gl_model* m) {
 
 /* y (M, n_out) = x (M, n_in) @ w^T + bias, the outputs shared by the team (call from every thread; no
  * barrier at the end). xb: x in bfloat16 (a bfloat16 model's products read it; x's values are bfloat16
- * values there). float32: each thread its contiguous share of outputs as long streams
- * (gpt_lab_f32_rows); int8 and bfloat16: blocks of 8 outputs handed out in order. */
+ * values there). float32 and bfloat16: each thread its contiguous share of outputs as long streams
+ * (f32_linear.c); int8: blocks of 8 outputs handed out in order (its blocked layout is one stream). */
 static void product(const gl_linear* f, const float* x, const uint16_t* xb, float* y, int64_t M) {
-  if (f->kind == GL_F32) {
-    int64_t r0, r1;
-    gpt_lab_f32_share(f->n_out, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
-    gpt_lab_f32_rows(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, r0, r1);
+  if (f->kind == GL_INT8) {
+    const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
+#pragma omp for schedule(static) nowait
+    for (int64_t b = 0; b < blocks; b++)
+      gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
     return;
   }
-  const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
-#pragma omp for schedule(static) nowait
-  for (int64_t b = 0; b < blocks; b++) {
-    if (f->kind == GL_INT8)
-      gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
-    else
-      gpt_lab_bf16_block(xb, (const uint16_t*)f->w, f->bias, y, M, f->n_out, f->n_in, b);
-  }
+  int64_t r0, r1;
+  gpt_lab_f32_share(f->n_out, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+  if (f->kind == GL_BF16)
+    gpt_lab_bf16_rows(xb, (const uint16_t*)f->w, f->bias, y, M, f->n_out, f->n_in, r0, r1);
+  else
+    gpt_lab_f32_rows(x, (const float*)f->w, f->bias, y, M, f->n_out, f->n_in, r0, r1);
 }
 
 static void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t n) {
