@@ -64,13 +64,12 @@ int64_t gpt_lab_gpt2_step_work(const gl_model* m) {
 /* y (M, n_out) = x (M, n_in) @ w^T + bias, the outputs shared by the team (call from every thread; no
  * barrier at the end). xb: x in bfloat16 (a bfloat16 model's products read it; x's values are bfloat16
  * values there). float32 and bfloat16: each thread its contiguous share of outputs as long streams
- * (f32_linear.c); int8: blocks of 8 outputs handed out in order (its blocked layout is one stream). */
+ * (f32_linear.c); int8: a contiguous share of its blocks, two runs side by side (int8_linear.c). */
 static void product(const gl_linear* f, const float* x, const uint16_t* xb, float* y, int64_t M) {
   if (f->kind == GL_INT8) {
-    const int64_t blocks = (f->n_out + GPT_LAB_ROWS - 1) / GPT_LAB_ROWS;
-#pragma omp for schedule(static) nowait
-    for (int64_t b = 0; b < blocks; b++)
-      gpt_lab_int8_block(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b);
+    int64_t b0, b1;
+    gpt_lab_int8_share(f->n_out, omp_get_thread_num(), omp_get_num_threads(), &b0, &b1);
+    gpt_lab_int8_blocks(x, (const int8_t*)f->w, f->scale, f->bias, y, M, f->n_out, f->n_in, b0, b1);
     return;
   }
   int64_t r0, r1;

@@ -16,6 +16,8 @@
 #include <immintrin.h>
 #endif
 
+#include <omp.h>
+
 #include "products.h"
 #include "vectors.h" /* L = 16 inputs per chunk */
 
@@ -63,6 +65,20 @@ static inline v16f load_w(const int8_t* p) { /* 16 int8 -> 16 float, exactly */
 TILE(1)
 TILE(MB)
 
+/* one x row against two blocks at once (wa, wb: two runs of the weights, read side by side): per block
+ * the same sums as tile_1, so each output is the same bit for bit */
+static inline void tile_pair(const float* x, int64_t K, const int8_t* wa, const int8_t* wb, int64_t chunks,
+                             v16f acc_a[R], v16f acc_b[R]) {
+  for (int j = 0; j < R; j++) acc_a[j] = acc_b[j] = (v16f){0};
+  for (int64_t c = 0; c < chunks; c++, wa += R * L, wb += R * L) {
+    const v16f xv = (c + 1) * L <= K ? load_part(x + c * L, L) : load_part(x + c * L, K - c * L);
+    for (int j = 0; j < R; j++) {
+      acc_a[j] = acc_a[j] + xv * load_w(wa + j * L);
+      acc_b[j] = acc_b[j] + xv * load_w(wb + j * L);
+    }
+  }
+}
+
 static inline void finish(v16f acc[R], int64_t n0, int64_t N, const float* scale, const float* bias, float* y) {
   for (int j = 0; j < R && n0 + j < N; j++) {
     float s = lanes_sum(acc[j]) * scale[n0 + j];
@@ -90,9 +106,38 @@ void gpt_lab_int8_block(const float* x, const int8_t* w, const float* scale, con
   }
 }
 
+/* Blocks b0 .. b1 - 1 for every row of x. One x row: the range cut into two runs read side by side,
+ * two streams (one core read one stream of int8 blocks slower than two); several: block by block. */
+void gpt_lab_int8_blocks(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
+                         int64_t N, int64_t K, int64_t b0, int64_t b1) {
+  if (M != 1) {
+    for (int64_t b = b0; b < b1; b++) gpt_lab_int8_block(x, w, scale, bias, y, M, N, K, b);
+    return;
+  }
+  const int64_t chunks = (K + L - 1) / L, half = (b1 - b0) / 2, size = chunks * R * L;
+  for (int64_t i = 0; i < half; i++) {
+    const int64_t a = b0 + i, b = b0 + half + i;
+    v16f acc_a[R], acc_b[R];
+    tile_pair(x, K, w + a * size, w + b * size, chunks, acc_a, acc_b);
+    finish(acc_a, a * R, N, scale, bias, y);
+    finish(acc_b, b * R, N, scale, bias, y);
+  }
+  if ((b1 - b0) % 2) gpt_lab_int8_block(x, w, scale, bias, y, M, N, K, b1 - 1);
+}
+
+/* Thread t of T's blocks: a contiguous share of them. */
+void gpt_lab_int8_share(int64_t N, int t, int T, int64_t* b0, int64_t* b1) {
+  const int64_t blocks = (N + R - 1) / R;
+  *b0 = blocks * t / T;
+  *b1 = blocks * (t + 1) / T;
+}
+
 void gpt_lab_int8_linear(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
                          int64_t M, int64_t N, int64_t K, int threads) {
-  const int64_t blocks = (N + R - 1) / R;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
-  for (int64_t b = 0; b < blocks; b++) gpt_lab_int8_block(x, w, scale, bias, y, M, N, K, b);
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+  {
+    int64_t b0, b1;
+    gpt_lab_int8_share(N, omp_get_thread_num(), omp_get_num_threads(), &b0, &b1);
+    gpt_lab_int8_blocks(x, w, scale, bias, y, M, N, K, b0, b1);
+  }
 }

@@ -16,5 +16,8 @@ void gpt_lab_bf16_rows(const uint16_t* x, const uint16_t* w, const float* bias, 
                        int64_t K, int64_t r0, int64_t r1); /* the same, x and w bfloat16 bits */
 void gpt_lab_int8_block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
                         int64_t N, int64_t K, int64_t b);
+void gpt_lab_int8_blocks(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t M,
+                         int64_t N, int64_t K, int64_t b0, int64_t b1); /* blocks b0 .. b1 - 1 */
+void gpt_lab_int8_share(int64_t N, int t, int T, int64_t* b0, int64_t* b1); /* thread t's blocks */
 
 #endif
