@@ -8,8 +8,9 @@ decoding attention, and GPT-2's whole decoding step.
   registers, float32 products and sums, each output row summed in one fixed order (a row's result
   depends on that row alone, so a cached step equals the whole sequence's forward, bit for bit).
 - ``csrc/f32_linear.c``: the float32 product of a generation step's few rows from ``nn.Linear``'s
-  own weight (the CPU decoding path, gpt_lab/generation/decoding.py): 27-32 GB/s where MKL's
-  single-row product reads 14-23; each output row summed in one fixed order, as above.
+  own weight (the CPU decoding path, gpt_lab/generation/decoding.py), each thread's outputs read as 8
+  long streams of rows (one core: 22-24 GB/s, where 8 neighbouring rows at a time read 16-17 and
+  MKL's single-row product 14-23 with two); each output row summed in one fixed order, as above.
 - ``csrc/latent_attention.c``: MLA's absorbed decoding step, all heads over one latent, each
   latent row read once for all of them (docs/architecture-lab.md): ~1.2x PyTorch's CPU attention
   on the same split.

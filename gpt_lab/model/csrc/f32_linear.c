@@ -1,14 +1,15 @@
 /* gpt_lab's float32 one-row product for the CPU: y = x @ w^T + bias, w in nn.Linear's own (N, K) layout
- * (float32; the decoding step, gpt2_step.c, also reads bfloat16 weights through the same loop).
+ * (float32; the decoding step, gpt2_step.c, also reads bfloat16 weights through the same structure).
  *
  * Built with the int8 kernel (gpt_lab/model/native.py) and used by the CPU decoding path
  * (gpt_lab/generation/decoding.py) for a generation step's few rows: MKL's single-row product reads
- * the weights at 14-23 GB/s on the CPU the project is measured on, this loop at 27-32 (about the
- * machine's read bandwidth), from the weights as the model holds them: no copy, no other layout.
+ * the weights at 14-23 GB/s with two threads on the CPU the project is measured on, this loop as fast
+ * as any reader of the memory there, from the weights as the model holds them: no copy, no other layout.
  *
- * Output rows go R at a time: R weight rows streamed together, 16 inputs a step, one vector of
- * partial sums per row, then a fixed tree over its lanes (vectors.h). Each output element sums in
- * one fixed order whatever M and the number of threads (these split blocks of R outputs only).
+ * Each thread takes a contiguous share of the outputs and reads it as R long streams (see
+ * gpt_lab_f32_rows), R rows at a time, 16 inputs a step, one vector of partial sums per row, then a
+ * fixed tree over its lanes (vectors.h). Each output element sums in one fixed order whatever M, the
+ * rows it is read with and the number of threads.
  */
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
