@@ -112,9 +112,9 @@ class ReadBandwidth:
     its bfloat16 sum, and (where it builds) gpt_lab's float32 one-row kernel over the buffer as a
     (32768, 4096) matrix. Each reads every byte once; ``measure`` times each (median of ``reps``) and
     takes the fastest as the limit, the nearest any code came to what the memory delivers (the float32
-    sum alone read 10-15 % below it). ``read`` is one read by that fastest reader: the generation
-    bench times it in the same rounds as its rows, since this shared machine's bandwidth drifts by a
-    fifth within minutes (28.6 GB/s before one run's rows, 35.3 after them)."""
+    sum alone read 10-15 % below it). The generation bench times every reader again in the same rounds
+    as its rows, since this shared machine's bandwidth drifts by a fifth within minutes (28.6 GB/s
+    before one run's rows, 35.3 after them), and which reader is fastest changes with it."""
 
     def __init__(self) -> None:
         from gpt_lab.model import native
@@ -127,7 +127,6 @@ class ReadBandwidth:
         if kernel is not None:
             rows, x = big.view(-1, 4096), torch.ones(1, 4096)
             self.readers["gpt_lab float32 kernel"] = lambda: native.f32_linear(kernel, x, rows, None)
-        self.fastest = "float32 sum"
 
     def measure(self, reps: int = 7) -> dict[str, float]:
         """GB/s of each reader and, as ``"limit"``, the fastest's."""
@@ -135,11 +134,7 @@ class ReadBandwidth:
         for name, read in self.readers.items():
             read()
             found[name] = self.nbytes / statistics.median(timed(read) for _ in range(reps)) / 1e9
-        self.fastest = max(found, key=found.get)
-        return {**found, "limit": found[self.fastest]}
-
-    def read(self) -> None:
-        self.readers[self.fastest]()
+        return {**found, "limit": max(found.values())}
 
 
 def summary(seconds: list[float], work: float) -> dict[str, float]:
