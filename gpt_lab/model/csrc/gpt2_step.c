@@ -171,6 +171,13 @@ static void attend(const gl_model* m, const gl_block* blk, const float* q, const
   round_all(m, o, xb + r * inner + h * d, d);
 }
 
+/* x += y, a sub-layer's output added to the residual stream (for a bfloat16 model y rounded, then the sum) */
+static void shortcut(const gl_model* m, float* x, float* y, int64_t n) {
+  round_all(m, y, NULL, n);
+  for (int64_t i = 0; i < n; i++) x[i] += y[i];
+  round_all(m, x, NULL, n);
+}
+
 static inline float gelu(float x) { /* GELU, tanh approximation: F.gelu(x, approximate="tanh") */
   const float beta = 0.7978845608028654f; /* sqrt(2 / pi) */
   return 0.5f * x * (1.0f + tanhf(beta * (x + 0.044715f * x * x * x)));
@@ -224,9 +231,7 @@ int gpt_lab_gpt2_step(const gl_model* m, const int64_t* tokens, int64_t M, int64
 #pragma omp barrier
 #pragma omp single
       {
-        round_all(m, y, NULL, M * E);
-        for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
-        round_all(m, x, NULL, M * E);
+        shortcut(m, x, y, M * E);
         for (int64_t r = 0; r < M; r++) layer_norm(x + r * E, blk->norm2_w, blk->norm2_b, blk->eps2, h + r * E, E);
         round_all(m, h, xb, M * E);
       }
@@ -246,11 +251,7 @@ int gpt_lab_gpt2_step(const gl_model* m, const int64_t* tokens, int64_t M, int64
       product(&blk->fc2, ff, xb, y, M);
 #pragma omp barrier
 #pragma omp single
-      {
-        round_all(m, y, NULL, M * E);
-        for (int64_t i = 0; i < M * E; i++) x[i] += y[i];
-        round_all(m, x, NULL, M * E);
-      }
+      shortcut(m, x, y, M * E);
     }
 #pragma omp single
     {
