@@ -106,7 +106,7 @@ def test_the_model_goes_on_from_a_cache_the_fused_step_wrote() -> None:
 
 @pytest.mark.parametrize("weights", ["fp32", "int8", "bf16"])
 def test_the_threads_do_not_change_a_steps_logits(weights: str) -> None:
-    """Products split by output blocks, norms on one thread, attention by (sequence, head): every number
+    """Products split by outputs, norms on one thread, attention by (sequence, head): every number
     is summed in one order whatever the threads, so the logits are equal bit for bit."""
     model = model_as(weights)
     ids = torch.randint(0, CFG["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(4))

@@ -7,7 +7,7 @@ attention over the cache, GELU, the shortcuts, and the Python that calls each â€
 gpt2_small token run one by one from PyTorch (~10 % of the step, more for bf16 and int8 weights,
 whose products are shorter). ``FusedStep`` describes the model to the native step once per
 ``generate`` call (pointers to its weights and its key/value cache) and then runs each step as one
-call: the same products (the kernels' own block functions), the small operations between them on
+call: the same products (the kernels' own per-thread functions), the small operations between them on
 one OpenMP team.
 
 It runs the book's architecture only, as the model holds it: ``GPTModel`` with learned positions,
