@@ -43,13 +43,17 @@ def _needs_the_step() -> None:
         pytest.skip("the native kernels cannot be built here (no C compiler or no libgomp in torch/lib)")
 
 
-def model_as(weights: str, **overrides: object) -> GPTModel:
+def model_as(weights: str, fc1_scale: float = 1.0, **overrides: object) -> GPTModel:
+    """The test model, its weights as ``weights`` says; ``fc1_scale`` multiplies the feed-forwards' first
+    layers (GELU's inputs)."""
     torch.manual_seed(1)
     model = GPTModel({**CFG, **overrides}).eval()
     with torch.no_grad():  # positions and norms away from their initial values, so that each one counts
         for name, p in model.named_parameters():
             if "norm" in name or "pos_emb" in name:
                 p.add_(0.3 * torch.randn_like(p))
+            if "ff.layers.0" in name:
+                p.mul_(fc1_scale)
     if weights == "bf16":  # every size's bf16 layers as gpt2_small gets them (RowLinear, not oneDNN-packed)
         row_linears_(model.to(torch.bfloat16))
         return model
@@ -102,6 +106,52 @@ def test_the_model_goes_on_from_a_cache_the_fused_step_wrote() -> None:
             step(ids[:, t : t + 1], threads=1)
         later = model(ids[:, 7:], kv_cache=cache)
     torch.testing.assert_close(later, full[:, 7:], rtol=0, atol=1e-5 * full.abs().max().item())
+
+
+def test_the_steps_gelu_against_float64() -> None:
+    """The step's GELU, 16 values at a time from one exponential, against float64's x sigmoid(2u)
+    (= x (1 + tanh u) / 2): a few float32 units of the result where it is above 1e-3, more in the far tail
+    (e^(-2u) near e^88 magnifies u's own rounding: PyTorch's float32 GELU is off by ~400 there), then 0."""
+    edges = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, 3e38, -3e38])
+    x = torch.cat([torch.linspace(-120.0, 120.0, 400_001), edges])
+    y = torch.empty_like(x)
+    native.gelu_kernel()(x.data_ptr(), y.data_ptr(), x.numel())
+    xd = x.double()
+    expected = xd * torch.sigmoid(2 * (2 / torch.pi) ** 0.5 * (xd + 0.044715 * xd**3))
+    ulp, size = torch.finfo(torch.float32).eps, expected.abs()
+    error = (y.double() - expected).abs()
+    assert (error[size > 1e-3] <= 12 * ulp * size[size > 1e-3]).all()
+    normal = size > 1e-37  # float32's normal numbers (GELU's tail from x = -9.3 on is below them)
+    assert (error[normal] <= 128 * ulp * size[normal]).all()
+    assert (error[~normal] <= 1e-37).all() and y[-1] == 0  # the far negative tail, -3e38 included
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    out = torch.empty(3)
+    native.gelu_kernel()(specials.data_ptr(), out.data_ptr(), 3)
+    assert out[0] == float("inf") and out[1:].isnan().all()  # as PyTorch's: inf, nan, nan
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8", "bf16"])
+def test_gelu_over_its_whole_range(weights: str) -> None:
+    """The step's GELU (x / (1 + e^(-2u)), its exponential clamped where |2u| > 87) against PyTorch's
+    (x (1 + tanh u) / 2): feed-forward inputs from about -100 to 100, the clamp's range (|x| > 9) included."""
+    model = model_as(weights, fc1_scale=60.0)
+    ids = torch.randint(0, CFG["vocab_size"], (1, 8), generator=torch.Generator().manual_seed(6))
+    seen = []
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1)
+        hook = model.trf_blocks[1].ff.layers[0].register_forward_hook(lambda m, i, out: seen.append(out))
+        model(ids[:, :4], kv_cache=model.new_kv_cache(1))
+        hook.remove()
+        model(ids[:, :4], kv_cache=cache)
+        plain_cache = copy.deepcopy(cache)
+        step = FusedStep.build(model, cache)
+        for t in range(4, 8):
+            fused = step(ids[:, t : t + 1], threads=2)
+            plain = model(ids[:, t : t + 1], kv_cache=plain_cache, last_only=True)
+            bound = BOUND[weights] * plain.abs().max().item()
+            assert (fused.float() - plain.float()).abs().max().item() <= bound
+    inputs = seen[0].float()
+    assert inputs.min() < -40 and inputs.max() > 40 and ((inputs.abs() > 1) & (inputs.abs() < 9)).any()
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int8", "bf16"])

@@ -176,6 +176,12 @@ def step_work_kernel() -> Callable[[int], int] | None:
     return function
 
 
+@functools.cache
+def gelu_kernel() -> Kernel | None:
+    """``gpt_lab_gelu`` (csrc/gpt2_step.c): (x, y, n), y = the fused step's GELU of n floats (for the tests)."""
+    return _function("gpt_lab_gelu", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+
+
 def block_int8(weight: torch.Tensor) -> torch.Tensor:
     """Plain int8 (n_out, n_in) → the kernel's layout: (blocks, chunks, ROWS, CHUNK), zero-padded."""
     n_out, n_in = weight.shape

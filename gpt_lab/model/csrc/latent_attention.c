@@ -38,28 +38,6 @@ static inline v16f sums16(const v16f a[16]) {
          __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-/* exp(x) for x <= 0, 16 at a time: 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^7
- * (relative error ~2e-8 before rounding); below -87 the result is the smallest normal float. */
-static inline v16f exp16(v16f x) {
-  const v16f lo = (v16f){0} - 87.0f, magic = (v16f){0} + 12582912.0f; /* 1.5 * 2^23: round to integer */
-  const v16i below = x < lo; /* all ones where x < lo */
-  x = (v16f)((below & (v16i)lo) | (~below & (v16i)x));
-  const v16f n = (x * 1.44269504088896341f + magic) - magic;
-  const v16f r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f; /* ln 2 in two parts */
-  v16f p = (v16f){0} + 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16f two_n;
-  memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
-
 /* s[i * B + t] = q_i . c_t for QN queries and TN positions, rows of N floats */
 #define SCORES(QN, TN)                                                                             \
   static inline void scores_##QN##x##TN(const float* q, const float* c, int64_t N, float* s) {     \
@@ -118,7 +96,7 @@ static void attend_part(const float* q, const float* c, int64_t H, int64_t T, in
       sv *= scale;
       for (int64_t t = n; t < B; t++) sv[t] = -INFINITY;
       const float block_top = lanes_max(sv), top = block_top > m[i] ? block_top : m[i];
-      v16f p = exp16(sv - top);
+      v16f p = exp_lanes(sv - top);
       for (int64_t t = n; t < B; t++) p[t] = 0.0f;
       memcpy(s + i * B, &p, sizeof p);
       if (top > m[i]) {

@@ -1,6 +1,6 @@
-/* What gpt_lab's two kernels share: 16-float vectors (GCC / Clang vector extensions: one AVX-512
- * register, two AVX2 ones, portable C elsewhere), a zero-filled partial load, and the sum of a
- * vector's lanes in one fixed order. */
+/* What gpt_lab's kernels share: 16-float vectors (GCC / Clang vector extensions: one AVX-512
+ * register, two AVX2 ones, portable C elsewhere), a zero-filled partial load, the sum of a vector's
+ * lanes in one fixed order, a lane-wise choice and the exponential. */
 #ifndef GPT_LAB_VECTORS_H
 #define GPT_LAB_VECTORS_H
 #include <stdint.h>
@@ -27,6 +27,29 @@ static inline float lanes_sum(v16f a) {
           __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
   v4f c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
   return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* where mask (all ones or zeros per lane): a, else b */
+static inline v16f pick(v16i mask, v16f a, v16f b) { return (v16f)((mask & (v16i)a) | (~mask & (v16i)b)); }
+
+/* e^x, 16 at a time: 2^n e^r (n = rint(x / ln 2), |r| <= ln 2 / 2, ln 2 in two parts so n ln 2 is exact),
+ * e^r by its Taylor series to r^7 (relative error ~2e-8 before rounding), 2^n built in the exponent bits;
+ * x clamped to [-87, 88], where 2^n stays a normal float (below: the smallest normal float or so). */
+static inline v16f exp_lanes(v16f x) {
+  const v16f zero = {0}, magic = zero + 12582912.0f; /* 1.5 * 2^23: adding and taking it rounds to an integer */
+  x = pick(x < zero - 87.0f, zero - 87.0f, x);
+  x = pick(x > zero + 88.0f, zero + 88.0f, x);
+  const v16f n = (x * 1.44269504088896341f + magic) - magic;
+  const v16f r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  v16f p = zero + 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * (v16f)((__builtin_convertvector(n, v16i) + 127) << 23);
 }
 
 #endif
