@@ -232,20 +232,55 @@ def test_decoder_runs_plain_until_it_looks_then_follows_the_other_processes(thre
                     assert decoder.path == "plain"
         return
     with torch.no_grad(), Decoder(model) as decoder:
-        decoder.monitor = ScriptedMonitor(threads, [None, 0.1, 1.0])  # too soon, then idle, then a core taken
+        decoder.monitor = ScriptedMonitor(threads, [None, None, 0.1, 1.0])  # too soon twice, idle, a core taken
         paths = []
         for _ in range(2 + 2 * CHECK_EVERY):
             with decoder.step():
                 paths.append(decoder.path)
-    # Step 0 (the prompt) plain; step 1 looks too soon; step 2 sees an idle machine; a core taken
+    # Step 0 (the prompt) and step 1 look too soon: plain; step 2 sees an idle machine; a core taken
     # is seen CHECK_EVERY steps later.
     assert paths == ["plain", "plain"] + ["split"] * CHECK_EVERY + ["plain"] * CHECK_EVERY
     with torch.no_grad(), Decoder(model, path="split") as fixed:  # a fixed path never looks
         assert fixed.monitor is None and fixed.path == "split"
 
 
+def test_the_next_decoder_looks_at_its_prompt_with_the_processs_monitor(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One monitor per process: a Decoder opened after an earlier one's last look chooses at its first step
+    (the prompt's) from the interval since then; an interval past MAX_AGE starts again (plain until it answers)."""
+    if threads == 1:
+        pytest.skip("one thread never looks")
+    late = 11.0 + decoding.MAX_AGE + 0.5
+    clock = ScriptedClock(
+        [
+            (10.0, 100.0, 5.0),  # the process's monitor made (the first Decoder)
+            (10.01, 100.0, 5.01),  # the first Decoder's prompt: too soon
+            (10.5, 100.5, 5.5),  # its next step: nobody else busy -> split
+            (11.0, 101.0, 6.0),  # the second Decoder's prompt, 0.5 s later: still nobody else -> split
+            (late, 101.0 + late - 11.0, 6.5),  # a third, past MAX_AGE: plain, the interval starts again
+            (late + 0.1, 101.2 + late - 11.0, 6.6),  # its next step: one core's worth of others -> plain
+        ]
+    )
+    monkeypatch.setattr(decoding, "own_cpus", lambda: set(range(threads)))
+    monkeypatch.setattr(decoding, "time", clock)
+    monkeypatch.setattr(decoding, "busy_cpu_seconds", lambda cpus, stat=None: clock.now[1])
+    monkeypatch.setattr(decoding, "_SHARED", [])
+    clock.advance()
+    paths = []
+    for steps in (2, 1, 2):
+        with torch.no_grad(), Decoder(tiny_model()) as decoder:
+            assert decoder.monitor is decoding.shared_monitor()
+            for _ in range(steps):
+                clock.advance()
+                with decoder.step():
+                    paths.append(decoder.path)
+    assert paths == ["plain", "split", "split", "plain", "plain"]
+
+
 def test_decoder_without_proc_stat_runs_the_split_path(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoding, "busy_cpu_seconds", lambda cpus, stat=None: None)  # not Linux
+    monkeypatch.setattr(decoding, "_SHARED", [])  # a monitor made before the patch could read /proc/stat
     with torch.no_grad(), Decoder(tiny_model()) as decoder:
         assert decoder.monitor is None
         assert decoder.path == ("split" if threads > 1 else "plain")

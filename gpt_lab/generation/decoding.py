@@ -28,8 +28,10 @@ run the plain path on one thread, otherwise the split one. The check costs a fil
 microseconds) and notices a core taken or freed mid-generation within ``CHECK_EVERY`` steps. (Timing
 the two paths against each other does not work: a short split burst is often lucky under load,
 because a thread that has just woken up preempts the busy process for a moment, and a long one
-costs as much as the collapse it is meant to avoid.) Where ``/proc/stat`` cannot be read the split
-path is used. Choosing once per ``generate`` call instead (the first look decides) tied under a
+costs as much as the collapse it is meant to avoid.) The process keeps one monitor between calls
+(``shared_monitor``), so a call's first step, the prompt's, reads the interval since the last call's
+last look (when it is 50 ms to 30 s old); a process's first call runs the plain path until 50 ms have
+passed. Where ``/proc/stat`` cannot be read the split path is used. Choosing once per ``generate`` call instead (the first look decides) tied under a
 steady load but is stuck with a wrong first look, or with a load that starts mid-call, for the whole
 call; it needs the same ``/proc/stat`` reading, so the re-check stays (docs/performance.md, "The CPU
 decoding path").
@@ -148,6 +150,12 @@ def head_copy(weight: torch.Tensor, k: int, keep: bool) -> torch.Tensor:
 PATHS = ("split", "plain")
 CHECK_EVERY = 8  # steps between two looks at the other processes' CPU use
 MIN_INTERVAL = 0.05  # seconds: /proc/stat counts in ticks of 10 ms; a shorter interval waits for more steps
+MAX_AGE = 30.0  # seconds: an interval longer than this says too little about now; it starts again
+
+
+def own_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 def busy_cpu_seconds(cpus: set[int], stat: str | None = None) -> float | None:
@@ -174,7 +182,7 @@ class CoreMonitor:
     """How many of this process's CPUs other processes kept busy, between two ``others()`` calls."""
 
     def __init__(self) -> None:
-        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = own_cpus()
         self.last = self._now()
         self.readable = self.last[1] is not None  # False: no /proc/stat listing these CPUs
 
@@ -183,14 +191,31 @@ class CoreMonitor:
 
     def others(self) -> float | None:
         """Cores' worth of other processes' CPU use since the last call that returned a number; None
-        if it cannot be known, or if less than ``MIN_INTERVAL`` has passed (ask again later)."""
+        if it cannot be known, or if less than ``MIN_INTERVAL`` has passed (ask again later), or more
+        than ``MAX_AGE`` (the interval starts again now)."""
         now = self._now()
         wall = now[0] - self.last[0]
         if now[1] is None or self.last[1] is None or wall < MIN_INTERVAL:
             return None
+        if wall > MAX_AGE:
+            self.last = now
+            return None
         busy, own = now[1] - self.last[1], now[2] - self.last[2]
         self.last = now
         return max(0.0, busy - own) / wall
+
+
+_SHARED: list[CoreMonitor] = []  # the process's monitor, kept between Decoders (shared_monitor)
+
+
+def shared_monitor() -> CoreMonitor:
+    """The process's ``CoreMonitor``, kept between ``generate`` calls: the next call's first look (its
+    prompt's step) reads the interval since the last one's last look, where a new monitor would have to
+    wait ``MIN_INTERVAL`` on the plain path. A new one where the process's CPUs changed."""
+    cpus = own_cpus()
+    if not _SHARED or _SHARED[0].cpus != cpus:
+        _SHARED[:] = [CoreMonitor()]
+    return _SHARED[0]
 
 
 def _plain_linear(module: object) -> bool:
@@ -231,10 +256,12 @@ class Decoder:
         self.linears = [m for m in model.modules() if _plain_linear(m) and m is not self.head]
         self.forwards: list[tuple[nn.Module, object]] = []  # filled on entry, once the head copy is known
         self.head_chunks: torch.Tensor | None = None
-        # Until the first look (after MIN_INTERVAL), the plain path: it never collapses, and on an
-        # idle machine those first steps (the prompt's included) cost a step's time or so.
+        # Until the first look answers, the plain path: it never collapses. The first step (the prompt's)
+        # looks: the process's monitor answers there when an earlier call's last look is MIN_INTERVAL to
+        # MAX_AGE old; otherwise the steps look until MIN_INTERVAL has passed (on an idle machine those
+        # first steps cost a step's time or so).
         self.path = self.fixed_path or "plain"
-        self.next_check = 1
+        self.next_check = 0
         self.monitor: CoreMonitor | None = None
 
     def __enter__(self) -> Decoder:
@@ -257,7 +284,7 @@ class Decoder:
         if weight is not None and (self.threads > 1 or self.head_chunks is not None):
             self.forwards.append((self.head, self._head))
         if self.fixed_path is None and self.threads > 1:
-            monitor = CoreMonitor()
+            monitor = shared_monitor()
             if not monitor.readable:  # no /proc/stat: the split path, unwatched
                 self.path = "split"
             else:
