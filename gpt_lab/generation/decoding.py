@@ -31,10 +31,10 @@ because a thread that has just woken up preempts the busy process for a moment, 
 costs as much as the collapse it is meant to avoid.) The process keeps one monitor between calls
 (``shared_monitor``), so a call's first step, the prompt's, reads the interval since the last call's
 last look (when it is 50 ms to 30 s old); a process's first call runs the plain path until 50 ms have
-passed. Where ``/proc/stat`` cannot be read the split path is used. Choosing once per ``generate`` call instead (the first look decides) tied under a
-steady load but is stuck with a wrong first look, or with a load that starts mid-call, for the whole
-call; it needs the same ``/proc/stat`` reading, so the re-check stays (docs/performance.md, "The CPU
-decoding path").
+passed. Where ``/proc/stat`` cannot be read the split path is used. Choosing once per ``generate``
+call instead (the first look decides) tied under a steady load but is stuck with a wrong first look,
+or with a load that starts mid-call, for the whole call; it needs the same ``/proc/stat`` reading, so
+the re-check stays (docs/performance.md, "The CPU decoding path").
 
 Usage (``generate`` does this)::
 
