@@ -97,8 +97,21 @@ def test_packed_layer_moved_to_float32_unpacks_and_repacks() -> None:
         assert torch.allclose(layer(x), F.linear(x, linear.weight.float(), linear.bias.float()), atol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 5])  # a generation step (PyTorch's own kernel), and a prompt (oneDNN's)
-def test_row_linear_bf16_product_against_float64(rows: int) -> None:
+@pytest.mark.parametrize("use_native", [True, False])  # gpt_lab's bf16 kernel, or its absence
+@pytest.mark.parametrize("rows", [1, 5, 9])  # x (2, rows, 48): 2, 10 (<= NATIVE_ROWS) and 18 rows (oneDNN's)
+def test_row_linear_bf16_product_against_float64(rows: int, use_native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = native.bf16_linear
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(args[1].shape)
+        return real(*args)
+
+    monkeypatch.setattr(native, "bf16_linear", counted)
+    if not use_native:
+        monkeypatch.setattr(native, "bf16_kernel", lambda: None)
+    elif native.bf16_kernel() is None:
+        pytest.skip("the native kernels cannot be built here")
     torch.manual_seed(0)
     linear = nn.Linear(48, 40).to(torch.bfloat16)
     layer = RowLinear.from_linear(linear)
@@ -107,6 +120,8 @@ def test_row_linear_bf16_product_against_float64(rows: int) -> None:
     with torch.no_grad():
         y = layer(x)
         one_row = layer(x[:1, -1:])  # the one-row product, whatever rows is
+    native_rows = [x.shape] if 2 * rows <= packed.NATIVE_ROWS else []
+    assert calls == ([*native_rows, (1, 1, 48)] if use_native else [])
     assert y.shape == (2, rows, 40) and y.dtype == torch.bfloat16
     ref, size = _float64_product(x, linear)
     # Stated tolerance: float32 accumulation, the result and the bias add each rounded to bf16 once

@@ -11,6 +11,8 @@ decoding attention, and GPT-2's whole decoding step.
   own weight (the CPU decoding path, gpt_lab/generation/decoding.py), each thread's outputs read as 8
   long streams of rows (one core: 22-24 GB/s, where 8 neighbouring rows at a time read 16-17 and
   MKL's single-row product 14-23 with two); each output row summed in one fixed order, as above.
+  The same loop for bfloat16 inputs and weights (``gpt_lab_bf16_linear``: a bf16 ``RowLinear``'s
+  products of a few rows, gpt_lab/model/packed.py; AVX-512 BF16's dot products where the CPU has them).
 - ``csrc/latent_attention.c``: MLA's absorbed decoding step, all heads over one latent, each
   latent row read once for all of them (docs/architecture-lab.md): ~1.2x PyTorch's CPU attention
   on the same split.
@@ -127,7 +129,7 @@ def f32_kernel() -> Kernel | None:
 
 
 def _rows_product(kernel: Kernel, x: torch.Tensor, n_out: int, *pointers: int | None) -> torch.Tensor:
-    """``kernel(rows, *pointers, y, rows, n_out, n_in, threads)`` over x's rows (float32, any leading shape)."""
+    """``kernel(rows, *pointers, y, rows, n_out, n_in, threads)`` over x's rows (any leading shape): y float32."""
     n_in = x.shape[-1]
     rows = x.reshape(-1, n_in)
     if not rows.is_contiguous():
@@ -141,6 +143,20 @@ def f32_linear(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, bias: torc
     """``F.linear(x, weight, bias)`` by the kernel: float32 on the CPU, ``weight`` (and ``bias``) contiguous,
     x of any leading shape, on ``torch.get_num_threads()`` threads."""
     return _rows_product(kernel, x, weight.shape[0], weight.data_ptr(), None if bias is None else bias.data_ptr())
+
+
+@functools.cache
+def bf16_kernel() -> Kernel | None:
+    """``gpt_lab_bf16_linear`` (csrc/f32_linear.c) through ctypes, or None without the library."""
+    return _function("gpt_lab_bf16_linear", [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int])
+
+
+def bf16_linear(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` by the kernel for bfloat16 x and ``weight`` (contiguous) on the CPU: the
+    sums and the bias in float32, the result rounded to bfloat16 once; x of any leading shape."""
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = _rows_product(kernel, x, weight.shape[0], weight.data_ptr(), None if bias32 is None else bias32.data_ptr())
+    return y.to(torch.bfloat16)
 
 
 @functools.cache

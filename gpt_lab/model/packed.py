@@ -4,13 +4,15 @@ A generation step multiplies one row per sequence by every weight. How fast a CP
 that depends on the kernel, on the weights' layout in memory, and on where the weights come from:
 
 - bf16, weights streamed from memory (a model larger than the CPU's caches, every GPT-2 size):
-  PyTorch's own CPU matrix-vector kernel over the plain (out, in) weight, accumulating in float32,
-  streams at 26-30 GB/s (2 threads) where oneDNN's product reads 18-23 (its weight reordered once
-  into the blocked layout) or 9 (``F.linear``, which reorders it on every call). ``RowLinear`` runs
-  one-row bf16 products through it, reached by switching oneDNN off for the call and back on
-  after it; products of several rows (a prompt) keep oneDNN, far faster there (PyTorch's own runs
-  one matrix-vector product per row). It is an ``nn.Linear``: the same parameters, state dict,
-  ``.to``; a head tied to the token embedding stays tied.
+  ``RowLinear`` runs products of up to ``NATIVE_ROWS`` rows (generation steps, short prompts)
+  through gpt_lab's native bf16 kernel (gpt_lab/model/native.py, ``csrc/f32_linear.c``: the plain
+  (out, in) weight read once for all the rows, float32 sums), about 2x oneDNN's ``F.linear`` at one
+  row and 1.7x at four. Without the native kernels, one-row products go through PyTorch's own CPU
+  matrix-vector kernel (float32 accumulation, 26-30 GB/s with 2 threads, where oneDNN's product
+  reads 18-23 with its weight reordered once into the blocked layout, or 9 as ``F.linear``, which
+  reorders it on every call), reached by switching oneDNN off for the call and back on after it.
+  Longer prompts keep oneDNN, which computes faster from 32 rows on. It is an ``nn.Linear``: the
+  same parameters, state dict, ``.to``; a head tied to the token embedding stays tied.
 - bf16, weights that stay in the caches between tokens (the families' tiny presets): there the
   product is bound by arithmetic, and oneDNN's prepacked kernel does 2.5-7x more of it than the
   matrix-vector one (which is slowest on short rows: a 64-wide head took 7x as long).
@@ -28,8 +30,8 @@ that depends on the kernel, on the weights' layout in memory, and on where the w
   copied per call.
 
 All sum the same terms as ``F.linear`` in another order (float32 accumulation; the tests bound the
-difference). Where oneDNN is missing, ``PackedLinear`` keeps a plain weight and ``RowLinear`` is
-``F.linear``. Pure PyTorch.
+difference). Where oneDNN is missing, ``PackedLinear`` keeps a plain weight and ``RowLinear``'s longer
+products are ``F.linear``'s.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gpt_lab.model import native
 
 _mkldnn_enabled = torch._C._get_mkldnn_enabled
 _set_mkldnn_enabled = torch._C._set_mkldnn_enabled
@@ -142,13 +146,38 @@ class PackedLinear(HeldWeight):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, {layout}"
 
 
-class RowLinear(nn.Linear):
-    """``nn.Linear`` whose one-row bf16 products on the CPU run PyTorch's own matrix-vector kernel.
+# bf16 products of at most this many rows run gpt_lab's native kernel (csrc/f32_linear.c): it reads each
+# weight once for all the rows, in nn.Linear's layout. gpt2_small's 49 products, 2 threads, against oneDNN's
+# F.linear: 1 row 7.5 ms against 14.8 (PyTorch's matrix-vector kernel ~9), 4 rows 9.8 / 16.5, 16 rows 23.0 /
+# 24.7, 32 rows 38.4 / 35.7: past 16 oneDNN computes faster.
+NATIVE_ROWS = 16
 
-    Every other product (several rows, float32, another device) is ``F.linear``'s as it would be.
-    The oneDNN switch is process-wide: a bf16 product another thread runs during the call takes
-    PyTorch's own kernel too (right, slower for many rows).
+
+class RowLinear(nn.Linear):
+    """``nn.Linear`` whose bf16 products of a few rows on the CPU, without autograd, read the weight once.
+
+    Up to ``NATIVE_ROWS`` rows: gpt_lab's native bf16 kernel (the result rounded to bfloat16 once, as
+    ``F.linear``'s); without it, one row through PyTorch's own matrix-vector kernel (oneDNN switched off
+    for the call: the switch is process-wide, so a bf16 product another thread runs meanwhile takes
+    PyTorch's own kernel too, right but slower for many rows). Every other product (more rows, float32,
+    another device, autograd) is ``F.linear``'s as it would be.
     """
+
+    def _native_rows(self, x: torch.Tensor) -> bool:
+        """Whether gpt_lab's bf16 kernel takes this product: no autograd, bfloat16 x and weight on the CPU,
+        the weight contiguous, at most ``NATIVE_ROWS`` rows of ``in_features``."""
+        w = self.weight
+        return (
+            not torch.is_grad_enabled()
+            and x.dtype is torch.bfloat16
+            and w.dtype is torch.bfloat16
+            and x.device.type == "cpu"
+            and w.device.type == "cpu"
+            and x.dim() > 0
+            and x.shape[-1] == w.shape[1]
+            and x.numel() <= NATIVE_ROWS * w.shape[1]
+            and w.is_contiguous()
+        )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> RowLinear:
@@ -159,6 +188,10 @@ class RowLinear(nn.Linear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._native_rows(x):
+            kernel = native.bf16_kernel()
+            if kernel is not None:
+                return native.bf16_linear(kernel, x, self.weight, self.bias)
         if x.dtype is torch.bfloat16 and x.numel() == x.shape[-1] and x.device.type == "cpu" and _mkldnn_enabled():
             _set_mkldnn_enabled(False)
             try:

@@ -142,3 +142,14 @@ void gpt_lab_f32_linear(const float* x, const float* w, const float* bias, float
     gpt_lab_f32_rows(x, w, bias, y, M, N, K, r0, r1);
   }
 }
+
+/* The same for bfloat16 x (M, K) and w (N, K) (their bits), bias float32 or NULL, y float32 */
+void gpt_lab_bf16_linear(const uint16_t* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t N,
+                         int64_t K, int threads) {
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+  {
+    int64_t r0, r1;
+    gpt_lab_f32_share(N, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+    gpt_lab_bf16_rows(x, w, bias, y, M, N, K, r0, r1);
+  }
+}
