@@ -9,8 +9,9 @@ means more tokens per second:
   the layout MKL's one-row product streams fastest, gpt_lab/model/packed.py);
 - ``bf16``: every floating parameter and buffer in bfloat16 (half the bytes); the activations and
   the key/value cache follow; each plain ``nn.Linear`` a ``RowLinear`` over the same parameters
-  (its one-row products through PyTorch's own matrix-vector kernel, which streams weights from
-  memory fastest; a tied head stays tied), or, for a model whose Linear weights fit in
+  (its products of a few rows through gpt_lab's native bf16 kernel, or PyTorch's own matrix-vector
+  kernel without it, which stream weights from memory fastest; a tied head stays tied), or, for a
+  model whose Linear weights fit in
   ``STREAMED_BYTES`` (they stay in the CPU's caches), a ``PackedLinear`` (the weight reordered once
   for oneDNN, which computes fastest; a tied head gets its own copy) — gpt_lab/model/packed.py;
 - ``int8``: every plain ``nn.Linear`` (the output head included) as an ``Int8Linear`` (int8
@@ -39,8 +40,8 @@ from gpt_lab.model.quantized import has_int8_kernel, quantize_linears_
 
 ACTIVATION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 # bf16 weights beyond this many bytes come from memory every token (no CPU cache holds them): their
-# one-row products stream fastest through PyTorch's matrix-vector kernel (RowLinear); below it they
-# stay cached and oneDNN's prepacked kernel, which computes faster, wins (PackedLinear).
+# one-row products stream fastest through gpt_lab's bf16 kernel or PyTorch's matrix-vector one (RowLinear);
+# below it they stay cached and oneDNN's prepacked kernel, which computes faster, wins (PackedLinear).
 STREAMED_BYTES = 64 << 20
 
 
