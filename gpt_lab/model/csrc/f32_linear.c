@@ -67,15 +67,6 @@ static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* 
   for (int j = 0; j < R; j++) memcpy(&acc[j], &a[j], sizeof acc[j]);
 }
 #else
-static inline v16f load_bf16(const uint16_t* p, int64_t left) { /* 16 values widened (zeros past left) */
-  v16u16 h = {0};
-  memcpy(&h, p, (size_t)(left < L ? left : L) * sizeof(uint16_t));
-  v16u32 bits = __builtin_convertvector(h, v16u32) << 16;
-  v16f v;
-  memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
 static inline __attribute__((always_inline)) void rows_dot_bf16(const uint16_t* x, const uint16_t* const row[R],
                                                                 int64_t K, int n, v16f acc[R]) {
   for (int j = 0; j < R; j++) acc[j] = (v16f){0};

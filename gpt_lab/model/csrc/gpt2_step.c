@@ -91,24 +91,11 @@ static void layer_norm(const float* x, const float* w, const float* b, float eps
 
 static inline float dot(const float* a, const float* b, int64_t n) {
   v16f acc = {0};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    v16f av, bv;
-    memcpy(&av, a + i, sizeof av);
-    memcpy(&bv, b + i, sizeof bv);
-    acc += av * bv;
-  }
-  if (i < n) acc += load_part(a + i, n - i) * load_part(b + i, n - i);
+  for (int64_t i = 0; i < n; i += L) acc += load_part(a + i, n - i) * load_part(b + i, n - i);
   return lanes_sum(acc);
 }
 
-/* n (<= L) values in and out of a vector: a whole vector's plain moves where n = L */
-static inline v16f load_n(const float* p, int64_t n) {
-  v16f v;
-  if (n < L) return load_part(p, n);
-  memcpy(&v, p, sizeof v);
-  return v;
-}
+/* n (<= L) values out of a vector: a whole vector's plain move where n = L (loads: vectors.h's load_part) */
 static inline void store_n(float* p, v16f v, int64_t n) {
   if (n < L)
     memcpy(p, &v, (size_t)n * sizeof(float));
@@ -137,26 +124,12 @@ static inline float from_bf16(uint16_t h) {
   return f;
 }
 
-/* The same 16 at a time: the bits of f rounded (in each lane's low half), and 16 of them widened */
+/* The same 16 at a time: the bits of f rounded (in each lane's low half; vectors.h widens them back) */
 static inline v16u32 to_bf16_lanes(v16f f) {
   v16u32 u;
   memcpy(&u, &f, sizeof u);
   const v16u32 nan = (v16u32)((u & 0x7fffffffu) > 0x7f800000u); /* all ones where f is NaN */
   return (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (nan & 0x7fc0u);
-}
-static inline v16f from_bf16_lanes(v16u32 h) {
-  const v16u32 u = h << 16;
-  v16f f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-static inline v16f load_bf16_lanes(const uint16_t* p, int64_t left) { /* 16 values (zeros past left) */
-  v16u16 h = {0};
-  if (left >= L)
-    memcpy(&h, p, sizeof h);
-  else
-    memcpy(&h, p, (size_t)left * sizeof(uint16_t));
-  return from_bf16_lanes(__builtin_convertvector(h, v16u32));
 }
 
 /* a bfloat16 model's activations: n floats rounded to bfloat16 values, and their bits in xb for the
@@ -164,7 +137,7 @@ static inline v16f load_bf16_lanes(const uint16_t* p, int64_t left) { /* 16 valu
 static void round_all(const gl_model* m, float* x, uint16_t* xb, int64_t n) {
   if (!m->bf16) return;
   for (int64_t i = 0; i < n; i += L) {
-    const v16u32 h = to_bf16_lanes(load_n(x + i, n - i));
+    const v16u32 h = to_bf16_lanes(load_part(x + i, n - i));
     store_n(x + i, from_bf16_lanes(h), n - i);
     if (xb) store_bf16_n(xb + i, h, n - i);
   }
@@ -173,13 +146,7 @@ static void round_all(const gl_model* m, float* x, uint16_t* xb, int64_t n) {
 /* a . b over n, b in bfloat16 (the cache's keys of a bfloat16 model) */
 static inline float dot_bf16(const float* a, const uint16_t* b, int64_t n) {
   v16f acc = {0};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    v16f av;
-    memcpy(&av, a + i, sizeof av);
-    acc += av * load_bf16_lanes(b + i, L);
-  }
-  if (i < n) acc += load_part(a + i, n - i) * load_bf16_lanes(b + i, n - i);
+  for (int64_t i = 0; i < n; i += L) acc += load_part(a + i, n - i) * load_bf16(b + i, n - i);
   return lanes_sum(acc);
 }
 
@@ -243,14 +210,14 @@ static inline v16f gelu_lanes(v16f x) {
 
 /* y = GELU(x) over n floats, the step's own function (for the tests) */
 void gpt_lab_gelu(const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; i += L) store_n(y + i, gelu_lanes(load_n(x + i, n - i)), n - i);
+  for (int64_t i = 0; i < n; i += L) store_n(y + i, gelu_lanes(load_part(x + i, n - i)), n - i);
 }
 
 /* the feed-forward's hidden values ff[c * L ..] (n in all): GELU, for a bfloat16 model the product's
  * output rounded first and GELU's after (its bits in xb for fc2) */
 static void gelu_chunk(const gl_model* m, float* ff, uint16_t* xb, int64_t c, int64_t n) {
   const int64_t i = c * L;
-  v16f f = load_n(ff + i, n - i);
+  v16f f = load_part(ff + i, n - i);
   if (m->bf16) {
     const v16u32 h = to_bf16_lanes(gelu_lanes(from_bf16_lanes(to_bf16_lanes(f))));
     store_bf16_n(xb + i, h, n - i);

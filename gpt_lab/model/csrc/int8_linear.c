@@ -71,7 +71,7 @@ static inline void tile_pair(const float* x, int64_t K, const int8_t* wa, const 
                              v16f acc_a[R], v16f acc_b[R]) {
   for (int j = 0; j < R; j++) acc_a[j] = acc_b[j] = (v16f){0};
   for (int64_t c = 0; c < chunks; c++, wa += R * L, wb += R * L) {
-    const v16f xv = (c + 1) * L <= K ? load_part(x + c * L, L) : load_part(x + c * L, K - c * L);
+    const v16f xv = load_part(x + c * L, K - c * L);
     for (int j = 0; j < R; j++) {
       acc_a[j] = acc_a[j] + xv * load_w(wa + j * L);
       acc_b[j] = acc_b[j] + xv * load_w(wb + j * L);

@@ -1,6 +1,6 @@
 /* What gpt_lab's kernels share: 16-float vectors (GCC / Clang vector extensions: one AVX-512
- * register, two AVX2 ones, portable C elsewhere), a zero-filled partial load, the sum of a vector's
- * lanes in one fixed order, a lane-wise choice and the exponential. */
+ * register, two AVX2 ones, portable C elsewhere), zero-filled partial loads (float32, bfloat16 widened),
+ * the sum of a vector's lanes in one fixed order, a lane-wise choice and the exponential. */
 #ifndef GPT_LAB_VECTORS_H
 #define GPT_LAB_VECTORS_H
 #include <stdint.h>
@@ -16,10 +16,30 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
 typedef uint32_t v16u32 __attribute__((vector_size(64)));
 
-static inline v16f load_part(const float* p, int64_t left) { /* left < L: the rest zero */
+static inline v16f load_part(const float* p, int64_t left) { /* 16 floats; left < L: left, the rest zero */
   v16f v = {0};
-  memcpy(&v, p, (size_t)(left < L ? left : L) * sizeof(float));
+  if (left >= L)
+    memcpy(&v, p, sizeof v); /* a plain vector load, not a call for a variable length */
+  else
+    memcpy(&v, p, (size_t)left * sizeof(float));
   return v;
+}
+
+/* bfloat16 bits (each lane's low half) widened to the float32 values they are */
+static inline v16f from_bf16_lanes(v16u32 h) {
+  const v16u32 u = h << 16;
+  v16f f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static inline v16f load_bf16(const uint16_t* p, int64_t left) { /* 16 bfloat16 values widened, as load_part */
+  v16u16 h = {0};
+  if (left >= L)
+    memcpy(&h, p, sizeof h);
+  else
+    memcpy(&h, p, (size_t)left * sizeof(uint16_t));
+  return from_bf16_lanes(__builtin_convertvector(h, v16u32));
 }
 
 static inline float lanes_sum(v16f a) {
